@@ -1,0 +1,3 @@
+from deit_pipe.cli import main
+
+main()

@@ -1,0 +1,191 @@
+"""The `deit-pipe` command line: parses options, calls library functions, prints results."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from deit_pipe import __version__
+from deit_pipe.errors import DeitPipeError
+
+console = Console(stderr=False)
+
+
+class _Group(click.Group):
+    """Turns a DeitPipeError anywhere below into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DeitPipeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="deit-pipe")
+def main() -> None:
+    """Train DeiT students from precomputed, replayable teacher targets."""
+
+
+def recipe_options(fn):
+    """Augmentation and plan flags (DeiT defaults); shared by every command that renders views."""
+    options = [
+        click.option("--seed", type=int, default=0, show_default=True, help="Plan seed."),
+        click.option(
+            "--repeats", type=int, default=3, show_default=True, help="Repeated augmentation count."
+        ),
+        click.option(
+            "--input-size",
+            type=int,
+            default=None,
+            help="View size [default: the source's, 224 for imagefolder].",
+        ),
+        click.option(
+            "--aa",
+            default="rand-m9-mstd0.5-inc1",
+            show_default=True,
+            help="timm auto-augment string ('none' to disable).",
+        ),
+        click.option(
+            "--reprob",
+            type=float,
+            default=0.25,
+            show_default=True,
+            help="Random erasing probability.",
+        ),
+        click.option("--remode", default="pixel", show_default=True),
+        click.option("--recount", type=int, default=1, show_default=True),
+        click.option(
+            "--hflip",
+            type=float,
+            default=None,
+            help="Horizontal flip probability [default: 0.5; 0 for digits].",
+        ),
+        click.option("--color-jitter", type=float, default=0.3, show_default=True),
+        click.option(
+            "--scale-min",
+            type=float,
+            default=0.08,
+            show_default=True,
+            help="RandomResizedCrop minimum area.",
+        ),
+        click.option("--interpolation", default="bicubic", show_default=True),
+        click.option(
+            "--mixup", type=float, default=0.8, show_default=True, help="Mixup alpha (0 disables)."
+        ),
+        click.option(
+            "--cutmix",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="CutMix alpha (0 disables).",
+        ),
+        click.option("--mixup-prob", type=float, default=1.0, show_default=True),
+        click.option("--mixup-switch-prob", type=float, default=0.5, show_default=True),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
+
+
+def build_recipe(source, opts: dict):
+    """(ViewConfig, MixConfig) from the recipe flags in `opts` (consumed from the dict)."""
+    from deit_pipe.data import MixConfig, ViewConfig
+
+    aa = opts.pop("aa")
+    view = ViewConfig.for_source(
+        source,
+        input_size=opts.pop("input_size"),
+        auto_augment=None if aa.lower() == "none" else aa,
+        re_prob=opts.pop("reprob"),
+        re_mode=opts.pop("remode"),
+        re_count=opts.pop("recount"),
+        hflip=opts.pop("hflip"),
+        color_jitter=opts.pop("color_jitter"),
+        scale=(opts.pop("scale_min"), 1.0),
+        interpolation=opts.pop("interpolation"),
+    )
+    mix = MixConfig(
+        mixup_alpha=opts.pop("mixup"),
+        cutmix_alpha=opts.pop("cutmix"),
+        prob=opts.pop("mixup_prob"),
+        switch_prob=opts.pop("mixup_switch_prob"),
+    )
+    return view, mix
+
+
+@main.command()
+@click.option("--data", "spec", required=True, help="Dataset spec (digits, imagefolder:ROOT, …).")
+@click.option("--workers", type=int, default=8, show_default=True, help="Decoding threads.")
+@click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def scan(spec: str, workers: int, skip_bad: bool, as_json: bool) -> None:
+    """Decode every file of a dataset up front and list the unreadable ones."""
+    from deit_pipe.data import open_source
+    from deit_pipe.data import scan as scan_source
+
+    source = open_source(spec)
+    report = scan_source(source, workers)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "spec": spec,
+                    "checked": report.checked,
+                    "bad": [{"path": p, "reason": r} for p, r in report.bad],
+                }
+            )
+        )
+    else:
+        console.print(f"{spec}: {report.checked} files checked, {len(report.bad)} unreadable")
+        for path, reason in report.bad:
+            console.print(f"  [red]bad[/red] {path}: {reason}", highlight=False)
+        if report.bad and skip_bad:
+            console.print("--skip-bad: these files will be excluded and recorded in the manifest")
+    if report.bad and not skip_bad:
+        click.echo(
+            f"error: {len(report.bad)} unreadable file(s), first: {report.bad[0][0]} "
+            "(fix them or pass --skip-bad)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--data", "spec", required=True, help="Dataset spec.")
+@click.option("--epoch", type=int, default=0, show_default=True)
+@click.option("--count", type=int, default=32, show_default=True, help="Slots to show.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("views.png"), show_default=True
+)
+@recipe_options
+def views(spec: str, epoch: int, count: int, out: Path, **opts) -> None:
+    """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
+    from deit_pipe.data import open_source, plan
+    from deit_pipe.data.plan import MIX_NAMES
+    from deit_pipe.data.preview import save_view_grid
+
+    source = open_source(spec)
+    view_cfg, mix = build_recipe(source, opts)
+    epoch_plan = plan(
+        opts["seed"], epoch, len(source.split("train")), opts["repeats"], mix, view_cfg.input_size
+    )
+    save_view_grid(source, epoch_plan, view_cfg, count, out)
+    table = Table("slot", "sample", "repeat", "mix", "λ", "view seed")
+    for slot in range(min(count, len(epoch_plan))):
+        pair = slot // 2
+        table.add_row(
+            str(slot),
+            str(epoch_plan.sample[slot]),
+            str(epoch_plan.repeat[slot]),
+            MIX_NAMES[epoch_plan.mix_op[pair]],
+            f"{epoch_plan.lam[pair]:.3f}",
+            f"{epoch_plan.view_seed[slot]:#018x}",
+        )
+    console.print(table)
+    console.print(f"wrote {out}")

@@ -1,0 +1,38 @@
+"""Stage 0: dataset sources, the stateless epoch plan, view rendering and fingerprints."""
+
+from deit_pipe.data.dataset import EvalDataset, PairDataset, StepSampler, collate_views
+from deit_pipe.data.plan import EpochPlan, MixConfig, plan, step_slots, steps_per_epoch
+from deit_pipe.data.scan import ScanReport, open_checked, scan
+from deit_pipe.data.sources import Source, Split, open_source
+from deit_pipe.data.views import (
+    ViewConfig,
+    eval_transform,
+    fingerprint,
+    mix_pair,
+    render,
+    train_transform,
+)
+
+__all__ = [
+    "EpochPlan",
+    "EvalDataset",
+    "MixConfig",
+    "PairDataset",
+    "ScanReport",
+    "Source",
+    "Split",
+    "StepSampler",
+    "ViewConfig",
+    "collate_views",
+    "eval_transform",
+    "fingerprint",
+    "mix_pair",
+    "open_checked",
+    "open_source",
+    "plan",
+    "render",
+    "scan",
+    "step_slots",
+    "steps_per_epoch",
+    "train_transform",
+]

@@ -1,0 +1,103 @@
+"""torch Datasets over an epoch plan (pairs of training views) and over clean eval views.
+
+Item p of `PairDataset` renders slots 2p and 2p+1 and mixes them, so one rendering of each
+image serves both halves. `collate_views` concatenates items, so a batch of b pairs is 2b
+views in slot order. `StepSampler` yields, per step, the pairs one rank consumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
+from deit_pipe.data.sources import Split
+from deit_pipe.data.views import (
+    ViewConfig,
+    as_int64,
+    eval_transform,
+    fingerprint,
+    mix_pair,
+    render,
+    train_transform,
+)
+
+
+class PairDataset(Dataset):
+    """Mixed training views of one epoch, a pair of slots per item."""
+
+    def __init__(self, split: Split, epoch_plan: EpochPlan, cfg: ViewConfig):
+        self.split, self.plan, self.cfg = split, epoch_plan, cfg
+        self.transform = train_transform(cfg)
+
+    def __len__(self) -> int:
+        return self.plan.num_pairs
+
+    def __getitem__(self, pair: int) -> dict[str, torch.Tensor]:
+        slots = list(self.plan.pair_slots(pair))
+        views = [
+            render(
+                self.split.load(int(self.plan.sample[s])),
+                int(self.plan.view_seed[s]),
+                self.transform,
+            )
+            for s in slots
+        ]
+        if len(views) == 2:
+            op, lam, box = self.plan.mix_op[pair], self.plan.lam[pair], self.plan.box[pair]
+            views = list(mix_pair(views[0], views[1], int(op), float(lam), box))
+        return _item(views, slots)
+
+
+class EvalDataset(Dataset):
+    """Clean eval views (resize + center crop), one per sample, in index order."""
+
+    def __init__(self, split: Split, cfg: ViewConfig):
+        self.split, self.cfg = split, cfg
+        self.transform = eval_transform(cfg)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        view = self.transform(self.split.load(index)).to(torch.float32).contiguous()
+        return _item([view], [index])
+
+
+def _item(views: list[torch.Tensor], slots: list[int]) -> dict[str, torch.Tensor]:
+    return {
+        "image": torch.stack(views),
+        "slot": torch.tensor(slots, dtype=torch.int64),
+        "fingerprint": torch.tensor([as_int64(fingerprint(v)) for v in views], dtype=torch.int64),
+    }
+
+
+def collate_views(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate items along the view axis (items hold 1 or 2 views)."""
+    return {key: torch.cat([it[key] for it in items]) for key in items[0]}
+
+
+class StepSampler(Sampler[list[int]]):
+    """Batch sampler: for each step from `start_step`, the pair indices of this rank's slots."""
+
+    def __init__(
+        self,
+        num_slots: int,
+        global_batch: int,
+        world_size: int = 1,
+        rank: int = 0,
+        start_step: int = 0,
+    ):
+        step_slots(0, global_batch, world_size, rank)  # validates the layout up front
+        self.num_slots, self.global_batch = num_slots, global_batch
+        self.world_size, self.rank, self.start_step = world_size, rank, start_step
+
+    def __len__(self) -> int:
+        return max(steps_per_epoch(self.num_slots, self.global_batch) - self.start_step, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.start_step + len(self)):
+            slots = step_slots(step, self.global_batch, self.world_size, self.rank)
+            yield list(range(slots.start // 2, slots.stop // 2))

@@ -1,0 +1,54 @@
+"""A labelled grid of the first slots of an epoch: what the teacher will see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deit_pipe.data.dataset import PairDataset, collate_views
+from deit_pipe.data.plan import MIX_NAMES, EpochPlan
+from deit_pipe.data.sources import Source
+from deit_pipe.data.views import ViewConfig
+
+
+def save_view_grid(
+    source: Source, epoch_plan: EpochPlan, cfg: ViewConfig, count: int, out: Path, cols: int = 8
+) -> Path:
+    """Render slots [0, count) (whole pairs) and save them as an annotated PNG grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = source.split("train")
+    dataset = PairDataset(split, epoch_plan, cfg)
+    pairs = min((count + 1) // 2, len(dataset))
+    batch = collate_views([dataset[p] for p in range(pairs)])
+    images = _to_uint8(batch["image"], cfg)[:count]
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, slot in zip(axes.flat, images, batch["slot"].tolist(), strict=False):
+        pair, label = slot // 2, source.classes[split.labels[epoch_plan.sample[slot]]]
+        partner = int(epoch_plan.partner(np.array([slot]))[0])
+        other = source.classes[split.labels[epoch_plan.sample[partner]]]
+        op, lam = MIX_NAMES[epoch_plan.mix_op[pair]], epoch_plan.lam[pair]
+        title = f"#{slot} {label}" if op == "none" else f"#{slot} {label}·{lam:.2f}+{other}\n{op}"
+        ax.imshow(img)
+        ax.set_title(title, fontsize=7)
+    fig.suptitle(f"{source.spec} epoch {epoch_plan.epoch}: slots 0–{len(images) - 1}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _to_uint8(views: torch.Tensor, cfg: ViewConfig) -> np.ndarray:
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    pixels = (views * std + mean).clamp(0, 1) * 255
+    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

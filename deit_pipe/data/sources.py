@@ -1,0 +1,270 @@
+"""Dataset sources: images by index, labels, a stable class list and a fingerprint.
+
+`open_source("digits" | "fake:N[:SIZE]" | "imagefolder:ROOT" | "cifar10:ROOT" | "cifar100:ROOT")`
+returns a `Source` whose `split("train" | "val")` gives a `Split`. A `Split` is picklable so
+DataLoader workers and dask tasks can carry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from deit_pipe.errors import DataError
+
+SPLITS = ("train", "val")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class Split(ABC):
+    """One split of a source: `len`, `labels`, `load(i)` → RGB PIL image."""
+
+    labels: np.ndarray
+    paths: list[str] | None = None  # relative to the source root, where files exist
+    sizes: list[int] | None = None  # bytes per file, where files exist
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def load(self, index: int) -> Image.Image: ...
+
+
+class ArraySplit(Split):
+    """Images held in memory as uint8 HWC arrays (digits, CIFAR)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def load(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index], mode="RGB")
+
+
+class FileSplit(Split):
+    """Image files under a root; every path is checked to stay inside it."""
+
+    def __init__(self, root: Path, paths: list[str], labels: list[int], sizes: list[int]):
+        self.root = root
+        self.paths = paths
+        self.sizes = sizes
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def load(self, index: int) -> Image.Image:
+        return load_image(self.root, self.paths[index])
+
+
+class FakeSplit(Split):
+    """Deterministic synthetic images (benchmarks and tests only)."""
+
+    def __init__(self, count: int, size: int, num_classes: int, tag: int):
+        self.size, self.tag, self.num_classes = size, tag, num_classes
+        self.labels = np.arange(count, dtype=np.int64) % num_classes
+
+    def load(self, index: int) -> Image.Image:
+        rng = np.random.default_rng([self.tag, index])
+        label = int(self.labels[index])
+        # A class-dependent colour gradient plus noise: cheap, deterministic, learnable.
+        yy, xx = np.mgrid[0 : self.size, 0 : self.size] / max(self.size - 1, 1)
+        base = np.stack([xx, yy, (xx + yy) / 2], axis=-1) * (label + 1) / self.num_classes
+        pixels = np.clip(base * 255 + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels, mode="RGB")
+
+
+@dataclass
+class Source:
+    """A dataset: its spec, classes, splits, defaults for rendering, and skipped files."""
+
+    spec: str
+    classes: list[str]
+    splits: dict[str, Split]
+    root: Path | None = None
+    default_input_size: int = 224
+    default_hflip: float = 0.5
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise DataError(f"{self.spec} has no split {name!r} (has: {', '.join(self.splits)})")
+        return self.splits[name]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """Hash of classes, and per split the relative paths, labels and file sizes (or pixels)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update("\n".join(self.classes).encode())
+        for name in sorted(self.splits):
+            split = self.splits[name]
+            h.update(name.encode())
+            h.update(split.labels.tobytes())
+            if split.paths is not None:
+                for path, size in zip(split.paths, split.sizes or [], strict=True):
+                    h.update(f"{path}\0{size}\n".encode())
+            elif isinstance(split, ArraySplit):
+                h.update(np.ascontiguousarray(split.images).tobytes())
+            elif isinstance(split, FakeSplit):
+                h.update(f"fake:{len(split)}:{split.size}:{split.tag}".encode())
+        return h.hexdigest()
+
+
+def load_image(root: Path, relpath: str) -> Image.Image:
+    """Open `root/relpath` as RGB, refusing paths that escape the root and unreadable files."""
+    path = resolve_inside(root, relpath)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"unreadable image {path}: {exc}") from None
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """`root/relpath` resolved, or a DataError if it (or a symlink on the way) leaves the root."""
+    real_root = Path(os.path.realpath(root))
+    path = Path(os.path.realpath(real_root / relpath))
+    if not path.is_relative_to(real_root):
+        raise DataError(f"path escapes the dataset root {root}: {relpath}")
+    return path
+
+
+def open_source(spec: str, *, skip: dict[str, str] | None = None, download: bool = False) -> Source:
+    """Open a dataset from its spec; `skip` maps relative paths to exclude → why.
+
+    Nothing is fetched from the network unless `download` is set (CIFAR only).
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "digits" and not arg:
+        return _digits(spec)
+    if kind == "fake":
+        return _fake(spec, arg)
+    if kind == "imagefolder" and arg:
+        return _imagefolder(spec, Path(arg).expanduser(), skip or {})
+    if kind in ("cifar10", "cifar100") and arg:
+        return _cifar(spec, kind, Path(arg).expanduser(), download)
+    raise DataError(
+        f"unknown dataset spec {spec!r}: use digits, fake:N[:SIZE], imagefolder:ROOT, "
+        "cifar10:ROOT or cifar100:ROOT"
+    )
+
+
+def _digits(spec: str, size: int = 32) -> Source:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # 0..16 intensities → 8-bit, upscaled once so every view starts from the same pixels.
+    small = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    images = np.stack(
+        [
+            np.asarray(Image.fromarray(im, mode="L").resize((size, size), Image.BICUBIC))
+            for im in small
+        ]
+    )
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype(np.int64)
+    train_idx, val_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0
+    )
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    splits = {
+        "train": ArraySplit(images[train_idx], labels[train_idx]),
+        "val": ArraySplit(images[val_idx], labels[val_idx]),
+    }
+    # Digits are not mirror-symmetric: flipping would teach the wrong thing.
+    classes = [str(c) for c in range(10)]
+    return Source(spec, classes, splits, default_input_size=size, default_hflip=0.0)
+
+
+def _fake(spec: str, arg: str) -> Source:
+    parts = arg.split(":") if arg else []
+    try:
+        count = int(parts[0])
+        size = int(parts[1]) if len(parts) > 1 else 32
+        if count < 2 or size < 8 or len(parts) > 2:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise DataError(
+            f"bad fake spec {spec!r}: use fake:N[:SIZE] with N >= 2, SIZE >= 8"
+        ) from None
+    classes = [f"class{c}" for c in range(10)]
+    splits = {
+        "train": FakeSplit(count, size, len(classes), tag=0),
+        "val": FakeSplit(max(count // 5, 1), size, len(classes), tag=1),
+    }
+    return Source(spec, classes, splits, default_input_size=size)
+
+
+def _class_files(split_dir: Path) -> dict[str, list[str]]:
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"no class folders in {split_dir}")
+    files: dict[str, list[str]] = {}
+    for name in classes:
+        found = sorted(
+            str(Path(dirpath, f).relative_to(split_dir.parent))
+            for dirpath, _, names in os.walk(split_dir / name, followlinks=True)
+            for f in names
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not found:
+            raise DataError(f"empty class folder (no image files): {split_dir / name}")
+        files[name] = found
+    return files
+
+
+def _imagefolder(spec: str, root: Path, skip: dict[str, str]) -> Source:
+    if not root.is_dir():
+        raise DataError(f"dataset root not found: {root}")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"missing train folder: {train_dir} (expected ROOT/train/<class>/*)")
+    train_files = _class_files(train_dir)
+    classes = list(train_files)
+    per_split = {"train": train_files}
+    if (root / "val").is_dir():
+        val_files = _class_files(root / "val")
+        unknown = sorted(set(val_files) - set(classes))
+        if unknown:
+            raise DataError(f"val class not in train: {root / 'val' / unknown[0]}")
+        per_split["val"] = val_files
+    splits: dict[str, Split] = {}
+    for name, files in per_split.items():
+        paths, labels = [], []
+        for label, cls in enumerate(classes):
+            kept = [p for p in files.get(cls, []) if p not in skip]
+            paths += kept
+            labels += [label] * len(kept)
+        for p in paths:
+            resolve_inside(root, p)
+        sizes = [os.path.getsize(root / p) for p in paths]
+        splits[name] = FileSplit(root, paths, labels, sizes)
+    skipped = sorted(skip.items())
+    return Source(spec, classes, splits, root=root, skipped=skipped)
+
+
+def _cifar(spec: str, kind: str, root: Path, download: bool) -> Source:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    if not root.is_dir() and not download:
+        raise DataError(f"dataset root not found: {root}")
+    try:
+        train = cls(str(root), train=True, download=download)
+        val = cls(str(root), train=False, download=download)
+    except RuntimeError as exc:
+        raise DataError(
+            f"{kind} not found under {root} ({exc}); pass --download to fetch it"
+        ) from None
+    splits = {
+        "train": ArraySplit(np.asarray(train.data), np.asarray(train.targets)),
+        "val": ArraySplit(np.asarray(val.data), np.asarray(val.targets)),
+    }
+    return Source(spec, list(train.classes), splits, root=root, default_input_size=32)

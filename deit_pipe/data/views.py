@@ -1,0 +1,172 @@
+"""View rendering: a training view is a pure function of (image, view seed, config).
+
+`render` runs timm's training transform with Python's, NumPy's and torch's CPU RNGs seeded
+from the view seed and restores the caller's RNG state afterwards; `mix_pair` applies the
+plan's mixup/cutmix; `fingerprint` hashes the final float32 bytes so the student can prove it
+replays the very pixels the teacher saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import auto_augment as timm_aa
+from timm.data import create_transform
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
+from deit_pipe.data.sources import Source
+
+Transform = Callable[[Image.Image], torch.Tensor]
+# The global RNGs are per process; threads rendering at once would interleave draws.
+_RNG_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """timm transform settings (DeiT recipe defaults) shared by teacher and student."""
+
+    input_size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float = 0.3
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    interpolation: str = "bicubic"
+    re_prob: float = 0.25
+    re_mode: str = "pixel"
+    re_count: int = 1
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    crop_pct: float = 0.875
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ViewConfig:
+        tuples = ("scale", "ratio", "mean", "std")
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+
+    @classmethod
+    def for_source(cls, source: Source, **overrides: object) -> ViewConfig:
+        """DeiT defaults, the source's input size and flip default, then non-None overrides."""
+        base = {"input_size": source.default_input_size, "hflip": source.default_hflip}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(base)
+
+
+def train_transform(cfg: ViewConfig) -> Transform:
+    """timm's training transform for `cfg`, with Pillow-proof posterize."""
+    tf = create_transform(
+        cfg.input_size,
+        is_training=True,
+        scale=cfg.scale,
+        ratio=cfg.ratio,
+        hflip=cfg.hflip,
+        vflip=cfg.vflip,
+        color_jitter=cfg.color_jitter,
+        auto_augment=cfg.auto_augment or None,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+        re_prob=cfg.re_prob,
+        re_mode=cfg.re_mode,
+        re_count=cfg.re_count,
+    )
+    for t in getattr(tf, "transforms", []):
+        if isinstance(t, timm_aa.RandAugment | timm_aa.AutoAugment):
+            _patch_posterize(t)
+    return tf
+
+
+def eval_transform(cfg: ViewConfig) -> Transform:
+    """Clean eval view: resize to input/crop_pct, center crop, normalize (bicubic by default)."""
+    return create_transform(
+        cfg.input_size,
+        is_training=False,
+        interpolation=cfg.interpolation,
+        crop_pct=cfg.crop_pct,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    # Pillow >= 13 refuses 0 bits; keeping no bits historically meant an all-black image,
+    # which `inc1` RandAugment reaches at magnitude 10.
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return timm_aa.posterize(img, bits_to_keep, **kwargs)
+
+
+def _patch_posterize(policy: object) -> None:
+    ops = getattr(policy, "ops", None)
+    if ops is None:  # AutoAugment keeps sub-policies of ops
+        ops = [op for sub in getattr(policy, "policy", []) for op in sub]
+    for op in ops:
+        if op.aug_fn is timm_aa.posterize:
+            op.aug_fn = _posterize
+
+
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed random, NumPy's global and torch's CPU RNG from a 64-bit seed; restore on exit.
+
+    Only torch's CPU generator is touched (not `torch.manual_seed`, which would also reseed
+    CUDA generators of a training process).
+    """
+    seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
+    gen = torch.random.default_generator
+    with _RNG_LOCK:
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), gen.get_state()
+        try:
+            random.seed(seed)
+            np.random.seed([seed & 0xFFFF_FFFF, seed >> 32])
+            gen.manual_seed(seed)
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            gen.set_state(torch_state)
+
+
+def render(img: Image.Image, view_seed: int, transform: Transform) -> torch.Tensor:
+    """One augmented view: `transform(img)` under RNGs seeded from `view_seed`."""
+    with seeded_rngs(view_seed):
+        return transform(img).to(torch.float32).contiguous()
+
+
+def mix_pair(
+    x_a: torch.Tensor, x_b: torch.Tensor, op: int, lam: float, box: np.ndarray | tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both halves of a pair: each keeps weight λ of itself and takes 1−λ from its partner."""
+    if op == MIX_MIXUP:
+        return x_a * lam + x_b * (1.0 - lam), x_b * lam + x_a * (1.0 - lam)
+    if op == MIX_CUTMIX:
+        y0, y1, x0, x1 = (int(v) for v in box)
+        a, b = x_a.clone(), x_b.clone()
+        a[:, y0:y1, x0:x1] = x_b[:, y0:y1, x0:x1]
+        b[:, y0:y1, x0:x1] = x_a[:, y0:y1, x0:x1]
+        return a, b
+    return x_a, x_b
+
+
+def fingerprint(view: torch.Tensor) -> int:
+    """64-bit blake2b of the view's float32 bytes, as an unsigned int."""
+    data = view.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def as_int64(fp: int) -> int:
+    """A uint64 fingerprint reinterpreted as int64 (torch tensors have no uint64 math)."""
+    return fp - (1 << 64) if fp >= 1 << 63 else fp
