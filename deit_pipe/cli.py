@@ -189,3 +189,59 @@ def views(spec: str, epoch: int, count: int, out: Path, **opts) -> None:
         )
     console.print(table)
     console.print(f"wrote {out}")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(store: str, as_json: bool) -> None:
+    """Show what a target store holds, how complete and how large it is."""
+    from deit_pipe.storage import TargetStore, summarize
+
+    info = summarize(TargetStore(store))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    teacher = info["teacher"]
+    rows = [
+        ("store", f"{info['url']} (format v{info['format_version']}, created {info['created']})"),
+        (
+            "dataset",
+            f"{info['dataset']['spec']} · {info['dataset']['num_classes']} classes · "
+            f"fingerprint {info['dataset']['fingerprint'][:12]}",
+        ),
+        (
+            "teacher",
+            f"{teacher.get('name')} · checkpoint "
+            f"{(teacher.get('checkpoint_sha256') or 'random init')[:12]}",
+        ),
+        (
+            "plan",
+            f"seed {info['plan'].get('seed')} · repeats {info['plan'].get('repeats')} · "
+            f"input {info['plan'].get('input_size')}",
+        ),
+        (
+            "targets",
+            f"top-{info['k']} {info['value_dtype']} · τ = "
+            f"{', '.join(f'{t:g}' for t in info['temperatures'])}",
+        ),
+        (
+            "epochs",
+            f"{len(info['epochs_complete'])}/{info['epochs']} complete · "
+            f"{info['views_per_epoch']} views/epoch · {info['val_views']} val views",
+        ),
+        ("missing", ", ".join(f"{s}: {len(m)} shards" for s, m in info["missing_shards"].items())),
+        ("size", f"{info['bytes_on_disk']:,} bytes · {info['bytes_per_view']:.1f} bytes/view"),
+    ]
+    if info["topk_mass_mean"] is not None:
+        rows.append(
+            ("top-k mass", f"{info['topk_mass_mean']:.4f} mean at τ={info['topk_mass_tau']:g}")
+        )
+    if info["val_teacher_top1"] is not None:
+        rows.append(("val top-1", f"{info['val_teacher_top1']:.4f} teacher vs ground truth"))
+    for item in info["skipped_files"]:
+        rows.append(("skipped", f"{item['path']}: {item['reason']}"))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/bold]", value)
+    console.print(table, highlight=False)

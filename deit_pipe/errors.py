@@ -15,3 +15,23 @@ class PlanError(DeitPipeError):
 
 class ReplayError(DeitPipeError):
     """A replayed view differs from the one the teacher saw."""
+
+
+class StoreError(DeitPipeError):
+    """A target store cannot be used as asked; the message says what differs."""
+
+
+class StoreFormatError(StoreError):
+    """Not a deit-pipe store, or a format version this code does not read."""
+
+
+class StoreMismatchError(StoreError):
+    """The store was made for another dataset, plan or job."""
+
+
+class StoreIncompleteError(StoreError):
+    """Shards a caller needs are not marked done (never read half-written data)."""
+
+
+class StoreCorruptError(StoreError):
+    """A chunk failed its checksum or cannot be decoded."""

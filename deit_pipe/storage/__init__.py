@@ -1,1 +1,18 @@
-"""storage stage."""
+"""The target store: a self-describing Zarr v3 group of teacher top-k logits + Parquet manifest."""
+
+from deit_pipe.storage.format import FORMAT_VERSION, StoreSpec
+from deit_pipe.storage.inspect import summarize
+from deit_pipe.storage.reader import EpochTargets, Targets, TargetStore
+from deit_pipe.storage.writer import StoreWriter, create_store, write_manifest
+
+__all__ = [
+    "FORMAT_VERSION",
+    "EpochTargets",
+    "StoreSpec",
+    "StoreWriter",
+    "TargetStore",
+    "Targets",
+    "create_store",
+    "summarize",
+    "write_manifest",
+]

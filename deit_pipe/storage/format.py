@@ -1,0 +1,128 @@
+"""The target store, format version 1: metadata, array layout and codecs (a public contract).
+
+A Zarr v3 group; `attrs["deit_pipe"]` holds the metadata below. Per split (`train`, `val`):
+
+    topk_values   [E, V, k]  float16|float32  teacher logits, sorted descending
+    topk_indices  [E, V, k]  uint16 (uint32 if C > 65535)
+    logsumexp     [E, V, T]  float32  logsumexp(z/τ) over all C classes, per τ
+    fingerprint   [E, V]     uint64   blake2b-64 of the view's float32 bytes
+    done          [E, S]     bool     shard s of epoch e is complete (one chunk per cell)
+
+All V-indexed arrays share one shard grid (shard_views) so one task owns whole shards of
+every array and no two writers ever touch the same Zarr object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+
+FORMAT_VERSION = 1
+ATTR_KEY = "deit_pipe"
+SPLITS = ("train", "val")
+ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
+MANIFEST = "manifest.parquet"
+SKIPPED = "skipped.parquet"
+DEFAULT_SHARD_VIEWS = 65536
+DEFAULT_CHUNK_VIEWS = 4096
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store holds; two runs with equal specs are the same job (resume-safe)."""
+
+    dataset: dict  # spec, fingerprint, classes, num_samples {split: n}
+    teacher: dict  # name, checkpoint_sha256, num_classes, input_size, mean, std
+    plan: dict  # seed, repeats, input_size, transform, mix, ra_block
+    epochs: int  # training epochs stored
+    splits: tuple[str, ...] = SPLITS
+    k: int = 10
+    temperatures: tuple[float, ...] = (1.0, 3.0)
+    value_dtype: str = "float16"
+    shard_views: int = DEFAULT_SHARD_VIEWS
+    chunk_views: int = DEFAULT_CHUNK_VIEWS
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.dataset["classes"])
+
+    def views(self, split: str) -> int:
+        return int(self.dataset["num_samples"][split])
+
+    def split_epochs(self, split: str) -> int:
+        return self.epochs if split == "train" else 1
+
+    def num_shards(self, split: str) -> int:
+        return math.ceil(self.views(split) / self.shard_views)
+
+    def index_dtype(self) -> str:
+        return "uint16" if self.num_classes <= 65536 else "uint32"
+
+    def to_meta(self, versions: dict[str, str]) -> dict:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": versions,
+            "dataset": self.dataset,
+            "teacher": self.teacher,
+            "plan": {**self.plan, "epochs": self.epochs},
+            "splits": list(self.splits),
+            "k": self.k,
+            "temperatures": list(self.temperatures),
+            "value_dtype": self.value_dtype,
+            "shard_views": self.shard_views,
+            "chunk_views": self.chunk_views,
+        }
+        return {**meta, **({"extra": self.extra} if self.extra else {})}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> StoreSpec:
+        plan = {k: v for k, v in meta["plan"].items() if k != "epochs"}
+        return cls(
+            dataset=meta["dataset"],
+            teacher=meta["teacher"],
+            plan=plan,
+            epochs=int(meta["plan"]["epochs"]),
+            splits=tuple(meta["splits"]),
+            k=int(meta["k"]),
+            temperatures=tuple(float(t) for t in meta["temperatures"]),
+            value_dtype=meta["value_dtype"],
+            shard_views=int(meta["shard_views"]),
+            chunk_views=int(meta["chunk_views"]),
+            extra=meta.get("extra", {}),
+        )
+
+
+def job_identity(meta: dict) -> dict:
+    """The metadata that defines the job: everything but creation time and library versions."""
+    return {k: v for k, v in meta.items() if k not in ("created", "versions")}
+
+
+def library_versions() -> dict[str, str]:
+    import PIL
+    import timm
+    import torch
+    import torchvision
+    import zarr
+
+    import deit_pipe
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "PIL": PIL.__version__,
+        "zarr": zarr.__version__,
+        "deit_pipe": deit_pipe.__version__,
+    }
+
+
+def compressors(dtype: str) -> list:
+    """Bit-shuffled zstd for the compressible arrays; every data chunk carries a crc32c."""
+    if dtype in ("uint64", "bool"):  # fingerprints are random bits; done flags are 1 byte
+        return [Crc32cCodec()]
+    return [BloscCodec(cname="zstd", clevel=7, shuffle=BloscShuffle.bitshuffle), Crc32cCodec()]

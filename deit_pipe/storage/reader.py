@@ -1,0 +1,245 @@
+"""Read a target store: validate it for a run, load epoch slices, build soft/hard targets.
+
+Training reads a whole epoch slice into memory (random per-row gathers from zarr are
+~100× slower) and a background thread loads the next epoch while this one trains.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from deit_pipe.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreIncompleteError,
+    StoreMismatchError,
+)
+from deit_pipe.storage.format import MANIFEST, SKIPPED, StoreSpec
+from deit_pipe.storage.io import file_system, open_group, read_meta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Targets:
+    soft: torch.Tensor  # [n, C] float32 teacher distribution at τ
+    hard: torch.Tensor  # [n] int64 teacher top-1
+    fingerprint: torch.Tensor  # [n] int64 (the uint64 bits)
+
+
+@dataclass
+class EpochTargets:
+    """One epoch slice of a split, in memory."""
+
+    epoch: int
+    values: np.ndarray  # [V, k] stored dtype, sorted descending
+    indices: np.ndarray  # [V, k] uint16|uint32
+    lse: np.ndarray  # [V, T] float32
+    fingerprint: np.ndarray  # [V] uint64
+    temperatures: tuple[float, ...]
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.fingerprint)
+
+    def _tau_index(self, tau: float) -> int:
+        for i, t in enumerate(self.temperatures):
+            if abs(t - tau) < 1e-9:
+                return i
+        stored = ", ".join(f"{t:g}" for t in self.temperatures)
+        raise StoreMismatchError(
+            f"temperature τ={tau:g} is not stored (store has τ = {stored}); "
+            "precompute with --temperatures including it"
+        )
+
+    def topk_probs(self, slots: np.ndarray, tau: float) -> np.ndarray:
+        """p(c) = exp(z_c/τ − logsumexp(z/τ)) for the k stored classes, float64 [n, k]."""
+        z = self.values[slots].astype(np.float64)
+        lse = self.lse[slots, self._tau_index(tau)].astype(np.float64)
+        return np.exp(z / tau - lse[:, None])
+
+    def soft(self, slots: np.ndarray, tau: float) -> torch.Tensor:
+        """Dense teacher distribution: exact on the top-k, the exact tail mass spread evenly."""
+        slots = np.asarray(slots)
+        top = self.topk_probs(slots, tau)
+        k, c = top.shape[1], self.num_classes
+        tail = np.clip(1.0 - top.sum(axis=1), 0.0, 1.0)
+        dense = (
+            np.repeat((tail / max(c - k, 1))[:, None], c, axis=1)
+            if c > k
+            else np.zeros((len(slots), c))
+        )
+        np.put_along_axis(dense, self.indices[slots].astype(np.int64), top, axis=1)
+        return torch.from_numpy(dense.astype(np.float32))
+
+    def hard(self, slots: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.indices[np.asarray(slots), 0].astype(np.int64))
+
+    def targets(self, slots: np.ndarray, tau: float) -> Targets:
+        slots = np.asarray(slots)
+        fps = torch.from_numpy(self.fingerprint[slots].view(np.int64).copy())
+        return Targets(self.soft(slots, tau), self.hard(slots), fps)
+
+    def topk_mass(self, tau: float = 1.0) -> np.ndarray:
+        """Probability mass the stored top-k capture, per view."""
+        return self.topk_probs(np.arange(len(self)), tau).sum(axis=1)
+
+
+class TargetStore:
+    """A store opened for reading. Validate with `check_run` before training on it."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url, self.storage_options = url, storage_options
+        self.group = open_group(url, "r", storage_options)
+        self.meta = read_meta(self.group, url)
+        self.spec = StoreSpec.from_meta(self.meta)
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
+        self._pending: dict[tuple[str, int], Future] = {}
+
+    @property
+    def identity(self) -> dict:
+        """What a run records to tie itself to this store."""
+        return {
+            "url": self.url,
+            "created": self.meta["created"],
+            "dataset_fingerprint": self.spec.dataset["fingerprint"],
+            "teacher": self.spec.teacher.get("name"),
+            "teacher_checkpoint_sha256": self.spec.teacher.get("checkpoint_sha256"),
+        }
+
+    def _require_split(self, split: str) -> None:
+        if split not in self.spec.splits:
+            hint = " (make it with `deit-pipe precompute --split val`)" if split == "val" else ""
+            raise StoreIncompleteError(f"{self.url} has no {split}/ split{hint}")
+
+    def done(self, split: str = "train") -> np.ndarray:
+        self._require_split(split)
+        return self._read(split, "done", slice(None))
+
+    def missing_shards(self, split: str = "train") -> list[tuple[int, int]]:
+        return [tuple(int(v) for v in ix) for ix in np.argwhere(~self.done(split))]
+
+    def complete_epochs(self, split: str = "train") -> list[int]:
+        return [int(e) for e in np.flatnonzero(self.done(split).all(axis=1))]
+
+    def check_run(
+        self,
+        *,
+        dataset_fingerprint: str | None = None,
+        plan: dict | None = None,
+        epochs: int | None = None,
+        cycle_epochs: bool = False,
+    ) -> None:
+        """Refuse, with one line naming what differs, a store that cannot serve this run."""
+        if (
+            dataset_fingerprint is not None
+            and dataset_fingerprint != self.spec.dataset["fingerprint"]
+        ):
+            theirs = self.spec.dataset
+            raise StoreMismatchError(
+                f"{self.url} was made for dataset {theirs['spec']} (fingerprint "
+                f"{theirs['fingerprint'][:12]}), not this one ({dataset_fingerprint[:12]})"
+            )
+        if plan is not None:
+            differ = [
+                k
+                for k in sorted(set(plan) | set(self.spec.plan))
+                if plan.get(k) != self.spec.plan.get(k)
+            ]
+            if differ:
+                k = differ[0]
+                raise StoreMismatchError(
+                    f"{self.url} plan differs from this run in {', '.join(differ)}: "
+                    f"{k} = {self.spec.plan.get(k)!r} in the store, {plan.get(k)!r} here"
+                )
+        stored = self.spec.epochs
+        if epochs is not None and epochs > stored and not cycle_epochs:
+            raise StoreIncompleteError(
+                f"{self.url} holds {stored} training epochs but this run needs {epochs}; "
+                f"precompute more or pass --cycle-epochs to reuse epoch e mod {stored}"
+            )
+        needed = range(min(epochs if epochs is not None else stored, stored))
+        done = self.done("train")
+        for e in needed:
+            if not done[e].all():
+                missing = np.flatnonzero(~done[e])
+                raise StoreIncompleteError(
+                    f"{self.url} epoch {e} is incomplete: {len(missing)} of {done.shape[1]} "
+                    f"shards missing (first: {missing[0]}); re-run precompute to finish it"
+                )
+
+    def stored_epoch(self, epoch: int, cycle_epochs: bool = False) -> int:
+        """The stored epoch that serves training epoch `epoch`."""
+        stored = self.spec.epochs
+        if epoch < stored:
+            return epoch
+        if not cycle_epochs:
+            raise StoreIncompleteError(
+                f"{self.url} has no epoch {epoch} (holds {stored}); "
+                "pass --cycle-epochs to reuse epoch e mod E"
+            )
+        log.warning("epoch %d replays stored epoch %d (--cycle-epochs)", epoch, epoch % stored)
+        return epoch % stored
+
+    def read_epoch(self, epoch: int, split: str = "train") -> EpochTargets:
+        """Load one whole epoch slice; refuses an epoch with shards not marked done."""
+        self._require_split(split)
+        done = self._read(split, "done", epoch)
+        if not done.all():
+            raise StoreIncompleteError(
+                f"{self.url} {split} epoch {epoch} has unfinished shards "
+                f"{np.flatnonzero(~done).tolist()[:5]}; re-run precompute to finish them"
+            )
+        return EpochTargets(
+            epoch=epoch,
+            values=self._read(split, "topk_values", epoch),
+            indices=self._read(split, "topk_indices", epoch),
+            lse=self._read(split, "logsumexp", epoch),
+            fingerprint=self._read(split, "fingerprint", epoch),
+            temperatures=self.spec.temperatures,
+            num_classes=self.spec.num_classes,
+        )
+
+    def epoch(self, epoch: int, split: str = "train", prefetch: int | None = None) -> EpochTargets:
+        """`read_epoch`, served from the prefetch thread when ready; then prefetch `prefetch`."""
+        future = self._pending.pop((split, epoch), None)
+        result = future.result() if future is not None else self.read_epoch(epoch, split)
+        if prefetch is not None and (split, prefetch) not in self._pending:
+            self._pending[(split, prefetch)] = self._prefetcher.submit(
+                self.read_epoch, prefetch, split
+            )
+        return result
+
+    def _read(self, split: str, name: str, index) -> np.ndarray:
+        try:
+            return np.asarray(self.group[split][name][index])
+        except StoreError:
+            raise
+        except Exception as exc:  # zarr raises ValueError/RuntimeError on bad checksums or codecs
+            raise StoreCorruptError(
+                f"corrupted data in {self.url}/{split}/{name} (epoch {index}): {exc}"
+            ) from None
+
+    def manifest(self) -> pa.Table:
+        return self._parquet(MANIFEST)
+
+    def skipped(self) -> pa.Table:
+        return self._parquet(SKIPPED)
+
+    def _parquet(self, name: str) -> pa.Table:
+        fs, base = file_system(self.url, self.storage_options)
+        try:
+            with fs.open(f"{base}/{name}", "rb") as f:
+                return pq.read_table(f)
+        except FileNotFoundError:
+            raise StoreIncompleteError(f"{self.url} has no {name}") from None
+
+    def close(self) -> None:
+        self._prefetcher.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,187 @@
+"""Create a target store and fill it one whole shard at a time.
+
+A shard write touches only that shard's objects of each array and then its own `done`
+cell, so concurrent writers of different shards are safe (zarr's partial-shard writes are
+read-modify-write and would not be), and re-running a shard rewrites identical bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from deit_pipe.data.sources import Source
+from deit_pipe.errors import StoreError, StoreMismatchError
+from deit_pipe.storage.format import (
+    ATTR_KEY,
+    MANIFEST,
+    SKIPPED,
+    StoreSpec,
+    compressors,
+    job_identity,
+    library_versions,
+)
+from deit_pipe.storage.io import file_system, open_group, read_meta
+
+
+class StoreWriter:
+    """Writes shards of an existing store (see `create_store`)."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url, self.storage_options = url, storage_options
+        self.group = open_group(url, "r+", storage_options)
+        self.meta = read_meta(self.group, url)
+        self.spec = StoreSpec.from_meta(self.meta)
+
+    def shard_range(self, split: str, shard: int) -> range:
+        views = self.spec.views(split)
+        lo = shard * self.spec.shard_views
+        if not 0 <= lo < views:
+            raise StoreError(f"{split} has no shard {shard} (views {views})")
+        return range(lo, min(lo + self.spec.shard_views, views))
+
+    def write_shard(
+        self,
+        split: str,
+        epoch: int,
+        shard: int,
+        values: np.ndarray,
+        indices: np.ndarray,
+        lse: np.ndarray,
+        fingerprints: np.ndarray,
+    ) -> int:
+        """Write one whole shard of every array, then mark it done; returns views written."""
+        spec, rows = self.spec, self.shard_range(split, shard)
+        if not 0 <= epoch < spec.split_epochs(split):
+            raise StoreError(f"{split} has no epoch {epoch} (epochs {spec.split_epochs(split)})")
+        n, k, t = len(rows), spec.k, len(spec.temperatures)
+        expected = {
+            "topk_values": (n, k),
+            "topk_indices": (n, k),
+            "logsumexp": (n, t),
+            "fingerprint": (n,),
+        }
+        arrays = {
+            "topk_values": values,
+            "topk_indices": indices,
+            "logsumexp": lse,
+            "fingerprint": fingerprints,
+        }
+        group = self.group[split]
+        for name, data in arrays.items():
+            data = np.asarray(data)
+            if data.shape != expected[name]:
+                raise StoreError(
+                    f"{split}/{name} shard {shard}: shape {data.shape}, expected {expected[name]}"
+                )
+            target = group[name]
+            if name == "topk_indices" and (data.min() < 0 or data.max() >= spec.num_classes):
+                raise StoreError(f"{split}/{name} shard {shard}: class index out of range")
+            target[epoch, rows.start : rows.stop] = data.astype(target.dtype, copy=False)
+        group["done"][epoch, shard] = True
+        return n
+
+
+def create_store(
+    url: str, spec: StoreSpec, *, overwrite: bool = False, storage_options: dict | None = None
+) -> StoreWriter:
+    """Create the store, or reopen it to resume when it already holds the same job."""
+    meta = spec.to_meta(library_versions())
+    if not overwrite:
+        try:
+            existing = read_meta(open_group(url, "r", storage_options), url)
+        except StoreError:
+            existing = None
+        if existing is not None:
+            differ = _differences(job_identity(existing), job_identity(meta))
+            if differ:
+                raise StoreMismatchError(
+                    f"{url} holds a different job (differs in {', '.join(differ)}); "
+                    "pass --overwrite to replace it"
+                )
+            return StoreWriter(url, storage_options)
+    root = open_group(url, "w", storage_options)
+    for split in spec.splits:
+        _create_split(root, split, spec)
+    root.attrs[ATTR_KEY] = meta
+    return StoreWriter(url, storage_options)
+
+
+def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
+    epochs, views = spec.split_epochs(split), spec.views(split)
+    shard, chunk = spec.shard_views, min(spec.chunk_views, spec.shard_views)
+    if shard % chunk:
+        raise StoreError(f"shard_views {shard} must be a multiple of chunk_views {chunk}")
+    group = root.create_group(split)
+    layouts = {
+        "topk_values": ((spec.k,), spec.value_dtype),
+        "topk_indices": ((spec.k,), spec.index_dtype()),
+        "logsumexp": ((len(spec.temperatures),), "float32"),
+        "fingerprint": ((), "uint64"),
+    }
+    for name, (tail, dtype) in layouts.items():
+        group.create_array(
+            name,
+            shape=(epochs, views, *tail),
+            chunks=(1, chunk, *tail),
+            shards=(1, shard, *tail),
+            dtype=dtype,
+            compressors=compressors(dtype),
+            fill_value=0,
+            dimension_names=("epoch", "view", *(["k"] if tail else []))[: 2 + len(tail)],
+            config={"write_empty_chunks": True},
+        )
+    group.create_array(
+        "done",
+        shape=(epochs, spec.num_shards(split)),
+        chunks=(1, 1),
+        dtype="bool",
+        compressors=compressors("bool"),
+        fill_value=False,
+        dimension_names=("epoch", "shard"),
+        config={"write_empty_chunks": True},
+    )
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def write_manifest(writer: StoreWriter, source: Source) -> None:
+    """`manifest.parquet` (one row per sample) and `skipped.parquet` (files left out, why)."""
+    rows: dict[str, list] = {"split": [], "index": [], "path": [], "label": [], "bytes": []}
+    for split_name in writer.spec.splits:
+        split = source.split(split_name)
+        n = len(split)
+        rows["split"] += [split_name] * n
+        rows["index"] += list(range(n))
+        rows["path"] += list(split.paths) if split.paths is not None else [None] * n
+        rows["label"] += split.labels.tolist()
+        rows["bytes"] += list(split.sizes) if split.sizes is not None else [None] * n
+    schema = pa.schema(
+        [
+            ("split", pa.string()),
+            ("index", pa.int64()),
+            ("path", pa.string()),
+            ("label", pa.int64()),
+            ("bytes", pa.int64()),
+        ]
+    )
+    fs, base = file_system(writer.url, writer.storage_options)
+    with fs.open(f"{base}/{MANIFEST}", "wb") as f:
+        pq.write_table(pa.table(rows, schema=schema), f)
+    skipped = pa.table(
+        {"path": [p for p, _ in source.skipped], "reason": [r for _, r in source.skipped]},
+        schema=pa.schema([("path", pa.string()), ("reason", pa.string())]),
+    )
+    with fs.open(f"{base}/{SKIPPED}", "wb") as f:
+        pq.write_table(skipped, f)

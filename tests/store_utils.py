@@ -1,0 +1,68 @@
+"""Deterministic random teacher logits, shard by shard, for store tests and benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deit_pipe.storage import StoreSpec, create_store
+from deit_pipe.storage.writer import StoreWriter
+
+
+def make_spec(
+    classes=20, k=5, train=100, val=30, epochs=2, dtype="float32", shard=32, temperatures=(1.0, 3.0)
+) -> StoreSpec:
+    return StoreSpec(
+        dataset={
+            "spec": "fake:test",
+            "fingerprint": "f" * 32,
+            "classes": [f"c{i}" for i in range(classes)],
+            "num_samples": {"train": train, "val": val},
+        },
+        teacher={"name": "test-teacher", "checkpoint_sha256": None, "num_classes": classes},
+        plan={"seed": 0, "repeats": 3, "input_size": 32},
+        epochs=epochs,
+        k=k,
+        temperatures=temperatures,
+        value_dtype=dtype,
+        shard_views=shard,
+        chunk_views=shard // 2,
+    )
+
+
+def logits(split: str, epoch: int, rows: range, classes: int) -> np.ndarray:
+    rng = np.random.default_rng([len(split), epoch, rows.start])
+    return rng.normal(0, 3, (len(rows), classes))
+
+
+def shard_payload(writer: StoreWriter, split: str, epoch: int, shard: int):
+    spec = writer.spec
+    rows = writer.shard_range(split, shard)
+    z = logits(split, epoch, rows, spec.num_classes)
+    idx = np.argsort(-z, axis=1, kind="stable")[:, : spec.k]
+    values = np.take_along_axis(z, idx, axis=1)
+    lse = np.stack([np.logaddexp.reduce(z / t, axis=1) for t in spec.temperatures], axis=1)
+    fps = np.random.default_rng([epoch, shard, 7]).integers(
+        0, 2**64, len(rows), np.uint64, endpoint=False
+    )
+    return values, idx, lse, fps
+
+
+def fill(writer: StoreWriter, split: str, epoch: int, shard: int) -> None:
+    writer.write_shard(split, epoch, shard, *shard_payload(writer, split, epoch, shard))
+
+
+def fill_all(url: str, spec: StoreSpec, skip: set = frozenset()) -> StoreWriter:
+    writer = create_store(url, spec)
+    for split in spec.splits:
+        for e in range(spec.split_epochs(split)):
+            for s in range(spec.num_shards(split)):
+                if (split, e, s) not in skip:
+                    fill(writer, split, e, s)
+    return writer
+
+
+def write_shards_in_process(url: str, shards: list[int]) -> None:
+    """Entry point for a separate process (spawn): write these train shards of epoch 0."""
+    writer = StoreWriter(url)
+    for s in shards:
+        fill(writer, "train", 0, s)
