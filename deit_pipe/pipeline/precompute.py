@@ -1,0 +1,208 @@
+"""Stage one: fill a target store with the teacher's outputs on every planned view, on dask.
+
+`precompute()` prepares (or reopens, to resume) the store, lists the shards not yet done and
+runs one task per shard: in this process (`workers=0`), on a LocalCluster of worker processes
+(one per visible GPU, or `workers` CPU processes) or on an existing cluster (`scheduler`).
+Worker deaths are survived: dask reruns a lost task elsewhere, and a task is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from deit_pipe.data import open_checked
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.errors import StoreError
+from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
+from deit_pipe.pipeline.teacher import build_teacher, check_normalization
+from deit_pipe.storage import StoreSpec, StoreWriter, create_store, write_manifest
+from deit_pipe.storage.io import file_system
+
+log = logging.getLogger(__name__)
+Task = tuple[str, int, int]  # (split, epoch, shard)
+
+
+@dataclass(frozen=True)
+class Summary:
+    tasks: int
+    views: int
+    seconds: float
+    bytes_on_disk: int
+
+    @property
+    def views_per_second(self) -> float:
+        return self.views / self.seconds if self.seconds else 0.0
+
+
+def prepare_store(
+    job: Job,
+    *,
+    epochs: int,
+    splits: tuple[str, ...] = ("train", "val"),
+    k: int = 10,
+    temperatures: tuple[float, ...] = (1.0, 3.0),
+    value_dtype: str = "float16",
+    shard_views: int = 65536,
+    overwrite: bool = False,
+) -> StoreWriter:
+    """Check dataset, teacher and plan agree; create the store or reopen the same job."""
+    if shard_views % 2:
+        raise StoreError(f"--shard-views {shard_views} must be even (pairs never straddle shards)")
+    source = open_checked(job.data, skip_bad=job.skip_bad)
+    recipe = Recipe.from_dict(job.recipe)
+    _, teacher = build_teacher(job.teacher, source.num_classes)
+    check_normalization(teacher, recipe.view.mean, recipe.view.std)
+    if k > source.num_classes:
+        raise StoreError(f"--top-k {k} exceeds the dataset's {source.num_classes} classes")
+    spec = StoreSpec(
+        dataset={
+            "spec": source.spec,
+            "fingerprint": source.fingerprint(),
+            "classes": source.classes,
+            "num_samples": {s: len(source.split(s)) for s in splits},
+        },
+        teacher=teacher,
+        plan=job.recipe,
+        epochs=epochs,
+        splits=tuple(splits),
+        k=k,
+        temperatures=tuple(float(t) for t in temperatures),
+        value_dtype=value_dtype,
+        shard_views=shard_views,
+        chunk_views=min(4096, shard_views),
+    )
+    writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
+    write_manifest(writer, source)
+    return writer
+
+
+def pending(writer: StoreWriter) -> list[Task]:
+    """Shards not marked done, epoch-major so early epochs are usable first."""
+    done = {s: writer.group[s]["done"][:] for s in writer.spec.splits}
+    tasks = [
+        (s, e, sh) for s in writer.spec.splits for e, sh in zip(*(~done[s]).nonzero(), strict=True)
+    ]
+    return sorted(((s, int(e), int(sh)) for s, e, sh in tasks), key=lambda t: (t[1], t[0], t[2]))
+
+
+def run(
+    job: Job,
+    tasks: list[Task],
+    *,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    scheduler: str | None = None,
+    retries: int = 2,
+    progress: Callable[[TaskResult], None] | None = None,
+    task_fn: Callable[..., TaskResult] = run_task,
+) -> Summary:
+    """Run `tasks`; `workers=0` runs them here, otherwise on dask.distributed."""
+    start = time.perf_counter()
+    views = 0
+    if workers == 0 and scheduler is None:
+        for task in tasks:
+            result = task_fn(job, *task)
+            views += result.views
+            if progress:
+                progress(result)
+    else:
+        for result in _run_dask(
+            job, tasks, workers, threads_per_worker, scheduler, retries, task_fn
+        ):
+            views += result.views
+            if progress:
+                progress(result)
+    seconds = time.perf_counter() - start
+    fs, base = file_system(job.url, job.storage_options)
+    return Summary(len(tasks), views, seconds, int(fs.du(base)))
+
+
+def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_fn):
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    gpus = torch.cuda.device_count() if job.device != "cpu" else 0
+    cluster = None
+    if scheduler is None:
+        n = workers or gpus or 1
+        # DataLoader workers are child processes: dask's daemonic workers may not have any.
+        with dask.config.set({"distributed.worker.daemon": job.loader_workers == 0}):
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                resources={"GPU": 1} if gpus else None,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+    client = Client(cluster if cluster is not None else scheduler)
+    try:
+        resources = {"GPU": 1} if gpus else None
+        futures = [
+            client.submit(
+                task_fn,
+                job,
+                *task,
+                key=f"deit-pipe-{task[0]}-{task[1]}-{task[2]}",
+                pure=False,
+                retries=retries,
+                resources=resources,
+            )
+            for task in tasks
+        ]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def precompute(
+    job: Job,
+    *,
+    epochs: int,
+    splits: tuple[str, ...] = ("train", "val"),
+    k: int = 10,
+    temperatures: tuple[float, ...] = (1.0, 3.0),
+    value_dtype: str = "float16",
+    shard_views: int = 65536,
+    overwrite: bool = False,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    scheduler: str | None = None,
+    progress: Callable[[TaskResult], None] | None = None,
+    on_plan: Callable[[list[Task], StoreWriter], None] | None = None,
+) -> Summary:
+    """Prepare the store and run every shard not yet done (resume = call again)."""
+    writer = prepare_store(
+        job,
+        epochs=epochs,
+        splits=splits,
+        k=k,
+        temperatures=temperatures,
+        value_dtype=value_dtype,
+        shard_views=shard_views,
+        overwrite=overwrite,
+    )
+    tasks = pending(writer)
+    if on_plan:
+        on_plan(tasks, writer)
+    log.info("%d shards to compute", len(tasks))
+    return run(
+        job,
+        tasks,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        scheduler=scheduler,
+        progress=progress,
+    )

@@ -1,0 +1,144 @@
+"""One precompute task = one (split, epoch, shard): render its views, run the teacher, write it.
+
+Tasks are idempotent (same views, same logits, same bytes) and keep their expensive state
+(dataset, teacher, epoch plans) in a per-process cache, so a dask worker loads the teacher
+once, not once per task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from deit_pipe.data import EvalDataset, PairDataset, collate_views, open_checked
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.storage import StoreWriter
+
+_CACHE: dict[tuple, object] = {}
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a task needs; small and picklable."""
+
+    url: str
+    data: str
+    recipe: dict  # Recipe.to_dict()
+    teacher: TeacherConfig
+    skip_bad: bool = False
+    batch_size: int = 256
+    loader_workers: int = 0
+    threads: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    storage_options: dict | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    split: str
+    epoch: int
+    shard: int
+    views: int
+    seconds: float
+    forward_seconds: float
+    device: str
+
+
+def _cached(key: tuple, make):
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def task_device(job: Job) -> torch.device:
+    """One GPU per dask worker (by worker index), or the CPU."""
+    if job.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = 0
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = int(name) if str(name).isdigit() else 0
+    except (ImportError, ValueError):
+        pass
+    return torch.device("cuda", index % torch.cuda.device_count())
+
+
+def _teacher(job: Job, num_classes: int, device: torch.device) -> torch.nn.Module:
+    def make():
+        model, _ = build_teacher(job.teacher, num_classes)
+        return model.to(device, memory_format=torch.channels_last)
+
+    return _cached(("teacher", job.teacher, num_classes, str(device)), make)
+
+
+def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
+    """Render shard `shard` of `split`/`epoch`, run the teacher, write the shard, mark it done."""
+    start = time.perf_counter()
+    if torch.get_num_threads() != job.threads:
+        torch.set_num_threads(job.threads)
+    writer = _cached(("writer", job.url), lambda: StoreWriter(job.url, job.storage_options))
+    source = _cached(
+        ("source", job.data, job.skip_bad), lambda: open_checked(job.data, skip_bad=job.skip_bad)
+    )
+    recipe = Recipe.from_dict(job.recipe)
+    rows = writer.shard_range(split, shard)
+    data = source.split(split)
+    if split == "train":
+        key = ("plan", json.dumps(job.recipe, sort_keys=True), len(data), epoch)
+        epoch_plan = _cached(key, lambda: recipe.epoch_plan(epoch, len(data)))
+        dataset = Subset(
+            PairDataset(data, epoch_plan, recipe.view), range(rows.start // 2, (rows.stop + 1) // 2)
+        )
+        per_batch = max(job.batch_size // 2, 1)
+    else:
+        dataset = Subset(EvalDataset(data, recipe.view), rows)
+        per_batch = job.batch_size
+    device = task_device(job)
+    model = _teacher(job, writer.spec.num_classes, device)
+    loader = DataLoader(
+        dataset,
+        batch_size=per_batch,
+        num_workers=job.loader_workers,
+        collate_fn=collate_views,
+        pin_memory=device.type == "cuda",
+    )
+    values, indices, lse, fps, slots = [], [], [], [], []
+    forward = 0.0
+    k, temps = writer.spec.k, writer.spec.temperatures
+    for batch in loader:
+        t0 = time.perf_counter()
+        logits = teacher_logits(model, batch["image"], device)
+        top = logits.topk(k, dim=1, sorted=True)
+        values.append(top.values.numpy())
+        indices.append(top.indices.numpy())
+        lse.append(torch.stack([torch.logsumexp(logits / t, dim=1) for t in temps], 1).numpy())
+        forward += time.perf_counter() - t0
+        fps.append(batch["fingerprint"].numpy().view(np.uint64))
+        slots.append(batch["slot"].numpy())
+    if not np.array_equal(np.concatenate(slots), np.arange(rows.start, rows.stop)):
+        raise RuntimeError(f"{split} epoch {epoch} shard {shard}: rendered slots out of order")
+    writer.write_shard(
+        split, epoch, shard, *(np.concatenate(a) for a in (values, indices, lse, fps))
+    )
+    return TaskResult(
+        split, epoch, shard, len(rows), time.perf_counter() - start, forward, str(device)
+    )
+
+
+@torch.inference_mode()
+def teacher_logits(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """float32 logits on the CPU; bf16 autocast and channels_last on CUDA."""
+    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(x)
+    return out.float().cpu()

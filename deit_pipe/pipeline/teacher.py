@@ -1,0 +1,140 @@
+"""Teacher loading: any timm model, from a local checkpoint, a timm pretrained tag or a seeded init.
+
+Checkpoints are untrusted input: `.pth` files load with `weights_only=True`, `.safetensors`
+through safetensors. The sha256 of the file is recorded in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+
+from deit_pipe.errors import DeitPipeError
+
+
+class TeacherError(DeitPipeError):
+    """The teacher cannot be built or does not fit the dataset or plan."""
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    name: str = "regnety_160"
+    checkpoint: str | None = None  # local .pth/.pt/.safetensors
+    pretrained: bool = False  # timm hub weights for a tag such as regnety_160.deit_in1k
+    random_init: bool = False  # tests and benchmarks only
+    init_seed: int = 0
+    model_kwargs: tuple[tuple[str, object], ...] = ()  # extra timm.create_model kwargs
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "model_kwargs": dict(self.model_kwargs)}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from `.safetensors` or a `.pth` with or without a `model` key."""
+    if not path.is_file():
+        raise TeacherError(f"teacher checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
+        raise TeacherError(f"cannot load teacher checkpoint {path}: {exc}") from None
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise TeacherError(f"teacher checkpoint {path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on CPU, metadata for the store). Refuses a class-count mismatch."""
+    kwargs = dict(cfg.model_kwargs)
+    try:
+        if cfg.checkpoint or cfg.random_init:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.init_seed)  # identical random teachers on every worker
+                model = timm.create_model(
+                    cfg.name, pretrained=False, num_classes=num_classes, **kwargs
+                )
+        else:
+            model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
+    except RuntimeError as exc:
+        raise TeacherError(f"cannot build teacher {cfg.name}: {exc}") from None
+    sha = None
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        state = load_state_dict(path)
+        head = _classifier_rows(model, state)
+        if head is not None and head != num_classes:
+            raise TeacherError(
+                f"teacher checkpoint {path} predicts {head} classes; the dataset has {num_classes}"
+            )
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise TeacherError(
+                f"teacher checkpoint {path} does not fit {cfg.name}: "
+                f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+            )
+        sha = sha256_file(path)
+    elif not cfg.random_init and not cfg.pretrained:
+        raise TeacherError(
+            "the teacher needs weights: --teacher-checkpoint PATH, a timm "
+            "pretrained tag with --pretrained, or --random-init (tests only)"
+        )
+    if model.num_classes != num_classes:
+        raise TeacherError(
+            f"teacher {cfg.name} predicts {model.num_classes} classes; the "
+            f"dataset has {num_classes}"
+        )
+    model.eval()
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    info = {
+        "name": cfg.name,
+        "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+        "checkpoint_sha256": sha,
+        "pretrained": cfg.pretrained,
+        "random_init": cfg.random_init,
+        "init_seed": cfg.init_seed if cfg.random_init else None,
+        "model_kwargs": dict(cfg.model_kwargs),
+        "num_classes": num_classes,
+        "input_size": list(data_cfg["input_size"]),
+        "mean": list(data_cfg["mean"]),
+        "std": list(data_cfg["std"]),
+    }
+    return model, info
+
+
+def check_normalization(info: dict, mean: tuple, std: tuple) -> None:
+    """The plan's normalisation must be the one the teacher was trained with."""
+
+    def close(a, b):
+        return all(abs(x - y) < 1e-4 for x, y in zip(a, b, strict=True))
+
+    if not (close(info["mean"], mean) and close(info["std"], std)):
+        raise TeacherError(
+            f"teacher {info['name']} expects mean {info['mean']} std {info['std']} but the plan "
+            f"normalizes with mean {list(mean)} std {list(std)}"
+        )
+
+
+def _classifier_rows(model: torch.nn.Module, state: dict) -> int | None:
+    name = model.default_cfg.get("classifier") if hasattr(model, "default_cfg") else None
+    weight = state.get(f"{name}.weight") if name else None
+    return int(weight.shape[0]) if weight is not None else None
