@@ -137,3 +137,39 @@ def test_eval_views_are_clean_and_deterministic():
     ds = EvalDataset(split, CFG)
     a, b = ds[0], ds[0]
     assert torch.equal(a["image"], b["image"]) and a["image"].shape == (1, 3, 32, 32)
+
+
+def test_other_threads_drawing_random_numbers_do_not_change_views(dataset):
+    """dask's event loop draws from the global `random` while a task renders."""
+    import threading
+
+    expected = _fingerprints(dataset, list(range(8)))
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            random.random(), np.random.rand(), random.gauss(0, 1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            assert _fingerprints(dataset, list(range(8))) == expected
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def test_render_never_touches_the_global_python_and_numpy_rngs():
+    img = open_source("digits").split("train").load(0)
+    tf = train_transform(ViewConfig(input_size=32))
+    py, npy = random.getstate(), np.random.get_state()
+    for seed in range(50):
+        render(img, seed, tf)
+    assert random.getstate() == py
+    assert all(
+        np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+        for a, b in zip(np.random.get_state(), npy, strict=True)
+    )

@@ -1,7 +1,7 @@
 """View rendering: a training view is a pure function of (image, view seed, config).
 
-`render` runs timm's training transform with Python's, NumPy's and torch's CPU RNGs seeded
-from the view seed and restores the caller's RNG state afterwards; `mix_pair` applies the
+`render` runs timm's training transform with private `random`/NumPy generators and torch's
+CPU generator seeded from the view seed, leaving the caller's RNG state as it was; `mix_pair` applies the
 plan's mixup/cutmix; `fingerprint` hashes the final float32 bytes so the student can prove it
 replays the very pixels the teacher saw.
 """
@@ -20,13 +20,16 @@ import torch
 from PIL import Image
 from timm.data import auto_augment as timm_aa
 from timm.data import create_transform
+from timm.data import random_erasing as timm_erasing
+from timm.data import transforms as timm_transforms
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.transforms import transforms as tv_transforms
 
 from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
 from deit_pipe.data.sources import Source
 
 Transform = Callable[[Image.Image], torch.Tensor]
-# The global RNGs are per process; threads rendering at once would interleave draws.
+# Renders patch module attributes (below); one render at a time per process.
 _RNG_LOCK = threading.RLock()
 
 
@@ -118,25 +121,50 @@ def _patch_posterize(policy: object) -> None:
             op.aug_fn = _posterize
 
 
+class _NumpyWithOwnRandom:
+    """numpy, except that `.random` is one seeded RandomState (for timm's `np.random.*`)."""
+
+    def __init__(self, state: np.random.RandomState):
+        self.random = state
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(np, name)
+
+
+# Modules whose transforms draw from `random.*` / `np.random.*`. They get private, seeded
+# generators during a render: other threads of the process (dask's event loop, for one)
+# also draw from the global `random`, and a single draw between seeding and use would
+# silently change a view.
+_PY_RANDOM_USERS = (timm_transforms, timm_aa, timm_erasing, tv_transforms)
+_NP_RANDOM_USERS = (timm_aa, timm_transforms)
+
+
 @contextmanager
 def seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed random, NumPy's global and torch's CPU RNG from a 64-bit seed; restore on exit.
+    """Give the transforms RNGs seeded from a 64-bit seed; leave every caller RNG as it was.
 
-    Only torch's CPU generator is touched (not `torch.manual_seed`, which would also reseed
-    CUDA generators of a training process).
+    `random` and `np.random` users get private generators (the process-wide ones are never
+    touched); torch's CPU generator is seeded and restored (not `torch.manual_seed`, which
+    would also reseed the CUDA generators of a training process).
     """
     seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
     gen = torch.random.default_generator
+    py_rng = random.Random(seed)
+    np_rng = _NumpyWithOwnRandom(np.random.RandomState([seed & 0xFFFF_FFFF, seed >> 32]))
     with _RNG_LOCK:
-        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), gen.get_state()
+        saved = [(m, "random", m.random) for m in _PY_RANDOM_USERS]
+        saved += [(m, "np", m.np) for m in _NP_RANDOM_USERS]
+        torch_state = gen.get_state()
         try:
-            random.seed(seed)
-            np.random.seed([seed & 0xFFFF_FFFF, seed >> 32])
+            for m in _PY_RANDOM_USERS:
+                m.random = py_rng
+            for m in _NP_RANDOM_USERS:
+                m.np = np_rng
             gen.manual_seed(seed)
             yield
         finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+            for module, name, value in saved:
+                setattr(module, name, value)
             gen.set_state(torch_state)
 
 

@@ -1,0 +1,224 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cloudpickle
+import numpy as np
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+
+import tests.precompute_utils as putils
+from deit_pipe.cli import main
+from deit_pipe.data import ViewConfig, mix_pair, open_source, render, train_transform
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.pipeline.precompute import pending, precompute, prepare_store, run
+from deit_pipe.pipeline.tasks import Job
+from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.storage import TargetStore
+
+TEACHER = TeacherConfig("regnety_002", random_init=True)
+ARRAYS = ("values", "indices", "lse", "fingerprint")
+
+
+def digits_job(url, **kw) -> Job:
+    recipe = Recipe(view=ViewConfig.for_source(open_source("digits")))
+    return Job(
+        url=str(url), data="digits", recipe=recipe.to_dict(), teacher=TEACHER, batch_size=128, **kw
+    )
+
+
+def assert_same_store(a, b, epochs=1, splits=("train", "val")):
+    sa, sb = TargetStore(str(a)), TargetStore(str(b))
+    for split in splits:
+        for e in range(epochs if split == "train" else 1):
+            ea, eb = sa.read_epoch(e, split), sb.read_epoch(e, split)
+            for name in ARRAYS:
+                np.testing.assert_array_equal(getattr(ea, name), getattr(eb, name))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    url = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    precompute(digits_job(url), epochs=1, shard_views=256, workers=0)
+    return url
+
+
+def test_one_and_two_dask_workers_give_identical_stores(tmp_path, reference):
+    for workers in (1, 2):
+        url = tmp_path / f"w{workers}.zarr"
+        summary = precompute(digits_job(url), epochs=1, shard_views=256, workers=workers)
+        assert summary.views == 1437 + 360 and summary.tasks == 6 + 2
+        assert_same_store(url, reference)
+
+
+def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
+    url = tmp_path / "killed.zarr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "deit_pipe",
+        "precompute",
+        "--data",
+        "digits",
+        "--out",
+        str(url),
+        "--epochs",
+        "1",
+        "--teacher",
+        "regnety_002",
+        "--random-init",
+        "--shard-views",
+        "64",
+        "--batch-size",
+        "32",
+        "--workers",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            done = int(TargetStore(str(url)).done("train").sum())
+        except Exception:  # store not created yet
+            continue
+        if done >= 3:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "precompute finished before it could be killed"
+    assert len(pending_after := TargetStore(str(url)).missing_shards("train")) > 0
+    assert len(pending_after) < 23
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert TargetStore(str(url)).missing_shards("train") == []
+    assert_same_store(url, reference)
+
+
+def test_a_worker_killed_mid_task_is_survived(tmp_path, reference, monkeypatch):
+    monkeypatch.setenv("DEIT_PIPE_TEST_MARKER", str(tmp_path / "died"))
+    cloudpickle.register_pickle_by_value(putils)
+    url = tmp_path / "retry.zarr"
+    job = digits_job(url)
+    writer = prepare_store(job, epochs=1, shard_views=256)
+    run(job, pending(writer), workers=2, task_fn=putils.die_once)
+    assert (tmp_path / "died").exists()
+    assert_same_store(url, reference)
+
+
+def test_stored_logits_match_the_teacher_on_independently_rendered_views(reference):
+    store = TargetStore(str(reference))
+    recipe = Recipe.from_dict(store.spec.plan)
+    split = open_source("digits").split("train")
+    epoch_plan = recipe.epoch_plan(0, len(split))
+    teacher, _ = build_teacher(TEACHER, 10)
+    tf = train_transform(recipe.view)
+    targets = store.read_epoch(0)
+    for pair in (0, 5, 300):
+        a, b = (
+            render(split.load(int(epoch_plan.sample[s])), int(epoch_plan.view_seed[s]), tf)
+            for s in (2 * pair, 2 * pair + 1)
+        )
+        views = torch.stack(
+            mix_pair(
+                a,
+                b,
+                int(epoch_plan.mix_op[pair]),
+                float(epoch_plan.lam[pair]),
+                epoch_plan.box[pair],
+            )
+        )
+        with torch.inference_mode():
+            logits = teacher(views).float()
+        slots = [2 * pair, 2 * pair + 1]
+        assert logits.argmax(1).tolist() == targets.indices[slots, 0].astype(int).tolist()
+        top = logits.topk(10, dim=1).values.numpy()
+        np.testing.assert_allclose(
+            targets.values[slots].astype(np.float32), top, rtol=1e-3, atol=1e-3
+        )
+
+
+def _imagefolder_cmd(root, url, *extra):
+    return [
+        "precompute",
+        "--data",
+        f"imagefolder:{root}",
+        "--out",
+        str(url),
+        "--epochs",
+        "1",
+        "--teacher",
+        "regnety_002",
+        "--random-init",
+        "--input-size",
+        "32",
+        "--workers",
+        "0",
+        "--shard-views",
+        "64",
+        "--top-k",
+        "3",
+        "--repeats",
+        "1",
+        *extra,
+    ]
+
+
+def test_corrupt_image_fails_naming_it_then_skip_bad_completes(imagefolder, tmp_path):
+    (imagefolder / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    url = tmp_path / "bad.zarr"
+    result = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url))
+    assert result.exit_code == 1 and "broken.jpg" in result.output
+    assert not TargetStore(str(url)).done("train").any()
+    ok = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, tmp_path / "ok.zarr", "--skip-bad"))
+    assert ok.exit_code == 0, ok.output
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "ok.zarr")])
+    assert "skipped" in shown.output and "train/dog/broken.jpg" in shown.output
+
+
+def test_teacher_checkpoint_errors(imagefolder, tmp_path):
+    wrong_classes = tmp_path / "five.pth"
+    torch.save(
+        {"model": timm.create_model("regnety_002", num_classes=5).state_dict()}, wrong_classes
+    )
+    other_arch = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=3).state_dict(), other_arch)
+    cases = [
+        (["--teacher-checkpoint", str(wrong_classes)], "predicts 5 classes; the dataset has 3"),
+        (["--teacher-checkpoint", str(tmp_path / "nope.pth")], "checkpoint not found"),
+        (["--teacher-checkpoint", str(other_arch)], "does not fit regnety_002"),
+    ]
+    for extra, message in cases:
+        args = [
+            a for a in _imagefolder_cmd(imagefolder, tmp_path / "t.zarr") if a != "--random-init"
+        ]
+        result = CliRunner().invoke(main, args + extra)
+        assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_checkpoint_with_model_key_and_safetensors_load(tmp_path):
+    from safetensors.torch import save_file
+
+    state = timm.create_model("regnety_002", num_classes=3).state_dict()
+    torch.save({"model": state, "epoch": 3}, tmp_path / "t.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "t.safetensors")
+    for name in ("t.pth", "t.safetensors"):
+        model, info = build_teacher(TeacherConfig("regnety_002", str(tmp_path / name)), 3)
+        assert len(info["checkpoint_sha256"]) == 64 and not model.training
+        assert torch.equal(model.state_dict()["head.fc.weight"], state["head.fc.weight"])
+
+
+def test_different_job_on_existing_store_is_refused(imagefolder, tmp_path):
+    url = tmp_path / "job.zarr"
+    assert CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url)).exit_code == 0
+    again = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url))
+    assert again.exit_code == 0 and "0 shards" in again.output
+    other = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url, "--seed", "1"))
+    assert other.exit_code == 1 and "different job" in other.output and "plan.seed" in other.output
