@@ -1,9 +1,9 @@
 """View rendering: a training view is a pure function of (image, view seed, config).
 
 `render` runs timm's training transform with private `random`/NumPy generators and torch's
-CPU generator seeded from the view seed, leaving the caller's RNG state as it was; `mix_pair` applies the
-plan's mixup/cutmix; `fingerprint` hashes the final float32 bytes so the student can prove it
-replays the very pixels the teacher saw.
+CPU generator seeded from the view seed, leaving the caller's RNG state as it was;
+`mix_pair` applies the plan's mixup/cutmix; `fingerprint` hashes the final float32 bytes so
+the student can prove it replays the very pixels the teacher saw.
 """
 
 from __future__ import annotations
