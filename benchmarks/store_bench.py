@@ -37,15 +37,25 @@ def payload(rng, n, classes, k, temperatures):
     return values, idx, lse, fps
 
 
-def run(shards: int = 4, shard_views: int = 65536, classes: int = 1000, k: int = 10,
-        repeats: int = 3) -> dict:
+def run(
+    shards: int = 4, shard_views: int = 65536, classes: int = 1000, k: int = 10, repeats: int = 3
+) -> dict:
     temperatures = (1.0, 3.0)
     views = shards * shard_views
     spec = StoreSpec(
-        dataset={"spec": f"fake:{views}", "fingerprint": "0" * 32,
-                 "classes": [str(c) for c in range(classes)], "num_samples": {"train": views}},
-        teacher={"name": "synthetic"}, plan={"seed": 0}, epochs=1, splits=("train",), k=k,
-        temperatures=temperatures, shard_views=shard_views,
+        dataset={
+            "spec": f"fake:{views}",
+            "fingerprint": "0" * 32,
+            "classes": [str(c) for c in range(classes)],
+            "num_samples": {"train": views},
+        },
+        teacher={"name": "synthetic"},
+        plan={"seed": 0},
+        epochs=1,
+        splits=("train",),
+        k=k,
+        temperatures=temperatures,
+        shard_views=shard_views,
     )
     root = Path(tempfile.mkdtemp(prefix="deit-pipe-store-bench-"))
     try:
@@ -81,7 +91,10 @@ def run(shards: int = 4, shard_views: int = 65536, classes: int = 1000, k: int =
         targets_s = time.perf_counter() - t0
         read_s = float(np.median(reads))
         return {
-            "views": views, "classes": classes, "k": k, "temperatures": list(temperatures),
+            "views": views,
+            "classes": classes,
+            "k": k,
+            "temperatures": list(temperatures),
             "bytes_per_view": array_bytes / views,
             "bytes_per_view_by_array": per_array,
             "epoch_read_views_per_s": views / read_s,

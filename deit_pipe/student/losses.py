@@ -1,0 +1,81 @@
+"""The DeiT objective (Touvron et al. 2021; facebookresearch/deit `losses.py` semantics).
+
+base = soft-target cross-entropy of the class head against the mixed, smoothed labels.
+  none: base (a distilled model trains both heads on the labels, averaged)
+  soft: (1−α)·base + α·τ²·KL(p_teacher^τ ‖ p_student^τ) on the distillation head
+  hard: (1−α)·base + α·CE(distillation head, teacher argmax)
+A model without a distillation token takes the teacher term on its single head.
+The teacher arrives as a dense distribution at τ (soft) or top-1 labels (hard), whether
+read from the store or computed online, so both paths share this code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DISTILL = ("none", "soft", "hard")
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def mixed_label_targets(
+    labels: torch.Tensor,
+    partner_labels: torch.Tensor,
+    lam: torch.Tensor,
+    num_classes: int,
+    smoothing: float = 0.1,
+) -> torch.Tensor:
+    """timm `mixup_target`: λ·smooth(y) + (1−λ)·smooth(y_partner), per view."""
+    off = smoothing / num_classes
+    on = 1.0 - smoothing + off
+    y1 = torch.full((len(labels), num_classes), off).scatter_(1, labels[:, None], on)
+    y2 = torch.full((len(labels), num_classes), off).scatter_(1, partner_labels[:, None], on)
+    return lam[:, None] * y1 + (1.0 - lam[:, None]) * y2
+
+
+class DistillationLoss(nn.Module):
+    def __init__(
+        self,
+        distill: str = "none",
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        kl_reduction: str = "batchmean",
+        teacher_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        if distill not in DISTILL:
+            raise ValueError(f"distill must be one of {DISTILL}, got {distill!r}")
+        if kl_reduction not in ("batchmean", "numel"):
+            raise ValueError(f"kl_reduction must be batchmean or numel, got {kl_reduction!r}")
+        self.distill, self.alpha, self.tau = distill, alpha, tau
+        self.kl_reduction, self.teacher_smoothing = kl_reduction, teacher_smoothing
+
+    def forward(
+        self,
+        outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        label_targets: torch.Tensor,
+        teacher_soft: torch.Tensor | None = None,
+        teacher_hard: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, its terms). `teacher_soft` is p_teacher at τ; `teacher_hard` its argmax."""
+        cls, dist = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        base = soft_cross_entropy(cls, label_targets)
+        if self.distill == "none":
+            if dist is not cls:
+                base = (base + soft_cross_entropy(dist, label_targets)) / 2
+            return base, {"base": base.detach()}
+        if self.distill == "soft":
+            log_student = F.log_softmax(dist / self.tau, dim=-1)
+            kl = torch.sum(torch.xlogy(teacher_soft, teacher_soft) - teacher_soft * log_student)
+            denom = dist.numel() if self.kl_reduction == "numel" else dist.shape[0]
+            teacher_term = kl * (self.tau**2) / denom
+        else:
+            teacher_term = F.cross_entropy(
+                dist, teacher_hard, label_smoothing=self.teacher_smoothing
+            )
+        total = (1 - self.alpha) * base + self.alpha * teacher_term
+        return total, {"base": base.detach(), "teacher": teacher_term.detach()}
