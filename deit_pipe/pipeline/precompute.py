@@ -105,11 +105,15 @@ def run(
     start = time.perf_counter()
     views = 0
     if workers == 0 and scheduler is None:
-        for task in tasks:
-            result = task_fn(job, *task)
-            views += result.views
-            if progress:
-                progress(result)
+        threads = torch.get_num_threads()  # tasks set the job's thread count; give it back
+        try:
+            for task in tasks:
+                result = task_fn(job, *task)
+                views += result.views
+                if progress:
+                    progress(result)
+        finally:
+            torch.set_num_threads(threads)
     else:
         for result in _run_dask(
             job, tasks, workers, threads_per_worker, scheduler, retries, task_fn

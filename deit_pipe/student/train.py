@@ -288,11 +288,16 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
                             "total_steps": total_steps,
                         }
                     )
+        if step % per_epoch:  # stopped by --max-steps mid-epoch: keep where we are
+            _checkpoint(ctx, ckpt_path, model, optimizer, scheduler, ema, step, run_info)
     finally:
         if metrics:
             metrics.close()
         if store is not None:
             store.close()
+    if ctx.world_size > 1:  # leave together: a rank exiting early aborts gloo peers
+        dist.barrier()
+        dist.destroy_process_group()
     return eval_result
 
 
@@ -327,11 +332,19 @@ def _train_step(
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
     optimizer.step()
-    values = torch.stack([loss.detach(), *terms.values()]).double()
+    # Loss terms are averaged over ranks; the slot sum is summed (a cheap check that the
+    # ranks together consumed exactly the step's slots).
+    values = torch.stack(
+        [
+            loss.detach().double(),
+            *(t.double() for t in terms.values()),
+            torch.tensor(float(slots.sum()), dtype=torch.float64, device=dev),
+        ]
+    )
     if ctx.world_size > 1:
         dist.all_reduce(values)
-        values /= ctx.world_size
-    names = ["loss", *terms]
+        values[:-1] /= ctx.world_size
+    names = ["loss", *terms, "slots_sum"]
     return {n: float(v) for n, v in zip(names, values.cpu(), strict=True)}
 
 

@@ -1,0 +1,108 @@
+"""P1 offline-KD step ÷ no-KD step, and P2 online-KD ÷ offline-KD step against the ideal.
+
+Ideal speed-up of offline over online = 1 + teacher forward / offline step (the teacher's
+forward is the only work offline training skips). Steps are timed end to end (rendering,
+target gathering, fingerprint checks, forward, backward, optimizer) from metrics.jsonl;
+medians over steps after warm-up. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.pipeline.precompute import precompute
+from deit_pipe.pipeline.tasks import Job, teacher_logits
+from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.student.train import TrainConfig, train
+
+STUDENT = dict(img_size=32, patch_size=4, depth=4, embed_dim=96, num_heads=3)
+
+
+def step_seconds(run: Path, warmup: int = 3) -> float:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    times = [1.0 / r["img_s"] for r in rows if "img_s" in r][warmup:]
+    return float(np.median(times))  # seconds per image
+
+
+def run_bench(teacher: str = "regnety_016", steps: int = 12, batch: int = 128) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="deit-pipe-train-bench-"))
+    try:
+        tcfg = TeacherConfig(teacher, random_init=True)
+        recipe = Recipe(view=ViewConfig.for_source(open_source("digits")))
+        url = str(root / "store.zarr")
+        precompute(
+            Job(
+                url=url,
+                data="digits",
+                recipe=recipe.to_dict(),
+                teacher=tcfg,
+                batch_size=256,
+                threads=torch.get_num_threads(),
+            ),
+            epochs=2,
+            splits=("train",),
+            shard_views=512,
+            workers=0,
+        )
+        common = dict(
+            model="deit_tiny_distilled_patch16_224",
+            model_overrides=STUDENT,
+            epochs=2,
+            batch_size=batch,
+            max_steps=steps,
+            device="cpu",
+        )
+        runs = {
+            "none": TrainConfig(out=str(root / "none"), store=url, distill="none", **common),
+            "offline": TrainConfig(out=str(root / "off"), store=url, distill="hard", **common),
+            "online": TrainConfig(
+                out=str(root / "on"),
+                data="digits",
+                teacher=tcfg,
+                recipe=recipe.to_dict(),
+                distill="hard",
+                **common,
+            ),
+        }
+        per_image = {}
+        for name, cfg in runs.items():
+            train(cfg)
+            per_image[name] = step_seconds(Path(cfg.out))
+        model, _ = build_teacher(tcfg, 10)
+        split = open_source("digits").split("train")
+        ds = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
+        images = collate_views([ds[p] for p in range(batch // 2)])["image"]
+        teacher_logits(model, images, torch.device("cpu"))
+        t0 = time.perf_counter()
+        for _ in range(5):
+            teacher_logits(model, images, torch.device("cpu"))
+        teacher_per_image = (time.perf_counter() - t0) / (5 * batch)
+        ideal = 1 + teacher_per_image / per_image["offline"]
+        achieved = per_image["online"] / per_image["offline"]
+        return {
+            "teacher": teacher,
+            "student": STUDENT,
+            "batch": batch,
+            "steps": steps,
+            "step_ms": {k: v * batch * 1e3 for k, v in per_image.items()},
+            "teacher_forward_ms": teacher_per_image * batch * 1e3,
+            "p1_ratio": per_image["offline"] / per_image["none"],
+            "online_over_offline": achieved,
+            "ideal": ideal,
+            "p2_ratio": achieved / ideal,
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_bench(), indent=2))

@@ -1,0 +1,268 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from deit_pipe.cli import main
+from deit_pipe.data import ViewConfig, open_source
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.errors import ReplayError, StoreMismatchError
+from deit_pipe.pipeline.precompute import precompute
+from deit_pipe.pipeline.tasks import Job
+from deit_pipe.pipeline.teacher import TeacherConfig
+from deit_pipe.student.train import TrainConfig, train
+
+TEACHER = TeacherConfig("regnety_002", random_init=True)
+TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+RECIPE = Recipe(view=ViewConfig.for_source(open_source("digits")))
+TINY_ARGS = [
+    "--img-size",
+    "32",
+    "--patch-size",
+    "8",
+    "--depth",
+    "1",
+    "--embed-dim",
+    "32",
+    "--num-heads",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def exact_store(tmp_path_factory):
+    """k = C, float32: the stored targets are the teacher's full softmax."""
+    url = str(tmp_path_factory.mktemp("exact") / "exact.zarr")
+    job = Job(url=url, data="digits", recipe=RECIPE.to_dict(), teacher=TEACHER, batch_size=256)
+    precompute(job, epochs=2, k=10, value_dtype="float32", shard_views=512, workers=0)
+    return url
+
+
+def base_cfg(out, **kw) -> TrainConfig:
+    defaults = dict(
+        out=str(out),
+        model="deit_tiny_distilled_patch16_224",
+        model_overrides=TINY,
+        epochs=1,
+        batch_size=128,
+        warmup_epochs=0.2,
+        max_steps=5,
+    )
+    return TrainConfig(**{**defaults, **kw})
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("distill,tau,alpha", [("soft", 3.0, 0.1), ("hard", 1.0, 0.5)])
+def test_offline_equals_online(exact_store, tmp_path, distill, tau, alpha):
+    offline = base_cfg(tmp_path / "off", store=exact_store, distill=distill, tau=tau, alpha=alpha)
+    online = base_cfg(
+        tmp_path / "on",
+        data="digits",
+        teacher=TEACHER,
+        recipe=RECIPE.to_dict(),
+        distill=distill,
+        tau=tau,
+        alpha=alpha,
+    )
+    train(offline)
+    train(online)
+    off, on = losses(tmp_path / "off"), losses(tmp_path / "on")
+    assert len(off) == len(on) == 5
+    for a, b in zip(off, on, strict=True):
+        assert a["slots_sum"] == b["slots_sum"]
+        for key in ("loss", "base", "teacher"):
+            assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
+
+
+def test_resume_after_sigkill_gives_identical_weights(exact_store, tmp_path):
+    args = [
+        "--store",
+        exact_store,
+        *TINY_ARGS,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "128",
+        "--warmup-epochs",
+        "0.5",
+        "--ckpt-every",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    straight = tmp_path / "straight"
+    cmd = [sys.executable, "-m", "deit_pipe", "train", "--out", str(straight), *args]
+    subprocess.run(cmd, check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "deit_pipe", "train", "--out", str(killed), *args]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        metrics = killed / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 15:  # mid epoch 1
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    step = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    assert 11 < step < 22 and step % 11  # a mid-epoch checkpoint of epoch 1
+    again = CliRunner().invoke(main, ["train", "--out", str(killed), *args])
+    assert again.exit_code == 1 and "--resume" in again.output
+    subprocess.run([*cmd, "--resume"], check=True, capture_output=True)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 22
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_ddp_on_cpu_consumes_the_same_slots(exact_store, tmp_path):
+    common = [
+        "--store",
+        exact_store,
+        *TINY_ARGS,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--max-steps",
+        "3",
+        "--drop-path",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    single = tmp_path / "single"
+    assert CliRunner().invoke(main, ["train", "--out", str(single), *common]).exit_code == 0
+    ddp = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deit_pipe",
+            "train",
+            "--out",
+            str(ddp),
+            *common,
+            "--nproc-per-node",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((ddp / "config.json").read_text())["world_size"] == 2
+    for a, b in zip(losses(single), losses(ddp), strict=True):
+        assert a["slots_sum"] == b["slots_sum"]
+        assert abs(a["loss"] - b["loss"]) < 1e-4
+
+
+def test_tampered_fingerprint_stops_training(exact_store, tmp_path):
+    import shutil
+
+    url = str(tmp_path / "tampered.zarr")
+    shutil.copytree(exact_store, url)
+    from deit_pipe.data.recipe import Recipe as R
+
+    plan = R.from_dict(zarr.open_group(url, mode="r").attrs["deit_pipe"]["plan"])
+    assert plan.view.input_size == 32
+    group = zarr.open_group(url, mode="r+")
+    group["train/fingerprint"][0, 7] = np.uint64(12345)
+    with pytest.raises(ReplayError, match="slot 7 of epoch 0"):
+        train(base_cfg(tmp_path / "run", store=url, distill="hard"))
+
+
+def test_store_plan_with_another_input_size_stops_at_replay(exact_store, tmp_path):
+    import shutil
+
+    url = str(tmp_path / "resized.zarr")
+    shutil.copytree(exact_store, url)
+    group = zarr.open_group(url, mode="r+")
+    meta = group.attrs["deit_pipe"]
+    meta["plan"]["transform"]["input_size"] = 48
+    meta["plan"]["input_size"] = 48
+    group.attrs["deit_pipe"] = meta
+    with pytest.raises(ReplayError, match="replayed view differs"):
+        train(
+            base_cfg(
+                tmp_path / "run",
+                store=url,
+                distill="hard",
+                model_overrides={**TINY, "img_size": 48},
+            )
+        )
+
+
+def test_store_for_another_dataset_is_refused(exact_store, tmp_path):
+    with pytest.raises(StoreMismatchError, match="made for dataset digits"):
+        train(base_cfg(tmp_path / "run", store=exact_store, data="fake:200", distill="hard"))
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "cli"),
+            "--store",
+            exact_store,
+            "--data",
+            "fake:200",
+            *TINY_ARGS,
+        ],
+    )
+    assert result.exit_code == 1 and "made for dataset digits" in result.output
+
+
+def test_plain_supervised_training_and_eval_cli(tmp_path):
+    out = tmp_path / "plain"
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--data",
+        "digits",
+        "--model",
+        "resnet10t",
+        "--distill",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--max-steps",
+        "2",
+        "--drop-path",
+        "0",
+        "--aa",
+        "none",
+        "--reprob",
+        "0",
+        "--mixup",
+        "0",
+        "--cutmix",
+        "0",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"]["mix"]["mixup_alpha"] == 0 and cfg["store"] is None
+    ev = CliRunner().invoke(main, ["eval", "--checkpoint", str(out / "checkpoint.pt"), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert set(json.loads(ev.output)["heads"]) == {"cls"}
+    replace(base_cfg(out), distill="none")  # configs are plain dataclasses
