@@ -657,3 +657,52 @@ def eval_cmd(checkpoint: Path, spec: str | None, ema: bool, as_json: bool) -> No
     for head, v in sorted(result["heads"].items()):
         table.add_row(head, f"{v['top1']:.4f}", f"{v['top5']:.4f}")
     console.print(table)
+
+
+@main.command(name="audit")
+@click.option("--store", required=True, help="Target store with a val/ split.")
+@click.option(
+    "--run",
+    "runs",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory (repeat for several).",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--ema", is_flag=True, help="Audit the runs' EMA weights.")
+@click.option(
+    "--train-views",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Replayed training views for teacher agreement (0 = skip).",
+)
+def audit_cmd(store: str, runs: tuple[Path, ...], out: Path, ema: bool, train_views: int) -> None:
+    """Teacher–student agreement on val (paper Table 4) and on replayed training views."""
+    from deit_pipe.audit import audit
+
+    result = audit(store, list(runs), out, ema=ema, train_views=train_views)
+    n = len(result.classifiers)
+    table = Table(
+        "classifier",
+        *(str(i) for i in range(1, n + 1)),
+        title="disagreement (fraction of val images)",
+    )
+    for i, (name, row) in enumerate(zip(result.classifiers, result.matrix, strict=True), 1):
+        table.add_row(f"{i} {name}", *(f"{v:.3f}" for v in row))
+    console.print(table)
+    metrics = Table("classifier", "top-1", "top-5", "precision", "recall", "F1", "AUC")
+    for name, m in result.metrics.items():
+        metrics.add_row(
+            name,
+            *(f"{m[k]:.3f}" for k in ("top1", "top5", "precision", "recall", "f1")),
+            f"{m['auc']:.3f}" if m["auc"] is not None else "–",
+        )
+    console.print(metrics)
+    for name, a in result.train_agreement.items():
+        heads = ", ".join(f"{h} {v:.3f}" for h, v in a.items() if h in ("cls", "dist", "avg"))
+        console.print(
+            f"train-view agreement with the teacher, {name}: {heads or a}", highlight=False
+        )
+    console.print("wrote " + ", ".join(str(p) for p in result.files.values()), highlight=False)

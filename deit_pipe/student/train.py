@@ -23,7 +23,14 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from deit_pipe.data import PairDataset, StepSampler, collate_views, open_checked, open_source
+from deit_pipe.data import (
+    PairDataset,
+    StepSampler,
+    ViewConfig,
+    collate_views,
+    open_checked,
+    open_source,
+)
 from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import DeitPipeError
@@ -133,7 +140,8 @@ def _resolve(cfg: TrainConfig):
             "train needs --store STORE, or --data SPEC (with --teacher for online distillation)"
         )
     source = open_checked(cfg.data)
-    return Recipe.from_dict(cfg.recipe) if cfg.recipe else Recipe(), source, None
+    recipe = Recipe(view=ViewConfig.for_source(source))
+    return Recipe.from_dict(cfg.recipe) if cfg.recipe else recipe, source, None
 
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
@@ -145,6 +153,13 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     model = create_student(
         cfg.model, num_classes, drop_path=cfg.drop_path, seed=cfg.seed, **cfg.model_overrides
     ).to(ctx.device, memory_format=torch.channels_last)
+    expected = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if expected is not None and tuple(expected) != (recipe.view.input_size,) * 2:
+        raise DeitPipeError(
+            f"{cfg.model} takes {expected[0]}×{expected[1]} inputs but the views "
+            f"are {recipe.view.input_size}×{recipe.view.input_size}; pass "
+            f"--img-size {recipe.view.input_size}"
+        )
     if cfg.distill != "none" and not cfg.store and cfg.teacher is None:
         raise DeitPipeError(f"--distill {cfg.distill} needs --store or --teacher")
     if store is not None:

@@ -1,0 +1,232 @@
+"""Teacher–student agreement, offline: the teacher's answers come from the store, never a model.
+
+Classifiers: ground truth, the teacher (store `val/`), and every head of every run (cls,
+dist, cls+dist for a distilled DeiT). Outputs: agreement.json, agreement.png, curves.png and
+report.md in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from deit_pipe.audit.agreement import classifier_metrics, disagreement_matrix
+from deit_pipe.audit.plots import agreement_heatmap, training_curves
+from deit_pipe.data import PairDataset, collate_views
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.errors import DeitPipeError, ReplayError
+from deit_pipe.storage import TargetStore
+from deit_pipe.student.evaluate import predict
+from deit_pipe.student.models import heads
+from deit_pipe.student.runs import Run, load_run, run_source
+
+HEAD_LABELS = {"cls": "cls head", "dist": "dist head", "avg": "cls+dist"}
+
+
+@dataclass
+class AuditResult:
+    classifiers: list[str]
+    matrix: np.ndarray
+    metrics: dict[str, dict]
+    train_agreement: dict[str, dict]
+    files: dict[str, Path]
+
+    def to_json(self) -> dict:
+        return {
+            "classifiers": self.classifiers,
+            "matrix": self.matrix.round(6).tolist(),
+            "metrics": self.metrics,
+            "train_view_agreement": self.train_agreement,
+        }
+
+
+def check_run_against_store(run: Run, store: TargetStore) -> None:
+    fp = store.spec.dataset["fingerprint"]
+    if run.config["dataset_fingerprint"] != fp:
+        raise DeitPipeError(
+            f"run {run.path} was trained on dataset {run.config['dataset']} "
+            f"(fingerprint {run.config['dataset_fingerprint'][:12]}), the store "
+            f"{store.url} holds {store.spec.dataset['spec']} ({fp[:12]})"
+        )
+    theirs = run.config.get("store_identity")
+    ours = {k: v for k, v in store.identity.items() if k != "url"}
+    if theirs and {k: v for k, v in theirs.items() if k != "url"} != ours:
+        raise DeitPipeError(
+            f"run {run.path} was trained on another store ({theirs['url']}, "
+            f"created {theirs['created']}), not {store.url}"
+        )
+
+
+def _names(runs: list[Run]) -> list[str]:
+    labels = [r.label for r in runs]
+    return [
+        f"{lab} ({r.path.name})" if labels.count(lab) > 1 else lab
+        for lab, r in zip(labels, runs, strict=True)
+    ]
+
+
+def audit(
+    store_url: str,
+    run_paths: list[Path | str],
+    out: Path,
+    *,
+    ema: bool = False,
+    train_views: int = 512,
+    device: str = "auto",
+) -> AuditResult:
+    store = TargetStore(store_url)
+    if "val" not in store.spec.splits or store.missing_shards("val"):
+        raise DeitPipeError(
+            f"{store_url} has no complete val/ split; make it with "
+            "`deit-pipe precompute --split val …` (same data, seed and teacher)"
+        )
+    if not run_paths:
+        raise DeitPipeError("audit needs at least one --run")
+    runs = [load_run(p) for p in run_paths]
+    for run in runs:
+        check_run_against_store(run, store)
+    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    val = store.read_epoch(0, "val")
+    source = run_source(runs[0]) if runs else None
+    labels = source.split("val").labels
+    num_classes = store.spec.num_classes
+    teacher_probs = val.soft(np.arange(len(val)), 1.0).numpy()
+    predictions = {"ground truth": labels, "teacher": val.indices[:, 0].astype(np.int64)}
+    metrics = {"teacher": classifier_metrics(teacher_probs, labels, num_classes)}
+    train_agreement = {}
+    for name, run in zip(_names(runs), runs, strict=True):
+        model = run.model(ema).to(dev, memory_format=torch.channels_last)
+        logits = predict(model, source.split("val"), run.recipe.view, device=dev)
+        for head, values in logits.items():
+            label = name if len(logits) == 1 else f"{name} / {HEAD_LABELS[head]}"
+            probs = torch.softmax(values, dim=1).numpy()
+            predictions[label] = probs.argmax(axis=1)
+            metrics[label] = classifier_metrics(probs, labels, num_classes)
+        train_agreement[name] = train_view_agreement(model, run, store, source, train_views, dev)
+    names, matrix = disagreement_matrix(predictions)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "agreement.png": agreement_heatmap(names, matrix, out / "agreement.png"),
+        "curves.png": training_curves(
+            {n: r.path for n, r in zip(_names(runs), runs, strict=True)}, out / "curves.png"
+        ),
+    }
+    result = AuditResult(names, matrix, metrics, train_agreement, files)
+    doc = {
+        **result.to_json(),
+        "store": store.identity,
+        "runs": {
+            n: {"path": str(r.path), "step": r.checkpoint["step"], "ema": ema}
+            for n, r in zip(_names(runs), runs, strict=True)
+        },
+    }
+    (out / "agreement.json").write_text(json.dumps(doc, indent=2))
+    files["agreement.json"] = out / "agreement.json"
+    (out / "report.md").write_text(render_report(result, doc))
+    files["report.md"] = out / "report.md"
+    store.close()
+    return result
+
+
+@torch.inference_mode()
+def train_view_agreement(
+    model, run: Run, store: TargetStore, source, count: int, device: torch.device
+) -> dict:
+    """Student top-1 (every head) vs the stored teacher top-1 on replayed training views."""
+    complete = store.complete_epochs("train")
+    if not complete or count <= 0:
+        return {}
+    epochs = sorted({complete[0], complete[-1]})
+    split = source.split("train")
+    recipe = Recipe.from_dict(store.spec.plan)  # the teacher's views, whatever the run used
+    if recipe.view.input_size != run.recipe.view.input_size:
+        return {
+            "skipped": f"run input size {run.recipe.view.input_size} ≠ store's "
+            f"{recipe.view.input_size}"
+        }
+    agree: dict[str, list[int]] = {}
+    seen = 0
+    for epoch in epochs:
+        targets = store.read_epoch(epoch)
+        plan = recipe.epoch_plan(epoch, len(split))
+        rng = np.random.default_rng([epoch, 0xA0D17])
+        pairs = np.sort(
+            rng.choice(
+                plan.num_pairs, min(count // (2 * len(epochs)) + 1, plan.num_pairs), replace=False
+            )
+        )
+        loader = DataLoader(
+            Subset(PairDataset(split, plan, recipe.view), pairs.tolist()),
+            batch_size=64,
+            collate_fn=collate_views,
+        )
+        for batch in loader:
+            slots = batch["slot"].numpy()
+            if (targets.fingerprint[slots].view(np.int64) != batch["fingerprint"].numpy()).any():
+                raise ReplayError(
+                    f"training views of epoch {epoch} do not replay the ones in "
+                    f"{store.url}: library versions differ from the store's?"
+                )
+            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+            teacher_top1 = targets.indices[slots, 0].astype(np.int64)
+            for head, logits in heads(model, x).items():
+                hits = (logits.argmax(1).cpu().numpy() == teacher_top1).astype(int).tolist()
+                agree.setdefault(head, []).extend(hits)
+            seen += len(slots)
+    return {
+        "views": seen,
+        "epochs": epochs,
+        **{head: float(np.mean(v)) for head, v in agree.items()},
+    }
+
+
+def render_report(result: AuditResult, doc: dict) -> str:
+    names = result.classifiers
+    lines = [
+        "# Teacher–student agreement",
+        "",
+        f"Store: `{doc['store']['url']}` (teacher {doc['store']['teacher']}, created "
+        f"{doc['store']['created']}). Teacher answers come from the store's `val/`; no "
+        "teacher model ran.",
+        "",
+        "## Disagreement (fraction of val images with different top-1; paper Table 4)",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for name, row in zip(names, result.matrix, strict=True):
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    lines += [
+        "",
+        "![agreement](agreement.png)",
+        "",
+        "## Metrics on val",
+        "",
+        "| classifier | top-1 | top-5 | precision | recall | F1 | AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in result.metrics.items():
+        auc = f"{m['auc']:.3f}" if m["auc"] is not None else "–"
+        lines.append(
+            f"| {name} | {m['top1']:.3f} | {m['top5']:.3f} | {m['precision']:.3f} | "
+            f"{m['recall']:.3f} | {m['f1']:.3f} | {auc} |"
+        )
+    lines += [
+        "",
+        "## Agreement with the teacher on replayed training views",
+        "",
+        "| run | views | epochs | " + " | ".join(HEAD_LABELS.values()) + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in result.train_agreement.items():
+        cells = [f"{a[h]:.3f}" if h in a else "–" for h in HEAD_LABELS]
+        lines.append(
+            f"| {name} | {a.get('views', 0)} | {a.get('epochs', [])} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", "## Training curves", "", "![curves](curves.png)", ""]
+    return "\n".join(lines)

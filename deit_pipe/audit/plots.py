@@ -1,0 +1,71 @@
+"""The audit's pictures: the agreement heatmap and the training curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def agreement_heatmap(names: list[str], matrix: np.ndarray, out: Path) -> Path:
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.1 * n, 1.6 + 0.9 * n))
+    im = ax.imshow(matrix, cmap="viridis_r", vmin=0, vmax=max(float(matrix.max()), 1e-9))
+    ax.set_xticks(range(n), names, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.3f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
+    ax.set_title("fraction of val images with different top-1 decisions", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def training_curves(runs: dict[str, Path], out: Path) -> Path:
+    """Per run: loss terms per step (left) and val top-1 per head per epoch (right)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, run_dir in runs.items():
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "loss" in r]
+        for term in ("loss", "base", "teacher"):
+            if steps and term in steps[0]:
+                ax_loss.plot(
+                    [r["step"] for r in steps],
+                    [r[term] for r in steps],
+                    label=f"{label}: {term}",
+                    lw=1,
+                )
+        evals = [r for r in rows if "eval" in r and r["eval"]]
+        for head in sorted(evals[0]["eval"]) if evals else []:
+            ax_acc.plot(
+                [r["epoch"] + 1 for r in evals],
+                [r["eval"][head]["top1"] for r in evals],
+                marker="o",
+                ms=3,
+                label=f"{label}: {head}",
+            )
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss terms")
+    ax_acc.set(xlabel="epoch", ylabel="val top-1", title="validation top-1 per head")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
