@@ -4,14 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench table3 clean
 
 setup: $(STAMP)
 
 # torch/torchvision are pinned first so pip takes them from the machine's local wheels.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -20,8 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/deit-pipe scan --data digits
-	$(BIN)/deit-pipe views --data digits --epoch 0 --count 32 --out runs/demo/views.png
+	$(BIN)/deit-pipe demo --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check deit_pipe tests benchmarks
@@ -29,6 +27,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+table3: $(STAMP)
+	$(BIN)/python benchmarks/table3.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

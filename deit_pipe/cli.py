@@ -706,3 +706,44 @@ def audit_cmd(store: str, runs: tuple[Path, ...], out: Path, ema: bool, train_vi
             f"train-view agreement with the teacher, {name}: {heads or a}", highlight=False
         )
     console.print("wrote " + ", ".join(str(p) for p in result.files.values()), highlight=False)
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, help="Demo folder (replaced).")
+@click.option("--quick", is_flag=True, help="A smaller variant (< 2 minutes), for tests.")
+def demo(out: str, quick: bool) -> None:
+    """The whole method end to end on the digits set: teacher, store, two students, audit."""
+    from deit_pipe.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(out) if quick else DemoConfig(out=out)
+    summary = run_demo(cfg, log=lambda msg: console.print(f"[bold]{msg}[/bold]"))
+    table = Table(
+        "",
+        "val top-1 cls",
+        "dist",
+        "cls+dist",
+        "disagrees with teacher",
+        title="deit-pipe demo on digits",
+    )
+    table.add_row("teacher regnety_002", f"{summary['teacher_top1']:.3f}", "", "", "")
+    dis = summary["disagreement_with_teacher"]
+    for name, heads in summary["students"].items():
+        label = next((k for k in dis if k.startswith(name.replace("deit", "deit_tiny"))), None)
+        d = [v for k, v in dis.items() if k.startswith(label.split(" /")[0])] if label else []
+        table.add_row(
+            name,
+            f"{heads['cls']:.3f}",
+            f"{heads['dist']:.3f}" if "dist" in heads else "",
+            f"{heads['avg']:.3f}" if "avg" in heads else "",
+            " / ".join(f"{v:.3f}" for v in d),
+        )
+    console.print(table)
+    secs = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
+    console.print(f"seconds: {secs} (total {summary['total_seconds']:.0f} s)", highlight=False)
+    console.print(
+        f"store: {summary['store']} ({summary['store_bytes_per_view']:.1f} bytes/view)",
+        highlight=False,
+    )
+    console.print(
+        f"report: {summary['report']}\nplots: {', '.join(summary['plots'])}", highlight=False
+    )

@@ -21,8 +21,9 @@ RECIPE = Recipe(view=ViewConfig.for_source(open_source("digits")))
 
 
 def test_matrix_on_hand_built_predictions():
-    names, m = disagreement_matrix({"a": np.array([0, 1, 2, 3]), "b": np.array([0, 1, 0, 0]),
-                                    "c": np.array([1, 1, 2, 0])})
+    names, m = disagreement_matrix(
+        {"a": np.array([0, 1, 2, 3]), "b": np.array([0, 1, 0, 0]), "c": np.array([1, 1, 2, 0])}
+    )
     assert names == ["a", "b", "c"]
     expected = np.array([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
     np.testing.assert_allclose(m, expected)
@@ -36,8 +37,9 @@ def test_metrics_match_scikit_learn():
     m = classifier_metrics(probs, labels, 6)
     pred = probs.argmax(1)
     assert m["top1"] == pytest.approx((pred == labels).mean())
-    assert m["precision"] == pytest.approx(precision_score(labels, pred, average="macro",
-                                                           zero_division=0))
+    assert m["precision"] == pytest.approx(
+        precision_score(labels, pred, average="macro", zero_division=0)
+    )
     assert m["recall"] == pytest.approx(recall_score(labels, pred, average="macro"))
     assert m["f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
     assert m["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
@@ -49,14 +51,29 @@ def test_metrics_match_scikit_learn():
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     url = str(root / "store.zarr")
-    job = Job(url=url, data="digits", recipe=RECIPE.to_dict(),
-              teacher=TeacherConfig("regnety_002", random_init=True), batch_size=256)
+    job = Job(
+        url=url,
+        data="digits",
+        recipe=RECIPE.to_dict(),
+        teacher=TeacherConfig("regnety_002", random_init=True),
+        batch_size=256,
+    )
     precompute(job, epochs=1, shard_views=512, workers=0)
     runs = []
-    for name, model, distill in [("plain", "deit_tiny_patch16_224", "none"),
-                                 ("hard", "deit_tiny_distilled_patch16_224", "hard")]:
-        cfg = TrainConfig(out=str(root / name), store=url, model=model, model_overrides=TINY,
-                          distill=distill, epochs=1, batch_size=128, warmup_epochs=0.2)
+    for name, model, distill in [
+        ("plain", "deit_tiny_patch16_224", "none"),
+        ("hard", "deit_tiny_distilled_patch16_224", "hard"),
+    ]:
+        cfg = TrainConfig(
+            out=str(root / name),
+            store=url,
+            model=model,
+            model_overrides=TINY,
+            distill=distill,
+            epochs=1,
+            batch_size=128,
+            warmup_epochs=0.2,
+        )
         train(cfg)
         runs.append(root / name)
     return url, runs, root
@@ -72,16 +89,33 @@ def test_audit_of_two_runs_writes_everything(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", no_teacher)
     out = tmp_path / "audit"
-    result = CliRunner().invoke(main, ["audit", "--store", url, "--run", str(runs[0]),
-                                       "--run", str(runs[1]), "--out", str(out),
-                                       "--train-views", "64"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            "--store",
+            url,
+            "--run",
+            str(runs[0]),
+            "--run",
+            str(runs[1]),
+            "--out",
+            str(out),
+            "--train-views",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for name in ("agreement.json", "agreement.png", "curves.png", "report.md"):
         assert (out / name).is_file()
     doc = json.loads((out / "agreement.json").read_text())
     assert doc["classifiers"][:2] == ["ground truth", "teacher"]
-    assert doc["classifiers"][2:] == ["deit_tiny none", "deit_tiny⚗ hard / cls head",
-                                      "deit_tiny⚗ hard / dist head", "deit_tiny⚗ hard / cls+dist"]
+    assert doc["classifiers"][2:] == [
+        "deit_tiny none",
+        "deit_tiny⚗ hard / cls head",
+        "deit_tiny⚗ hard / dist head",
+        "deit_tiny⚗ hard / cls+dist",
+    ]
     m = np.array(doc["matrix"])
     assert m.shape == (6, 6) and (m >= 0).all() and (m <= 1).all()
     np.testing.assert_allclose(np.diag(m), 0)
@@ -100,20 +134,36 @@ def test_audit_of_two_runs_writes_everything(setup, tmp_path, monkeypatch):
 def test_run_on_another_dataset_is_refused(setup, tmp_path):
     url, _, root = setup
     other = root / "fake-run"
-    train(TrainConfig(out=str(other), data="fake:64", model="deit_tiny_patch16_224",
-                      model_overrides=TINY, distill="none", epochs=1, batch_size=32,
-                      max_steps=1))
-    result = CliRunner().invoke(main, ["audit", "--store", url, "--run", str(other),
-                                       "--out", str(tmp_path / "a")])
+    train(
+        TrainConfig(
+            out=str(other),
+            data="fake:64",
+            model="deit_tiny_patch16_224",
+            model_overrides=TINY,
+            distill="none",
+            epochs=1,
+            batch_size=32,
+            max_steps=1,
+        )
+    )
+    result = CliRunner().invoke(
+        main, ["audit", "--store", url, "--run", str(other), "--out", str(tmp_path / "a")]
+    )
     assert result.exit_code == 1 and "trained on dataset fake:64" in result.output
 
 
 def test_store_without_val_says_how_to_make_it(setup, tmp_path):
     _, runs, _ = setup
     url = str(tmp_path / "train-only.zarr")
-    job = Job(url=url, data="digits", recipe=RECIPE.to_dict(),
-              teacher=TeacherConfig("regnety_002", random_init=True), batch_size=256)
+    job = Job(
+        url=url,
+        data="digits",
+        recipe=RECIPE.to_dict(),
+        teacher=TeacherConfig("regnety_002", random_init=True),
+        batch_size=256,
+    )
     precompute(job, epochs=1, splits=("train",), shard_views=512, workers=0)
-    result = CliRunner().invoke(main, ["audit", "--store", url, "--run", str(runs[0]),
-                                       "--out", str(tmp_path / "a")])
+    result = CliRunner().invoke(
+        main, ["audit", "--store", url, "--run", str(runs[0]), "--out", str(tmp_path / "a")]
+    )
     assert result.exit_code == 1 and "precompute --split val" in result.output

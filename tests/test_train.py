@@ -266,3 +266,19 @@ def test_plain_supervised_training_and_eval_cli(tmp_path):
     assert ev.exit_code == 0, ev.output
     assert set(json.loads(ev.output)["heads"]) == {"cls"}
     replace(base_cfg(out), distill="none")  # configs are plain dataclasses
+
+
+def test_cycle_epochs_replays_the_stored_epochs(exact_store, tmp_path):
+    cfg = base_cfg(
+        tmp_path / "cycle",
+        store=exact_store,
+        distill="hard",
+        epochs=3,
+        max_steps=24,
+        cycle_epochs=True,
+    )
+    train(cfg)  # epoch 2 replays stored epoch 0: fingerprints must match
+    rows = losses(tmp_path / "cycle")
+    assert rows[-1]["epoch"] == 2 and rows[-1]["step"] == 24
+    with pytest.raises(Exception, match="--cycle-epochs"):
+        train(base_cfg(tmp_path / "nocycle", store=exact_store, distill="hard", epochs=3))

@@ -40,6 +40,7 @@ class StoredTeacher:
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
         self.plan = epoch_plan
         stored = self.store.stored_epoch(epoch, self.cycle_epochs)
+        assert epoch_plan.epoch == stored, "the plan must be the stored epoch's"
         nxt = None
         if epoch + 1 < epochs:
             nxt = self.store.stored_epoch(epoch + 1, self.cycle_epochs)

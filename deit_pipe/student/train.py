@@ -238,7 +238,9 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     try:
         while step < total_steps and (cfg.max_steps is None or step < cfg.max_steps):
             epoch, start = divmod(step, per_epoch)
-            epoch_plan = recipe.epoch_plan(epoch, len(train_split))
+            # Past the store's epochs (--cycle-epochs) the stored epoch's views are replayed.
+            view_epoch = store.stored_epoch(epoch, cfg.cycle_epochs) if store else epoch
+            epoch_plan = recipe.epoch_plan(view_epoch, len(train_split))
             teacher.start_epoch(epoch, cfg.epochs, epoch_plan)
             loader = DataLoader(
                 PairDataset(train_split, epoch_plan, recipe.view),
