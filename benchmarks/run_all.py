@@ -83,8 +83,9 @@ def main() -> None:
         "## Training steps (`benchmarks/train_bench.py`)",
         "",
         f"Digits, batch {tr['batch']}, DeiT student {tr['student']}, random-init "
-        f"{tr['teacher']} teacher; median end-to-end step (render, targets, fingerprint "
-        f"check, forward, backward, AdamW) over {tr['steps']} steps after warm-up.",
+        f"{tr['teacher']} teacher; median step (targets, fingerprint check, teacher forward "
+        f"when online, student forward/backward, AdamW; rendering excluded) over "
+        f"{tr['steps']} steps after warm-up.",
         "",
         "- step ms: "
         + ", ".join(f"{k} {v:.1f}" for k, v in tr["step_ms"].items())

@@ -18,7 +18,7 @@ import numpy as np
 
 from deit_pipe.data import ViewConfig, open_source
 from deit_pipe.data.recipe import Recipe
-from deit_pipe.demo import STUDENT, DemoConfig, teacher_recipe
+from deit_pipe.demo import STUDENT, DemoConfig, train_teacher
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.tasks import Job
 from deit_pipe.pipeline.teacher import TeacherConfig
@@ -39,21 +39,7 @@ def run(seeds: tuple[int, ...] = (0, 1), epochs: int = 20) -> str:
     cfg = DemoConfig(student_epochs=epochs)
     root = Path(tempfile.mkdtemp(prefix="deit-pipe-table3-"))
     source = open_source("digits")
-    teacher = train(
-        TrainConfig(
-            out=str(root / "teacher"),
-            data="digits",
-            recipe=teacher_recipe(source).to_dict(),
-            model="regnety_002",
-            drop_path=0.0,
-            distill="none",
-            epochs=cfg.teacher_epochs,
-            batch_size=cfg.batch_size,
-            lr=3.2e-2,
-            warmup_epochs=1,
-            device="cpu",
-        )
-    )
+    teacher = train_teacher(root / "teacher", cfg)
     url = str(root / "teacher.zarr")
     precompute(
         Job(

@@ -254,6 +254,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             )
             tick = time.perf_counter()
             for batch in loader:
+                step_start = time.perf_counter()
                 record = _train_step(
                     cfg,
                     ctx,
@@ -272,11 +273,13 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
                 if ema is not None:
                     ema.update(model, step=step)
                 now = time.perf_counter()
+                # img_s covers the whole step incl. rendering; step_s excludes rendering.
                 record.update(
                     step=step,
                     epoch=epoch,
                     lr=optimizer.param_groups[0]["lr"],
                     img_s=cfg.batch_size / max(now - tick, 1e-9),
+                    step_s=now - step_start,
                 )
                 tick = now
                 if metrics:
