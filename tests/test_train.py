@@ -282,3 +282,26 @@ def test_cycle_epochs_replays_the_stored_epochs(exact_store, tmp_path):
     assert rows[-1]["epoch"] == 2 and rows[-1]["step"] == 24
     with pytest.raises(Exception, match="--cycle-epochs"):
         train(base_cfg(tmp_path / "nocycle", store=exact_store, distill="hard", epochs=3))
+
+
+def test_ema_weights_are_kept_evaluated_and_checkpointed(tmp_path):
+    from deit_pipe.student.runs import evaluate_checkpoint
+
+    cfg = TrainConfig(
+        out=str(tmp_path / "ema"),
+        data="fake:64",
+        model="deit_tiny_patch16_224",
+        model_overrides=TINY,
+        distill="none",
+        epochs=1,
+        batch_size=32,
+        ema=True,
+        ema_decay=0.5,
+        clip_grad=1.0,
+    )
+    result = train(cfg)
+    assert {"cls", "ema_cls"} <= set(result)
+    state = torch.load(tmp_path / "ema" / "checkpoint.pt", weights_only=True)
+    assert state["ema"] is not None and state["step"] == 2
+    ema_eval = evaluate_checkpoint(tmp_path / "ema" / "checkpoint.pt", ema=True, device="cpu")
+    assert ema_eval["heads"]["cls"]["top1"] == pytest.approx(result["ema_cls"]["top1"])

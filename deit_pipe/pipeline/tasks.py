@@ -8,6 +8,7 @@ once, not once per task.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -76,7 +77,13 @@ def _teacher(job: Job, num_classes: int, device: torch.device) -> torch.nn.Modul
         model, _ = build_teacher(job.teacher, num_classes)
         return model.to(device, memory_format=torch.channels_last)
 
-    return _cached(("teacher", job.teacher, num_classes, str(device)), make)
+    ckpt = job.teacher.checkpoint
+    stamp = (
+        (os.stat(ckpt).st_mtime_ns, os.stat(ckpt).st_size)
+        if ckpt and os.path.exists(ckpt)
+        else None
+    )
+    return _cached(("teacher", job.teacher, stamp, num_classes, str(device)), make)
 
 
 def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
@@ -84,7 +91,7 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     start = time.perf_counter()
     if torch.get_num_threads() != job.threads:
         torch.set_num_threads(job.threads)
-    writer = _cached(("writer", job.url), lambda: StoreWriter(job.url, job.storage_options))
+    writer = StoreWriter(job.url, job.storage_options)  # cheap; a cached one could be stale
     source = _cached(
         ("source", job.data, job.skip_bad), lambda: open_checked(job.data, skip_bad=job.skip_bad)
     )

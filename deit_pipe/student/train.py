@@ -208,7 +208,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+            ema.module.load_state_dict(state["ema"])
         step = int(state["step"])
         log.info("resuming at step %d", step)
     run_info = {
@@ -394,7 +394,7 @@ def _checkpoint(ctx, path, model, optimizer, scheduler, ema, step, run_info) -> 
             "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
+            "ema": ema.module.state_dict() if ema is not None else None,  # plain model keys
             "scaler": None,  # bf16 autocast needs no loss scaling
             "step": step,
             "config": run_info,
