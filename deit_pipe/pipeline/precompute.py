@@ -174,30 +174,19 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
 def precompute(
     job: Job,
     *,
-    epochs: int,
-    splits: tuple[str, ...] = ("train", "val"),
-    k: int = 10,
-    temperatures: tuple[float, ...] = (1.0, 3.0),
-    value_dtype: str = "float16",
-    shard_views: int = 65536,
-    overwrite: bool = False,
     workers: int | None = None,
     threads_per_worker: int = 1,
     scheduler: str | None = None,
     progress: Callable[[TaskResult], None] | None = None,
     on_plan: Callable[[list[Task], StoreWriter], None] | None = None,
+    **store_options,
 ) -> Summary:
-    """Prepare the store and run every shard not yet done (resume = call again)."""
-    writer = prepare_store(
-        job,
-        epochs=epochs,
-        splits=splits,
-        k=k,
-        temperatures=temperatures,
-        value_dtype=value_dtype,
-        shard_views=shard_views,
-        overwrite=overwrite,
-    )
+    """Prepare the store and run every shard not yet done (resume = call again).
+
+    `store_options` are `prepare_store`'s: epochs, splits, k, temperatures, value_dtype,
+    shard_views, overwrite.
+    """
+    writer = prepare_store(job, **store_options)
     tasks = pending(writer)
     if on_plan:
         on_plan(tasks, writer)
