@@ -1,0 +1,100 @@
+"""`audit` and `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from deit_pipe.cli import console, main
+
+
+@main.command(name="audit")
+@click.option("--store", required=True, help="Target store with a val/ split.")
+@click.option(
+    "--run",
+    "runs",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory (repeat for several).",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--ema", is_flag=True, help="Audit the runs' EMA weights.")
+@click.option(
+    "--train-views",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Replayed training views for teacher agreement (0 = skip).",
+)
+def audit_cmd(store: str, runs: tuple[Path, ...], out: Path, ema: bool, train_views: int) -> None:
+    """Teacher–student agreement on val (paper Table 4) and on replayed training views."""
+    from deit_pipe.audit import audit
+
+    result = audit(store, list(runs), out, ema=ema, train_views=train_views)
+    n = len(result.classifiers)
+    table = Table(
+        "classifier",
+        *(str(i) for i in range(1, n + 1)),
+        title="disagreement (fraction of val images)",
+    )
+    for i, (name, row) in enumerate(zip(result.classifiers, result.matrix, strict=True), 1):
+        table.add_row(f"{i} {name}", *(f"{v:.3f}" for v in row))
+    console.print(table)
+    metrics = Table("classifier", "top-1", "top-5", "precision", "recall", "F1", "AUC")
+    for name, m in result.metrics.items():
+        metrics.add_row(
+            name,
+            *(f"{m[k]:.3f}" for k in ("top1", "top5", "precision", "recall", "f1")),
+            f"{m['auc']:.3f}" if m["auc"] is not None else "–",
+        )
+    console.print(metrics)
+    for name, a in result.train_agreement.items():
+        heads = ", ".join(f"{h} {v:.3f}" for h, v in a.items() if h in ("cls", "dist", "avg"))
+        console.print(
+            f"train-view agreement with the teacher, {name}: {heads or a}", highlight=False
+        )
+    console.print("wrote " + ", ".join(str(p) for p in result.files.values()), highlight=False)
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, help="Demo folder (replaced).")
+@click.option("--quick", is_flag=True, help="A smaller variant (< 2 minutes), for tests.")
+def demo(out: str, quick: bool) -> None:
+    """The whole method end to end on the digits set: teacher, store, two students, audit."""
+    from deit_pipe.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(out) if quick else DemoConfig(out=out)
+    summary = run_demo(cfg, log=lambda msg: console.print(f"[bold]{msg}[/bold]"))
+    table = Table(
+        "",
+        "val top-1 cls",
+        "dist",
+        "cls+dist",
+        "disagrees with teacher",
+        title="deit-pipe demo on digits",
+    )
+    table.add_row("teacher regnety_002", f"{summary['teacher_top1']:.3f}", "", "", "")
+    dis = summary["disagreement_with_teacher"]
+    for name, heads in summary["students"].items():
+        label = next((k for k in dis if k.startswith(name.replace("deit", "deit_tiny"))), None)
+        d = [v for k, v in dis.items() if k.startswith(label.split(" /")[0])] if label else []
+        table.add_row(
+            name,
+            f"{heads['cls']:.3f}",
+            f"{heads['dist']:.3f}" if "dist" in heads else "",
+            f"{heads['avg']:.3f}" if "avg" in heads else "",
+            " / ".join(f"{v:.3f}" for v in d),
+        )
+    console.print(table)
+    secs = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
+    console.print(f"seconds: {secs} (total {summary['total_seconds']:.0f} s)", highlight=False)
+    console.print(
+        f"store: {summary['store']} ({summary['store_bytes_per_view']:.1f} bytes/view)",
+        highlight=False,
+    )
+    console.print(
+        f"report: {summary['report']}\nplots: {', '.join(summary['plots'])}", highlight=False
+    )

@@ -1,0 +1,84 @@
+"""`scan` and `views`: look at a dataset and at the views the teacher will see."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from deit_pipe.cli import build_recipe, console, main, recipe_options
+
+
+@main.command()
+@click.option("--data", "spec", required=True, help="Dataset spec (digits, imagefolder:ROOT, …).")
+@click.option("--workers", type=int, default=8, show_default=True, help="Decoding threads.")
+@click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def scan(spec: str, workers: int, skip_bad: bool, as_json: bool) -> None:
+    """Decode every file of a dataset up front and list the unreadable ones."""
+    from deit_pipe.data import open_source
+    from deit_pipe.data import scan as scan_source
+
+    source = open_source(spec)
+    report = scan_source(source, workers)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "spec": spec,
+                    "checked": report.checked,
+                    "bad": [{"path": p, "reason": r} for p, r in report.bad],
+                }
+            )
+        )
+    else:
+        console.print(f"{spec}: {report.checked} files checked, {len(report.bad)} unreadable")
+        for path, reason in report.bad:
+            console.print(f"  [red]bad[/red] {path}: {reason}", highlight=False)
+        if report.bad and skip_bad:
+            console.print("--skip-bad: these files will be excluded and recorded in the manifest")
+    if report.bad and not skip_bad:
+        click.echo(
+            f"error: {len(report.bad)} unreadable file(s), first: {report.bad[0][0]} "
+            "(fix them or pass --skip-bad)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--data", "spec", required=True, help="Dataset spec.")
+@click.option("--epoch", type=int, default=0, show_default=True)
+@click.option("--count", type=int, default=32, show_default=True, help="Slots to show.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("views.png"), show_default=True
+)
+@recipe_options
+def views(spec: str, epoch: int, count: int, out: Path, **opts) -> None:
+    """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
+    from deit_pipe.data import open_source, plan
+    from deit_pipe.data.plan import MIX_NAMES
+    from deit_pipe.data.preview import save_view_grid
+
+    source = open_source(spec)
+    view_cfg, mix = build_recipe(source, opts)
+    epoch_plan = plan(
+        opts["seed"], epoch, len(source.split("train")), opts["repeats"], mix, view_cfg.input_size
+    )
+    save_view_grid(source, epoch_plan, view_cfg, count, out)
+    table = Table("slot", "sample", "repeat", "mix", "λ", "view seed")
+    for slot in range(min(count, len(epoch_plan))):
+        pair = slot // 2
+        table.add_row(
+            str(slot),
+            str(epoch_plan.sample[slot]),
+            str(epoch_plan.repeat[slot]),
+            MIX_NAMES[epoch_plan.mix_op[pair]],
+            f"{epoch_plan.lam[pair]:.3f}",
+            f"{epoch_plan.view_seed[slot]:#018x}",
+        )
+    console.print(table)
+    console.print(f"wrote {out}")
