@@ -47,17 +47,21 @@ def test_metrics_match_scikit_learn():
     assert m["top5"] == pytest.approx((top5 == labels[:, None]).any(1).mean())
 
 
+def digits_job(url: str) -> Job:
+    return Job(
+        url=url,
+        data="digits",
+        recipe=RECIPE.to_dict(),
+        batch_size=256,
+        teacher=TeacherConfig("regnety_002", random_init=True),
+    )
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     url = str(root / "store.zarr")
-    job = Job(
-        url=url,
-        data="digits",
-        recipe=RECIPE.to_dict(),
-        teacher=TeacherConfig("regnety_002", random_init=True),
-        batch_size=256,
-    )
+    job = digits_job(url)
     precompute(job, epochs=1, shard_views=512, workers=0)
     runs = []
     for name, model, distill in [
@@ -155,13 +159,7 @@ def test_run_on_another_dataset_is_refused(setup, tmp_path):
 def test_store_without_val_says_how_to_make_it(setup, tmp_path):
     _, runs, _ = setup
     url = str(tmp_path / "train-only.zarr")
-    job = Job(
-        url=url,
-        data="digits",
-        recipe=RECIPE.to_dict(),
-        teacher=TeacherConfig("regnety_002", random_init=True),
-        batch_size=256,
-    )
+    job = digits_job(url)
     precompute(job, epochs=1, splits=("train",), shard_views=512, workers=0)
     result = CliRunner().invoke(
         main, ["audit", "--store", url, "--run", str(runs[0]), "--out", str(tmp_path / "a")]

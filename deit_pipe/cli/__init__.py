@@ -94,8 +94,12 @@ def recipe_options(fn):
 
 
 def build_recipe(source, opts: dict):
-    """(ViewConfig, MixConfig) from the recipe flags in `opts` (consumed from the dict)."""
+    """The Recipe (plan seed, repeats, views, mixing) from the recipe flags in `opts`.
+
+    The view and mix flags are consumed from the dict; `seed` and `repeats` stay.
+    """
     from deit_pipe.data import MixConfig, ViewConfig
+    from deit_pipe.data.recipe import Recipe
 
     aa = opts.pop("aa")
     view = ViewConfig.for_source(
@@ -116,7 +120,19 @@ def build_recipe(source, opts: dict):
         prob=opts.pop("mixup_prob"),
         switch_prob=opts.pop("mixup_switch_prob"),
     )
-    return view, mix
+    return Recipe(seed=opts["seed"], repeats=opts["repeats"], view=view, mix=mix)
+
+
+def teacher_config(name: str, checkpoint, pretrained: bool, random_init: bool):
+    """TeacherConfig from the teacher flags shared by `precompute` and `train`."""
+    from deit_pipe.pipeline.teacher import TeacherConfig
+
+    return TeacherConfig(
+        name,
+        str(checkpoint) if checkpoint else None,
+        pretrained=pretrained,
+        random_init=random_init,
+    )
 
 
 def progress_bar(unit: str):

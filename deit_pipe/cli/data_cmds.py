@@ -59,16 +59,14 @@ def scan(spec: str, workers: int, skip_bad: bool, as_json: bool) -> None:
 @recipe_options
 def views(spec: str, epoch: int, count: int, out: Path, **opts) -> None:
     """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
-    from deit_pipe.data import open_source, plan
+    from deit_pipe.data import open_source
     from deit_pipe.data.plan import MIX_NAMES
     from deit_pipe.data.preview import save_view_grid
 
     source = open_source(spec)
-    view_cfg, mix = build_recipe(source, opts)
-    epoch_plan = plan(
-        opts["seed"], epoch, len(source.split("train")), opts["repeats"], mix, view_cfg.input_size
-    )
-    save_view_grid(source, epoch_plan, view_cfg, count, out)
+    recipe = build_recipe(source, opts)
+    epoch_plan = recipe.epoch_plan(epoch, len(source.split("train")))
+    save_view_grid(source, epoch_plan, recipe.view, count, out)
     table = Table("slot", "sample", "repeat", "mix", "λ", "view seed")
     for slot in range(min(count, len(epoch_plan))):
         pair = slot // 2

@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from deit_pipe.cli import build_recipe, console, main, progress_bar, recipe_options
+from deit_pipe.cli import (
+    build_recipe,
+    console,
+    main,
+    progress_bar,
+    recipe_options,
+    teacher_config,
+)
 
 
 @main.command()
@@ -141,25 +148,17 @@ def precompute(
 ) -> None:
     """Run the teacher once over every planned view and store its top-k logits."""
     from deit_pipe.data import open_checked
-    from deit_pipe.data.recipe import Recipe
     from deit_pipe.pipeline.precompute import precompute as run_precompute
     from deit_pipe.pipeline.tasks import Job
-    from deit_pipe.pipeline.teacher import TeacherConfig
 
     source = open_checked(spec, skip_bad=skip_bad)
-    view, mix = build_recipe(source, opts)
-    recipe = Recipe(seed=opts["seed"], repeats=opts["repeats"], view=view, mix=mix)
+    recipe = build_recipe(source, opts)
     job = Job(
         url=url,
         data=spec,
         recipe=recipe.to_dict(),
         skip_bad=skip_bad,
-        teacher=TeacherConfig(
-            teacher,
-            str(teacher_checkpoint) if teacher_checkpoint else None,
-            pretrained=pretrained,
-            random_init=random_init,
-        ),
+        teacher=teacher_config(teacher, teacher_checkpoint, pretrained, random_init),
         batch_size=batch_size,
         loader_workers=loader_workers,
         threads=threads_per_worker,

@@ -9,18 +9,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from deit_pipe.cli import build_recipe, console, main, progress_bar, recipe_options
-
-
-def _teacher_config(teacher, checkpoint, pretrained, random_init):
-    from deit_pipe.pipeline.teacher import TeacherConfig
-
-    return TeacherConfig(
-        teacher,
-        str(checkpoint) if checkpoint else None,
-        pretrained=pretrained,
-        random_init=random_init,
-    )
+from deit_pipe.cli import (
+    build_recipe,
+    console,
+    main,
+    progress_bar,
+    recipe_options,
+    teacher_config,
+)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -132,7 +128,6 @@ def train(
     if nproc_per_node:
         _relaunch_torchrun(nproc_per_node)
     from deit_pipe.data import open_source
-    from deit_pipe.data.recipe import Recipe
     from deit_pipe.student.train import TrainConfig
     from deit_pipe.student.train import train as run_train
 
@@ -140,8 +135,7 @@ def train(
     if store is None:
         if spec is None:
             raise click.UsageError("give --store STORE, or --data SPEC")
-        view, mix = build_recipe(open_source(spec), opts)
-        recipe = Recipe(seed=opts["seed"], repeats=opts["repeats"], view=view, mix=mix).to_dict()
+        recipe = build_recipe(open_source(spec), opts).to_dict()
     overrides = {
         k: v
         for k, v in dict(
@@ -158,9 +152,7 @@ def train(
         store=store,
         data=spec,
         recipe=recipe,
-        teacher=_teacher_config(
-            teacher, teacher_checkpoint, teacher_pretrained, teacher_random_init
-        )
+        teacher=teacher_config(teacher, teacher_checkpoint, teacher_pretrained, teacher_random_init)
         if teacher
         else None,
         model=model,
