@@ -1,3 +1,3 @@
 """deit-pipe: DeiT knowledge distillation from precomputed, replayable teacher targets."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -25,6 +25,14 @@ class StoreFormatError(StoreError):
     """Not a deit-pipe store, or a format version this code does not read."""
 
 
+class StoreNotFoundError(StoreFormatError):
+    """Nothing is stored at the URL yet."""
+
+
+class StoreAccessError(StoreError):
+    """The store's storage cannot be reached, or not with these credentials."""
+
+
 class StoreMismatchError(StoreError):
     """The store was made for another dataset, plan or job."""
 

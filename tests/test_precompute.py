@@ -222,3 +222,111 @@ def test_different_job_on_existing_store_is_refused(imagefolder, tmp_path):
     assert again.exit_code == 0 and "0 shards" in again.output
     other = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url, "--seed", "1"))
     assert other.exit_code == 1 and "different job" in other.output and "plan.seed" in other.output
+
+
+@pytest.fixture
+def external_cluster():
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1, as dask-jobqueue starts."""
+    import socket
+    from pathlib import Path
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [
+        subprocess.Popen(
+            [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            **quiet,
+        )
+    ]
+    try:
+        for name in ("w0", "w1"):
+            procs.append(
+                subprocess.Popen(
+                    [dask_cli, "worker", address, "--nthreads", "1", "--name", name]
+                    + ["--no-dashboard", "--host", "127.0.0.1"],
+                    **quiet,
+                )
+            )
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def test_precompute_on_an_external_dask_cluster(external_cluster, tmp_path, reference):
+    url = tmp_path / "cluster.zarr"
+    args = [
+        "precompute",
+        "--data",
+        "digits",
+        "--out",
+        str(url),
+        "--epochs",
+        "1",
+        "--teacher",
+        "regnety_002",
+        "--random-init",
+        "--shard-views",
+        "256",
+        "--batch-size",
+        "128",
+        "--scheduler",
+        external_cluster,
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "8 shards, 1,797 views" in result.output
+    assert_same_store(url, reference)
+    # GPU tasks on workers that declare no GPU resource would wait forever: refused instead.
+    gpu = CliRunner().invoke(main, [*args, "--device", "cuda", "--overwrite"])
+    assert gpu.exit_code == 1
+    (error,) = [line for line in gpu.output.splitlines() if line.startswith("error:")]
+    assert "none of the 2 dask workers" in error and "--resources GPU=1" in error
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        result = CliRunner().invoke(
+            main,
+            ["precompute", "--data", "digits", "--out", str(tmp_path / "x.zarr"), "--epochs", "1"]
+            + ["--teacher", "regnety_002", "--random-init", "--scheduler", "tcp://127.0.0.1:9"],
+        )
+    assert result.exit_code == 1
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in result.output
+
+
+def test_files_of_the_wrong_kind_are_named_as_such(imagefolder, tmp_path):
+    """A text file, a model state dict and a safetensors file where other kinds belong."""
+    from safetensors.torch import save_file
+
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    weights = timm.create_model("resnet10t", num_classes=3).state_dict()
+    torch.save(weights, tmp_path / "plain.pth")
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "m.safetensors")
+    args = [a for a in _imagefolder_cmd(imagefolder, tmp_path / "t.zarr") if a != "--random-init"]
+    teacher = CliRunner().invoke(main, [*args, "--teacher-checkpoint", str(text)])
+    assert teacher.exit_code == 1
+    assert f"teacher checkpoint {text} is not a PyTorch checkpoint" in teacher.output
+    assert "list index" not in teacher.output
+    cases = [
+        (text, "is not a PyTorch checkpoint (.pth/.pt from torch.save) or a .safetensors file"),
+        (tmp_path / "plain.pth", "is a PyTorch file but not a deit-pipe run checkpoint"),
+        (tmp_path / "m.safetensors", "is a safetensors model file, not a deit-pipe run checkpoint"),
+    ]
+    for path, message in cases:
+        result = CliRunner().invoke(main, ["eval", "--checkpoint", str(path)])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.count("\n") == 1

@@ -8,7 +8,8 @@ import zarr
 from click.testing import CliRunner
 
 from deit_pipe.cli import main
-from deit_pipe.data import open_source
+from deit_pipe.data import ViewConfig, open_source
+from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import (
     StoreCorruptError,
     StoreFormatError,
@@ -145,8 +146,8 @@ def test_refusals_each_name_what_differs(tmp_path):
         store.stored_epoch(3)
     group = zarr.open_group(url, mode="r+")
     meta = group.attrs["deit_pipe"]
-    group.attrs["deit_pipe"] = {**meta, "format_version": 2}
-    with pytest.raises(StoreFormatError, match="format version 2; this deit-pipe reads version 1"):
+    group.attrs["deit_pipe"] = {**meta, "format_version": 3}
+    with pytest.raises(StoreFormatError, match="format version 3; this deit-pipe reads version 2"):
         TargetStore(url)
     with pytest.raises(StoreFormatError, match="no target store"):
         TargetStore(str(tmp_path / "nothing.zarr"))
@@ -226,3 +227,24 @@ def test_inspect_json_and_manifest(tmp_path):
     assert text.exit_code == 0 and "bytes/view" in text.output
     bad = CliRunner().invoke(main, ["inspect", str(tmp_path / "none.zarr")])
     assert bad.exit_code == 1 and "no target store" in bad.output
+
+
+def test_a_small_dataset_store_is_not_padded(tmp_path):
+    """Default options size chunks from the split: digits epochs are 1,437 views, not 4,096."""
+    from deit_pipe.pipeline.precompute import precompute
+    from deit_pipe.pipeline.tasks import Job
+    from deit_pipe.pipeline.teacher import TeacherConfig
+
+    url = tmp_path / "digits.zarr"
+    job = Job(
+        url=str(url),
+        data="digits",
+        recipe=Recipe(view=ViewConfig.for_source(open_source("digits"))).to_dict(),
+        teacher=TeacherConfig("regnety_002", random_init=True),
+    )
+    precompute(job, epochs=2, splits=("train",), workers=0)
+    store = TargetStore(str(url))
+    assert store.meta["layout"]["train"] == {"shard_views": 1437, "chunk_views": 1437}
+    assert zarr.open_group(str(url))["train/fingerprint"].chunks == (1, 1437)
+    train_bytes = sum(p.stat().st_size for p in (url / "train").rglob("*") if p.is_file())
+    assert train_bytes / (2 * 1437) <= 36

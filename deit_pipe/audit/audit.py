@@ -78,8 +78,9 @@ def audit(
     ema: bool = False,
     train_views: int = 512,
     device: str = "auto",
+    storage_options: dict | None = None,
 ) -> AuditResult:
-    store = TargetStore(store_url)
+    store = TargetStore(store_url, storage_options)
     if "val" not in store.spec.splits or store.missing_shards("val"):
         raise DeitPipeError(
             f"{store_url} has no complete val/ split; make it with "

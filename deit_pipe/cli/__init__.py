@@ -123,6 +123,25 @@ def build_recipe(source, opts: dict):
     return Recipe(seed=opts["seed"], repeats=opts["repeats"], view=view, mix=mix)
 
 
+def storage_options_option(fn):
+    """`--storage-options JSON` (or DEIT_PIPE_STORAGE_OPTIONS) for commands that open a store."""
+
+    def parse(ctx, param, value):
+        from deit_pipe.storage.io import parse_storage_options
+
+        return parse_storage_options(value)
+
+    return click.option(
+        "--storage-options",
+        envvar="DEIT_PIPE_STORAGE_OPTIONS",
+        default=None,
+        callback=parse,
+        help="fsspec options for an object-store URL, as JSON, e.g. "
+        '\'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\' '
+        "[env: DEIT_PIPE_STORAGE_OPTIONS; credentials also from AWS_*/GOOGLE_* variables].",
+    )(fn)
+
+
 def teacher_config(name: str, checkpoint, pretrained: bool, random_init: bool):
     """TeacherConfig from the teacher flags shared by `precompute` and `train`."""
     from deit_pipe.pipeline.teacher import TeacherConfig
@@ -136,7 +155,10 @@ def teacher_config(name: str, checkpoint, pretrained: bool, random_init: bool):
 
 
 def progress_bar(unit: str):
-    """A rich progress bar with `done` and `rate` text fields, for long jobs."""
+    """A rich progress bar with `done` and `rate` text fields, for long jobs.
+
+    It appears with its first task, so a job that fails before starting prints only its error.
+    """
     from rich.progress import (
         BarColumn,
         Progress,
@@ -145,7 +167,20 @@ def progress_bar(unit: str):
         TimeRemainingColumn,
     )
 
-    return Progress(
+    class LazyProgress(Progress):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            if self.live.is_started:
+                self.stop()
+
+        def add_task(self, *args, **kwargs):
+            if not self.live.is_started:
+                self.start()
+            return super().add_task(*args, **kwargs)
+
+    return LazyProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[done]}"),

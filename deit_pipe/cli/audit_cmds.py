@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from deit_pipe.cli import console, main
+from deit_pipe.cli import console, main, storage_options_option
 
 
 @main.command(name="audit")
@@ -29,11 +29,21 @@ from deit_pipe.cli import console, main
     show_default=True,
     help="Replayed training views for teacher agreement (0 = skip).",
 )
-def audit_cmd(store: str, runs: tuple[Path, ...], out: Path, ema: bool, train_views: int) -> None:
+@storage_options_option
+def audit_cmd(
+    store: str,
+    runs: tuple[Path, ...],
+    out: Path,
+    ema: bool,
+    train_views: int,
+    storage_options: dict | None,
+) -> None:
     """Teacher–student agreement on val (paper Table 4) and on replayed training views."""
     from deit_pipe.audit import audit
 
-    result = audit(store, list(runs), out, ema=ema, train_views=train_views)
+    result = audit(
+        store, list(runs), out, ema=ema, train_views=train_views, storage_options=storage_options
+    )
     n = len(result.classifiers)
     table = Table(
         "classifier",

@@ -14,6 +14,7 @@ from deit_pipe.cli import (
     main,
     progress_bar,
     recipe_options,
+    storage_options_option,
     teacher_config,
 )
 
@@ -21,11 +22,12 @@ from deit_pipe.cli import (
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def inspect(store: str, as_json: bool) -> None:
+@storage_options_option
+def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
     """Show what a target store holds, how complete and how large it is."""
     from deit_pipe.storage import TargetStore, summarize
 
-    info = summarize(TargetStore(store))
+    info = summarize(TargetStore(store, storage_options))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -91,7 +93,12 @@ def inspect(store: str, as_json: bool) -> None:
 @click.option(
     "--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
 )
-@click.option("--shard-views", type=int, default=65536, show_default=True)
+@click.option(
+    "--shard-views",
+    type=int,
+    default=None,
+    help="Views per shard (one task each) [default: the split's epoch up to 65,536 views].",
+)
 @click.option("--teacher", default="regnety_160", show_default=True, help="timm model name.")
 @click.option(
     "--teacher-checkpoint",
@@ -122,6 +129,7 @@ def inspect(store: str, as_json: bool) -> None:
 )
 @click.option("--skip-bad", is_flag=True, help="Scan first; exclude and record unreadable files.")
 @click.option("--overwrite", is_flag=True, help="Replace a store holding a different job.")
+@storage_options_option
 @recipe_options
 def precompute(
     spec,
@@ -144,6 +152,7 @@ def precompute(
     device,
     skip_bad,
     overwrite,
+    storage_options,
     **opts,
 ) -> None:
     """Run the teacher once over every planned view and store its top-k logits."""
@@ -163,6 +172,7 @@ def precompute(
         loader_workers=loader_workers,
         threads=threads_per_worker,
         device=device,
+        storage_options=storage_options,
     )
     splits = ("train", "val") if split == "both" else (split,)
     taus = tuple(float(t) for t in temperatures.split(","))
@@ -210,5 +220,99 @@ def precompute(
         f"{summary.tasks} shards, {summary.views:,} views in {summary.seconds:.1f} s "
         f"({summary.views_per_second:,.0f} views/s); store {url}: "
         f"{summary.bytes_on_disk:,} bytes",
+        highlight=False,
+    )
+
+
+@main.command()
+@click.argument("store")
+@click.option(
+    "--data", "spec", default=None, help="The dataset on this machine [default: the store's]."
+)
+@click.option(
+    "--sample",
+    type=int,
+    default=None,
+    help="Views to re-render per stored epoch and for val [default: 4,096 in all, spread].",
+)
+@click.option("--all", "all_views", is_flag=True, help="Re-render every stored view.")
+@click.option(
+    "--workers", type=int, default=2, show_default=True, help="DataLoader rendering processes."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@storage_options_option
+def verify(store, spec, sample, all_views, workers, as_json, storage_options) -> None:
+    """Re-render stored views on this machine and compare fingerprints (no teacher runs).
+
+    Exit status 0 when every checked view matches, 1 otherwise.
+    """
+    from contextlib import nullcontext
+
+    from deit_pipe.pipeline.verify import verify as run_verify
+
+    with nullcontext() if as_json else progress_bar("views") as bar:
+        task = None
+
+        def show(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task("verify", total=total, done="", rate="")
+            elapsed = bar.tasks[task].elapsed or 1e-9
+            bar.update(task, completed=done, rate=f"{done / elapsed:,.0f} views/s")
+
+        report = run_verify(
+            store,
+            data=spec,
+            sample=sample,
+            all_views=all_views,
+            workers=workers,
+            storage_options=storage_options,
+            progress=None if as_json else show,
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_verify(report)
+    if not report.ok:
+        first = next((e for e in report.epochs if e.first_mismatch), None)
+        where = ""
+        if first is not None:
+            m = first.first_mismatch
+            partner = f" mixed with {m['mixed_with']}" if "mixed_with" in m else ""
+            where = (
+                f"; first: {first.split} epoch {first.epoch} slot {m['slot']} "
+                f"({m['file']}{partner})"
+            )
+        drift = f"; library versions differ: {report.version_drift}" if report.version_drift else ""
+        dataset = "" if report.dataset_matches else "the dataset changed since it was made; "
+        click.echo(
+            f"error: {store}: {dataset}{report.mismatches} of {report.checked} re-rendered views "
+            f"differ{where}{drift}",
+            err=True,
+        )
+        raise SystemExit(1)
+
+
+def _print_verify(report) -> None:
+    table = Table("split", "epoch", "checked", "mismatches", "first mismatch")
+    for e in report.epochs:
+        m = e.first_mismatch
+        first = ""
+        if m:
+            first = f"slot {m['slot']}: {m['file']}" + (
+                f" (mixed with {m['mixed_with']})" if "mixed_with" in m else ""
+            )
+        if e.unfinished_shards:
+            first = (first + " " if first else "") + f"[{e.unfinished_shards} shards not done]"
+        table.add_row(e.split, str(e.epoch), f"{e.checked:,}", str(e.mismatches), first)
+    console.print(table)
+    if not report.dataset_matches:
+        console.print("dataset: files changed since the store was made (fingerprint differs)")
+    for lib, change in report.version_drift.items():
+        console.print(f"version: {lib} {change}", highlight=False)
+    verdict = "OK" if report.ok else "MISMATCH"
+    console.print(
+        f"{verdict}: {report.checked:,} views re-rendered in {report.seconds:.1f} s, "
+        f"{report.mismatches} differ",
         highlight=False,
     )

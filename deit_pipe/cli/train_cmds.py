@@ -15,6 +15,7 @@ from deit_pipe.cli import (
     main,
     progress_bar,
     recipe_options,
+    storage_options_option,
     teacher_config,
 )
 
@@ -82,6 +83,7 @@ from deit_pipe.cli import (
     default=None,
     help="Relaunch under torchrun with this many processes.",
 )
+@storage_options_option
 @recipe_options
 def train(
     out,
@@ -122,6 +124,7 @@ def train(
     device,
     max_steps,
     nproc_per_node,
+    storage_options,
     **opts,
 ) -> None:
     """Train a DeiT student from stored targets (or online / plain supervised)."""
@@ -150,6 +153,7 @@ def train(
     cfg = TrainConfig(
         out=str(out),
         store=store,
+        storage_options=storage_options,
         data=spec,
         recipe=recipe,
         teacher=teacher_config(teacher, teacher_checkpoint, teacher_pretrained, teacher_random_init)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from deit_pipe.data.plan import RA_BLOCK, EpochPlan, MixConfig, plan
 from deit_pipe.data.views import ViewConfig
 
-PLAN_VERSION = 1  # bump when plan() or render() would produce other views for the same recipe
+# Bump when plan() or render() would produce other views for the same recipe.
+PLAN_VERSION = 2  # 2: portable random-erasing noise
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,11 @@ class FakeSplit(Split):
         rng = np.random.default_rng([self.tag, index])
         label = int(self.labels[index])
         # A class-dependent colour gradient plus noise: cheap, deterministic, learnable.
+        # Integer noise (no libm-dependent normal draws), so every CPU makes the same pixels.
         yy, xx = np.mgrid[0 : self.size, 0 : self.size] / max(self.size - 1, 1)
         base = np.stack([xx, yy, (xx + yy) / 2], axis=-1) * (label + 1) / self.num_classes
-        pixels = np.clip(base * 255 + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        noise = rng.integers(-35, 36, base.shape)
+        pixels = np.clip(base * 255 + noise, 0, 255).astype(np.uint8)
         return Image.fromarray(pixels, mode="RGB")
 
 

@@ -4,6 +4,11 @@
 CPU generator seeded from the view seed, leaving the caller's RNG state as it was;
 `mix_pair` applies the plan's mixup/cutmix; `fingerprint` hashes the final float32 bytes so
 the student can prove it replays the very pixels the teacher saw.
+
+A view's bytes must not depend on the CPU that renders it (a store made on an AVX-512 node
+is replayed on ARM or older x86 nodes), so every float operation after Pillow is exactly
+rounded and free of ISA-dispatched kernels; the one timm step that was not (random
+erasing's `normal_` noise) draws from `erasing_noise` instead. docs/DESIGN.md audits each step.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from deit_pipe.data.sources import Source
 Transform = Callable[[Image.Image], torch.Tensor]
 # Renders patch module attributes (below); one render at a time per process.
 _RNG_LOCK = threading.RLock()
+_TAG_NOISE = 0x4E015E  # the erasing-noise stream of a view seed
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,38 @@ class _NumpyWithOwnRandom:
         return getattr(np, name)
 
 
+def erasing_noise(bits: np.random.BitGenerator, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard-normal-shaped float32 noise that is bit-identical on every CPU.
+
+    torch's `normal_` has per-ISA kernels (AVX2/AVX-512 Box–Muller with vectorised log/cos,
+    a scalar path, NEON) that round differently. Here each value is the Irwin–Hall sum of 12
+    uniforms on 16-bit midpoints, minus 6: integer sums and an exact power-of-two scaling
+    (|numerator| < 2²⁴), so nothing rounds. Mean 0, variance 1 − 2⁻³², support ±6 (a normal
+    leaves it with probability 2·10⁻⁹), excess kurtosis −0.1.
+    """
+    n = int(np.prod(shape))
+    raw = bits.random_raw(3 * n).astype("<u8", copy=False)  # explicit byte order: portable
+    sums = raw.view("<u2").reshape(n, 12).sum(axis=1, dtype=np.int64)
+    values = (sums - (6 * 65536 - 6)).astype(np.float32) * np.float32(2.0**-16)
+    return torch.from_numpy(values.reshape(shape))
+
+
+class _ErasingPixels:
+    """timm's `random_erasing._get_pixels`, with noise from the view's own portable stream."""
+
+    def __init__(self, seed: int):
+        self.seed, self.bits = seed, None
+
+    def __call__(self, per_pixel, rand_color, patch_size, dtype=torch.float32, device="cpu"):
+        if not (per_pixel or rand_color):
+            return torch.zeros((patch_size[0], 1, 1), dtype=dtype, device=device)
+        if self.bits is None:  # made on first use: most views are never erased
+            seq = np.random.SeedSequence([self.seed & 0xFFFF_FFFF, self.seed >> 32, _TAG_NOISE])
+            self.bits = np.random.PCG64(seq)
+        shape = tuple(patch_size) if per_pixel else (patch_size[0], 1, 1)
+        return erasing_noise(self.bits, shape).to(device=device, dtype=dtype)
+
+
 # Modules whose transforms draw from `random.*` / `np.random.*`. They get private, seeded
 # generators during a render: other threads of the process (dask's event loop, for one)
 # also draw from the global `random`, and a single draw between seeding and use would
@@ -144,8 +182,9 @@ def seeded_rngs(seed: int) -> Iterator[None]:
     """Give the transforms RNGs seeded from a 64-bit seed; leave every caller RNG as it was.
 
     `random` and `np.random` users get private generators (the process-wide ones are never
-    touched); torch's CPU generator is seeded and restored (not `torch.manual_seed`, which
-    would also reseed the CUDA generators of a training process).
+    touched); random erasing gets its portable noise stream; torch's CPU generator is seeded
+    and restored (not `torch.manual_seed`, which would also reseed the CUDA generators of a
+    training process).
     """
     seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
     gen = torch.random.default_generator
@@ -154,12 +193,14 @@ def seeded_rngs(seed: int) -> Iterator[None]:
     with _RNG_LOCK:
         saved = [(m, "random", m.random) for m in _PY_RANDOM_USERS]
         saved += [(m, "np", m.np) for m in _NP_RANDOM_USERS]
+        saved.append((timm_erasing, "_get_pixels", timm_erasing._get_pixels))
         torch_state = gen.get_state()
         try:
             for m in _PY_RANDOM_USERS:
                 m.random = py_rng
             for m in _NP_RANDOM_USERS:
                 m.np = np_rng
+            timm_erasing._get_pixels = _ErasingPixels(seed)
             gen.manual_seed(seed)
             yield
         finally:
@@ -177,7 +218,12 @@ def render(img: Image.Image, view_seed: int, transform: Transform) -> torch.Tens
 def mix_pair(
     x_a: torch.Tensor, x_b: torch.Tensor, op: int, lam: float, box: np.ndarray | tuple
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both halves of a pair: each keeps weight λ of itself and takes 1−λ from its partner."""
+    """Both halves of a pair: each keeps weight λ of itself and takes 1−λ from its partner.
+
+    Portable: λ and 1−λ are rounded to float32 once, then two IEEE multiplies and an add, each
+    its own kernel (no fused multiply-add can form), as timm's `Mixup` computes it; cutmix
+    only copies.
+    """
     if op == MIX_MIXUP:
         return x_a * lam + x_b * (1.0 - lam), x_b * lam + x_a * (1.0 - lam)
     if op == MIX_CUTMIX:

@@ -17,7 +17,7 @@ import torch
 
 from deit_pipe.data import open_checked
 from deit_pipe.data.recipe import Recipe
-from deit_pipe.errors import StoreError
+from deit_pipe.errors import DeitPipeError, StoreError
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
 from deit_pipe.pipeline.teacher import build_teacher, check_normalization
 from deit_pipe.storage import StoreSpec, StoreWriter, create_store, write_manifest
@@ -47,11 +47,15 @@ def prepare_store(
     k: int = 10,
     temperatures: tuple[float, ...] = (1.0, 3.0),
     value_dtype: str = "float16",
-    shard_views: int = 65536,
+    shard_views: int | None = None,
     overwrite: bool = False,
 ) -> StoreWriter:
-    """Check dataset, teacher and plan agree; create the store or reopen the same job."""
-    if shard_views % 2:
+    """Check dataset, teacher and plan agree; create the store or reopen the same job.
+
+    `shard_views=None` sizes shards and chunks per split from its view count
+    (`storage.format.shard_layout`).
+    """
+    if shard_views is not None and shard_views % 2:
         raise StoreError(f"--shard-views {shard_views} must be even (pairs never straddle shards)")
     source = open_checked(job.data, skip_bad=job.skip_bad)
     recipe = Recipe.from_dict(job.recipe)
@@ -74,7 +78,6 @@ def prepare_store(
         temperatures=tuple(float(t) for t in temperatures),
         value_dtype=value_dtype,
         shard_views=shard_views,
-        chunk_views=min(4096, shard_views),
     )
     writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
     write_manifest(writer, source)
@@ -130,23 +133,27 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
     import dask
     from distributed import Client, LocalCluster, as_completed
 
-    gpus = torch.cuda.device_count() if job.device != "cpu" else 0
     cluster = None
     if scheduler is None:
-        n = workers or gpus or 1
+        gpus = torch.cuda.device_count() if job.device != "cpu" else 0
         # DataLoader workers are child processes: dask's daemonic workers may not have any.
         with dask.config.set({"distributed.worker.daemon": job.loader_workers == 0}):
             cluster = LocalCluster(
-                n_workers=n,
+                n_workers=workers or gpus or 1,
                 threads_per_worker=threads_per_worker,
                 processes=True,
                 resources={"GPU": 1} if gpus else None,
                 dashboard_address=None,
                 silence_logs=logging.ERROR,
             )
-    client = Client(cluster if cluster is not None else scheduler)
-    try:
         resources = {"GPU": 1} if gpus else None
+    try:
+        client = Client(cluster if cluster is not None else scheduler)
+    except OSError as exc:
+        raise DeitPipeError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+    try:
+        if scheduler is not None:
+            resources = _cluster_resources(client, scheduler, job.device)
         futures = [
             client.submit(
                 task_fn,
@@ -171,6 +178,37 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
             cluster.close()
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process sees (run on each dask worker)."""
+    return torch.cuda.device_count()
+
+
+def _cluster_resources(client, scheduler: str, device: str) -> dict | None:
+    """Task resources on an existing cluster, from what its workers declare and see.
+
+    A GPU task asks for the `GPU` resource so each GPU runs one task at a time; on a cluster
+    whose workers declare none, such a task would wait forever, so that is refused here.
+    """
+    if not client.scheduler_info()["workers"]:
+        log.warning("waiting for a dask worker to join %s", scheduler)
+        client.wait_for_workers(1)
+    workers = client.scheduler_info()["workers"]
+    declared = {a for a, w in workers.items() if w.get("resources", {}).get("GPU")}
+    if device == "cpu":
+        return None
+    if declared:
+        return {"GPU": 1}
+    seen = {a: n for a, n in client.run(visible_gpus).items() if n} if device == "auto" else {}
+    if device == "cuda" or seen:
+        where = f"; {next(iter(seen))} sees {next(iter(seen.values()))} GPU(s)" if seen else ""
+        raise DeitPipeError(
+            f"none of the {len(workers)} dask workers at {scheduler} declares the GPU "
+            f"resource{where}: start one worker per GPU with `dask worker {scheduler} "
+            "--resources GPU=1` (CUDA_VISIBLE_DEVICES set per worker), or pass --device cpu"
+        )
+    return None
+
+
 def precompute(
     job: Job,
     *,
@@ -184,7 +222,7 @@ def precompute(
     """Prepare the store and run every shard not yet done (resume = call again).
 
     `store_options` are `prepare_store`'s: epochs, splits, k, temperatures, value_dtype,
-    shard_views, overwrite.
+    shard_views (None: sized per split), overwrite.
     """
     writer = prepare_store(job, **store_options)
     tasks = pending(writer)

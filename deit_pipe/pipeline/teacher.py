@@ -6,7 +6,6 @@ through safetensors. The sha256 of the file is recorded in the store.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import timm
 import torch
 
 from deit_pipe.errors import DeitPipeError
+from deit_pipe.weights import load_weights_file, sha256_file, state_dict_of
 
 
 class TeacherError(DeitPipeError):
@@ -33,33 +33,9 @@ class TeacherConfig:
         return {**asdict(self), "model_kwargs": dict(self.model_kwargs)}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from `.safetensors` or a `.pth` with or without a `model` key."""
-    if not path.is_file():
-        raise TeacherError(f"teacher checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise TeacherError(f"cannot load teacher checkpoint {path}: {exc}") from None
-    for key in ("model", "state_dict", "model_ema"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        raise TeacherError(f"teacher checkpoint {path} holds no state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return state_dict_of(load_weights_file(path, "teacher checkpoint"), path, "teacher checkpoint")
 
 
 def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module, dict]:

@@ -1,4 +1,4 @@
-"""The target store, format version 1: metadata, array layout and codecs (a public contract).
+"""The target store, format version 2: metadata, array layout and codecs (a public contract).
 
 A Zarr v3 group; `attrs["deit_pipe"]` holds the metadata below. Per split (`train`, `val`):
 
@@ -8,8 +8,11 @@ A Zarr v3 group; `attrs["deit_pipe"]` holds the metadata below. Per split (`trai
     fingerprint   [E, V]     uint64   blake2b-64 of the view's float32 bytes
     done          [E, S]     bool     shard s of epoch e is complete (one chunk per cell)
 
-All V-indexed arrays share one shard grid (shard_views) so one task owns whole shards of
-every array and no two writers ever touch the same Zarr object.
+All V-indexed arrays of a split share one shard grid (`layout`) so one task owns whole
+shards of every array and no two writers ever touch the same Zarr object.
+
+Version 2 (deit-pipe 0.2) renders random erasing's noise portably (version-1 views differ
+across CPUs) and sizes shards and chunks per split from its view count.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import UTC, datetime
 
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ATTR_KEY = "deit_pipe"
 SPLITS = ("train", "val")
 ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
@@ -42,8 +45,8 @@ class StoreSpec:
     k: int = 10
     temperatures: tuple[float, ...] = (1.0, 3.0)
     value_dtype: str = "float16"
-    shard_views: int = DEFAULT_SHARD_VIEWS
-    chunk_views: int = DEFAULT_CHUNK_VIEWS
+    shard_views: int | None = None  # None: chosen per split by `layout`
+    chunk_views: int = DEFAULT_CHUNK_VIEWS  # the longest chunk
     extra: dict = field(default_factory=dict)
 
     @property
@@ -56,8 +59,12 @@ class StoreSpec:
     def split_epochs(self, split: str) -> int:
         return self.epochs if split == "train" else 1
 
+    def layout(self, split: str) -> tuple[int, int]:
+        """(shard, chunk) lengths along V of `split`'s arrays."""
+        return shard_layout(self.views(split), self.shard_views, self.chunk_views)
+
     def num_shards(self, split: str) -> int:
-        return math.ceil(self.views(split) / self.shard_views)
+        return math.ceil(self.views(split) / self.layout(split)[0])
 
     def index_dtype(self) -> str:
         return "uint16" if self.num_classes <= 65536 else "uint32"
@@ -76,6 +83,10 @@ class StoreSpec:
             "value_dtype": self.value_dtype,
             "shard_views": self.shard_views,
             "chunk_views": self.chunk_views,
+            "layout": {
+                s: dict(zip(("shard_views", "chunk_views"), self.layout(s), strict=True))
+                for s in self.splits
+            },
         }
         return {**meta, **({"extra": self.extra} if self.extra else {})}
 
@@ -91,10 +102,30 @@ class StoreSpec:
             k=int(meta["k"]),
             temperatures=tuple(float(t) for t in meta["temperatures"]),
             value_dtype=meta["value_dtype"],
-            shard_views=int(meta["shard_views"]),
+            shard_views=None if meta["shard_views"] is None else int(meta["shard_views"]),
             chunk_views=int(meta["chunk_views"]),
             extra=meta.get("extra", {}),
         )
+
+
+def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[int, int]:
+    """(shard, chunk) for a split of `views` views per epoch; chunk divides shard.
+
+    Unset, a split of up to 65,536 views is one shard of near-equal chunks no longer than
+    `max_chunk`, so a small epoch (digits: 1,437 views) is not padded to 4,096 — the raw
+    fingerprint array would store the padding. Larger splits use 65,536-view shards.
+    A given shard length keeps the largest chunk ≤ `max_chunk` that divides it.
+    """
+    if shard_views is None:
+        if views <= DEFAULT_SHARD_VIEWS:
+            pieces = max(math.ceil(views / max_chunk), 1)
+            chunk = math.ceil(views / pieces)
+            return chunk * pieces, chunk
+        shard_views = DEFAULT_SHARD_VIEWS
+    pieces = math.ceil(shard_views / max_chunk)
+    while shard_views % pieces:
+        pieces += 1
+    return shard_views, shard_views // pieces
 
 
 def job_identity(meta: dict) -> dict:

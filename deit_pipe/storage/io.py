@@ -1,22 +1,128 @@
-"""Opening stores at local paths or fsspec URLs, and reading their metadata."""
+"""Opening stores at local paths or fsspec URLs (s3://, gs://, …), and reading their metadata.
+
+Object-store credentials and endpoints come from `storage_options` (the CLI's
+`--storage-options JSON` or `DEIT_PIPE_STORAGE_OPTIONS`) or the backend's usual environment
+(AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, FSSPEC_S3_*, …). Backend failures become one line that
+names the store and the likely fix.
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import fsspec
 import zarr
 
-from deit_pipe.errors import StoreFormatError
+from deit_pipe.errors import (
+    DeitPipeError,
+    StoreAccessError,
+    StoreError,
+    StoreFormatError,
+    StoreNotFoundError,
+)
 from deit_pipe.storage.format import ATTR_KEY, FORMAT_VERSION
+
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+_CREDENTIALS_HINT = (
+    'check the credentials (--storage-options \'{"key": …, "secret": …}\' or '
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
+)
+
+
+def parse_storage_options(text: str | None) -> dict | None:
+    """`--storage-options` JSON (an object, or empty) as a dict."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"--storage-options is not valid JSON ({exc.msg} at {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise StoreError(f"--storage-options must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _caused_by(exc: BaseException, *names: str, kinds: tuple = ()) -> bool:
+    """Whether `exc` or an exception behind it is one of `kinds` or has one of `names` in its
+    class name (backends' own exception types, without importing optional backends)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kinds) or any(n in type(seen).__name__ for n in names):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn a storage backend's exception into a one-line `StoreAccessError`."""
+    try:
+        yield
+    except DeitPipeError:
+        raise
+    except ImportError as exc:
+        raise StoreAccessError(
+            f"{url}: {exc} (object stores are optional: pip install 'deit-pipe[s3]' or '[gcs]')"
+        ) from None
+    except PermissionError as exc:
+        raise StoreAccessError(f"{url}: access denied ({exc}); {_CREDENTIALS_HINT}") from None
+    except FileNotFoundError as exc:
+        if _missing_bucket(exc):
+            raise _no_bucket(url) from None
+        raise
+    except Exception as exc:
+        if _caused_by(exc, "Credential"):  # botocore's NoCredentialsError, PartialCredentialsError
+            raise StoreAccessError(f"{url}: {exc}; {_CREDENTIALS_HINT}") from None
+        if _caused_by(exc, "Connect", "Timeout", kinds=(ConnectionError, TimeoutError)):
+            raise StoreAccessError(f"{url}: cannot reach the storage endpoint ({exc})") from None
+        raise
 
 
 def open_group(url: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
     # zarr's LocalStore creates folders and is faster than fsspec's local filesystem.
     if url.startswith("file://"):
         url = url.removeprefix("file://")
+    with storage_errors(url):
+        _probe_bucket(url, storage_options)
+        try:
+            return zarr.open_group(url, mode=mode, storage_options=storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
+            if _missing_bucket(exc):
+                raise
+            raise StoreNotFoundError(f"no target store at {url} ({type(exc).__name__})") from None
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "bucket does not exist" in text or "nosuchbucket" in text
+
+
+def _no_bucket(url: str) -> StoreAccessError:
+    bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    return StoreAccessError(
+        f"{url}: the bucket {bucket!r} does not exist (or these credentials cannot see it)"
+    )
+
+
+def _probe_bucket(url: str, storage_options: dict | None) -> None:
+    """One request to an object store's bucket before zarr fans out many.
+
+    A missing bucket would read as an empty store, and an unreachable endpoint would fail one
+    of zarr's concurrent requests while the others are abandoned mid-retry. A bucket this
+    principal may not inspect (prefix-scoped permissions) is left for zarr to try.
+    """
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol not in OBJECT_STORES:
+        return
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     try:
-        return zarr.open_group(url, mode=mode, storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
-        raise StoreFormatError(f"no target store at {url} ({type(exc).__name__})") from None
+        fs.info(path.split("/", 1)[0])
+    except FileNotFoundError:
+        raise _no_bucket(url) from None
+    except PermissionError:
+        pass
 
 
 def read_meta(group: zarr.Group, url: str) -> dict:
@@ -25,6 +131,12 @@ def read_meta(group: zarr.Group, url: str) -> dict:
     if not isinstance(meta, dict):
         raise StoreFormatError(f"{url} is a Zarr group but not a deit-pipe store")
     version = meta.get("format_version")
+    if version == 1:
+        raise StoreFormatError(
+            f"{url} has store format version 1, whose views replay only on CPUs like the one "
+            f"that made it; this deit-pipe reads version {FORMAT_VERSION}: remake it with "
+            f"`{remake_command(meta, url)}`"
+        )
     if version != FORMAT_VERSION:
         raise StoreFormatError(
             f"{url} has store format version {version}; this deit-pipe reads version "
@@ -33,9 +145,30 @@ def read_meta(group: zarr.Group, url: str) -> dict:
     return meta
 
 
+def remake_command(meta: dict, url: str) -> str:
+    """The precompute command that rebuilds a store from its metadata (recipe flags aside)."""
+    teacher, plan = meta.get("teacher", {}), meta.get("plan", {})
+    parts = [
+        "deit-pipe precompute",
+        f"--data {meta.get('dataset', {}).get('spec', 'SPEC')}",
+        f"--out {url}",
+        f"--epochs {plan.get('epochs', 'E')}",
+        f"--teacher {teacher.get('name', 'NAME')}",
+    ]
+    if teacher.get("checkpoint"):
+        parts.append(f"--teacher-checkpoint {teacher['checkpoint']}")
+    elif teacher.get("random_init"):
+        parts.append("--random-init")
+    for key in ("seed", "repeats"):
+        if key in plan:
+            parts.append(f"--{key} {plan[key]}")
+    return " ".join([*parts, "--overwrite"]) + " (plus the recipe flags it was made with)"
+
+
 def file_system(
     url: str, storage_options: dict | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path) for the store root, for the Parquet tables and sizes on disk."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    with storage_errors(url):
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs, path.rstrip("/")

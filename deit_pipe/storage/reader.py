@@ -22,7 +22,7 @@ from deit_pipe.errors import (
     StoreMismatchError,
 )
 from deit_pipe.storage.format import MANIFEST, SKIPPED, StoreSpec
-from deit_pipe.storage.io import file_system, open_group, read_meta
+from deit_pipe.storage.io import file_system, open_group, read_meta, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,11 @@ class TargetStore:
             num_classes=self.spec.num_classes,
         )
 
+    def read_fingerprints(self, epoch: int, split: str = "train") -> np.ndarray:
+        """The stored view fingerprints of one epoch (rows of unfinished shards are zero)."""
+        self._require_split(split)
+        return self._read(split, "fingerprint", epoch)
+
     def epoch(self, epoch: int, split: str = "train", prefetch: int | None = None) -> EpochTargets:
         """`read_epoch`, served from the prefetch thread when ready; then prefetch `prefetch`."""
         future = self._pending.pop((split, epoch), None)
@@ -219,7 +224,8 @@ class TargetStore:
 
     def _read(self, split: str, name: str, index) -> np.ndarray:
         try:
-            return np.asarray(self.group[split][name][index])
+            with storage_errors(self.url):
+                return np.asarray(self.group[split][name][index])
         except StoreError:
             raise
         except Exception as exc:  # zarr raises ValueError/RuntimeError on bad checksums or codecs
@@ -236,7 +242,7 @@ class TargetStore:
     def _parquet(self, name: str) -> pa.Table:
         fs, base = file_system(self.url, self.storage_options)
         try:
-            with fs.open(f"{base}/{name}", "rb") as f:
+            with storage_errors(self.url), fs.open(f"{base}/{name}", "rb") as f:
                 return pq.read_table(f)
         except FileNotFoundError:
             raise StoreIncompleteError(f"{self.url} has no {name}") from None

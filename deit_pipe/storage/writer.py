@@ -13,7 +13,12 @@ import pyarrow.parquet as pq
 import zarr
 
 from deit_pipe.data.sources import Source
-from deit_pipe.errors import StoreError, StoreMismatchError
+from deit_pipe.errors import (
+    StoreError,
+    StoreFormatError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
 from deit_pipe.storage.format import (
     ATTR_KEY,
     MANIFEST,
@@ -23,7 +28,7 @@ from deit_pipe.storage.format import (
     job_identity,
     library_versions,
 )
-from deit_pipe.storage.io import file_system, open_group, read_meta
+from deit_pipe.storage.io import file_system, open_group, read_meta, storage_errors
 
 
 class StoreWriter:
@@ -36,11 +41,11 @@ class StoreWriter:
         self.spec = StoreSpec.from_meta(self.meta)
 
     def shard_range(self, split: str, shard: int) -> range:
-        views = self.spec.views(split)
-        lo = shard * self.spec.shard_views
+        views, length = self.spec.views(split), self.spec.layout(split)[0]
+        lo = shard * length
         if not 0 <= lo < views:
             raise StoreError(f"{split} has no shard {shard} (views {views})")
-        return range(lo, min(lo + self.spec.shard_views, views))
+        return range(lo, min(lo + length, views))
 
     def write_shard(
         self,
@@ -69,7 +74,12 @@ class StoreWriter:
             "logsumexp": lse,
             "fingerprint": fingerprints,
         }
-        group = self.group[split]
+        with storage_errors(self.url):
+            self._write(split, epoch, shard, rows, arrays, expected)
+        return n
+
+    def _write(self, split, epoch, shard, rows, arrays, expected) -> None:
+        spec, group = self.spec, self.group[split]
         for name, data in arrays.items():
             data = np.asarray(data)
             if data.shape != expected[name]:
@@ -81,7 +91,6 @@ class StoreWriter:
                 raise StoreError(f"{split}/{name} shard {shard}: class index out of range")
             target[epoch, rows.start : rows.stop] = data.astype(target.dtype, copy=False)
         group["done"][epoch, shard] = True
-        return n
 
 
 def create_store(
@@ -92,8 +101,10 @@ def create_store(
     if not overwrite:
         try:
             existing = read_meta(open_group(url, "r", storage_options), url)
-        except StoreError:
+        except StoreNotFoundError:
             existing = None
+        except StoreFormatError as exc:  # an old or foreign store is never replaced silently
+            raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
         if existing is not None:
             differ = _differences(job_identity(existing), job_identity(meta))
             if differ:
@@ -111,9 +122,7 @@ def create_store(
 
 def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
     epochs, views = spec.split_epochs(split), spec.views(split)
-    shard, chunk = spec.shard_views, min(spec.chunk_views, spec.shard_views)
-    if shard % chunk:
-        raise StoreError(f"shard_views {shard} must be a multiple of chunk_views {chunk}")
+    shard, chunk = spec.layout(split)
     group = root.create_group(split)
     layouts = {
         "topk_values": ((spec.k,), spec.value_dtype),
@@ -177,11 +186,11 @@ def write_manifest(writer: StoreWriter, source: Source) -> None:
         ]
     )
     fs, base = file_system(writer.url, writer.storage_options)
-    with fs.open(f"{base}/{MANIFEST}", "wb") as f:
+    with storage_errors(writer.url), fs.open(f"{base}/{MANIFEST}", "wb") as f:
         pq.write_table(pa.table(rows, schema=schema), f)
     skipped = pa.table(
         {"path": [p for p, _ in source.skipped], "reason": [r for _, r in source.skipped]},
         schema=pa.schema([("path", pa.string()), ("reason", pa.string())]),
     )
-    with fs.open(f"{base}/{SKIPPED}", "wb") as f:
+    with storage_errors(writer.url), fs.open(f"{base}/{SKIPPED}", "wb") as f:
         pq.write_table(skipped, f)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from deit_pipe.errors import DeitPipeError
+from deit_pipe.weights import SAFETENSORS, file_kind, load_weights_file
 
 
 class CheckpointError(DeitPipeError):
@@ -21,9 +22,17 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated files, pickles with code
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from None
+    """A deit-pipe run checkpoint (RUN/checkpoint.pt), refusing files of any other kind."""
+    path = Path(path)
+    if path.is_file() and file_kind(path) == SAFETENSORS:
+        raise CheckpointError(
+            f"{path} is a safetensors model file, not a deit-pipe run checkpoint "
+            "(RUN/checkpoint.pt); start a run from it with `train --init-from`"
+        )
+    state = load_weights_file(path, "checkpoint")
+    if not isinstance(state, dict) or not {"model", "config", "step"} <= set(state):
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a deit-pipe run checkpoint (RUN/checkpoint.pt "
+            "holds model, config and step); start a run from it with `train --init-from`"
+        )
+    return state

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     out: str
     store: str | None = None  # offline distillation: plan + targets from the store
+    storage_options: dict | None = None  # fsspec options for the store (never written out)
     data: str | None = None  # dataset (required without a store)
     teacher: TeacherConfig | None = None  # online distillation (comparison, tests)
     recipe: dict | None = None  # Recipe.to_dict(), when not read from a store
@@ -82,6 +83,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("storage_options")  # may hold credentials
         d["teacher"] = self.teacher.to_dict() if self.teacher else None
         return d
 
@@ -121,7 +123,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 def _resolve(cfg: TrainConfig):
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
-        store = TargetStore(cfg.store)
+        store = TargetStore(cfg.store, cfg.storage_options)
         recipe = Recipe.from_dict(store.spec.plan)
         spec = store.spec.dataset["spec"]
         if cfg.data and cfg.data != spec:

@@ -1,0 +1,189 @@
+"""`verify`: re-render a sample of a store's views on this machine and compare fingerprints.
+
+A pre-flight check before a long run on a new machine, library install or copy of the data:
+it proves (on a sample, or on every view) that this machine replays the views the teacher saw,
+without running the teacher. Views render in DataLoader worker processes, as in training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from deit_pipe.data import EvalDataset, PairDataset, Source, collate_views, open_source
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.errors import DataError
+from deit_pipe.storage import TargetStore
+from deit_pipe.storage.format import library_versions
+
+DEFAULT_TOTAL = 4096  # default views checked, spread over every stored epoch and val
+
+
+@dataclass
+class EpochCheck:
+    split: str
+    epoch: int
+    checked: int = 0
+    mismatches: int = 0
+    unfinished_shards: int = 0
+    first_mismatch: dict | None = None  # slot, sample, file (and the pair partner's)
+
+
+@dataclass
+class VerifyReport:
+    url: str
+    dataset_matches: bool
+    version_drift: dict[str, str]  # library: "store → here", for those that differ
+    epochs: list[EpochCheck] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def checked(self) -> int:
+        return sum(e.checked for e in self.epochs)
+
+    @property
+    def mismatches(self) -> int:
+        return sum(e.mismatches for e in self.epochs)
+
+    @property
+    def ok(self) -> bool:
+        """Every checked view matches, and the dataset is the one the store was made from
+        (training refuses another one even where its views happen to match)."""
+        return self.mismatches == 0 and self.checked > 0 and self.dataset_matches
+
+    def to_json(self) -> dict:
+        totals = {"checked": self.checked, "mismatches": self.mismatches, "ok": self.ok}
+        return {**asdict(self), **totals}
+
+
+def verify(
+    url: str,
+    *,
+    data: str | None = None,
+    sample: int | None = None,
+    all_views: bool = False,
+    workers: int = 0,
+    seed: int = 0,
+    storage_options: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Re-render `sample` views per stored epoch (and val), or all of them, and compare.
+
+    `data` points at the dataset where it lives on this machine (default: the store's spec).
+    `progress(done, total)` is called after each batch.
+    """
+    start = time.perf_counter()
+    store = TargetStore(url, storage_options)
+    spec = store.spec
+    skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
+    source = open_source(data or spec.dataset["spec"], skip=skipped)
+    stored_versions = store.meta.get("versions", {})
+    report = VerifyReport(
+        url=url,
+        dataset_matches=source.fingerprint() == spec.dataset["fingerprint"],
+        version_drift={
+            k: f"{stored_versions.get(k)} → {v}"
+            for k, v in library_versions().items()
+            if k != "deit_pipe" and stored_versions.get(k) != v
+        },
+    )
+    recipe = Recipe.from_dict(spec.plan)
+    units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
+    per_unit = sample if sample is not None else max(-(-DEFAULT_TOTAL // len(units)), 2)
+    jobs = []
+    for split, epoch in units:
+        if len(source.split(split)) != spec.views(split):
+            raise DataError(
+                f"{source.spec} {split} has {len(source.split(split))} images; the store "
+                f"was made from {spec.views(split)}: it is another dataset"
+            )
+        check = EpochCheck(split, epoch)
+        report.epochs.append(check)
+        rows = _checked_rows(store, split, epoch, None if all_views else per_unit, seed, check)
+        jobs.append((check, rows))
+    total, done = sum(_views_in(store.spec, c.split, r) for c, r in jobs), 0
+    for check, rows in jobs:
+        stored = store.read_fingerprints(check.epoch, check.split)
+        for views in _render(source, recipe, check, rows, workers):
+            done += len(views["slot"])
+            _compare(stored, source, recipe, check, views)
+            if progress:
+                progress(done, total)
+    store.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _checked_rows(store, split, epoch, count, seed, check) -> np.ndarray:
+    """Rows (train: pairs, val: views) to check, only from shards marked done; sorted."""
+    done = store.done(split)[epoch]
+    check.unfinished_shards = int((~done).sum())
+    length = store.spec.layout(split)[0]
+    views = store.spec.views(split)
+    ok_view = np.repeat(done, length)[:views]
+    if split == "train":
+        pairs = np.arange((views + 1) // 2)
+        candidates = pairs[ok_view[2 * pairs]]
+        count = None if count is None else -(-count // 2)
+    else:
+        candidates = np.flatnonzero(ok_view)
+    if count is None or count >= len(candidates):
+        return candidates
+    rng = np.random.default_rng([seed, epoch, len(split), 0x7E51F7])
+    return np.sort(rng.choice(candidates, count, replace=False))
+
+
+def _views_in(spec, split: str, rows: np.ndarray) -> int:
+    """Views behind `rows`: two per train pair, except an odd epoch's last lone slot."""
+    if split != "train":
+        return len(rows)
+    lone = spec.views(split) % 2 and len(rows) and rows[-1] == spec.views(split) // 2
+    return 2 * len(rows) - int(bool(lone))
+
+
+def _render(source: Source, recipe: Recipe, check: EpochCheck, rows: np.ndarray, workers: int):
+    split = source.split(check.split)
+    if check.split == "train":
+        dataset = PairDataset(split, recipe.epoch_plan(check.epoch, len(split)), recipe.view)
+        batch = 32
+    else:
+        dataset, batch = EvalDataset(split, recipe.view), 64
+    loader = DataLoader(
+        Subset(dataset, rows.tolist()),
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=collate_views,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def _compare(stored, source, recipe, check: EpochCheck, views: dict[str, torch.Tensor]) -> None:
+    slots = views["slot"].numpy()
+    bad = np.flatnonzero(stored[slots] != views["fingerprint"].numpy().view(np.uint64))
+    check.checked += len(slots)
+    check.mismatches += len(bad)
+    if len(bad) and check.first_mismatch is None:
+        check.first_mismatch = _describe(source, recipe, check, int(slots[bad[0]]))
+
+
+def _describe(source: Source, recipe: Recipe, check: EpochCheck, slot: int) -> dict:
+    split = source.split(check.split)
+
+    def name(sample: int) -> str:
+        return split.paths[sample] if split.paths is not None else f"sample {sample}"
+
+    if check.split != "train":
+        return {"slot": slot, "sample": slot, "file": name(slot)}
+    epoch_plan = recipe.epoch_plan(check.epoch, len(split))
+    sample = int(epoch_plan.sample[slot])
+    found = {"slot": slot, "sample": sample, "file": name(sample)}
+    partner = int(epoch_plan.partner(np.array([slot]))[0])
+    if partner != slot and epoch_plan.mix_op[slot // 2]:
+        found["mixed_with"] = name(int(epoch_plan.sample[partner]))
+    return found

@@ -1,0 +1,193 @@
+"""Object stores end to end, against a real S3-protocol server (moto) on 127.0.0.1.
+
+The server checks credentials (IAM auth on), so a wrong key is refused as by AWS.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+import s3fs
+from click.testing import CliRunner
+
+from deit_pipe.cli import main
+from deit_pipe.storage import TargetStore
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server with one IAM user allowed everything and a bucket; yields options."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # The first 3 requests (the IAM set-up below) are unauthenticated, every later one is checked.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        client = dict(endpoint_url=endpoint, region_name="us-east-1")
+        iam = boto3.client("iam", aws_access_key_id="x", aws_secret_access_key="x", **client)
+        iam.create_user(UserName="deit")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*"}]}
+        policy["Statement"][0]["Resource"] = "*"
+        iam.put_user_policy(UserName="deit", PolicyName="all", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="deit")["AccessKey"]
+        creds = dict(
+            aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"]
+        )
+        boto3.client("s3", **creds, **client).create_bucket(Bucket="stores")
+        yield {
+            "key": key["AccessKeyId"],
+            "secret": key["SecretAccessKey"],
+            "client_kwargs": client,
+        }
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _precompute_args(url: str, opts: dict, *extra: str) -> list[str]:
+    return [
+        "precompute",
+        "--data",
+        "digits",
+        "--out",
+        url,
+        "--epochs",
+        "1",
+        "--teacher",
+        "regnety_002",
+        "--random-init",
+        "--shard-views",
+        "256",
+        "--storage-options",
+        json.dumps(opts),
+        *extra,
+    ]
+
+
+def _objects(opts: dict, prefix: str) -> dict[str, bytes]:
+    """Every data object of a store (metadata aside: it records the creation time)."""
+    fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+    keys = [k for k in fs.find(prefix) if not k.endswith("zarr.json")]
+    return {k.removeprefix(prefix): fs.cat_file(k) for k in keys}
+
+
+def test_precompute_inspect_verify_train_audit_on_s3(s3, tmp_path):
+    url, opts = "s3://stores/digits.zarr", json.dumps(s3)
+    run = CliRunner().invoke(main, _precompute_args(url, s3, "--workers", "2"))
+    assert run.exit_code == 0, run.output
+    shown = CliRunner().invoke(main, ["inspect", url, "--json", "--storage-options", opts])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["complete"]
+    # The same options from the environment variable.
+    checked = CliRunner().invoke(
+        main, ["verify", url, "--sample", "64"], env={"DEIT_PIPE_STORAGE_OPTIONS": opts}
+    )
+    assert checked.exit_code == 0 and "0 differ" in checked.output, checked.output
+    student = tmp_path / "student"
+    trained = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--store",
+            url,
+            "--storage-options",
+            opts,
+            "--out",
+            str(student),
+            *("--img-size", "32", "--patch-size", "8", "--depth", "1"),
+            *("--embed-dim", "32", "--num-heads", "2", "--epochs", "1"),
+            *("--batch-size", "128", "--max-steps", "2", "--device", "cpu"),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert s3["secret"] not in (student / "config.json").read_text()  # credentials stay out
+    audited = CliRunner().invoke(
+        main,
+        ["audit", "--store", url, "--run", str(student), "--out", str(tmp_path / "audit")],
+        env={"DEIT_PIPE_STORAGE_OPTIONS": opts},
+    )
+    assert audited.exit_code == 0, audited.output
+    assert (tmp_path / "audit" / "agreement.json").is_file()
+
+
+def test_sigkill_during_precompute_then_resume_gives_the_same_bytes(s3):
+    straight, killed = "s3://stores/straight.zarr", "s3://stores/killed.zarr"
+    small = ("--workers", "0", "--batch-size", "64")
+    args = _precompute_args(straight, s3, *small)
+    args[args.index("256")] = "128"  # several shards, to kill in between
+    assert CliRunner().invoke(main, args).exit_code == 0
+    args[args.index(straight)] = killed
+    cmd = [sys.executable, "-m", "deit_pipe", *args]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            done = int(TargetStore(killed, s3).done("train").sum())
+        except Exception:  # not created yet
+            continue
+        if done >= 3:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "precompute finished before it could be killed"
+    assert TargetStore(killed, s3).missing_shards("train")
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _objects(s3, "stores/straight.zarr"), _objects(s3, "stores/killed.zarr")
+    assert len(a) > 20 and a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing bucket", "bucket 'nobucket' does not exist"),
+        ("wrong credentials", "access denied"),
+        ("unreachable endpoint", "cannot reach the storage endpoint"),
+    ],
+)
+def test_storage_failures_are_one_clear_line(s3, case, message):
+    url, opts = "s3://stores/digits.zarr", dict(s3)
+    if case == "missing bucket":
+        url = "s3://nobucket/digits.zarr"
+    elif case == "wrong credentials":
+        opts["secret"] = "not-the-secret"
+    else:
+        opts["client_kwargs"] = {
+            **s3["client_kwargs"],
+            "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+        }
+    for args in (["inspect", url], _precompute_args(url, opts)[:-2]):
+        result = CliRunner().invoke(main, [*args, "--storage-options", json.dumps(opts)])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert line.startswith("error:") and "\n" not in line and message in line, line

@@ -1,0 +1,79 @@
+"""`deit-pipe verify`: re-render stored views on this machine and compare fingerprints."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from deit_pipe.cli import main
+from deit_pipe.pipeline.verify import verify
+from tests.conftest import write_jpeg
+
+
+def _precompute(data: str, url, *extra: str) -> None:
+    args = ["precompute", "--data", data, "--out", str(url), "--epochs", "2"]
+    args += ["--teacher", "regnety_002", "--random-init", "--workers", "0", *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def digits_store(tmp_path_factory):
+    url = tmp_path_factory.mktemp("verify") / "digits.zarr"
+    _precompute("digits", url)
+    return url
+
+
+def test_a_good_store_verifies(digits_store):
+    result = CliRunner().invoke(main, ["verify", str(digits_store), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] and report["mismatches"] == 0 and report["dataset_matches"]
+    # The default sample spreads over both stored epochs and val.
+    assert [(e["split"], e["epoch"]) for e in report["epochs"]] == [
+        ("train", 0),
+        ("train", 1),
+        ("val", 0),
+    ]
+    assert all(e["checked"] > 100 for e in report["epochs"])
+    text = CliRunner().invoke(main, ["verify", str(digits_store), "--sample", "40"])
+    assert text.exit_code == 0 and "OK: 120 views re-rendered" in text.output
+
+
+def test_a_tampered_fingerprint_is_found(digits_store, tmp_path):
+    url = tmp_path / "tampered.zarr"
+    shutil.copytree(digits_store, url)
+    zarr.open_group(str(url), mode="r+")["train/fingerprint"][1, 7] = np.uint64(12345)
+    report = verify(str(url), all_views=True)
+    assert not report.ok and report.mismatches == 1
+    bad = report.epochs[1]
+    assert (bad.epoch, bad.mismatches, bad.first_mismatch["slot"]) == (1, 1, 7)
+    assert report.epochs[0].mismatches == report.epochs[2].mismatches == 0
+    result = CliRunner().invoke(main, ["verify", str(url), "--all"])
+    assert result.exit_code == 1
+    assert "1 of 3234 re-rendered views differ" in result.output
+    assert "train epoch 1 slot 7 (sample" in result.output
+
+
+def test_a_changed_image_file_is_named_and_a_moved_dataset_verifies(imagefolder, tmp_path):
+    url = tmp_path / "folder.zarr"
+    args = ("--input-size", "32", "--top-k", "3", "--repeats", "1")  # every image, every epoch
+    _precompute(f"imagefolder:{imagefolder}", url, *args)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(imagefolder, moved)  # the same files on another machine's path
+    ok = CliRunner().invoke(main, ["verify", str(url), "--data", f"imagefolder:{moved}", "--all"])
+    assert ok.exit_code == 0, ok.output
+    write_jpeg(moved / "train" / "dog" / "2.jpg", seed=999)  # new pixels, same name
+    result = CliRunner().invoke(
+        main, ["verify", str(url), "--data", f"imagefolder:{moved}", "--all", "--json"]
+    )
+    assert result.exit_code == 1
+    report = json.loads(result.output.split("\nerror:")[0])
+    assert not report["dataset_matches"]
+    named = {report["epochs"][i]["first_mismatch"]["file"] for i in (0, 1)}
+    partners = {report["epochs"][i]["first_mismatch"].get("mixed_with") for i in (0, 1)}
+    assert "train/dog/2.jpg" in named | partners
+    assert report["epochs"][2]["mismatches"] == 0  # val images are untouched
