@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench table3 clean
+.PHONY: setup test demo lint bench bench-scale bench-gpu table3 table4 bench-finetune clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-table3: $(STAMP)
-	$(BIN)/python benchmarks/table3.py
+# Offline vs online distillation at 224² (RegNetY-16GF teacher, DeiT-S/Ti students).
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale_bench.py
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/scale_bench.py --gpu --batch 256 --steps 20 --warmup 5 --loader-workers 8
+
+# Tables 3 and 4 come from the same runs: one script writes both.
+table3 table4: $(STAMP)
+	$(BIN)/python benchmarks/paper_tables.py
+
+bench-finetune: $(STAMP)
+	$(BIN)/python benchmarks/finetune_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,7 +1,9 @@
 """P4 bytes/view on disk and P5 epoch-slice read rate of the target store (plus random gathers).
 
 ImageNet-like teacher logits: C = 1000, k = 10, τ ∈ {1, 3}, float16 values, one 65,536-view
-shard per task. Prints one JSON object.
+shard per task; then the store size of a hard-target store at the same scale and of
+small-dataset stores (digits- and CIFAR-10-sized epochs) with default options. Prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -35,6 +37,56 @@ def payload(rng, n, classes, k, temperatures):
     lse = np.stack([np.logaddexp.reduce(zd / t, axis=1) for t in temperatures], 1)
     fps = rng.integers(0, 2**64, n, np.uint64, endpoint=False)
     return values, idx, lse, fps
+
+
+def spec_for(views: int, classes: int, epochs: int, **options) -> StoreSpec:
+    return StoreSpec(
+        dataset={
+            "spec": f"fake:{views}",
+            "fingerprint": "0" * 32,
+            "classes": [str(c) for c in range(classes)],
+            "num_samples": {"train": views},
+        },
+        teacher={"name": "synthetic"},
+        plan={"seed": 0},
+        epochs=epochs,
+        splits=("train",),
+        **options,
+    )
+
+
+def bytes_per_view(views: int, classes: int, epochs: int = 2, **options) -> float:
+    """Bytes/view of the train arrays of a filled store (`options`: StoreSpec fields)."""
+    spec = spec_for(views, classes, epochs, **options)
+    root = Path(tempfile.mkdtemp(prefix="deit-pipe-store-size-"))
+    try:
+        writer = create_store(str(root / "s.zarr"), spec)
+        rng = np.random.default_rng(0)
+        temperatures = spec.temperatures or (1.0,)
+        for epoch in range(epochs):
+            for shard in range(spec.num_shards("train")):
+                rows = writer.shard_range("train", shard)
+                values, idx, lse, fps = payload(rng, len(rows), classes, spec.k, temperatures)
+                if spec.targets == "hard":
+                    values = lse = None
+                writer.write_shard("train", epoch, shard, values, idx, lse, fps)
+        files = (root / "s.zarr" / "train").rglob("*")
+        return sum(p.stat().st_size for p in files if p.is_file()) / (epochs * views)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def sizes() -> dict:
+    """Store bytes/view beyond P4: hard targets at ImageNet scale; small datasets."""
+    return {
+        "hard_imagenet": bytes_per_view(
+            262_144, 1000, epochs=1, targets="hard", k=1, temperatures=()
+        ),
+        "digits_default": bytes_per_view(1437, 10, k=10),
+        "digits_4096_chunks": bytes_per_view(1437, 10, k=10, shard_views=65536),
+        "cifar10_default": bytes_per_view(50_000, 10, k=10),
+        "cifar10_4096_chunks": bytes_per_view(50_000, 10, k=10, shard_views=65536),
+    }
 
 
 def run(
@@ -101,6 +153,7 @@ def run(
             "random_gather_views_per_s": len(rows) / gather_s,
             "dense_targets_views_per_s": views / targets_s,
             "write_views_per_s": views / write_s,
+            "sizes": sizes(),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)

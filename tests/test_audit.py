@@ -115,7 +115,7 @@ def test_audit_of_two_runs_writes_everything(setup, tmp_path, monkeypatch):
     doc = json.loads((out / "agreement.json").read_text())
     assert doc["classifiers"][:2] == ["ground truth", "teacher"]
     assert doc["classifiers"][2:] == [
-        "deit_tiny none",
+        "vit_tiny none",
         "deit_tiny⚗ hard / cls head",
         "deit_tiny⚗ hard / dist head",
         "deit_tiny⚗ hard / cls+dist",

@@ -5,27 +5,36 @@ from PIL import Image
 
 from deit_pipe.cli import main
 
+METRICS = {"top1", "top5", "precision", "recall", "f1", "auc"}
+
 
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 <= summary["teacher_top1"] <= 1
-    assert set(summary["students"]) == {"deit none", "deit⚗ hard"}
-    assert set(summary["students"]["deit⚗ hard"]) == {"cls", "dist", "avg"}
-    assert set(summary["students"]["deit none"]) == {"cls"}
+    rows = summary["classifiers"]
+    # The teacher, the ViT baseline (no token, no teacher) and DeiT⚗'s three heads.
+    assert set(rows) == {"teacher regnety_002", "vit none", "deit⚗ hard"}
+    assert set(rows["vit none"]) == {"cls"} and set(rows["deit⚗ hard"]) == {"cls", "dist", "avg"}
+    for heads in rows.values():
+        for metrics in heads.values():
+            assert set(metrics) == METRICS
+            assert all(0 <= metrics[k] <= 1 for k in METRICS - {"auc"})
+    assert set(summary["disagreement_with_teacher"]) == {"vit none", "deit⚗ hard"}
     assert set(summary["seconds"]) == {
         "teacher",
         "precompute",
-        "student deit none",
+        "student vit none",
         "student deit⚗ hard",
         "audit",
     }
-    assert 0 < summary["store_bytes_per_view"] < 100
-    assert all(0 <= v <= 1 for v in summary["disagreement_with_teacher"].values())
+    assert summary["recipe"] == "small" and 0 < summary["store_bytes_per_view"] < 100
+    report = (out / "audit" / "report.md").read_text()
+    assert "vit_tiny none" in report and "deit_tiny⚗ hard / dist head" in report
     for name in ("agreement.json", "report.md", "agreement.png", "curves.png"):
         assert (out / "audit" / name).is_file()
     with Image.open(out / "audit" / "agreement.png") as img:
         assert img.size[0] > 600
     assert "deit-pipe demo on digits" in result.output and "bytes/view" in result.output
+    assert "vit none" in result.output and "deit⚗ hard · dist" in result.output

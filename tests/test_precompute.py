@@ -77,6 +77,8 @@ def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
         "32",
         "--workers",
         "0",
+        "--recipe",
+        "deit",  # the reference's recipe (digits would default to `small`)
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -282,6 +284,8 @@ def test_precompute_on_an_external_dask_cluster(external_cluster, tmp_path, refe
         "128",
         "--scheduler",
         external_cluster,
+        "--recipe",
+        "deit",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

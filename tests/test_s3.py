@@ -91,9 +91,9 @@ def _precompute_args(url: str, opts: dict, *extra: str) -> list[str]:
 
 
 def _objects(opts: dict, prefix: str) -> dict[str, bytes]:
-    """Every data object of a store (metadata aside: it records the creation time)."""
+    """Every data object of a store (not the metadata and `done_at`: they record times)."""
     fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
-    keys = [k for k in fs.find(prefix) if not k.endswith("zarr.json")]
+    keys = [k for k in fs.find(prefix) if not k.endswith("zarr.json") and "/done_at/" not in k]
     return {k.removeprefix(prefix): fs.cat_file(k) for k in keys}
 
 

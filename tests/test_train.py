@@ -305,3 +305,32 @@ def test_ema_weights_are_kept_evaluated_and_checkpointed(tmp_path):
     assert state["ema"] is not None and state["step"] == 2
     ema_eval = evaluate_checkpoint(tmp_path / "ema" / "checkpoint.pt", ema=True, device="cpu")
     assert ema_eval["heads"]["cls"]["top1"] == pytest.approx(result["ema_cls"]["top1"])
+
+
+def test_one_loader_worker_serves_every_epoch_and_changes_nothing(
+    exact_store, tmp_path, monkeypatch
+):
+    """The run-long DataLoader keeps its worker process across epochs (same PID)."""
+    import deit_pipe.student.train as train_module
+    from deit_pipe.data.dataset import ReplayDataset
+
+    original_item, original_step = ReplayDataset.__getitem__, train_module.train_step
+    pids: dict[int, set] = {}
+
+    def item_with_pid(self, item):
+        views = original_item(self, item)
+        return {**views, "pid": torch.full_like(views["slot"], os.getpid())}
+
+    def step_recording_pid(tr, batch, plan):
+        pids.setdefault(int(batch["epoch"][0]), set()).update(batch["pid"].tolist())
+        return original_step(tr, batch, plan)
+
+    monkeypatch.setattr(ReplayDataset, "__getitem__", item_with_pid)
+    monkeypatch.setattr(train_module, "train_step", step_recording_pid)
+    cfg = dict(store=exact_store, distill="hard", epochs=2, max_steps=None)
+    train(base_cfg(tmp_path / "workers", loader_workers=1, **cfg))
+    assert set(pids) == {0, 1} and len(set.union(*pids.values())) == 1
+    assert os.getpid() not in set.union(*pids.values())
+    train(base_cfg(tmp_path / "inline", **cfg))
+    a, b = losses(tmp_path / "workers"), losses(tmp_path / "inline")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and len(a) == 22

@@ -36,6 +36,10 @@ class AuditResult:
     train_agreement: dict[str, dict]
     files: dict[str, Path]
 
+    def disagreement(self, a: str, b: str) -> float:
+        i, j = self.classifiers.index(a), self.classifiers.index(b)
+        return float(self.matrix[i, j])
+
     def to_json(self) -> dict:
         return {
             "classifiers": self.classifiers,
@@ -43,6 +47,11 @@ class AuditResult:
             "metrics": self.metrics,
             "train_view_agreement": self.train_agreement,
         }
+
+
+def classifier_label(run_name: str, head: str, heads: int) -> str:
+    """The audit's name for one head of a run (a single-head run is named by the run)."""
+    return run_name if heads == 1 else f"{run_name} / {HEAD_LABELS[head]}"
 
 
 def check_run_against_store(run: Run, store: TargetStore) -> None:
@@ -96,7 +105,10 @@ def audit(
     source = run_source(runs[0]) if runs else None
     labels = source.split("val").labels
     num_classes = store.spec.num_classes
-    teacher_probs = val.soft(np.arange(len(val)), 1.0).numpy()
+    if store.spec.targets == "soft":
+        teacher_probs = val.soft(np.arange(len(val)), 1.0).numpy()
+    else:  # a hard-target store knows the teacher's top-1 only: score it as certain
+        teacher_probs = np.eye(num_classes)[val.indices[:, 0].astype(np.int64)]
     predictions = {"ground truth": labels, "teacher": val.indices[:, 0].astype(np.int64)}
     metrics = {"teacher": classifier_metrics(teacher_probs, labels, num_classes)}
     train_agreement = {}
@@ -104,7 +116,7 @@ def audit(
         model = run.model(ema).to(dev, memory_format=torch.channels_last)
         logits = predict(model, source.split("val"), run.recipe.view, device=dev)
         for head, values in logits.items():
-            label = name if len(logits) == 1 else f"{name} / {HEAD_LABELS[head]}"
+            label = classifier_label(name, head, len(logits))
             probs = torch.softmax(values, dim=1).numpy()
             predictions[label] = probs.argmax(axis=1)
             metrics[label] = classifier_metrics(probs, labels, num_classes)
@@ -114,7 +126,9 @@ def audit(
     files = {
         "agreement.png": agreement_heatmap(names, matrix, out / "agreement.png"),
         "curves.png": training_curves(
-            {n: r.path for n, r in zip(_names(runs), runs, strict=True)}, out / "curves.png"
+            {n: r.path for n, r in zip(_names(runs), runs, strict=True)},
+            out / "curves.png",
+            teacher_top1=metrics["teacher"]["top1"],
         ),
     }
     result = AuditResult(names, matrix, metrics, train_agreement, files)

@@ -37,8 +37,9 @@ def agreement_heatmap(names: list[str], matrix: np.ndarray, out: Path) -> Path:
     return out
 
 
-def training_curves(runs: dict[str, Path], out: Path) -> Path:
-    """Per run: loss terms per step (left) and val top-1 per head per epoch (right)."""
+def training_curves(runs: dict[str, Path], out: Path, teacher_top1: float | None = None) -> Path:
+    """Per run: loss terms per step (left); val top-1 per run and head per epoch, with the
+    teacher's val top-1 as a reference line (right)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for label, run_dir in runs.items():
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -60,11 +61,14 @@ def training_curves(runs: dict[str, Path], out: Path) -> Path:
                 ms=3,
                 label=f"{label}: {head}",
             )
+    if teacher_top1 is not None:
+        ax_acc.axhline(teacher_top1, color="black", ls="--", lw=1, label="teacher")
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss terms")
-    ax_acc.set(xlabel="epoch", ylabel="val top-1", title="validation top-1 per head")
+    ax_acc.set(xlabel="epoch", ylabel="val top-1", title="validation top-1 per run and head")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -35,92 +35,78 @@ def main() -> None:
 
 
 def recipe_options(fn):
-    """Augmentation and plan flags (DeiT defaults); shared by every command that renders views."""
+    """Plan and augmentation flags; unset ones come from the recipe preset."""
+    from deit_pipe.data.recipe import PRESETS
+
+    unset = "[default: the recipe's]"
     options = [
-        click.option("--seed", type=int, default=0, show_default=True, help="Plan seed."),
         click.option(
-            "--repeats", type=int, default=3, show_default=True, help="Repeated augmentation count."
-        ),
-        click.option(
-            "--input-size",
-            type=int,
+            "--recipe",
+            type=click.Choice(list(PRESETS)),
             default=None,
-            help="View size [default: the source's, 224 for imagefolder].",
+            help="Recipe preset [default: deit; small for digits and CIFAR]. "
+            + " ".join(f"{p.name}: {p.summary}." for p in PRESETS.values()),
         ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Plan seed."),
+        click.option("--repeats", type=int, default=None, help=f"Repeated augmentation {unset}"),
         click.option(
-            "--aa",
-            default="rand-m9-mstd0.5-inc1",
-            show_default=True,
-            help="timm auto-augment string ('none' to disable).",
+            "--input-size", type=int, default=None, help="View size [default: the source's]."
         ),
-        click.option(
-            "--reprob",
-            type=float,
-            default=0.25,
-            show_default=True,
-            help="Random erasing probability.",
-        ),
-        click.option("--remode", default="pixel", show_default=True),
-        click.option("--recount", type=int, default=1, show_default=True),
+        click.option("--aa", default=None, help=f"timm auto-augment string or 'none' {unset}"),
+        click.option("--reprob", type=float, default=None, help=f"Random erasing prob {unset}"),
+        click.option("--remode", default=None, help=f"Random erasing mode {unset}"),
+        click.option("--recount", type=int, default=None, help=f"Random erasing count {unset}"),
         click.option(
             "--hflip",
             type=float,
             default=None,
-            help="Horizontal flip probability [default: 0.5; 0 for digits].",
+            help="Flip probability [default: 0.5; 0 for digits].",
         ),
-        click.option("--color-jitter", type=float, default=0.3, show_default=True),
+        click.option("--color-jitter", type=float, default=None, help=f"Color jitter {unset}"),
         click.option(
-            "--scale-min",
-            type=float,
-            default=0.08,
-            show_default=True,
-            help="RandomResizedCrop minimum area.",
+            "--scale-min", type=float, default=None, help=f"RandomResizedCrop min area {unset}"
         ),
-        click.option("--interpolation", default="bicubic", show_default=True),
-        click.option(
-            "--mixup", type=float, default=0.8, show_default=True, help="Mixup alpha (0 disables)."
-        ),
-        click.option(
-            "--cutmix",
-            type=float,
-            default=1.0,
-            show_default=True,
-            help="CutMix alpha (0 disables).",
-        ),
-        click.option("--mixup-prob", type=float, default=1.0, show_default=True),
-        click.option("--mixup-switch-prob", type=float, default=0.5, show_default=True),
+        click.option("--interpolation", default=None, help=f"Interpolation {unset}"),
+        click.option("--mixup", type=float, default=None, help=f"Mixup alpha, 0 = off {unset}"),
+        click.option("--cutmix", type=float, default=None, help=f"CutMix alpha, 0 = off {unset}"),
+        click.option("--mixup-prob", type=float, default=None, help=f"Mix probability {unset}"),
+        click.option("--mixup-switch-prob", type=float, default=None, help=f"CutMix share {unset}"),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
 
 
+RECIPE_FLAGS = {  # CLI flag name → recipe field
+    "repeats": "repeats",
+    "input_size": "input_size",
+    "aa": "auto_augment",
+    "reprob": "re_prob",
+    "remode": "re_mode",
+    "recount": "re_count",
+    "hflip": "hflip",
+    "color_jitter": "color_jitter",
+    "interpolation": "interpolation",
+    "mixup": "mixup_alpha",
+    "cutmix": "cutmix_alpha",
+    "mixup_prob": "prob",
+    "mixup_switch_prob": "switch_prob",
+}
+
+
 def build_recipe(source, opts: dict):
-    """The Recipe (plan seed, repeats, views, mixing) from the recipe flags in `opts`.
+    """The Recipe from `--recipe` (or the source's default preset) and the flags set.
 
-    The view and mix flags are consumed from the dict; `seed` and `repeats` stay.
+    The recipe flags are consumed from `opts`; `seed` stays.
     """
-    from deit_pipe.data import MixConfig, ViewConfig
-    from deit_pipe.data.recipe import Recipe
+    from deit_pipe.data.recipe import get_preset
 
-    aa = opts.pop("aa")
-    view = ViewConfig.for_source(
-        source,
-        input_size=opts.pop("input_size"),
-        auto_augment=None if aa.lower() == "none" else aa,
-        re_prob=opts.pop("reprob"),
-        re_mode=opts.pop("remode"),
-        re_count=opts.pop("recount"),
-        hflip=opts.pop("hflip"),
-        color_jitter=opts.pop("color_jitter"),
-        scale=(opts.pop("scale_min"), 1.0),
-        interpolation=opts.pop("interpolation"),
-    )
-    mix = MixConfig(
-        mixup_alpha=opts.pop("mixup"),
-        cutmix_alpha=opts.pop("cutmix"),
-        prob=opts.pop("mixup_prob"),
-        switch_prob=opts.pop("mixup_switch_prob"),
-    )
-    return Recipe(seed=opts["seed"], repeats=opts["repeats"], view=view, mix=mix)
+    preset = get_preset(opts.pop("recipe") or source.default_recipe)
+    fields = {field: opts.pop(flag) for flag, field in RECIPE_FLAGS.items()}
+    scale_min = opts.pop("scale_min")
+    if scale_min is not None:
+        fields["scale"] = (scale_min, 1.0)
+    if isinstance(fields["auto_augment"], str) and fields["auto_augment"].lower() == "none":
+        fields["auto_augment"] = ""
+    return preset.recipe(source, seed=opts["seed"], **fields)
 
 
 def storage_options_option(fn):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.table import Table
 
 from deit_pipe.cli import console, main, storage_options_option
@@ -78,27 +79,18 @@ def demo(out: str, quick: bool) -> None:
 
     cfg = DemoConfig.quick(out) if quick else DemoConfig(out=out)
     summary = run_demo(cfg, log=lambda msg: console.print(f"[bold]{msg}[/bold]"))
-    table = Table(
-        "",
-        "val top-1 cls",
-        "dist",
-        "cls+dist",
-        "disagrees with teacher",
-        title="deit-pipe demo on digits",
-    )
-    table.add_row("teacher regnety_002", f"{summary['teacher_top1']:.3f}", "", "", "")
-    dis = summary["disagreement_with_teacher"]
-    for name, heads in summary["students"].items():
-        label = next((k for k in dis if k.startswith(name.replace("deit", "deit_tiny"))), None)
-        d = [v for k, v in dis.items() if k.startswith(label.split(" /")[0])] if label else []
-        table.add_row(
-            name,
-            f"{heads['cls']:.3f}",
-            f"{heads['dist']:.3f}" if "dist" in heads else "",
-            f"{heads['avg']:.3f}" if "avg" in heads else "",
-            " / ".join(f"{v:.3f}" for v in d),
-        )
-    console.print(table)
+    columns = ("top-1", "top-5", "prec.", "recall", "F1", "AUC", "≠ teacher")
+    table = Table("val, 360 images", *columns, title="deit-pipe demo on digits")
+    for name, heads in summary["classifiers"].items():
+        for head, m in heads.items():
+            differs = summary["disagreement_with_teacher"].get(name, {}).get(head)
+            table.add_row(
+                name if len(heads) == 1 else f"{name} · {head}",
+                *(f"{m[k]:.3f}" for k in ("top1", "top5", "precision", "recall", "f1")),
+                f"{m['auc']:.3f}" if m["auc"] is not None else "–",
+                f"{differs:.3f}" if differs is not None else "",
+            )
+    Console(width=max(console.width, 100)).print(table)  # never wrapped: it is the result
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
     console.print(f"seconds: {secs} (total {summary['total_seconds']:.0f} s)", highlight=False)
     console.print(

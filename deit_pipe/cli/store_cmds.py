@@ -61,6 +61,7 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
             f"{info['views_per_epoch']} views/epoch · {info['val_views']} val views",
         ),
         ("missing", ", ".join(f"{s}: {len(m)} shards" for s, m in info["missing_shards"].items())),
+        ("filling", _filling(info)),
         ("size", f"{info['bytes_on_disk']:,} bytes · {info['bytes_per_view']:.1f} bytes/view"),
     ]
     if info["topk_mass_mean"] is not None:
@@ -74,6 +75,34 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     console.print(table, highlight=False)
+
+
+def _print_cost(cost, job, epochs: int) -> None:
+    split_views = " + ".join(f"{v:,} {s}" for s, v in cost.views.items())
+    how = "measured here" if cost.measured else "given"
+    hours = cost.seconds / 3600
+    lines = [
+        f"dry run: {cost.total_views:,} views ({split_views}; {epochs} training epochs)",
+        f"store:   ≈ {cost.store_bytes / 1e9:,.2f} GB at ≈ {cost.bytes_per_view:.1f} bytes/view",
+        f"teacher: {job.teacher.name} at {cost.views_per_second:,.1f} views/s ({how}, "
+        f"{cost.device}) → ≈ {hours:,.2f} h on one such device",
+    ]
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _filling(info: dict) -> str:
+    p = info["progress"]
+    if p["views_done"] == p["views_total"]:
+        return "complete"
+    complete = ", ".join(str(e) for e in info["epochs_complete"]) or "none"
+    if p["eta_s"] is None:
+        pace = "no shard completed in the last minute"
+    else:
+        eta = int(p["eta_s"])
+        clock = f"{eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+        pace = f"{p['views_per_s']:,.0f} views/s over the last minute · ETA {clock}"
+    return f"{p['views_done']:,}/{p['views_total']:,} views · epochs complete: {complete} · {pace}"
 
 
 @main.command()
@@ -92,6 +121,20 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
 )
 @click.option(
     "--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
+)
+@click.option(
+    "--targets",
+    type=click.Choice(["soft", "hard"]),
+    default="soft",
+    show_default=True,
+    help="hard: the teacher's top-1 class only (the paper's default distillation; ~9 B/view).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the job's views, store size and time; stop.")
+@click.option(
+    "--throughput",
+    type=float,
+    default=None,
+    help="Teacher views/s for --dry-run [default: measured here on a few batches].",
 )
 @click.option(
     "--shard-views",
@@ -153,6 +196,9 @@ def precompute(
     skip_bad,
     overwrite,
     storage_options,
+    targets,
+    dry_run,
+    throughput,
     **opts,
 ) -> None:
     """Run the teacher once over every planned view and store its top-k logits."""
@@ -176,6 +222,21 @@ def precompute(
     )
     splits = ("train", "val") if split == "both" else (split,)
     taus = tuple(float(t) for t in temperatures.split(","))
+    if dry_run:
+        from deit_pipe.pipeline.cost import estimate
+
+        cost = estimate(
+            job,
+            epochs=epochs,
+            splits=splits,
+            k=top_k,
+            temperatures=taus,
+            value_dtype=value_dtype,
+            targets=targets,
+            throughput=throughput,
+        )
+        _print_cost(cost, job, epochs)
+        return
     with progress_bar("views") as bar:
         state = {"task": None, "shards": 0, "total": 0, "start": 0.0}
 
@@ -209,6 +270,7 @@ def precompute(
             temperatures=taus,
             value_dtype=value_dtype,
             shard_views=shard_views,
+            targets=targets,
             overwrite=overwrite,
             workers=workers,
             threads_per_worker=threads_per_worker,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import click
 from rich.table import Table
 
 from deit_pipe.cli import (
+    RECIPE_FLAGS,
     build_recipe,
     console,
     main,
@@ -20,173 +23,138 @@ from deit_pipe.cli import (
 )
 
 
-@main.command(context_settings={"ignore_unknown_options": False})
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
-@click.option("--store", default=None, help="Target store (offline distillation).")
-@click.option("--data", "spec", default=None, help="Dataset spec (without --store).")
-@click.option("--teacher", default=None, help="Run this timm teacher online instead of a store.")
-@click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None)
-@click.option("--teacher-pretrained", is_flag=True)
-@click.option("--teacher-random-init", is_flag=True)
-@click.option("--model", default="deit_tiny_distilled_patch16_224", show_default=True)
-@click.option("--img-size", type=int, default=None)
-@click.option("--patch-size", type=int, default=None)
-@click.option("--depth", type=int, default=None)
-@click.option("--embed-dim", type=int, default=None)
-@click.option("--num-heads", type=int, default=None)
-@click.option("--drop-path", type=float, default=0.1, show_default=True)
-@click.option(
-    "--distill", type=click.Choice(["none", "soft", "hard"]), default="hard", show_default=True
-)
-@click.option(
-    "--alpha", type=float, default=None, help="Teacher weight λ [default: 0.5 hard, 0.1 soft]."
-)
-@click.option("--tau", type=float, default=None, help="Temperature [default: 1 hard, 3 soft].")
-@click.option(
-    "--kl-reduction",
-    type=click.Choice(["batchmean", "numel"]),
-    default="batchmean",
-    show_default=True,
-)
-@click.option("--teacher-smoothing", type=float, default=0.0, show_default=True)
-@click.option("--smoothing", type=float, default=0.1, show_default=True)
-@click.option("--epochs", type=int, default=300, show_default=True)
-@click.option("--batch-size", type=int, default=1024, show_default=True, help="Global batch.")
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Per 512 images.")
-@click.option("--min-lr", type=float, default=1e-5, show_default=True)
-@click.option("--warmup-lr", type=float, default=1e-6, show_default=True)
-@click.option("--warmup-epochs", type=float, default=5, show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--clip-grad", type=float, default=None)
-@click.option("--ema", is_flag=True, help="Keep an EMA of the weights (ModelEmaV3).")
-@click.option("--ema-decay", type=float, default=0.99996, show_default=True)
-@click.option(
-    "--train-seed", type=int, default=0, show_default=True, help="Student init and drop-path seed."
-)
-@click.option("--loader-workers", type=int, default=0, show_default=True)
-@click.option(
-    "--ckpt-every",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Checkpoint every N steps (and at every epoch end).",
-)
-@click.option("--cycle-epochs", is_flag=True, help="Reuse stored epoch e mod E past the store.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt at its exact step.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
-@click.option(
-    "--nproc-per-node",
-    type=int,
-    default=None,
-    help="Relaunch under torchrun with this many processes.",
-)
+def _train_options(fn):
+    """`train`'s own options; every unset one is resolved by `TrainConfig`."""
+    from deit_pipe.student.config import DEVICES, DISTILL, KL_REDUCTIONS
+
+    preset = "[default: the recipe preset's]"
+    options = [
+        click.option(
+            "--out", required=True, type=click.Path(path_type=Path), help="Run directory."
+        ),
+        click.option("--store", default=None, help="Target store (offline distillation)."),
+        click.option("--data", "spec", default=None, help="Dataset spec (without --store)."),
+        click.option("--teacher", default=None, help="Run this timm teacher online instead."),
+        click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None),
+        click.option("--teacher-pretrained", is_flag=True),
+        click.option("--teacher-random-init", is_flag=True),
+        click.option(
+            "--init-from",
+            default=None,
+            help="Start from a run, checkpoint, .pth/.safetensors model file or timm:TAG "
+            "(DeiT --finetune: position embeddings resampled bicubically).",
+        ),
+        click.option(
+            "--model", default=None, help="timm model [default: --init-from's, else DeiT-Ti⚗]."
+        ),
+        click.option("--img-size", type=int, default=None),
+        click.option("--patch-size", type=int, default=None),
+        click.option("--depth", type=int, default=None),
+        click.option("--embed-dim", type=int, default=None),
+        click.option("--num-heads", type=int, default=None),
+        click.option("--drop-path", type=float, default=None, help=f"Drop-path rate {preset}"),
+        click.option("--distill", type=click.Choice(DISTILL), default="hard", show_default=True),
+        click.option(
+            "--alpha", type=float, default=None, help="Teacher weight [0.5 hard, 0.1 soft]."
+        ),
+        click.option("--tau", type=float, default=None, help="Temperature [1 hard, 3 soft]."),
+        click.option(
+            "--kl-reduction",
+            type=click.Choice(KL_REDUCTIONS),
+            default="batchmean",
+            show_default=True,
+        ),
+        click.option("--teacher-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--smoothing", type=float, default=None, help=f"Label smoothing {preset}"),
+        click.option("--epochs", type=int, default=None, help=f"Epochs {preset}"),
+        click.option(
+            "--batch-size", type=int, default=1024, show_default=True, help="Global batch."
+        ),
+        click.option("--lr", type=float, default=None, help=f"lr per 512 images {preset}"),
+        click.option("--min-lr", type=float, default=None, help=f"Final lr {preset}"),
+        click.option("--warmup-lr", type=float, default=None, help=f"Initial lr {preset}"),
+        click.option("--warmup-epochs", type=float, default=None, help=f"Warmup {preset}"),
+        click.option("--weight-decay", type=float, default=None, help=f"AdamW decay {preset}"),
+        click.option("--clip-grad", type=float, default=None),
+        click.option("--ema", is_flag=True, help="Keep an EMA of the weights (ModelEmaV3)."),
+        click.option("--ema-decay", type=float, default=0.99996, show_default=True),
+        click.option(
+            "--train-seed", type=int, default=0, show_default=True, help="Init and drop-path seed."
+        ),
+        click.option("--loader-workers", type=int, default=0, show_default=True),
+        click.option(
+            "--ckpt-every", type=int, default=0, show_default=True, help="Checkpoint every N steps."
+        ),
+        click.option("--eval-every", type=int, default=1, show_default=True, help="Epochs."),
+        click.option(
+            "--log-every",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Steps between loss read-backs (each waits for the device).",
+        ),
+        click.option("--compile", "compile_model", is_flag=True, help="torch.compile the student."),
+        click.option(
+            "--cycle-epochs", is_flag=True, help="Reuse stored epoch e mod E past the end."
+        ),
+        click.option(
+            "--follow",
+            is_flag=True,
+            help="Train while the precompute fills the store: wait for each epoch's shards.",
+        ),
+        click.option(
+            "--follow-timeout",
+            type=float,
+            default=1800,
+            show_default=True,
+            help="Seconds without a newly completed shard before --follow gives up.",
+        ),
+        click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt exactly."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--max-steps", type=int, default=None, help="Stop after this many steps."),
+        click.option(
+            "--nproc-per-node", type=int, default=None, help="Relaunch under torchrun with N ranks."
+        ),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
+
+
+@main.command()
+@_train_options
 @storage_options_option
 @recipe_options
-def train(
-    out,
-    store,
-    spec,
-    teacher,
-    teacher_checkpoint,
-    teacher_pretrained,
-    teacher_random_init,
-    model,
-    img_size,
-    patch_size,
-    depth,
-    embed_dim,
-    num_heads,
-    drop_path,
-    distill,
-    alpha,
-    tau,
-    kl_reduction,
-    teacher_smoothing,
-    smoothing,
-    epochs,
-    batch_size,
-    lr,
-    min_lr,
-    warmup_lr,
-    warmup_epochs,
-    weight_decay,
-    clip_grad,
-    ema,
-    ema_decay,
-    train_seed,
-    loader_workers,
-    ckpt_every,
-    cycle_epochs,
-    resume,
-    device,
-    max_steps,
-    nproc_per_node,
-    storage_options,
-    **opts,
-) -> None:
+def train(**opts) -> None:
     """Train a DeiT student from stored targets (or online / plain supervised)."""
-    if nproc_per_node:
-        _relaunch_torchrun(nproc_per_node)
+    if opts.pop("nproc_per_node"):
+        _relaunch_torchrun()
     from deit_pipe.data import open_source
+    from deit_pipe.student.models import ARCH_OVERRIDES
     from deit_pipe.student.train import TrainConfig
     from deit_pipe.student.train import train as run_train
 
+    teacher = opts.pop("teacher")
+    teacher_args = [opts.pop(k) for k in ("teacher_checkpoint", "teacher_pretrained")]
+    teacher_args.append(opts.pop("teacher_random_init"))
     recipe = None
-    if store is None:
-        if spec is None:
+    if opts["store"] is None:
+        if opts["spec"] is None:
             raise click.UsageError("give --store STORE, or --data SPEC")
-        recipe = build_recipe(open_source(spec), opts).to_dict()
-    overrides = {
-        k: v
-        for k, v in dict(
-            img_size=img_size,
-            patch_size=patch_size,
-            depth=depth,
-            embed_dim=embed_dim,
-            num_heads=num_heads,
-        ).items()
-        if v is not None
-    }
+        recipe = build_recipe(open_source(opts["spec"]), dict(opts)).to_dict()
+    preset = opts.pop("recipe")
+    for flag in (*RECIPE_FLAGS, "scale_min", "seed"):  # the store's recipe rules a store run
+        opts.pop(flag)
     cfg = TrainConfig(
-        out=str(out),
-        store=store,
-        storage_options=storage_options,
-        data=spec,
+        out=str(opts.pop("out")),
+        data=opts.pop("spec"),
         recipe=recipe,
-        teacher=teacher_config(teacher, teacher_checkpoint, teacher_pretrained, teacher_random_init)
-        if teacher
-        else None,
-        model=model,
-        model_overrides=overrides,
-        drop_path=drop_path,
-        distill=distill,
-        alpha=alpha if alpha is not None else (0.1 if distill == "soft" else 0.5),
-        tau=tau if tau is not None else (3.0 if distill == "soft" else 1.0),
-        kl_reduction=kl_reduction,
-        teacher_smoothing=teacher_smoothing,
-        smoothing=smoothing,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        min_lr=min_lr,
-        warmup_lr=warmup_lr,
-        warmup_epochs=warmup_epochs,
-        weight_decay=weight_decay,
-        clip_grad=clip_grad,
-        ema=ema,
-        ema_decay=ema_decay,
-        seed=train_seed,
-        loader_workers=loader_workers,
-        ckpt_every=ckpt_every,
-        cycle_epochs=cycle_epochs,
-        resume=resume,
-        device=device,
-        max_steps=max_steps,
+        preset=preset,
+        teacher=teacher_config(teacher, *teacher_args) if teacher else None,
+        model_overrides={k: v for k in ARCH_OVERRIDES if (v := opts.pop(k)) is not None},
+        seed=opts.pop("train_seed"),
+        compile=opts.pop("compile_model"),
+        **opts,
     )
-    rank = int(__import__("os").environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))
     with progress_bar("steps") as bar:
         task = None
 
@@ -194,6 +162,14 @@ def train(
             nonlocal task
             if task is None:
                 task = bar.add_task("train", total=record["total_steps"], done="", rate="")
+            if "waiting" in record:
+                w = record["waiting"]
+                bar.update(
+                    task,
+                    done=f"waiting for the teacher: epoch {w['epoch']}, "
+                    f"{w['done']}/{w['total']} shards done",
+                )
+                return
             if "eval" in record:
                 tops = " ".join(f"{h} {v['top1']:.3f}" for h, v in sorted(record["eval"].items()))
                 bar.console.print(f"epoch {record['epoch']}: val top-1 {tops}", highlight=False)
@@ -207,15 +183,15 @@ def train(
 
         result = run_train(cfg, progress=show if rank == 0 else None)
     if rank == 0:
-        console.print(f"run {out}: final val " + json.dumps(result), highlight=False)
+        console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
 
 
-def _relaunch_torchrun(nproc: int) -> None:
-    import os
+def _relaunch_torchrun() -> None:
     import subprocess
 
     args = sys.argv[1:]
     i = args.index("--nproc-per-node")
+    nproc = args[i + 1]
     args = args[:i] + args[i + 2 :]
     cmd = [
         sys.executable,
@@ -234,12 +210,20 @@ def _relaunch_torchrun(nproc: int) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
 @click.option("--data", "spec", default=None, help="Dataset spec [default: the run's].")
 @click.option("--ema", is_flag=True, help="Evaluate the EMA weights.")
+@click.option(
+    "--input-size",
+    type=int,
+    default=None,
+    help="Evaluate at this size [default: the run's]; a ViT's position embeddings are resampled.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(checkpoint: Path, spec: str | None, ema: bool, as_json: bool) -> None:
+def eval_cmd(
+    checkpoint: Path, spec: str | None, ema: bool, input_size: int | None, as_json: bool
+) -> None:
     """Top-1/top-5 of every head of a checkpoint on clean val views."""
     from deit_pipe.student.runs import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, spec, ema=ema)
+    result = evaluate_checkpoint(checkpoint, spec, ema=ema, input_size=input_size)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

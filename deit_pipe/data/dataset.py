@@ -3,6 +3,8 @@
 Item p of `PairDataset` renders slots 2p and 2p+1 and mixes them, so one rendering of each
 image serves both halves. `collate_views` concatenates items, so a batch of b pairs is 2b
 views in slot order. `StepSampler` yields, per step, the pairs one rank consumes.
+`ReplayDataset` + `RunSampler` do the same for a whole training run, so one DataLoader (and
+its worker processes) serves every epoch and prefetches across epoch boundaries.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
+from deit_pipe.data.recipe import Recipe
 from deit_pipe.data.sources import Split
 from deit_pipe.data.views import (
     ViewConfig,
@@ -77,6 +80,60 @@ def _item(views: list[torch.Tensor], slots: list[int]) -> dict[str, torch.Tensor
 def collate_views(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Concatenate items along the view axis (items hold 1 or 2 views)."""
     return {key: torch.cat([it[key] for it in items]) for key in items[0]}
+
+
+class ReplayDataset(Dataset):
+    """The training views of a run: item (epoch, pair) is pair `pair` of the views training
+    epoch `epoch` replays — its own, or stored epoch e mod `cycle` past a store's end."""
+
+    def __init__(self, split: Split, recipe: Recipe, cycle: int | None = None):
+        self.split, self.recipe, self.cycle = split, recipe, cycle
+        self._epoch, self._pairs = -1, None  # one epoch's dataset at a time, per process
+
+    def view_epoch(self, epoch: int) -> int:
+        return epoch % self.cycle if self.cycle else epoch
+
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        return self._dataset(epoch).plan
+
+    def _dataset(self, epoch: int) -> PairDataset:
+        if epoch != self._epoch:
+            plan = self.recipe.epoch_plan(self.view_epoch(epoch), len(self.split))
+            self._epoch, self._pairs = epoch, PairDataset(self.split, plan, self.recipe.view)
+        return self._pairs
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, pair = item
+        views = self._dataset(epoch)[pair]
+        return {**views, "epoch": torch.full_like(views["slot"], epoch)}
+
+
+class RunSampler(Sampler[list[tuple[int, int]]]):
+    """Batch sampler for a run: per global step in [start_step, end_step), this rank's pairs
+    tagged with their epoch (an epoch is `steps_per_epoch(num_slots, global_batch)` steps)."""
+
+    def __init__(
+        self,
+        num_slots: int,
+        global_batch: int,
+        end_step: int,
+        world_size: int = 1,
+        rank: int = 0,
+        start_step: int = 0,
+    ):
+        step_slots(0, global_batch, world_size, rank)  # validates the layout up front
+        self.per_epoch = steps_per_epoch(num_slots, global_batch)
+        self.global_batch, self.world_size, self.rank = global_batch, world_size, rank
+        self.start_step, self.end_step = start_step, end_step
+
+    def __len__(self) -> int:
+        return max(self.end_step - self.start_step, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.end_step):
+            epoch, in_epoch = divmod(step, self.per_epoch)
+            slots = step_slots(in_epoch, self.global_batch, self.world_size, self.rank)
+            yield [(epoch, p) for p in range(slots.start // 2, slots.stop // 2)]
 
 
 class StepSampler(Sampler[list[int]]):

@@ -1,16 +1,26 @@
-"""The recipe: everything that decides which views an epoch holds (seed, repeats, transforms, mix).
+"""Recipes: everything that decides which views an epoch holds, and the named presets.
 
-The precompute records `Recipe.to_dict()` as the store's plan; the student rebuilds the
-recipe from the store, so it cannot drift from what the teacher saw.
+A `Recipe` (seed, repeats, transforms, mixing) is what a store is made with: the precompute
+records `Recipe.to_dict()` as the store's plan and the student rebuilds it from the store, so
+it cannot drift from what the teacher saw. A `Preset` pairs a recipe template with the
+training schedule it was tuned with; `PRESETS` holds the named ones:
+
+- `deit`: the paper's ImageNet recipe (Touvron et al. 2021, facebookresearch/deit defaults).
+- `small`: thousands of tiny images (digits, CIFAR-size), chosen by measurement on digits
+  (BENCHMARKS.md): one view per image per epoch, gentler crops, the rest of DeiT's recipe.
+- `finetune`: DeiT's ↑resolution fine-tuning (`--finetune`: lr 5e-6 constant, weight
+  decay 1e-8, 30 epochs) on the DeiT views.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from deit_pipe.data.plan import RA_BLOCK, EpochPlan, MixConfig, plan
+from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
+from deit_pipe.errors import PlanError
 
 # Bump when plan() or render() would produce other views for the same recipe.
 PLAN_VERSION = 2  # 2: portable random-erasing noise
@@ -22,6 +32,7 @@ class Recipe:
     repeats: int = 3
     view: ViewConfig = field(default_factory=ViewConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    name: str = "deit"  # the preset it started from; its values are recorded beside it
 
     def epoch_plan(self, epoch: int, num_samples: int) -> EpochPlan:
         return plan(self.seed, epoch, num_samples, self.repeats, self.mix, self.view.input_size)
@@ -30,6 +41,7 @@ class Recipe:
         """JSON-normalised (tuples → lists) so it compares equal to what a store holds."""
         d = {
             "plan_version": PLAN_VERSION,
+            "recipe": self.name,
             "seed": self.seed,
             "repeats": self.repeats,
             "ra_block": RA_BLOCK,
@@ -46,4 +58,83 @@ class Recipe:
             repeats=int(d["repeats"]),
             view=ViewConfig.from_dict(d["transform"]),
             mix=MixConfig.from_dict(d["mix"]),
+            name=d.get("recipe", "custom"),
         )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The optimisation side of a preset (DeiT defaults); `TrainConfig` fields left unset
+    take these values. `lr` is per 512 images of global batch."""
+
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 5
+    weight_decay: float = 0.05
+    drop_path: float = 0.1
+    smoothing: float = 0.1
+    epochs: int = 300
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    repeats: int
+    view: dict  # ViewConfig fields over DeiT's defaults (input size and flip: the source's)
+    mix: MixConfig
+    schedule: Schedule
+
+    def recipe(self, source: Source, seed: int = 0, **overrides: object) -> Recipe:
+        """This preset's recipe for `source`, with non-None overrides (view, mix, repeats)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        mix_fields = set(MixConfig.__dataclass_fields__)
+        mix = replace(self.mix, **{k: v for k, v in given.items() if k in mix_fields})
+        view = {**self.view, **{k: v for k, v in given.items() if k not in mix_fields}}
+        repeats = int(view.pop("repeats", self.repeats))
+        unknown = set(view) - set(ViewConfig.__dataclass_fields__)
+        if unknown:
+            raise PlanError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
+        return Recipe(seed, repeats, ViewConfig.for_source(source, **view), mix, self.name)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "deit",
+            "the DeiT paper's ImageNet recipe: 3 repeats, RandAugment m9, erasing 0.25, "
+            "mixup 0.8 / cutmix 1.0 on every pair; AdamW 5e-4, 300 epochs",
+            repeats=3,
+            view={},
+            mix=MixConfig(),
+            schedule=Schedule(),
+        ),
+        Preset(
+            "small",
+            "thousands of tiny images (digits, CIFAR-size): 1 view per image per epoch, "
+            "crops of ≥ 35% of the image, the rest of DeiT's augmentation; AdamW "
+            "1.6e-2 per 512 (2e-3 at batch 64), 60 epochs",
+            repeats=1,
+            view={"scale": (0.35, 1.0)},
+            mix=MixConfig(),
+            schedule=Schedule(lr=1.6e-2, epochs=60),
+        ),
+        Preset(
+            "finetune",
+            "DeiT's ↑resolution fine-tuning (`--finetune`): the DeiT views at the new size, "
+            "lr 5e-6 constant after warmup, weight decay 1e-8, 30 epochs",
+            repeats=3,
+            view={},
+            mix=MixConfig(),
+            schedule=Schedule(lr=5e-6, min_lr=5e-6, weight_decay=1e-8, epochs=30),
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise PlanError(f"unknown recipe {name!r} (choose from {', '.join(PRESETS)})")
+    return PRESETS[name]

@@ -89,6 +89,7 @@ class Source:
     root: Path | None = None
     default_input_size: int = 224
     default_hflip: float = 0.5
+    default_recipe: str = "deit"  # the preset for this kind of data (see data.recipe)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
 
     def split(self, name: str) -> Split:
@@ -182,7 +183,9 @@ def _digits(spec: str, size: int = 32) -> Source:
     }
     # Digits are not mirror-symmetric: flipping would teach the wrong thing.
     classes = [str(c) for c in range(10)]
-    return Source(spec, classes, splits, default_input_size=size, default_hflip=0.0)
+    return Source(
+        spec, classes, splits, default_input_size=size, default_hflip=0.0, default_recipe="small"
+    )
 
 
 def _fake(spec: str, arg: str) -> Source:
@@ -269,4 +272,6 @@ def _cifar(spec: str, kind: str, root: Path, download: bool) -> Source:
         "train": ArraySplit(np.asarray(train.data), np.asarray(train.targets)),
         "val": ArraySplit(np.asarray(val.data), np.asarray(val.targets)),
     }
-    return Source(spec, list(train.classes), splits, root=root, default_input_size=32)
+    return Source(
+        spec, list(train.classes), splits, root=root, default_input_size=32, default_recipe="small"
+    )

@@ -48,6 +48,7 @@ def prepare_store(
     temperatures: tuple[float, ...] = (1.0, 3.0),
     value_dtype: str = "float16",
     shard_views: int | None = None,
+    targets: str = "soft",
     overwrite: bool = False,
 ) -> StoreWriter:
     """Check dataset, teacher and plan agree; create the store or reopen the same job.
@@ -61,6 +62,8 @@ def prepare_store(
     recipe = Recipe.from_dict(job.recipe)
     _, teacher = build_teacher(job.teacher, source.num_classes)
     check_normalization(teacher, recipe.view.mean, recipe.view.std)
+    if targets == "hard":  # the paper's default distillation needs the top-1 class alone
+        k, temperatures = 1, ()
     if k > source.num_classes:
         raise StoreError(f"--top-k {k} exceeds the dataset's {source.num_classes} classes")
     spec = StoreSpec(
@@ -78,6 +81,7 @@ def prepare_store(
         temperatures=tuple(float(t) for t in temperatures),
         value_dtype=value_dtype,
         shard_views=shard_views,
+        targets=targets,
     )
     writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
     write_manifest(writer, source)
@@ -85,12 +89,25 @@ def prepare_store(
 
 
 def pending(writer: StoreWriter) -> list[Task]:
-    """Shards not marked done, epoch-major so early epochs are usable first."""
+    """Shards not marked done: val first, then epoch-major, so a student following the store
+    (`train --follow`) gets whole epochs as early as possible."""
     done = {s: writer.group[s]["done"][:] for s in writer.spec.splits}
     tasks = [
-        (s, e, sh) for s in writer.spec.splits for e, sh in zip(*(~done[s]).nonzero(), strict=True)
+        (s, int(e), int(sh))
+        for s in writer.spec.splits
+        for e, sh in zip(*(~done[s]).nonzero(), strict=True)
     ]
-    return sorted(((s, int(e), int(sh)) for s, e, sh in tasks), key=lambda t: (t[1], t[0], t[2]))
+    return sorted(tasks, key=lambda t: (t[0] != "val", t[1], t[2]))
+
+
+def epoch_window(workers: int, shards_per_epoch: int) -> int:
+    """How many epochs ahead of the oldest unfinished one tasks may be in flight.
+
+    Enough epochs to keep every worker busy twice over, at least 2: a slow shard of epoch e
+    then holds the others at most W − 1 epochs ahead, instead of letting them race to the
+    end while a follower waits for e.
+    """
+    return max(2, -(-2 * workers // max(shards_per_epoch, 1)))
 
 
 def run(
@@ -154,28 +171,49 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
     try:
         if scheduler is not None:
             resources = _cluster_resources(client, scheduler, job.device)
-        futures = [
-            client.submit(
-                task_fn,
-                job,
-                *task,
-                key=f"deit-pipe-{task[0]}-{task[1]}-{task[2]}",
-                pure=False,
-                retries=retries,
-                resources=resources,
-            )
-            for task in tasks
-        ]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BaseException:
-            client.cancel(futures)
-            raise
+        yield from _windowed(client, job, tasks, resources, retries, task_fn, as_completed)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _windowed(client, job, tasks, resources, retries, task_fn, as_completed):
+    """Submit `tasks` in order, keeping in flight only epochs below the oldest unfinished
+    epoch + `epoch_window` (val counts as epoch −1, so it runs first)."""
+    queue = list(tasks)
+    unfinished: dict[int, int] = {}
+    for split, epoch, _ in queue:
+        key = -1 if split == "val" else epoch
+        unfinished[key] = unfinished.get(key, 0) + 1
+    per_epoch = max(unfinished.values(), default=1)
+
+    def submit(task):
+        key = f"deit-pipe-{task[0]}-{task[1]}-{task[2]}"
+        return client.submit(
+            task_fn, job, *task, key=key, pure=False, retries=retries, resources=resources
+        )
+
+    def admit(done_pool) -> None:
+        window = epoch_window(len(client.scheduler_info()["workers"]) or 1, per_epoch)
+        oldest = min(unfinished, default=0)
+        while queue and (-1 if queue[0][0] == "val" else queue[0][1]) < oldest + window:
+            done_pool.add(submit(queue.pop(0)))
+
+    pool = as_completed([])
+    admit(pool)
+    try:
+        for future in pool:
+            result = future.result()
+            key = -1 if result.split == "val" else result.epoch
+            unfinished[key] -= 1
+            if not unfinished[key]:
+                del unfinished[key]
+            admit(pool)
+            yield result
+    except BaseException:
+        client.cancel(list(pool.futures))
+        raise
 
 
 def visible_gpus() -> int:

@@ -124,16 +124,26 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
         t0 = time.perf_counter()
         logits = teacher_logits(model, batch["image"], device)
         top = logits.topk(k, dim=1, sorted=True)
-        values.append(top.values.numpy())
-        indices.append(top.indices.numpy())
-        lse.append(torch.stack([torch.logsumexp(logits / t, dim=1) for t in temps], 1).numpy())
+        values.append(top.values.cpu().numpy())
+        indices.append(top.indices.cpu().numpy())
+        if temps:
+            lse.append(
+                torch.stack([torch.logsumexp(logits / t, 1) for t in temps], 1).cpu().numpy()
+            )
         forward += time.perf_counter() - t0
         fps.append(batch["fingerprint"].numpy().view(np.uint64))
         slots.append(batch["slot"].numpy())
     if not np.array_equal(np.concatenate(slots), np.arange(rows.start, rows.stop)):
         raise RuntimeError(f"{split} epoch {epoch} shard {shard}: rendered slots out of order")
+    soft = writer.spec.targets == "soft"
     writer.write_shard(
-        split, epoch, shard, *(np.concatenate(a) for a in (values, indices, lse, fps))
+        split,
+        epoch,
+        shard,
+        np.concatenate(values) if soft else None,
+        np.concatenate(indices),
+        np.concatenate(lse) if soft else None,
+        np.concatenate(fps),
     )
     return TaskResult(
         split, epoch, shard, len(rows), time.perf_counter() - start, forward, str(device)
@@ -144,8 +154,8 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
 def teacher_logits(
     model: torch.nn.Module, images: torch.Tensor, device: torch.device
 ) -> torch.Tensor:
-    """float32 logits on the CPU; bf16 autocast and channels_last on CUDA."""
+    """float32 logits on `device`; bf16 autocast and channels_last on CUDA."""
     x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out = model(x)
-    return out.float().cpu()
+    return out.float()

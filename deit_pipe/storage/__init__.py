@@ -2,7 +2,7 @@
 
 from deit_pipe.storage.format import FORMAT_VERSION, StoreSpec
 from deit_pipe.storage.inspect import summarize
-from deit_pipe.storage.reader import EpochTargets, Targets, TargetStore
+from deit_pipe.storage.reader import EpochTargets, Targets, TargetStore, dense_soft
 from deit_pipe.storage.writer import StoreWriter, create_store, write_manifest
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "TargetStore",
     "Targets",
     "create_store",
+    "dense_soft",
     "summarize",
     "write_manifest",
 ]

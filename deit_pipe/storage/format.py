@@ -7,6 +7,7 @@ A Zarr v3 group; `attrs["deit_pipe"]` holds the metadata below. Per split (`trai
     logsumexp     [E, V, T]  float32  logsumexp(z/τ) over all C classes, per τ
     fingerprint   [E, V]     uint64   blake2b-64 of the view's float32 bytes
     done          [E, S]     bool     shard s of epoch e is complete (one chunk per cell)
+    done_at       [E, S]     float64  when it completed (Unix seconds; rates and ETAs)
 
 All V-indexed arrays of a split share one shard grid (`layout`) so one task owns whole
 shards of every array and no two writers ever touch the same Zarr object.
@@ -27,6 +28,7 @@ FORMAT_VERSION = 2
 ATTR_KEY = "deit_pipe"
 SPLITS = ("train", "val")
 ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
+TARGETS = ("soft", "hard")  # top-k logits + logsumexp, or the teacher's top-1 class alone
 MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.parquet"
 DEFAULT_SHARD_VIEWS = 65536
@@ -47,7 +49,13 @@ class StoreSpec:
     value_dtype: str = "float16"
     shard_views: int | None = None  # None: chosen per split by `layout`
     chunk_views: int = DEFAULT_CHUNK_VIEWS  # the longest chunk
+    targets: str = "soft"  # "hard": topk_indices [E, V, 1] and fingerprint only
     extra: dict = field(default_factory=dict)
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The V-indexed arrays this store holds."""
+        return ARRAYS if self.targets == "soft" else ("topk_indices", "fingerprint")
 
     @property
     def num_classes(self) -> int:
@@ -81,6 +89,7 @@ class StoreSpec:
             "k": self.k,
             "temperatures": list(self.temperatures),
             "value_dtype": self.value_dtype,
+            "targets": self.targets,
             "shard_views": self.shard_views,
             "chunk_views": self.chunk_views,
             "layout": {
@@ -104,6 +113,7 @@ class StoreSpec:
             value_dtype=meta["value_dtype"],
             shard_views=None if meta["shard_views"] is None else int(meta["shard_views"]),
             chunk_views=int(meta["chunk_views"]),
+            targets=meta.get("targets", "soft"),
             extra=meta.get("extra", {}),
         )
 
@@ -154,6 +164,6 @@ def library_versions() -> dict[str, str]:
 
 def compressors(dtype: str) -> list:
     """Bit-shuffled zstd for the compressible arrays; every data chunk carries a crc32c."""
-    if dtype in ("uint64", "bool"):  # fingerprints are random bits; done flags are 1 byte
+    if dtype in ("uint64", "bool"):  # fingerprints are random bits; done cells are one value
         return [Crc32cCodec()]
     return [BloscCodec(cname="zstd", clevel=7, shuffle=BloscShuffle.bitshuffle), Crc32cCodec()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from deit_pipe.errors import StoreError
@@ -19,12 +21,12 @@ def summarize(store: TargetStore) -> dict:
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
     missing = {s: store.missing_shards(s) for s in spec.splits}
     complete = store.complete_epochs("train") if "train" in spec.splits else []
-    tau = 1.0 if 1.0 in spec.temperatures else spec.temperatures[0]
+    tau = 1.0 if 1.0 in spec.temperatures or not spec.temperatures else spec.temperatures[0]
     mass_split = (
         "train" if complete else ("val" if "val" in spec.splits and not missing["val"] else None)
     )
     mass = None
-    if mass_split is not None:
+    if mass_split is not None and spec.targets == "soft":
         mass = float(
             store.read_epoch(complete[0] if mass_split == "train" else 0, mass_split)
             .topk_mass(tau)
@@ -42,6 +44,7 @@ def summarize(store: TargetStore) -> dict:
         "k": spec.k,
         "temperatures": list(spec.temperatures),
         "value_dtype": spec.value_dtype,
+        "targets": spec.targets,
         "splits": list(spec.splits),
         "epochs": spec.epochs,
         "epochs_complete": complete,
@@ -55,6 +58,34 @@ def summarize(store: TargetStore) -> dict:
         "topk_mass_mean": mass,
         "val_teacher_top1": _val_accuracy(store, missing),
         "skipped_files": _skipped(store),
+        "progress": progress(store),
+    }
+
+
+def progress(store: TargetStore, window: float = 60.0, now: float | None = None) -> dict:
+    """Shards done, views/s over the last `window` seconds (from the shards' completion
+    times) and the ETA of the rest, for a store that is being filled."""
+    now = time.time() if now is None else now
+    done_views = total_views = recent_views = 0
+    first = now
+    for split in store.spec.splits:
+        length = store.spec.layout(split)[0]
+        views = store.spec.views(split)
+        sizes = np.minimum(length, views - length * np.arange(store.spec.num_shards(split)))
+        done, at = store.done(split), store.done_times(split)
+        total_views += int(sizes.sum()) * done.shape[0]
+        done_views += int((done * sizes).sum())
+        recent_views += int((((at > now - window) & done) * sizes).sum())
+        if done.any():
+            first = min(first, float(at[done].min()))
+    span = min(window, max(now - first, 1e-9))
+    rate = recent_views / span if recent_views else 0.0
+    left = total_views - done_views
+    return {
+        "views_done": done_views,
+        "views_total": total_views,
+        "views_per_s": rate,
+        "eta_s": left / rate if rate and left else (0.0 if not left else None),
     }
 
 

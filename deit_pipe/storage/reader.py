@@ -7,6 +7,8 @@ Training reads a whole epoch slice into memory (random per-row gathers from zarr
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,9 +41,9 @@ class EpochTargets:
     """One epoch slice of a split, in memory."""
 
     epoch: int
-    values: np.ndarray  # [V, k] stored dtype, sorted descending
+    values: np.ndarray | None  # [V, k] stored dtype, sorted descending (None: hard store)
     indices: np.ndarray  # [V, k] uint16|uint32
-    lse: np.ndarray  # [V, T] float32
+    lse: np.ndarray | None  # [V, T] float32 (None: hard store)
     fingerprint: np.ndarray  # [V] uint64
     temperatures: tuple[float, ...]
     num_classes: int
@@ -61,23 +63,32 @@ class EpochTargets:
 
     def topk_probs(self, slots: np.ndarray, tau: float) -> np.ndarray:
         """p(c) = exp(z_c/τ − logsumexp(z/τ)) for the k stored classes, float64 [n, k]."""
+        if self.values is None:
+            raise StoreMismatchError(
+                "this store holds the teacher's top-1 class only (precompute --targets hard): "
+                "train with --distill hard or none, or precompute soft targets"
+            )
         z = self.values[slots].astype(np.float64)
         lse = self.lse[slots, self._tau_index(tau)].astype(np.float64)
         return np.exp(z / tau - lse[:, None])
 
-    def soft(self, slots: np.ndarray, tau: float) -> torch.Tensor:
-        """Dense teacher distribution: exact on the top-k, the exact tail mass spread evenly."""
+    def soft_parts(
+        self, slots: np.ndarray, tau: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(top-k probabilities, their class ids, tail mass): what `dense_soft` needs, k + k + 1
+        numbers a view instead of C, so a trainer can build the dense targets on its device."""
         slots = np.asarray(slots)
         top = self.topk_probs(slots, tau)
-        k, c = top.shape[1], self.num_classes
         tail = np.clip(1.0 - top.sum(axis=1), 0.0, 1.0)
-        dense = (
-            np.repeat((tail / max(c - k, 1))[:, None], c, axis=1)
-            if c > k
-            else np.zeros((len(slots), c))
+        return (
+            torch.from_numpy(top.astype(np.float32)),
+            torch.from_numpy(self.indices[slots].astype(np.int64)),
+            torch.from_numpy(tail.astype(np.float32)),
         )
-        np.put_along_axis(dense, self.indices[slots].astype(np.int64), top, axis=1)
-        return torch.from_numpy(dense.astype(np.float32))
+
+    def soft(self, slots: np.ndarray, tau: float) -> torch.Tensor:
+        """Dense teacher distribution: exact on the top-k, the exact tail mass spread evenly."""
+        return dense_soft(*self.soft_parts(slots, tau), self.num_classes)
 
     def hard(self, slots: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.indices[np.asarray(slots), 0].astype(np.int64))
@@ -90,6 +101,16 @@ class EpochTargets:
     def topk_mass(self, tau: float = 1.0) -> np.ndarray:
         """Probability mass the stored top-k capture, per view."""
         return self.topk_probs(np.arange(len(self)), tau).sum(axis=1)
+
+
+def dense_soft(
+    top: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """[n, C] distribution from `EpochTargets.soft_parts`, on the inputs' device."""
+    k = top.shape[1]
+    fill = tail / max(num_classes - k, 1) if num_classes > k else torch.zeros_like(tail)
+    dense = fill[:, None].expand(len(top), num_classes).contiguous()
+    return dense.scatter_(1, indices, top)
 
 
 class TargetStore:
@@ -136,8 +157,11 @@ class TargetStore:
         plan: dict | None = None,
         epochs: int | None = None,
         cycle_epochs: bool = False,
+        follow: bool = False,
     ) -> None:
-        """Refuse, with one line naming what differs, a store that cannot serve this run."""
+        """Refuse, with one line naming what differs, a store that cannot serve this run.
+
+        With `follow`, epochs still being filled are accepted (the run waits for them)."""
         if (
             dataset_fingerprint is not None
             and dataset_fingerprint != self.spec.dataset["fingerprint"]
@@ -165,6 +189,8 @@ class TargetStore:
                 f"{self.url} holds {stored} training epochs but this run needs {epochs}; "
                 f"precompute more or pass --cycle-epochs to reuse epoch e mod {stored}"
             )
+        if follow:
+            return
         needed = range(min(epochs if epochs is not None else stored, stored))
         done = self.done("train")
         for e in needed:
@@ -197,11 +223,12 @@ class TargetStore:
                 f"{self.url} {split} epoch {epoch} has unfinished shards "
                 f"{np.flatnonzero(~done).tolist()[:5]}; re-run precompute to finish them"
             )
+        soft = self.spec.targets == "soft"
         return EpochTargets(
             epoch=epoch,
-            values=self._read(split, "topk_values", epoch),
+            values=self._read(split, "topk_values", epoch) if soft else None,
             indices=self._read(split, "topk_indices", epoch),
-            lse=self._read(split, "logsumexp", epoch),
+            lse=self._read(split, "logsumexp", epoch) if soft else None,
             fingerprint=self._read(split, "fingerprint", epoch),
             temperatures=self.spec.temperatures,
             num_classes=self.spec.num_classes,
@@ -212,10 +239,51 @@ class TargetStore:
         self._require_split(split)
         return self._read(split, "fingerprint", epoch)
 
+    def done_times(self, split: str = "train") -> np.ndarray:
+        """[E, S] Unix time each shard completed (0 where not done)."""
+        self._require_split(split)
+        return self._read(split, "done_at", slice(None))
+
+    def wait_for_epoch(
+        self,
+        epoch: int,
+        split: str = "train",
+        *,
+        stall_timeout: float = 1800.0,
+        poll: float = 2.0,
+        on_wait: Callable[[int, int, int], None] | None = None,
+    ) -> None:
+        """Block until every shard of `epoch` is done, polling only its `done` row.
+
+        Gives up when no further shard completes for `stall_timeout` seconds (the teacher
+        stopped), with the counts and how to continue; `on_wait(epoch, done, total)` is
+        called at each poll while waiting.
+        """
+        last_count, last_change = -1, time.monotonic()
+        while True:
+            done = self._read(split, "done", epoch)
+            count = int(done.sum())
+            if count == len(done):
+                return
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > stall_timeout:
+                raise StoreIncompleteError(
+                    f"{self.url} {split} epoch {epoch}: no shard completed for "
+                    f"{stall_timeout:g} s ({count}/{len(done)} done); is the precompute "
+                    "running? Restart it, then continue with --resume --follow"
+                )
+            if on_wait:
+                on_wait(epoch, count, len(done))
+            time.sleep(poll)
+
     def epoch(self, epoch: int, split: str = "train", prefetch: int | None = None) -> EpochTargets:
-        """`read_epoch`, served from the prefetch thread when ready; then prefetch `prefetch`."""
+        """`read_epoch`, served from the prefetch thread when ready; then prefetch `prefetch`
+        if all its shards are done (an epoch still being filled is read when it is)."""
         future = self._pending.pop((split, epoch), None)
         result = future.result() if future is not None else self.read_epoch(epoch, split)
+        if prefetch is not None and not self._read(split, "done", prefetch).all():
+            return result
         if prefetch is not None and (split, prefetch) not in self._pending:
             self._pending[(split, prefetch)] = self._prefetcher.submit(
                 self.read_epoch, prefetch, split

@@ -7,6 +7,8 @@ read-modify-write and would not be), and re-running a shard rewrites identical b
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,12 +54,14 @@ class StoreWriter:
         split: str,
         epoch: int,
         shard: int,
-        values: np.ndarray,
+        values: np.ndarray | None,
         indices: np.ndarray,
-        lse: np.ndarray,
+        lse: np.ndarray | None,
         fingerprints: np.ndarray,
     ) -> int:
-        """Write one whole shard of every array, then mark it done; returns views written."""
+        """Write one whole shard of every array, then mark it done; returns views written.
+
+        A hard-target store takes `indices` [n, 1] and `fingerprints`; `values`/`lse` None."""
         spec, rows = self.spec, self.shard_range(split, shard)
         if not 0 <= epoch < spec.split_epochs(split):
             raise StoreError(f"{split} has no epoch {epoch} (epochs {spec.split_epochs(split)})")
@@ -68,12 +72,13 @@ class StoreWriter:
             "logsumexp": (n, t),
             "fingerprint": (n,),
         }
-        arrays = {
+        given = {
             "topk_values": values,
             "topk_indices": indices,
             "logsumexp": lse,
             "fingerprint": fingerprints,
         }
+        arrays = {name: given[name] for name in spec.arrays}
         with storage_errors(self.url):
             self._write(split, epoch, shard, rows, arrays, expected)
         return n
@@ -90,7 +95,8 @@ class StoreWriter:
             if name == "topk_indices" and (data.min() < 0 or data.max() >= spec.num_classes):
                 raise StoreError(f"{split}/{name} shard {shard}: class index out of range")
             target[epoch, rows.start : rows.stop] = data.astype(target.dtype, copy=False)
-        group["done"][epoch, shard] = True
+        group["done_at"][epoch, shard] = time.time()
+        group["done"][epoch, shard] = True  # last: a shard is done only once all is written
 
 
 def create_store(
@@ -130,7 +136,7 @@ def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
         "logsumexp": ((len(spec.temperatures),), "float32"),
         "fingerprint": ((), "uint64"),
     }
-    for name, (tail, dtype) in layouts.items():
+    for name, (tail, dtype) in ((n, layouts[n]) for n in spec.arrays):
         group.create_array(
             name,
             shape=(epochs, views, *tail),
@@ -142,16 +148,17 @@ def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
             dimension_names=("epoch", "view", *(["k"] if tail else []))[: 2 + len(tail)],
             config={"write_empty_chunks": True},
         )
-    group.create_array(
-        "done",
-        shape=(epochs, spec.num_shards(split)),
-        chunks=(1, 1),
-        dtype="bool",
-        compressors=compressors("bool"),
-        fill_value=False,
-        dimension_names=("epoch", "shard"),
-        config={"write_empty_chunks": True},
-    )
+    for name, dtype, fill in (("done", "bool", False), ("done_at", "float64", 0.0)):
+        group.create_array(
+            name,
+            shape=(epochs, spec.num_shards(split)),
+            chunks=(1, 1),  # one object per cell: writers of different shards never share one
+            dtype=dtype,
+            compressors=compressors("bool"),
+            fill_value=fill,
+            dimension_names=("epoch", "shard"),
+            config={"write_empty_chunks": True},
+        )
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -29,11 +29,13 @@ def mixed_label_targets(
     num_classes: int,
     smoothing: float = 0.1,
 ) -> torch.Tensor:
-    """timm `mixup_target`: λ·smooth(y) + (1−λ)·smooth(y_partner), per view."""
+    """timm `mixup_target`: λ·smooth(y) + (1−λ)·smooth(y_partner), per view, on the labels'
+    device."""
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
-    y1 = torch.full((len(labels), num_classes), off).scatter_(1, labels[:, None], on)
-    y2 = torch.full((len(labels), num_classes), off).scatter_(1, partner_labels[:, None], on)
+    shape, dev = (len(labels), num_classes), labels.device
+    y1 = torch.full(shape, off, device=dev).scatter_(1, labels[:, None], on)
+    y2 = torch.full(shape, off, device=dev).scatter_(1, partner_labels[:, None], on)
     return lam[:, None] * y1 + (1.0 - lam[:, None]) * y2
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import DeitPipeError
 from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.evaluate import evaluate
+from deit_pipe.student.init_from import fit_state_dict
 from deit_pipe.student.models import create_student, head_names
 
 
@@ -30,21 +31,45 @@ class Run:
 
     @property
     def label(self) -> str:
-        """e.g. `deit_tiny_distilled hard` (the paper's ⚗ marks a distillation token)."""
+        """e.g. `vit_tiny none`, `deit_tiny⚗ hard`: the paper's ⚗ marks a distillation token,
+        and a DeiT without one is the ViT architecture (the small-data studies' baseline)."""
         model = self.config["model"].replace("_patch16_224", "")
-        name = model.replace("_distilled", "⚗") if self.config["distilled_model"] else model
-        return f"{name} {self.config['distill']}"
+        if self.config["distilled_model"]:
+            model = model.replace("_distilled", "⚗")
+        elif model.startswith("deit_"):
+            model = "vit_" + model.removeprefix("deit_")
+        return f"{model} {self.config['distill']}"
 
-    def model(self, ema: bool = False) -> torch.nn.Module:
+    def model(self, ema: bool = False, img_size: int | None = None) -> torch.nn.Module:
+        """The trained model (or its EMA), for inputs of `img_size` (default: the run's): a
+        ViT's position embeddings are resampled bicubically to the new patch grid."""
         cfg = self.config
-        model = create_student(
-            cfg["model"], cfg["num_classes"], drop_path=0.0, **cfg["model_overrides"]
-        )
+        overrides = dict(cfg["model_overrides"])
         state = self.checkpoint["ema"] if ema else self.checkpoint["model"]
         if state is None:
             raise DeitPipeError(f"{self.path} was trained without --ema; drop --ema")
+        model = create_student(cfg["model"], cfg["num_classes"], drop_path=0.0, **overrides)
+        patch_embed = getattr(model, "patch_embed", None)
+        if img_size is not None and patch_embed is not None and img_size != self.input_size:
+            patch = patch_embed.patch_size[0]
+            if img_size % patch:
+                raise DeitPipeError(
+                    f"cannot evaluate {cfg['model']} at {img_size}×{img_size}: not a multiple "
+                    f"of its {patch}-pixel patches"
+                )
+            model = create_student(
+                cfg["model"],
+                cfg["num_classes"],
+                drop_path=0.0,
+                **{**overrides, "img_size": img_size},
+            )
+            state, _ = fit_state_dict(dict(state), model)
         model.load_state_dict(state)
         return model.eval()
+
+    @property
+    def input_size(self) -> int:
+        return self.recipe.view.input_size
 
     def heads(self) -> tuple[str, ...]:
         return head_names(
@@ -73,16 +98,24 @@ def run_source(run: Run, spec: str | None = None) -> Source:
 
 
 def evaluate_checkpoint(
-    checkpoint: Path | str, spec: str | None = None, ema: bool = False, device: str = "auto"
+    checkpoint: Path | str,
+    spec: str | None = None,
+    ema: bool = False,
+    device: str = "auto",
+    input_size: int | None = None,
 ) -> dict:
+    """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`."""
     run = load_run(checkpoint)
     dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     source = run_source(run, spec)
-    model = run.model(ema).to(dev, memory_format=torch.channels_last)
-    result = evaluate(model, source.split("val"), run.recipe.view, device=dev)
+    size = input_size or run.input_size
+    model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
+    view = replace(run.recipe.view, input_size=size)
+    result = evaluate(model, source.split("val"), view, device=dev)
     return {
         "checkpoint": str(checkpoint),
         "data": source.spec,
         "step": run.checkpoint["step"],
+        "input_size": size,
         "heads": result,
     }

@@ -2,9 +2,14 @@
 (online, for comparison) or nowhere (plain supervised training).
 
 Offline, every replayed view's fingerprint is checked against the one stored for its slot.
+Targets arrive on the training device: the store sends k + k + 1 numbers a view (top-k
+probabilities, class ids, tail mass) and the dense distribution is built there, and only
+when the loss needs it (hard distillation reads the top-1 class alone).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,10 +17,13 @@ import torch
 from deit_pipe.data import EpochPlan, Split
 from deit_pipe.errors import ReplayError
 from deit_pipe.pipeline.tasks import teacher_logits
-from deit_pipe.storage import EpochTargets, TargetStore
+from deit_pipe.storage import EpochTargets, TargetStore, dense_soft
 from deit_pipe.storage.format import library_versions
 
-TeacherBatch = tuple[torch.Tensor | None, torch.Tensor | None]  # (soft at τ, hard)
+
+class TeacherBatch(NamedTuple):
+    soft: torch.Tensor | None  # [n, C] teacher distribution at τ
+    hard: torch.Tensor | None  # [n] teacher top-1 class
 
 
 class NoTeacher:
@@ -23,17 +31,25 @@ class NoTeacher:
         pass
 
     def targets(self, slots, fingerprints, images) -> TeacherBatch:
-        return None, None
+        return TeacherBatch(None, None)
 
 
 class StoredTeacher:
     """Targets read from an epoch slice of the store; the next slice loads in the background."""
 
     def __init__(
-        self, store: TargetStore, tau: float, split: Split, spec: str, cycle_epochs: bool = False
+        self,
+        store: TargetStore,
+        tau: float,
+        split: Split,
+        spec: str,
+        *,
+        cycle_epochs: bool = False,
+        soft: bool = True,
+        device: torch.device = torch.device("cpu"),
     ):
         self.store, self.tau, self.split, self.spec = store, tau, split, spec
-        self.cycle_epochs = cycle_epochs
+        self.cycle_epochs, self.want_soft, self.device = cycle_epochs, soft, device
         self.current: EpochTargets | None = None
         self.plan: EpochPlan | None = None
 
@@ -48,11 +64,19 @@ class StoredTeacher:
 
     def targets(self, slots, fingerprints, images) -> TeacherBatch:
         slots = np.asarray(slots)
-        t = self.current.targets(slots, self.tau)
-        bad = np.flatnonzero(t.fingerprint.numpy() != np.asarray(fingerprints))
+        stored = self.current.fingerprint[slots].view(np.int64)
+        bad = np.flatnonzero(stored != np.asarray(fingerprints))
         if len(bad):
             raise ReplayError(self._mismatch(int(slots[bad[0]]), len(bad)))
-        return t.soft, t.hard
+        hard = torch.from_numpy(self.current.indices[slots, 0].astype(np.int64))
+        soft = None
+        if self.want_soft:
+            parts = (
+                t.to(self.device, non_blocking=True)
+                for t in self.current.soft_parts(slots, self.tau)
+            )
+            soft = dense_soft(*parts, self.current.num_classes)
+        return TeacherBatch(soft, hard.to(self.device, non_blocking=True))
 
     def _mismatch(self, slot: int, count: int) -> str:
         sample = int(self.plan.sample[slot])
@@ -80,5 +104,4 @@ class OnlineTeacher:
 
     def targets(self, slots, fingerprints, images) -> TeacherBatch:
         logits = teacher_logits(self.model, images, self.device).double()
-        soft = torch.softmax(logits / self.tau, dim=1).float()
-        return soft, logits.argmax(dim=1)
+        return TeacherBatch(torch.softmax(logits / self.tau, dim=1).float(), logits.argmax(dim=1))

@@ -1,0 +1,92 @@
+"""`precompute --dry-run`: what a job will cost before it starts — views, store bytes, time.
+
+Bytes per view come from the store benchmark (`benchmarks/store_bench.py`, ImageNet-like
+logits at C = 1000, bit-shuffled zstd): per stored value, index and logsumexp, plus the
+8-byte fingerprint. The teacher's throughput is measured on a few random batches on this
+machine's device unless given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from deit_pipe.data import open_checked
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.pipeline.tasks import Job, task_device, teacher_logits
+from deit_pipe.pipeline.teacher import build_teacher
+
+# Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
+BYTES_PER = {"float16": 1.34, "float32": 2.9, "index": 1.25, "top1": 1.3, "lse": 2.9}
+FINGERPRINT_BYTES = 8.0
+
+
+@dataclass(frozen=True)
+class Cost:
+    views: dict[str, int]  # per split, over all its epochs
+    bytes_per_view: float
+    views_per_second: float
+    measured: bool  # throughput measured here (else given)
+    device: str
+
+    @property
+    def total_views(self) -> int:
+        return sum(self.views.values())
+
+    @property
+    def store_bytes(self) -> float:
+        return self.total_views * self.bytes_per_view
+
+    @property
+    def seconds(self) -> float:
+        return self.total_views / self.views_per_second
+
+
+def bytes_per_view(targets: str, k: int, temperatures: int, value_dtype: str) -> float:
+    if targets == "hard":
+        return BYTES_PER["top1"] + FINGERPRINT_BYTES
+    stored = k * (BYTES_PER[value_dtype] + BYTES_PER["index"]) + temperatures * BYTES_PER["lse"]
+    return stored + FINGERPRINT_BYTES
+
+
+def teacher_throughput(job: Job, num_classes: int, input_size: int, batches: int = 3) -> float:
+    """Views/s of the bare teacher forward on random inputs (after one warm-up batch)."""
+    model, _ = build_teacher(job.teacher, num_classes)
+    device = task_device(job)
+    model = model.to(device, memory_format=torch.channels_last)
+    images = torch.randn(job.batch_size, 3, input_size, input_size)
+    teacher_logits(model, images, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(batches):
+        teacher_logits(model, images, device).cpu()
+    return batches * job.batch_size / (time.perf_counter() - start)
+
+
+def estimate(
+    job: Job,
+    *,
+    epochs: int,
+    splits: tuple[str, ...] = ("train", "val"),
+    k: int = 10,
+    temperatures: tuple[float, ...] = (1.0, 3.0),
+    value_dtype: str = "float16",
+    targets: str = "soft",
+    throughput: float | None = None,
+) -> Cost:
+    source = open_checked(job.data, skip_bad=job.skip_bad)
+    views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in splits}
+    size = Recipe.from_dict(job.recipe).view.input_size
+    measured = throughput is None
+    if measured:
+        throughput = teacher_throughput(job, source.num_classes, size)
+    return Cost(
+        views=views,
+        bytes_per_view=bytes_per_view(targets, k, len(temperatures), value_dtype),
+        views_per_second=float(throughput),
+        measured=measured,
+        device=str(task_device(job)),
+    )

@@ -1,0 +1,95 @@
+"""What a training run is asked to do: `TrainConfig`, its choices and how unset fields resolve.
+
+Every default lives here, not in the CLI: the teacher weight α and temperature τ follow the
+distillation mode (the paper's λ = 0.1, τ = 3 for soft; λ = 1/2 for hard), and the schedule
+(lr, warmup, weight decay, drop-path, smoothing, epochs) follows the recipe preset — the
+store's own unless `preset` names another (`data.recipe.PRESETS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
+from deit_pipe.errors import DeitPipeError
+from deit_pipe.pipeline.teacher import TeacherConfig
+from deit_pipe.student.losses import DISTILL
+
+KL_REDUCTIONS = ("batchmean", "numel")
+DEVICES = ("auto", "cpu", "cuda")
+PRESET_NAMES = tuple(PRESETS)
+# (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
+PAPER_ALPHA_TAU = {"none": (0.5, 1.0), "soft": (0.1, 3.0), "hard": (0.5, 1.0)}
+SCHEDULE_FIELDS = tuple(f.name for f in fields(Schedule))
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    store: str | None = None  # offline distillation: plan + targets from the store
+    storage_options: dict | None = None  # fsspec options for the store (never written out)
+    data: str | None = None  # dataset (required without a store)
+    teacher: TeacherConfig | None = None  # online distillation (comparison, tests)
+    recipe: dict | None = None  # Recipe.to_dict(), when not read from a store
+    preset: str | None = None  # schedule preset [default: the store's or recipe's]
+    init_from: str | None = None  # run, checkpoint, model file or timm tag (see init_from)
+    model: str | None = None  # timm name [default: the --init-from run's, else DeiT-Ti⚗]
+    model_overrides: dict = field(default_factory=dict)  # img_size, patch_size, depth, …
+    distill: str = "hard"
+    alpha: float | None = None  # teacher weight [default: by mode, PAPER_ALPHA_TAU]
+    tau: float | None = None  # temperature [default: by mode]
+    kl_reduction: str = "batchmean"
+    teacher_smoothing: float = 0.0
+    # The schedule; None = the preset's (Schedule).
+    epochs: int | None = None
+    lr: float | None = None  # per 512 images of global batch
+    min_lr: float | None = None
+    warmup_lr: float | None = None
+    warmup_epochs: float | None = None
+    weight_decay: float | None = None
+    drop_path: float | None = None
+    smoothing: float | None = None
+    batch_size: int = 1024  # global
+    clip_grad: float | None = None
+    ema: bool = False
+    ema_decay: float = 0.99996
+    seed: int = 0
+    loader_workers: int = 0
+    ckpt_every: int = 0  # steps; 0 = at epoch end only
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    log_every: int = 1  # steps between loss read-backs (each one waits for the device)
+    cycle_epochs: bool = False
+    follow: bool = False  # train on a store still being filled: wait for each epoch's shards
+    follow_timeout: float = 1800.0  # seconds without a new shard before giving up
+    device: str = "auto"
+    compile: bool = False  # torch.compile the student
+    eval_batch_size: int = 256
+    max_steps: int | None = None  # stop early (tests, smoke runs)
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("distill", self.distill, DISTILL),
+            ("kl_reduction", self.kl_reduction, KL_REDUCTIONS),
+            ("device", self.device, DEVICES),
+        ):
+            if value not in choices:
+                raise DeitPipeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if self.preset is not None:
+            get_preset(self.preset)
+        alpha, tau = PAPER_ALPHA_TAU[self.distill]
+        self.alpha = alpha if self.alpha is None else self.alpha
+        self.tau = tau if self.tau is None else self.tau
+
+    def resolved(self, preset: str) -> TrainConfig:
+        """A copy with every unset schedule field taken from `self.preset or preset`."""
+        name = self.preset or preset
+        schedule = get_preset(name).schedule if name in PRESETS else Schedule()
+        unset = {f: getattr(schedule, f) for f in SCHEDULE_FIELDS if getattr(self, f) is None}
+        return replace(self, preset=name if name in PRESETS else "deit", **unset)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("storage_options")  # may hold credentials
+        d["teacher"] = self.teacher.to_dict() if self.teacher else None
+        return d

@@ -1,0 +1,268 @@
+"""Building a training run: data and targets, the model (incl. `--init-from`), optimizer,
+schedule and EMA, resume. `build_trainer` returns the typed state the loop in `train.py` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+
+from deit_pipe.data import Source, ViewConfig, open_checked, open_source
+from deit_pipe.data.plan import steps_per_epoch
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.errors import DeitPipeError
+from deit_pipe.pipeline.teacher import build_teacher
+from deit_pipe.storage import TargetStore
+from deit_pipe.student.checkpoint import CheckpointError, load_checkpoint
+from deit_pipe.student.config import TrainConfig
+from deit_pipe.student.init_from import init_from, load_source
+from deit_pipe.student.losses import DistillationLoss
+from deit_pipe.student.models import create_student, is_distilled
+from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "deit_tiny_distilled_patch16_224"
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Trainer:
+    """Everything a training step and the loop around it touch."""
+
+    cfg: TrainConfig  # resolved: no unset schedule field
+    ctx: Context
+    recipe: Recipe
+    source: Source
+    store: TargetStore | None
+    model: torch.nn.Module  # the bare model (checkpoints, EMA, eval)
+    ddp: torch.nn.Module  # what the step calls: DDP-wrapped and/or compiled
+    teacher: NoTeacher | StoredTeacher | OnlineTeacher
+    criterion: DistillationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    ema: ModelEmaV3 | None
+    labels: torch.Tensor  # train labels by sample index, on the device
+    per_epoch: int
+    total_steps: int
+    run_info: dict
+    step: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+def setup_distributed(device: str) -> Context:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if world == 1:
+        return Context(device=torch.device("cuda" if use_cuda else "cpu"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    return Context(rank, world, local, dev)
+
+
+def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
+    """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
+    if cfg.store:
+        store = TargetStore(cfg.store, cfg.storage_options)
+        spec = store.spec.dataset["spec"]
+        if cfg.data and cfg.data != spec:
+            log.info("dataset %s given; the store was made from %s", cfg.data, spec)
+        skipped = store.skipped().to_pylist()  # exclude exactly the files the teacher skipped
+        source = open_source(cfg.data or spec, skip={r["path"]: r["reason"] for r in skipped})
+        store.check_run(
+            dataset_fingerprint=source.fingerprint(),
+            plan=cfg.recipe if cfg.recipe else None,
+            epochs=cfg.epochs,
+            cycle_epochs=cfg.cycle_epochs,
+            follow=cfg.follow,
+        )
+        if cfg.distill == "soft" and store.spec.targets == "hard":
+            raise DeitPipeError(
+                f"{store.url} holds the teacher's top-1 class only (precompute --targets "
+                "hard): soft distillation needs --targets soft; use --distill hard or none"
+            )
+        return Recipe.from_dict(store.spec.plan), source, store
+    if not cfg.data:
+        raise DeitPipeError(
+            "train needs --store STORE, or --data SPEC (with --teacher for online distillation)"
+        )
+    if cfg.follow:
+        raise DeitPipeError("--follow follows a store that is being filled: give --store")
+    source = open_checked(cfg.data)
+    if cfg.recipe:
+        return Recipe.from_dict(cfg.recipe), source, None
+    return Recipe(view=ViewConfig.for_source(source)), source, None
+
+
+def resolve_model(cfg: TrainConfig, recipe: Recipe) -> TrainConfig:
+    """The model a run builds: as given, else the `--init-from` run's at this run's view size."""
+    if cfg.model or not cfg.init_from:
+        return replace(cfg, model=cfg.model or DEFAULT_MODEL)
+    _, info = load_source(cfg.init_from)
+    source_cfg = info.get("run_config")
+    if source_cfg is None:
+        return replace(cfg, model=DEFAULT_MODEL)
+    overrides = dict(source_cfg.get("model_overrides", {}))
+    if "img_size" in overrides:
+        overrides["img_size"] = recipe.view.input_size
+    return replace(
+        cfg, model=source_cfg["model"], model_overrides={**overrides, **cfg.model_overrides}
+    )
+
+
+def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int):
+    """(model on the device, its `--init-from` provenance or None)."""
+    model = create_student(
+        cfg.model, num_classes, drop_path=cfg.drop_path, seed=cfg.seed, **cfg.model_overrides
+    )
+    expected = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    size = recipe.view.input_size
+    if expected is not None and tuple(expected) != (size, size):
+        raise DeitPipeError(
+            f"{cfg.model} takes {expected[0]}×{expected[1]} inputs but the views are "
+            f"{size}×{size}; pass --img-size {size}"
+        )
+    provenance = init_from(model, cfg.init_from) if cfg.init_from else None
+    return model.to(ctx.device, memory_format=torch.channels_last), provenance
+
+
+def build_teacher_targets(cfg: TrainConfig, ctx: Context, source: Source, store):
+    if cfg.distill != "none" and store is None and cfg.teacher is None:
+        raise DeitPipeError(f"--distill {cfg.distill} needs --store or --teacher")
+    if store is not None:
+        return StoredTeacher(
+            store,
+            cfg.tau,
+            source.split("train"),
+            source.spec,
+            cycle_epochs=cfg.cycle_epochs,
+            soft=cfg.distill == "soft",
+            device=ctx.device,
+        )
+    if cfg.teacher is not None:
+        model, _ = build_teacher(cfg.teacher, source.num_classes)
+        model = model.to(ctx.device, memory_format=torch.channels_last)
+        return OnlineTeacher(torch.compile(model) if cfg.compile else model, cfg.tau, ctx.device)
+    return NoTeacher()
+
+
+def build_optimization(cfg: TrainConfig, model: torch.nn.Module, ctx: Context, per_epoch: int):
+    """timm AdamW (fused on CUDA), a per-step cosine schedule with warmup, optional EMA."""
+    lr = cfg.lr * cfg.batch_size / 512
+    impl = {"fused": True} if ctx.device.type == "cuda" else {"foreach": True}
+    optimizer = create_optimizer_v2(
+        model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, **impl
+    )
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=per_epoch * cfg.epochs,
+        lr_min=cfg.min_lr,
+        warmup_t=int(cfg.warmup_epochs * per_epoch),
+        warmup_lr_init=cfg.warmup_lr,
+        t_in_epochs=False,
+    )
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+    return optimizer, scheduler, ema
+
+
+def resume(tr: Trainer) -> None:
+    """Continue a run from its checkpoint at its exact step; refuse to overwrite a run."""
+    path = tr.out / "checkpoint.pt"
+    if path.exists() and not tr.cfg.resume:
+        raise CheckpointError(
+            f"{tr.out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if not tr.cfg.resume:
+        return
+    state = load_checkpoint(path)
+    if state["config"].get("store") != tr.cfg.store:
+        raise CheckpointError(
+            f"{path} belongs to a run on store {state['config'].get('store')}, not {tr.cfg.store}"
+        )
+    tr.model.load_state_dict(state["model"])
+    tr.optimizer.load_state_dict(state["optimizer"])
+    tr.scheduler.load_state_dict(state["scheduler"])
+    if tr.ema is not None and state.get("ema") is not None:
+        tr.ema.module.load_state_dict(state["ema"])
+    tr.step = int(state["step"])
+    log.info("resuming at step %d", tr.step)
+
+
+def build_trainer(cfg: TrainConfig) -> Trainer:
+    ctx = setup_distributed(cfg.device)
+    recipe, source, store = resolve_data(cfg)
+    cfg = resolve_model(cfg.resolved(recipe.name), recipe)
+    split = source.split("train")
+    per_epoch = steps_per_epoch(len(split), cfg.batch_size)
+    if per_epoch == 0:
+        raise DeitPipeError(
+            f"global batch {cfg.batch_size} exceeds the {len(split)} views of an epoch"
+        )
+    model, provenance = build_model(cfg, ctx, recipe, source.num_classes)
+    optimizer, scheduler, ema = build_optimization(cfg, model, ctx, per_epoch)
+    ddp = model
+    if ctx.world_size > 1:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    tr = Trainer(
+        cfg=cfg,
+        ctx=ctx,
+        recipe=recipe,
+        source=source,
+        store=store,
+        model=model,
+        ddp=torch.compile(ddp) if cfg.compile else ddp,
+        teacher=build_teacher_targets(cfg, ctx, source, store),
+        criterion=DistillationLoss(
+            cfg.distill, cfg.alpha, cfg.tau, cfg.kl_reduction, cfg.teacher_smoothing
+        ),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        labels=torch.as_tensor(np.asarray(split.labels)).to(ctx.device),
+        per_epoch=per_epoch,
+        total_steps=per_epoch * cfg.epochs,
+        run_info={},
+    )
+    resume(tr)
+    tr.run_info = {
+        **cfg.to_dict(),
+        "recipe": recipe.to_dict(),
+        "num_classes": source.num_classes,
+        "classes": source.classes,
+        "dataset": source.spec,
+        "dataset_fingerprint": source.fingerprint(),
+        "world_size": ctx.world_size,
+        "steps_per_epoch": per_epoch,
+        "distilled_model": is_distilled(model),
+        "lr_scaled": cfg.lr * cfg.batch_size / 512,
+        "store_identity": store.identity if store else None,
+        "init_from": provenance,
+    }
+    return tr
