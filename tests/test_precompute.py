@@ -334,3 +334,16 @@ def test_files_of_the_wrong_kind_are_named_as_such(imagefolder, tmp_path):
         result = CliRunner().invoke(main, ["eval", "--checkpoint", str(path)])
         assert result.exit_code == 1 and message in result.output, result.output
         assert result.output.count("\n") == 1
+
+
+def test_render_processes_serve_every_shard_and_change_nothing(tmp_path, reference):
+    """With --loader-workers, one pool of render processes outlives the shards it renders."""
+    from deit_pipe.pipeline.tasks import render_pool
+
+    job = digits_job(tmp_path / "pool.zarr", loader_workers=1)
+    tasks = pending(prepare_store(job, epochs=1, shard_views=256))
+    run(job, tasks[:2], workers=0)
+    pids = render_pool(job).pids
+    run(job, tasks[2:], workers=0)
+    assert render_pool(job).pids == pids and len(pids) == 1 and os.getpid() not in pids
+    assert_same_store(tmp_path / "pool.zarr", reference)

@@ -77,15 +77,27 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
     console.print(table, highlight=False)
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def _print_cost(cost, job, epochs: int) -> None:
     split_views = " + ".join(f"{v:,} {s}" for s, v in cost.views.items())
     how = "measured here" if cost.measured else "given"
-    hours = cost.seconds / 3600
     lines = [
         f"dry run: {cost.total_views:,} views ({split_views}; {epochs} training epochs)",
-        f"store:   ≈ {cost.store_bytes / 1e9:,.2f} GB at ≈ {cost.bytes_per_view:.1f} bytes/view",
-        f"teacher: {job.teacher.name} at {cost.views_per_second:,.1f} views/s ({how}, "
-        f"{cost.device}) → ≈ {hours:,.2f} h on one such device",
+        f"store:   ≈ {_size(cost.store_bytes)} at ≈ {cost.bytes_per_view:.1f} bytes/view",
+        f"teacher: {job.teacher.name} forward at {cost.views_per_second:,.1f} views/s ({how}, "
+        f"{cost.device}) → ≈ {_duration(cost.seconds)} on one such device, rendering aside",
     ]
     for line in lines:
         console.print(line, highlight=False)
@@ -355,9 +367,29 @@ def verify(store, spec, sample, all_views, workers, as_json, storage_options) ->
         raise SystemExit(1)
 
 
+def _verify_rows(epochs: list) -> list:
+    """Epochs to show: every epoch with a finding; clean epochs of a split folded into one
+    row once there are more than a dozen."""
+    if len(epochs) <= 12:
+        return epochs
+    from dataclasses import replace
+
+    rows = []
+    for split in dict.fromkeys(e.split for e in epochs):
+        mine = [e for e in epochs if e.split == split]
+        clean = [e for e in mine if not e.mismatches and not e.unfinished_shards]
+        if len(clean) > 1:
+            span = f"{clean[0].epoch}–{clean[-1].epoch} ({len(clean)} clean)"
+            rows.append(replace(clean[0], epoch=span, checked=sum(e.checked for e in clean)))
+        else:
+            rows += clean
+        rows += [e for e in mine if e not in clean]
+    return rows
+
+
 def _print_verify(report) -> None:
     table = Table("split", "epoch", "checked", "mismatches", "first mismatch")
-    for e in report.epochs:
+    for e in _verify_rows(report.epochs):
         m = e.first_mismatch
         first = ""
         if m:

@@ -1,7 +1,7 @@
 """`precompute --dry-run`: what a job will cost before it starts — views, store bytes, time.
 
 Bytes per view come from the store benchmark (`benchmarks/store_bench.py`, ImageNet-like
-logits at C = 1000, bit-shuffled zstd): per stored value, index and logsumexp, plus the
+logits at C = 1000, byte-shuffled zstd): per stored value, index and logsumexp, plus the
 8-byte fingerprint. The teacher's throughput is measured on a few random batches on this
 machine's device unless given.
 """
@@ -19,7 +19,7 @@ from deit_pipe.pipeline.tasks import Job, task_device, teacher_logits
 from deit_pipe.pipeline.teacher import build_teacher
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
-BYTES_PER = {"float16": 1.34, "float32": 2.9, "index": 1.25, "top1": 1.3, "lse": 2.9}
+BYTES_PER = {"float16": 1.21, "float32": 2.9, "index": 1.3, "top1": 1.3, "lse": 2.9}
 FINGERPRINT_BYTES = 8.0
 
 

@@ -1,23 +1,21 @@
 """One precompute task = one (split, epoch, shard): render its views, run the teacher, write it.
 
 Tasks are idempotent (same views, same logits, same bytes) and keep their expensive state
-(dataset, teacher, epoch plans) in a per-process cache, so a dask worker loads the teacher
-once, not once per task.
+(dataset, teacher, render processes) in a per-process cache, so a dask worker loads the
+teacher and starts its renderers once, not once per task.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
-from deit_pipe.data import EvalDataset, PairDataset, collate_views, open_checked
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data import open_checked
+from deit_pipe.pipeline.render import RenderPool, shard_batches
 from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
 from deit_pipe.storage import StoreWriter
 
@@ -55,6 +53,12 @@ def _cached(key: tuple, make):
     if key not in _CACHE:
         _CACHE[key] = make()
     return _CACHE[key]
+
+
+def render_pool(job: Job) -> RenderPool:
+    """This process's render processes for the job's dataset (made once, then reused)."""
+    key = ("render-pool", job.data, job.skip_bad, job.loader_workers)
+    return _cached(key, lambda: RenderPool(job.data, job.skip_bad, job.loader_workers))
 
 
 def task_device(job: Job) -> torch.device:
@@ -95,34 +99,18 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     source = _cached(
         ("source", job.data, job.skip_bad), lambda: open_checked(job.data, skip_bad=job.skip_bad)
     )
-    recipe = Recipe.from_dict(job.recipe)
     rows = writer.shard_range(split, shard)
-    data = source.split(split)
-    if split == "train":
-        key = ("plan", json.dumps(job.recipe, sort_keys=True), len(data), epoch)
-        epoch_plan = _cached(key, lambda: recipe.epoch_plan(epoch, len(data)))
-        dataset = Subset(
-            PairDataset(data, epoch_plan, recipe.view), range(rows.start // 2, (rows.stop + 1) // 2)
-        )
-        per_batch = max(job.batch_size // 2, 1)
-    else:
-        dataset = Subset(EvalDataset(data, recipe.view), rows)
-        per_batch = job.batch_size
     device = task_device(job)
     model = _teacher(job, writer.spec.num_classes, device)
-    loader = DataLoader(
-        dataset,
-        batch_size=per_batch,
-        num_workers=job.loader_workers,
-        collate_fn=collate_views,
-        pin_memory=device.type == "cuda",
-    )
+    pool = render_pool(job) if job.loader_workers else None
+    batches = shard_batches(source, job.recipe, split, epoch, rows, job.batch_size, pool)
     values, indices, lse, fps, slots = [], [], [], [], []
     forward = 0.0
     k, temps = writer.spec.k, writer.spec.temperatures
-    for batch in loader:
+    for batch in batches:
         t0 = time.perf_counter()
-        logits = teacher_logits(model, batch["image"], device)
+        images = batch["image"].pin_memory() if device.type == "cuda" else batch["image"]
+        logits = teacher_logits(model, images, device)
         top = logits.topk(k, dim=1, sorted=True)
         values.append(top.values.cpu().numpy())
         indices.append(top.indices.cpu().numpy())

@@ -1,0 +1,105 @@
+"""Rendering a shard's views for the teacher, in the task's thread or in render processes.
+
+With `--loader-workers N` a process (a dask worker, or the precompute itself) keeps one pool
+of N render processes for its whole life: a new shard reuses them instead of forking fresh
+DataLoader workers and re-opening the dataset every time. Batches come back in slot order
+through shared memory (torch's multiprocessing reductions, as a DataLoader's do), at most
+2·N chunks in flight, so fast rendering never piles a shard up in memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+import torch.multiprocessing as torch_mp
+
+from deit_pipe.data import EvalDataset, PairDataset, Source, collate_views, open_checked
+from deit_pipe.data.recipe import Recipe
+
+_STATE: dict = {}  # this process's dataset for the (recipe, split, epoch) it renders now
+
+
+def _dataset(source: Source, recipe_json: str, split: str, epoch: int):
+    key = (source.spec, recipe_json, split, epoch)
+    if _STATE.get("key") != key:  # one epoch's plan at a time: 300 cached plans would not fit
+        recipe = Recipe.from_dict(json.loads(recipe_json))
+        data = source.split(split)
+        if split == "train":
+            dataset = PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view)
+        else:
+            dataset = EvalDataset(data, recipe.view)
+        _STATE.update(key=key, dataset=dataset)
+    return _STATE["dataset"]
+
+
+def render_items(source: Source, recipe_json: str, split: str, epoch: int, items) -> dict:
+    """Items (train: pairs, val: samples) rendered and collated, in order."""
+    dataset = _dataset(source, recipe_json, split, epoch)
+    return collate_views([dataset[i] for i in items])
+
+
+def _start_renderer(data: str, skip_bad: bool) -> None:
+    torch.set_num_threads(1)  # as DataLoader workers: N renderers must not oversubscribe
+    _STATE.update(source=open_checked(data, skip_bad=skip_bad))
+
+
+def _render_chunk(chunk: tuple) -> dict:
+    return render_items(_STATE["source"], *chunk)
+
+
+class RenderPool:
+    """N render processes for one dataset, kept for the life of this process."""
+
+    def __init__(self, data: str, skip_bad: bool, workers: int):
+        context = torch_mp.get_context("fork")
+        self.workers = workers
+        self.pool = context.Pool(workers, initializer=_start_renderer, initargs=(data, skip_bad))
+        atexit.register(self.pool.terminate)
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(p.pid for p in self.pool._pool)
+
+    def stream(self, chunks: list[tuple]) -> Iterator[dict]:
+        """Results of `chunks` in order, with at most 2·workers of them in flight."""
+        todo, pending = iter(chunks), deque()
+        for chunk in todo:
+            pending.append(self.pool.apply_async(_render_chunk, (chunk,)))
+            if len(pending) >= 2 * self.workers:
+                break
+        while pending:
+            result = pending.popleft().get()
+            chunk = next(todo, None)
+            if chunk is not None:
+                pending.append(self.pool.apply_async(_render_chunk, (chunk,)))
+            yield result
+
+
+def shard_batches(
+    source: Source,
+    recipe: dict,
+    split: str,
+    epoch: int,
+    rows: range,
+    batch_size: int,
+    pool: RenderPool | None = None,
+) -> Iterator[dict]:
+    """The rendered views of one shard (`rows` of the split), batch by batch, in slot order."""
+    if split == "train":  # a pair renders two slots; shards never split a pair
+        items, per_batch = range(rows.start // 2, (rows.stop + 1) // 2), max(batch_size // 2, 1)
+    else:
+        items, per_batch = rows, batch_size
+    recipe_json = json.dumps(recipe, sort_keys=True)
+    chunks = [
+        (recipe_json, split, epoch, list(items[i : i + per_batch]))
+        for i in range(0, len(items), per_batch)
+    ]
+    if pool is None:
+        for chunk in chunks:
+            yield render_items(source, *chunk)
+    else:
+        yield from pool.stream(chunks)
