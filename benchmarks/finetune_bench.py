@@ -14,31 +14,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from deit_pipe.data import open_source
+from report import record_section  # benchmarks/ is on the path of a script run from it
+
 from deit_pipe.data.recipe import PRESETS
-from deit_pipe.demo import STUDENT, DemoConfig, student_config, train_teacher
+from deit_pipe.demo import STUDENT, DemoConfig, store_job, student_config, train_teacher
 from deit_pipe.pipeline.precompute import precompute
-from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.storage import TargetStore, summarize
 from deit_pipe.student.runs import evaluate_checkpoint
 from deit_pipe.student.train import TrainConfig, train
 
-BEGIN, END = "<!-- finetune:begin -->", "<!-- finetune:end -->"
-
 
 def store(root: Path, size: int, epochs: int, teacher: Path) -> str:
     url = str(root / f"teacher{size}.zarr")
-    recipe = PRESETS["small"].recipe(open_source("digits"), input_size=size)
-    job = Job(
-        url=url,
-        data="digits",
-        recipe=recipe.to_dict(),
-        batch_size=256,
-        teacher=TeacherConfig("regnety_002", str(teacher)),
-        device="cpu",
-    )
-    precompute(job, epochs=epochs, workers=2)
+    precompute(store_job(url, teacher, input_size=size), epochs=epochs, workers=2)
     return url
 
 
@@ -120,20 +108,8 @@ def run(base_epochs: int = 60, ft_epochs: int = 10, size: int = 48) -> str:
     return text
 
 
-def record(text: str) -> None:
-    bench = Path(__file__).parent.parent / "BENCHMARKS.md"
-    current = bench.read_text() if bench.exists() else "# Benchmarks\n"
-    block = (
-        f"{BEGIN}\n## Fine-tuning at a higher resolution (`make bench-finetune`)\n\n{text}\n{END}"
-    )
-    if BEGIN in current:
-        current = current[: current.index(BEGIN)] + block + current[current.index(END) + len(END) :]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    bench.write_text(current)
-
-
 if __name__ == "__main__":
     text = run(*(int(a) for a in sys.argv[1:]))
-    record(text)
+    title = "## Fine-tuning at a higher resolution (`make bench-finetune`)"
+    record_section("finetune", f"{title}\n\n{text}")
     print(text)

@@ -16,14 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import record_section  # benchmarks/ is on the path of a script run from it
 
 from deit_pipe.audit import audit, classifier_label
-from deit_pipe.data import open_source
-from deit_pipe.data.recipe import PRESETS
-from deit_pipe.demo import STUDENT, DemoConfig, train_teacher
+from deit_pipe.demo import STUDENT, DemoConfig, store_job, train_teacher
 from deit_pipe.pipeline.precompute import precompute
-from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.student.runs import load_run
 from deit_pipe.student.train import TrainConfig, train
 
@@ -44,7 +41,6 @@ TABLE3 = [  # (paper row, label column, teacher column, run, head, paper DeiT-Ti
 ]
 TABLE4 = ["ground truth", "teacher", "DeiT (no distill.)", "DeiT⚗ class", "DeiT⚗ distil.",
           "DeiT⚗ class+distil."]  # fmt: skip
-BEGIN, END = "<!-- paper-tables:begin -->", "<!-- paper-tables:end -->"
 
 
 def prepare(root: Path, epochs: int) -> tuple[str, float]:
@@ -52,15 +48,7 @@ def prepare(root: Path, epochs: int) -> tuple[str, float]:
     t0 = time.perf_counter()
     train_teacher(root / "teacher", DemoConfig())
     url = str(root / "teacher.zarr")
-    job = Job(
-        url=url,
-        data="digits",
-        recipe=PRESETS["small"].recipe(open_source("digits")).to_dict(),
-        batch_size=256,
-        teacher=TeacherConfig("regnety_002", str(root / "teacher" / "checkpoint.pt")),
-        device="cpu",
-    )
-    precompute(job, epochs=epochs, workers=2)
+    precompute(store_job(url, root / "teacher" / "checkpoint.pt"), epochs=epochs, workers=2)
     return url, time.perf_counter() - t0
 
 
@@ -147,17 +135,6 @@ def render(results: list[dict], matrices: list[np.ndarray], seeds, epochs, secs)
     return "\n".join(lines)
 
 
-def record(text: str) -> None:
-    bench = Path(__file__).parent.parent / "BENCHMARKS.md"
-    current = bench.read_text() if bench.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n## Tables 3 and 4 at small scale (`make table3`)\n\n{text}\n{END}"
-    if BEGIN in current:
-        current = current[: current.index(BEGIN)] + block + current[current.index(END) + len(END) :]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    bench.write_text(current)
-
-
 def main(seeds=(0, 1, 2), epochs: int = 60) -> str:
     t0 = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="deit-pipe-tables-"))
@@ -178,7 +155,7 @@ def main(seeds=(0, 1, 2), epochs: int = 60) -> str:
             indent=2,
         )
     )
-    record(text)
+    record_section("paper-tables", f"## Tables 3 and 4 at small scale (`make table3`)\n\n{text}")
     return text
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import precompute_bench  # noqa: E402
 import store_bench  # noqa: E402
 import train_bench  # noqa: E402
+from report import record_section  # noqa: E402
 
 
 def machine() -> dict:
@@ -121,20 +122,8 @@ def main() -> None:
         "is for the device where the teacher dominates (a GPU, with `--loader-workers` rendering",
         "in parallel).",
     ]
-    record("\n".join(lines))
+    record_section("core", "\n".join(lines))
     print("\n".join(lines))
-
-
-def record(text: str, begin: str = "<!-- core:begin -->", end: str = "<!-- core:end -->") -> None:
-    """Replace this script's section of BENCHMARKS.md; the other scripts' sections stay."""
-    bench = Path(__file__).parent.parent / "BENCHMARKS.md"
-    current = bench.read_text() if bench.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in current:
-        current = current[: current.index(begin)] + block + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    bench.write_text(current)
 
 
 if __name__ == "__main__":

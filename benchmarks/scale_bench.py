@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import record_section  # benchmarks/ is on the path of a script run from it
 from torch.utils.data import DataLoader
 
 from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
@@ -169,19 +170,6 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def record(text: str, title: str) -> None:
-    bench = Path(__file__).parent.parent / "BENCHMARKS.md"
-    current = bench.read_text() if bench.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- scale-{title}:begin -->", f"<!-- scale-{title}:end -->"
-    target = "bench-gpu" if title == "gpu" else "bench-scale"
-    block = f"{begin}\n## Offline vs online distillation at 224² (`make {target}`)\n\n{text}\n{end}"
-    if begin in current:
-        current = current[: current.index(begin)] + block + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    bench.write_text(current)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="CUDA, bf16, channels_last")
@@ -194,5 +182,7 @@ if __name__ == "__main__":
     name = "gpu" if args.gpu else "cpu"
     (Path(__file__).parent / f"scale_{name}.json").write_text(json.dumps(result, indent=2))
     text = render(result)
-    record(text, name)
+    target = "bench-gpu" if args.gpu else "bench-scale"
+    title = f"## Offline vs online distillation at 224² (`make {target}`)"
+    record_section(f"scale-{name}", f"{title}\n\n{text}")
     print(text)

@@ -94,21 +94,7 @@ def run(
 ) -> dict:
     temperatures = (1.0, 3.0)
     views = shards * shard_views
-    spec = StoreSpec(
-        dataset={
-            "spec": f"fake:{views}",
-            "fingerprint": "0" * 32,
-            "classes": [str(c) for c in range(classes)],
-            "num_samples": {"train": views},
-        },
-        teacher={"name": "synthetic"},
-        plan={"seed": 0},
-        epochs=1,
-        splits=("train",),
-        k=k,
-        temperatures=temperatures,
-        shard_views=shard_views,
-    )
+    spec = spec_for(views, classes, 1, k=k, temperatures=temperatures, shard_views=shard_views)
     root = Path(tempfile.mkdtemp(prefix="deit-pipe-store-bench-"))
     try:
         url = str(root / "bench.zarr")

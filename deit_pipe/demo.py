@@ -81,6 +81,19 @@ def train_teacher(out: Path, cfg: DemoConfig) -> dict:
     )
 
 
+def store_job(url: str, teacher_checkpoint: Path | str, **recipe_overrides) -> Job:
+    """The students' store: digits views of the `small` recipe, the demo teacher's targets."""
+    recipe = PRESETS["small"].recipe(open_source("digits"), **recipe_overrides)
+    return Job(
+        url=url,
+        data="digits",
+        recipe=recipe.to_dict(),
+        batch_size=256,
+        teacher=TeacherConfig("regnety_002", str(teacher_checkpoint)),
+        device="cpu",
+    )
+
+
 def student_config(out: Path, store: str, name: str, cfg: DemoConfig) -> TrainConfig:
     model, distill = STUDENTS[name]
     return TrainConfig(
@@ -116,14 +129,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     epochs, workers = cfg.student_epochs, cfg.workers
     log(f"2/4 precomputing targets for {epochs} epochs + val on dask ({workers} workers)")
     store = str(out / "teacher.zarr")
-    job = Job(
-        url=store,
-        data="digits",
-        recipe=PRESETS["small"].recipe(open_source("digits")).to_dict(),
-        batch_size=256,
-        teacher=TeacherConfig("regnety_002", str(out / "teacher" / "checkpoint.pt")),
-        device="cpu",
-    )
+    job = store_job(store, out / "teacher" / "checkpoint.pt")
     timed("precompute", precompute, job, epochs=cfg.student_epochs, workers=cfg.workers)
     run_dirs = {}
     for i, name in enumerate(STUDENTS):

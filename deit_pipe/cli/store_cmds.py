@@ -183,6 +183,7 @@ def _filling(info: dict) -> str:
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--skip-bad", is_flag=True, help="Scan first; exclude and record unreadable files.")
+@click.option("--compile", "compile_teacher", is_flag=True, help="torch.compile the teacher.")
 @click.option("--overwrite", is_flag=True, help="Replace a store holding a different job.")
 @storage_options_option
 @recipe_options
@@ -206,6 +207,7 @@ def precompute(
     scheduler,
     device,
     skip_bad,
+    compile_teacher,
     overwrite,
     storage_options,
     targets,
@@ -230,24 +232,17 @@ def precompute(
         loader_workers=loader_workers,
         threads=threads_per_worker,
         device=device,
+        compile=compile_teacher,
         storage_options=storage_options,
     )
     splits = ("train", "val") if split == "both" else (split,)
     taus = tuple(float(t) for t in temperatures.split(","))
+    what = dict(epochs=epochs, splits=splits, k=top_k, temperatures=taus, targets=targets)
+    what["value_dtype"] = value_dtype
     if dry_run:
         from deit_pipe.pipeline.cost import estimate
 
-        cost = estimate(
-            job,
-            epochs=epochs,
-            splits=splits,
-            k=top_k,
-            temperatures=taus,
-            value_dtype=value_dtype,
-            targets=targets,
-            throughput=throughput,
-        )
-        _print_cost(cost, job, epochs)
+        _print_cost(estimate(job, throughput=throughput, **what), job, epochs)
         return
     with progress_bar("views") as bar:
         state = {"task": None, "shards": 0, "total": 0, "start": 0.0}
@@ -276,13 +271,8 @@ def precompute(
 
         summary = run_precompute(
             job,
-            epochs=epochs,
-            splits=splits,
-            k=top_k,
-            temperatures=taus,
-            value_dtype=value_dtype,
+            **what,
             shard_views=shard_views,
-            targets=targets,
             overwrite=overwrite,
             workers=workers,
             threads_per_worker=threads_per_worker,

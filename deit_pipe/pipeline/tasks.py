@@ -35,6 +35,7 @@ class Job:
     loader_workers: int = 0
     threads: int = 1
     device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the teacher
     storage_options: dict | None = field(default=None, hash=False)
 
 
@@ -79,7 +80,8 @@ def task_device(job: Job) -> torch.device:
 def _teacher(job: Job, num_classes: int, device: torch.device) -> torch.nn.Module:
     def make():
         model, _ = build_teacher(job.teacher, num_classes)
-        return model.to(device, memory_format=torch.channels_last)
+        model = model.to(device, memory_format=torch.channels_last)
+        return torch.compile(model) if job.compile else model
 
     ckpt = job.teacher.checkpoint
     stamp = (
