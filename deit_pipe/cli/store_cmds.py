@@ -17,6 +17,7 @@ from deit_pipe.cli import (
     storage_options_option,
     teacher_config,
 )
+from deit_pipe.storage.format import TARGETS
 
 
 @main.command()
@@ -136,7 +137,7 @@ def _filling(info: dict) -> str:
 )
 @click.option(
     "--targets",
-    type=click.Choice(["soft", "hard"]),
+    type=click.Choice(TARGETS),
     default="soft",
     show_default=True,
     help="hard: the teacher's top-1 class only (the paper's default distillation; ~9 B/view).",

@@ -97,7 +97,7 @@ def pending(writer: StoreWriter) -> list[Task]:
         for s in writer.spec.splits
         for e, sh in zip(*(~done[s]).nonzero(), strict=True)
     ]
-    return sorted(tasks, key=lambda t: (t[0] != "val", t[1], t[2]))
+    return sorted(tasks, key=lambda t: (_order(t[0], t[1]), t[2]))
 
 
 def epoch_window(workers: int, shards_per_epoch: int) -> int:
@@ -178,14 +178,18 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
             cluster.close()
 
 
+def _order(split: str, epoch: int) -> int:
+    """A task's place in the epoch order: val counts as epoch −1, so it runs first."""
+    return -1 if split == "val" else epoch
+
+
 def _windowed(client, job, tasks, resources, retries, task_fn, as_completed):
     """Submit `tasks` in order, keeping in flight only epochs below the oldest unfinished
-    epoch + `epoch_window` (val counts as epoch −1, so it runs first)."""
+    epoch + `epoch_window`."""
     queue = list(tasks)
     unfinished: dict[int, int] = {}
     for split, epoch, _ in queue:
-        key = -1 if split == "val" else epoch
-        unfinished[key] = unfinished.get(key, 0) + 1
+        unfinished[_order(split, epoch)] = unfinished.get(_order(split, epoch), 0) + 1
     per_epoch = max(unfinished.values(), default=1)
 
     def submit(task):
@@ -197,7 +201,7 @@ def _windowed(client, job, tasks, resources, retries, task_fn, as_completed):
     def admit(done_pool) -> None:
         window = epoch_window(len(client.scheduler_info()["workers"]) or 1, per_epoch)
         oldest = min(unfinished, default=0)
-        while queue and (-1 if queue[0][0] == "val" else queue[0][1]) < oldest + window:
+        while queue and _order(*queue[0][:2]) < oldest + window:
             done_pool.add(submit(queue.pop(0)))
 
     pool = as_completed([])
@@ -205,7 +209,7 @@ def _windowed(client, job, tasks, resources, retries, task_fn, as_completed):
     try:
         for future in pool:
             result = future.result()
-            key = -1 if result.split == "val" else result.epoch
+            key = _order(result.split, result.epoch)
             unfinished[key] -= 1
             if not unfinished[key]:
                 del unfinished[key]

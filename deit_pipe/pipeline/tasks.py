@@ -89,7 +89,7 @@ def _teacher(job: Job, num_classes: int, device: torch.device) -> torch.nn.Modul
         if ckpt and os.path.exists(ckpt)
         else None
     )
-    return _cached(("teacher", job.teacher, stamp, num_classes, str(device)), make)
+    return _cached(("teacher", job.teacher, job.compile, stamp, num_classes, str(device)), make)
 
 
 def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:

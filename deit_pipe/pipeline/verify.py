@@ -95,6 +95,7 @@ def verify(
     recipe = Recipe.from_dict(spec.plan)
     units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
     per_unit = sample if sample is not None else max(-(-DEFAULT_TOTAL // len(units)), 2)
+    done = {s: store.done(s) for s in spec.splits}  # one object per cell: read once
     jobs = []
     for split, epoch in units:
         if len(source.split(split)) != spec.views(split):
@@ -104,7 +105,8 @@ def verify(
             )
         check = EpochCheck(split, epoch)
         report.epochs.append(check)
-        rows = _checked_rows(store, split, epoch, None if all_views else per_unit, seed, check)
+        count = None if all_views else per_unit
+        rows = _checked_rows(store, done[split][epoch], split, epoch, count, seed, check)
         jobs.append((check, rows))
     total, done = sum(_views_in(store.spec, c.split, r) for c, r in jobs), 0
     for check, rows in jobs:
@@ -119,9 +121,9 @@ def verify(
     return report
 
 
-def _checked_rows(store, split, epoch, count, seed, check) -> np.ndarray:
-    """Rows (train: pairs, val: views) to check, only from shards marked done; sorted."""
-    done = store.done(split)[epoch]
+def _checked_rows(store, done, split, epoch, count, seed, check) -> np.ndarray:
+    """Rows (train: pairs, val: views) to check, only from shards marked done (`done`: this
+    epoch's flags); sorted."""
     check.unfinished_shards = int((~done).sum())
     length = store.spec.layout(split)[0]
     views = store.spec.views(split)

@@ -19,8 +19,12 @@ def summarize(store: TargetStore) -> dict:
     bytes_on_disk = int(fs.du(base))
     array_bytes = sum(int(fs.du(f"{base}/{s}")) for s in spec.splits)
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
-    missing = {s: store.missing_shards(s) for s in spec.splits}
-    complete = store.complete_epochs("train") if "train" in spec.splits else []
+    # `done` is one object per (epoch, shard): read each split's once (on S3, E·S requests).
+    done = {s: store.done(s) for s in spec.splits}
+    missing = {s: [(int(e), int(sh)) for e, sh in np.argwhere(~d)] for s, d in done.items()}
+    complete = (
+        [int(e) for e in np.flatnonzero(done["train"].all(axis=1))] if "train" in done else []
+    )
     tau = 1.0 if 1.0 in spec.temperatures or not spec.temperatures else spec.temperatures[0]
     mass_split = (
         "train" if complete else ("val" if "val" in spec.splits and not missing["val"] else None)
@@ -58,26 +62,25 @@ def summarize(store: TargetStore) -> dict:
         "topk_mass_mean": mass,
         "val_teacher_top1": _val_accuracy(store, missing),
         "skipped_files": _skipped(store),
-        "progress": progress(store),
+        "progress": progress(store, done),
     }
 
 
-def progress(store: TargetStore, window: float = 60.0, now: float | None = None) -> dict:
-    """Shards done, views/s over the last `window` seconds (from the shards' completion
-    times) and the ETA of the rest, for a store that is being filled."""
+def progress(
+    store: TargetStore, done: dict[str, np.ndarray], window: float = 60.0, now: float | None = None
+) -> dict:
+    """Shards done (`done`: each split's flags), views/s over the last `window` seconds (from
+    the shards' completion times) and the ETA of the rest, for a store being filled."""
     now = time.time() if now is None else now
     done_views = total_views = recent_views = 0
     first = now
-    for split in store.spec.splits:
-        length = store.spec.layout(split)[0]
-        views = store.spec.views(split)
-        sizes = np.minimum(length, views - length * np.arange(store.spec.num_shards(split)))
-        done, at = store.done(split), store.done_times(split)
-        total_views += int(sizes.sum()) * done.shape[0]
-        done_views += int((done * sizes).sum())
-        recent_views += int((((at > now - window) & done) * sizes).sum())
-        if done.any():
-            first = min(first, float(at[done].min()))
+    for split, flags in done.items():
+        sizes, at = store.spec.shard_sizes(split), store.done_times(split)
+        total_views += int(sizes.sum()) * flags.shape[0]
+        done_views += int((flags * sizes).sum())
+        recent_views += int((((at > now - window) & flags) * sizes).sum())
+        if flags.any():
+            first = min(first, float(at[flags].min()))
     span = min(window, max(now - first, 1e-9))
     rate = recent_views / span if recent_views else 0.0
     left = total_views - done_views

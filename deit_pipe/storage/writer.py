@@ -154,7 +154,7 @@ def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
             shape=(epochs, spec.num_shards(split)),
             chunks=(1, 1),  # one object per cell: writers of different shards never share one
             dtype=dtype,
-            compressors=compressors("bool"),
+            compressors=compressors(dtype, cell=True),
             fill_value=fill,
             dimension_names=("epoch", "shard"),
             config={"write_empty_chunks": True},

@@ -146,10 +146,12 @@ def _fit_heads(state: dict, target: dict, notices: list[str]) -> None:
             )
 
 
-def init_from(model: nn.Module, source: str) -> dict:
-    """Load `source` into `model` (fitted); returns the provenance to record, with notices."""
-    state, info = load_source(source)
-    fitted, notices = fit_state_dict(state, model)
+def init_from(model: nn.Module, source: str, loaded: tuple | None = None) -> dict:
+    """Load `source` (or its `load_source` result, `loaded`) into `model`, fitted; returns
+    the provenance to record, with notices."""
+    state, info = loaded if loaded is not None else load_source(source)
+    info = dict(info)
+    fitted, notices = fit_state_dict(dict(state), model)
     model.load_state_dict(fitted, strict=False)
     for notice in notices:
         log.warning("--init-from %s: %s", source, notice)

@@ -120,12 +120,12 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
     return Recipe(view=ViewConfig.for_source(source)), source, None
 
 
-def resolve_model(cfg: TrainConfig, recipe: Recipe) -> TrainConfig:
-    """The model a run builds: as given, else the `--init-from` run's at this run's view size."""
-    if cfg.model or not cfg.init_from:
+def resolve_model(cfg: TrainConfig, recipe: Recipe, loaded: tuple | None) -> TrainConfig:
+    """The model a run builds: as given, else the `--init-from` run's (`loaded`, from
+    `load_source`) at this run's view size."""
+    if cfg.model or loaded is None:
         return replace(cfg, model=cfg.model or DEFAULT_MODEL)
-    _, info = load_source(cfg.init_from)
-    source_cfg = info.get("run_config")
+    source_cfg = loaded[1].get("run_config")
     if source_cfg is None:
         return replace(cfg, model=DEFAULT_MODEL)
     overrides = dict(source_cfg.get("model_overrides", {}))
@@ -136,7 +136,7 @@ def resolve_model(cfg: TrainConfig, recipe: Recipe) -> TrainConfig:
     )
 
 
-def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int):
+def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int, loaded=None):
     """(model on the device, its `--init-from` provenance or None)."""
     model = create_student(
         cfg.model, num_classes, drop_path=cfg.drop_path, seed=cfg.seed, **cfg.model_overrides
@@ -148,7 +148,7 @@ def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int
             f"{cfg.model} takes {expected[0]}×{expected[1]} inputs but the views are "
             f"{size}×{size}; pass --img-size {size}"
         )
-    provenance = init_from(model, cfg.init_from) if cfg.init_from else None
+    provenance = init_from(model, cfg.init_from, loaded) if cfg.init_from else None
     return model.to(ctx.device, memory_format=torch.channels_last), provenance
 
 
@@ -217,14 +217,15 @@ def resume(tr: Trainer) -> None:
 def build_trainer(cfg: TrainConfig) -> Trainer:
     ctx = setup_distributed(cfg.device)
     recipe, source, store = resolve_data(cfg)
-    cfg = resolve_model(cfg.resolved(recipe.name), recipe)
+    loaded = load_source(cfg.init_from) if cfg.init_from else None  # read and hashed once
+    cfg = resolve_model(cfg.resolved(recipe.name), recipe, loaded)
     split = source.split("train")
     per_epoch = steps_per_epoch(len(split), cfg.batch_size)
     if per_epoch == 0:
         raise DeitPipeError(
             f"global batch {cfg.batch_size} exceeds the {len(split)} views of an epoch"
         )
-    model, provenance = build_model(cfg, ctx, recipe, source.num_classes)
+    model, provenance = build_model(cfg, ctx, recipe, source.num_classes, loaded)
     optimizer, scheduler, ema = build_optimization(cfg, model, ctx, per_epoch)
     ddp = model
     if ctx.world_size > 1:
