@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from deit_pipe.audit import audit, classifier_label
 from deit_pipe.data import MixConfig, ViewConfig, open_source
 from deit_pipe.data.recipe import PRESETS, Recipe
+from deit_pipe.outputs import check_output_dir, replace_owned
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.tasks import Job
 from deit_pipe.pipeline.teacher import TeacherConfig
@@ -111,11 +111,16 @@ def student_config(out: Path, store: str, name: str, cfg: DemoConfig) -> TrainCo
     )
 
 
+def demo_outputs() -> tuple[str, ...]:
+    """What the demo writes into its folder: a rerun replaces these and touches nothing else."""
+    runs = (name.replace("⚗", "_distilled").replace(" ", "_") for name in STUDENTS)
+    return ("teacher", "teacher.zarr", *runs, "audit", "summary.json")
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> dict:
-    out = Path(cfg.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = check_output_dir(cfg.out, demo_outputs(), "demo").resolve()
+    replace_owned(out, demo_outputs())
+    out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
     def timed(stage: str, fn, *args, **kwargs):
@@ -134,7 +139,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     run_dirs = {}
     for i, name in enumerate(STUDENTS):
         log(f"3/4 training student {i + 1}/2: {name} ({cfg.student_epochs} epochs)")
-        run_dirs[name] = out / name.replace("⚗", "_distilled").replace(" ", "_")
+        run_dirs[name] = out / demo_outputs()[2 + i]
         timed(f"student {name}", train, student_config(run_dirs[name], store, name, cfg))
     log("4/4 auditing teacher-student agreement")
     report = timed("audit", audit, store, list(run_dirs.values()), out / "audit", device="cpu")

@@ -43,3 +43,21 @@ class StoreIncompleteError(StoreError):
 
 class StoreCorruptError(StoreError):
     """A chunk failed its checksum or cannot be decoded."""
+
+
+class ConfigError(DeitPipeError):
+    """An argument's value is out of range or inconsistent with another (checked up front)."""
+
+
+class OutputPathError(DeitPipeError):
+    """An output path holds something deit-pipe did not write: it is never written into."""
+
+
+class LockedError(DeitPipeError):
+    """Another job is writing the same store or run directory."""
+
+
+def check(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok`: argument checks that read as the rule."""
+    if not ok:
+        raise ConfigError(message)

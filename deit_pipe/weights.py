@@ -65,8 +65,22 @@ def load_weights_file(path: Path | str, what: str = "checkpoint") -> object:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WeightsFileError(f"{what} {path} has a corrupt safetensors header: {exc}") from None
     except Exception as exc:  # truncated archives, pickles that hold code
-        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
-        raise WeightsFileError(f"cannot load {what} {path} ({kind} file): {reason}") from None
+        raise WeightsFileError(
+            f"cannot load {what} {path} ({kind} file): {refusal_reason(exc)}"
+        ) from None
+
+
+def refusal_reason(exc: Exception) -> str:
+    """The line of a loader's error that says why: torch's weights-only refusal buries it
+    ("Trying to load unsupported GLOBAL posix.system") under advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        why = next(
+            (ln for ln in lines[1:] if not ln.startswith(("Check the documentation", "Please"))),
+            "it holds objects other than tensors",
+        )
+        return f"torch.load(weights_only=True) refused it: {why.split('error: ', 1)[-1]}"
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def state_dict_of(obj: object, path: Path | str, what: str = "checkpoint") -> dict:

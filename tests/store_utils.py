@@ -66,3 +66,36 @@ def write_shards_in_process(url: str, shards: list[int]) -> None:
     writer = StoreWriter(url)
     for s in shards:
         fill(writer, "train", 0, s)
+
+
+def tamper_fingerprint(url: str, split: str, epoch: int, slot: int, value: int) -> None:
+    """Change one stored fingerprint *and* its shard's checksum record: a consistent store
+    whose views differ from what this machine renders (another library version, say), as
+    opposed to a damaged one, which the checksums catch first."""
+    import zarr
+
+    from deit_pipe.storage.format import CHECKSUM, StoreSpec, shard_checksum
+
+    group = zarr.open_group(url, mode="r+")
+    spec = StoreSpec.from_meta(group.attrs["deit_pipe"])
+    group[f"{split}/fingerprint"][epoch, slot] = np.uint64(value)
+    length = spec.layout(split)[0]
+    shard = slot // length
+    rows = slice(shard * length, min((shard + 1) * length, spec.views(split)))
+    sums = group[f"{split}/{CHECKSUM}"][epoch, shard]
+    sums[spec.arrays.index("fingerprint")] = shard_checksum(
+        group[f"{split}/fingerprint"][epoch, rows]
+    )
+    group[f"{split}/{CHECKSUM}"][epoch, shard] = sums
+
+
+def resign_meta(url: str, edit) -> None:
+    """Edit a store's metadata and sign it again, as a deliberate (not a damaging) change."""
+    import zarr
+
+    from deit_pipe.storage.format import meta_checksum
+
+    group = zarr.open_group(url, mode="r+")
+    meta = group.attrs["deit_pipe"]
+    edit(meta)
+    group.attrs["deit_pipe"] = {**meta, "checksum": meta_checksum(meta)}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from deit_pipe.cli import main
 from deit_pipe.data.views import erasing_noise
 from deit_pipe.errors import StoreFormatError, StoreMismatchError
-from deit_pipe.storage import TargetStore, create_store
+from deit_pipe.storage import FORMAT_VERSION, TargetStore, create_store
 from tests.store_utils import fill_all, make_spec
 
 # Renders the first pairs of epoch 0 with the DeiT recipe, erasing raised so most views are
@@ -62,18 +62,19 @@ def test_erasing_noise_is_standard_normal_shaped_and_exact():
     assert np.array_equal(again, x.astype(np.float32))
 
 
-def test_a_format_1_store_is_refused_with_the_command_that_remakes_it(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_format_store_is_refused_with_the_command_that_remakes_it(tmp_path, version):
     url = str(tmp_path / "old.zarr")
     fill_all(url, make_spec())
     group = zarr.open_group(url, mode="r+")
     meta = group.attrs["deit_pipe"]
-    meta["format_version"] = 1
+    meta["format_version"] = version
     meta["plan"].update(epochs=2, seed=0, repeats=3)
     group.attrs["deit_pipe"] = meta
     with pytest.raises(StoreFormatError) as err:
         TargetStore(url)
     message = str(err.value)
-    assert "format version 1" in message and "\n" not in message
+    assert f"format version {version}" in message and "\n" not in message
     assert f"deit-pipe precompute --data fake:test --out {url} --epochs 2" in message
     assert "--overwrite" in message
     result = CliRunner().invoke(main, ["inspect", url])
@@ -82,4 +83,4 @@ def test_a_format_1_store_is_refused_with_the_command_that_remakes_it(tmp_path):
     with pytest.raises(StoreMismatchError, match="--overwrite"):
         create_store(url, make_spec())
     create_store(url, make_spec(), overwrite=True)
-    assert TargetStore(url).meta["format_version"] == 2
+    assert TargetStore(url).meta["format_version"] == FORMAT_VERSION == 3

@@ -149,8 +149,8 @@ def test_refusals_each_name_what_differs(tmp_path):
         store.stored_epoch(3)
     group = zarr.open_group(url, mode="r+")
     meta = group.attrs["deit_pipe"]
-    group.attrs["deit_pipe"] = {**meta, "format_version": 3}
-    with pytest.raises(StoreFormatError, match="format version 3; this deit-pipe reads version 2"):
+    group.attrs["deit_pipe"] = {**meta, "format_version": 4}
+    with pytest.raises(StoreFormatError, match="format version 4; this deit-pipe reads version 3"):
         TargetStore(url)
     with pytest.raises(StoreFormatError, match="no target store"):
         TargetStore(str(tmp_path / "nothing.zarr"))

@@ -6,7 +6,6 @@ import sys
 import time
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 import zarr
@@ -20,6 +19,7 @@ from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.tasks import Job
 from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.student.train import TrainConfig, train
+from tests.store_utils import resign_meta, tamper_fingerprint
 
 TEACHER = TeacherConfig("regnety_002", random_init=True)
 TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
@@ -183,8 +183,7 @@ def test_tampered_fingerprint_stops_training(exact_store, tmp_path):
 
     plan = R.from_dict(zarr.open_group(url, mode="r").attrs["deit_pipe"]["plan"])
     assert plan.view.input_size == 32
-    group = zarr.open_group(url, mode="r+")
-    group["train/fingerprint"][0, 7] = np.uint64(12345)
+    tamper_fingerprint(url, "train", 0, 7, 12345)
     with pytest.raises(ReplayError, match="slot 7 of epoch 0"):
         train(base_cfg(tmp_path / "run", store=url, distill="hard"))
 
@@ -194,11 +193,12 @@ def test_store_plan_with_another_input_size_stops_at_replay(exact_store, tmp_pat
 
     url = str(tmp_path / "resized.zarr")
     shutil.copytree(exact_store, url)
-    group = zarr.open_group(url, mode="r+")
-    meta = group.attrs["deit_pipe"]
-    meta["plan"]["transform"]["input_size"] = 48
-    meta["plan"]["input_size"] = 48
-    group.attrs["deit_pipe"] = meta
+
+    def resize(meta):
+        meta["plan"]["transform"]["input_size"] = 48
+        meta["plan"]["input_size"] = 48
+
+    resign_meta(url, resize)
     with pytest.raises(ReplayError, match="replayed view differs"):
         train(
             base_cfg(

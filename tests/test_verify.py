@@ -3,14 +3,13 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
-import zarr
 from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.pipeline.verify import verify
 from tests.conftest import write_jpeg
+from tests.store_utils import tamper_fingerprint
 
 
 def _precompute(data: str, url, *extra: str) -> None:
@@ -46,7 +45,7 @@ def test_a_good_store_verifies(digits_store):
 def test_a_tampered_fingerprint_is_found(digits_store, tmp_path):
     url = tmp_path / "tampered.zarr"
     shutil.copytree(digits_store, url)
-    zarr.open_group(str(url), mode="r+")["train/fingerprint"][1, 7] = np.uint64(12345)
+    tamper_fingerprint(str(url), "train", 1, 7, 12345)
     report = verify(str(url), all_views=True)
     assert not report.ok and report.mismatches == 1
     bad = report.epochs[1]

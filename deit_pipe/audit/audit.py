@@ -20,6 +20,7 @@ from deit_pipe.audit.plots import agreement_heatmap, training_curves
 from deit_pipe.data import PairDataset, collate_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import DeitPipeError, ReplayError
+from deit_pipe.outputs import check_output_dir
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.models import heads
@@ -79,6 +80,9 @@ def _names(runs: list[Run]) -> list[str]:
     ]
 
 
+AUDIT_FILES = ("agreement.json", "agreement.png", "curves.png", "report.md")
+
+
 def audit(
     store_url: str,
     run_paths: list[Path | str],
@@ -89,6 +93,7 @@ def audit(
     device: str = "auto",
     storage_options: dict | None = None,
 ) -> AuditResult:
+    out = check_output_dir(out, AUDIT_FILES, "audit report")
     store = TargetStore(store_url, storage_options)
     if "val" not in store.spec.splits or store.missing_shards("val"):
         raise DeitPipeError(

@@ -18,7 +18,8 @@ console = Console(stderr=False)
 
 
 class _Group(click.Group):
-    """Turns a DeitPipeError anywhere below into one line on stderr and exit code 1."""
+    """Turns a DeitPipeError anywhere below into one line on stderr and exit code 1, and a
+    bad flag or value into one line naming it and exit code 2."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -26,6 +27,25 @@ class _Group(click.Group):
         except DeitPipeError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+
+    def main(self, *args, **kwargs):
+        kwargs.setdefault("standalone_mode", True)
+        if not kwargs["standalone_mode"]:
+            return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "deit-pipe"
+            click.echo(f"error: {exc.format_message()} (see {command} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,7 +21,7 @@ from deit_pipe.cli import console, main, storage_options_option
     type=click.Path(path_type=Path),
     help="Run directory (repeat for several).",
 )
-@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(), help="Report directory (new or empty).")
 @click.option("--ema", is_flag=True, help="Audit the runs' EMA weights.")
 @click.option(
     "--train-views",
@@ -34,7 +34,7 @@ from deit_pipe.cli import console, main, storage_options_option
 def audit_cmd(
     store: str,
     runs: tuple[Path, ...],
-    out: Path,
+    out: str,
     ema: bool,
     train_views: int,
     storage_options: dict | None,
@@ -71,7 +71,12 @@ def audit_cmd(
 
 
 @main.command()
-@click.option("--out", default="runs/demo", show_default=True, help="Demo folder (replaced).")
+@click.option(
+    "--out",
+    default="runs/demo",
+    show_default=True,
+    help="Demo folder: new, empty, or an earlier demo (whose files it replaces).",
+)
 @click.option("--quick", is_flag=True, help="A smaller variant (< 2 minutes), for tests.")
 def demo(out: str, quick: bool) -> None:
     """The whole method end to end on the digits set: teacher, store, two students, audit."""

@@ -78,6 +78,24 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
     console.print(table, highlight=False)
 
 
+def parse_temperatures(text: str) -> tuple[float, ...]:
+    """`--temperatures 1,3` as floats, each finite and positive (τ = 0 divides by zero)."""
+    import math
+
+    try:
+        taus = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of numbers", param_hint="--temperatures"
+        ) from None
+    bad = [t for t in taus if not (math.isfinite(t) and t > 0)]
+    if bad:
+        raise click.BadParameter(
+            f"τ must be finite and positive, got {bad[0]:g}", param_hint="--temperatures"
+        )
+    return taus
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -121,16 +139,19 @@ def _filling(info: dict) -> str:
 @main.command()
 @click.option("--data", "spec", required=True, help="Dataset spec.")
 @click.option("--out", "url", required=True, help="Store path or fsspec URL.")
-@click.option("--epochs", type=int, required=True, help="Training epochs to precompute.")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), required=True, help="Training epochs to precompute."
+)
 @click.option(
     "--split", type=click.Choice(["train", "val", "both"]), default="both", show_default=True
 )
-@click.option("--top-k", type=int, default=10, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
     "--temperatures",
     default="1,3",
     show_default=True,
-    help="τ values whose logsumexp is stored (comma-separated).",
+    callback=lambda ctx, param, value: parse_temperatures(value),
+    help="τ values whose logsumexp is stored (comma-separated, each > 0).",
 )
 @click.option(
     "--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
@@ -151,7 +172,7 @@ def _filling(info: dict) -> str:
 )
 @click.option(
     "--shard-views",
-    type=int,
+    type=click.IntRange(min=2),
     default=None,
     help="Views per shard (one task each) [default: the split's epoch up to 65,536 views].",
 )
@@ -164,28 +185,37 @@ def _filling(info: dict) -> str:
 )
 @click.option("--pretrained", is_flag=True, help="timm hub weights for --teacher (network).")
 @click.option("--random-init", is_flag=True, help="Seeded random teacher (tests/benchmarks).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option(
     "--loader-workers",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="DataLoader processes per task.",
 )
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
     help="Local dask worker processes [default: one per GPU, else 1]; 0 = no dask.",
 )
-@click.option("--threads-per-worker", type=int, default=1, show_default=True)
+@click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--scheduler", default=None, help="Join an existing dask cluster (tcp://HOST:PORT).")
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--skip-bad", is_flag=True, help="Scan first; exclude and record unreadable files.")
 @click.option("--compile", "compile_teacher", is_flag=True, help="torch.compile the teacher.")
-@click.option("--overwrite", is_flag=True, help="Replace a store holding a different job.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a deit-pipe store holding a different job (never anything else).",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Re-check every finished shard against its checksums; recompute damaged ones.",
+)
 @storage_options_option
 @recipe_options
 def precompute(
@@ -210,6 +240,7 @@ def precompute(
     skip_bad,
     compile_teacher,
     overwrite,
+    repair,
     storage_options,
     targets,
     dry_run,
@@ -237,8 +268,7 @@ def precompute(
         storage_options=storage_options,
     )
     splits = ("train", "val") if split == "both" else (split,)
-    taus = tuple(float(t) for t in temperatures.split(","))
-    what = dict(epochs=epochs, splits=splits, k=top_k, temperatures=taus, targets=targets)
+    what = dict(epochs=epochs, splits=splits, k=top_k, temperatures=temperatures, targets=targets)
     what["value_dtype"] = value_dtype
     if dry_run:
         from deit_pipe.pipeline.cost import estimate
@@ -275,6 +305,7 @@ def precompute(
             **what,
             shard_views=shard_views,
             overwrite=overwrite,
+            repair=repair,
             workers=workers,
             threads_per_worker=threads_per_worker,
             scheduler=scheduler,
@@ -350,11 +381,15 @@ def verify(store, spec, sample, all_views, workers, as_json, storage_options) ->
             )
         drift = f"; library versions differ: {report.version_drift}" if report.version_drift else ""
         dataset = "" if report.dataset_matches else "the dataset changed since it was made; "
-        click.echo(
-            f"error: {store}: {dataset}{report.mismatches} of {report.checked} re-rendered views "
-            f"differ{where}{drift}",
-            err=True,
-        )
+        damaged = f"{len(report.damaged)} damaged shard(s), first: " if report.damaged else ""
+        if damaged:
+            click.echo(f"error: {damaged}{report.damaged[0]}", err=True)
+        else:
+            click.echo(
+                f"error: {store}: {dataset}{report.mismatches} of {report.checked} re-rendered "
+                f"views differ{where}{drift}",
+                err=True,
+            )
         raise SystemExit(1)
 
 
@@ -368,7 +403,7 @@ def _verify_rows(epochs: list) -> list:
     rows = []
     for split in dict.fromkeys(e.split for e in epochs):
         mine = [e for e in epochs if e.split == split]
-        clean = [e for e in mine if not e.mismatches and not e.unfinished_shards]
+        clean = [e for e in mine if not e.mismatches and not e.unfinished_shards and not e.damaged]
         if len(clean) > 1:
             span = f"{clean[0].epoch}–{clean[-1].epoch} ({len(clean)} clean)"
             rows.append(replace(clean[0], epoch=span, checked=sum(e.checked for e in clean)))
@@ -389,15 +424,17 @@ def _print_verify(report) -> None:
             )
         if e.unfinished_shards:
             first = (first + " " if first else "") + f"[{e.unfinished_shards} shards not done]"
+        if e.damaged:
+            first = (first + " " if first else "") + f"[{len(e.damaged)} damaged: --repair]"
         table.add_row(e.split, str(e.epoch), f"{e.checked:,}", str(e.mismatches), first)
     console.print(table)
     if not report.dataset_matches:
         console.print("dataset: files changed since the store was made (fingerprint differs)")
     for lib, change in report.version_drift.items():
         console.print(f"version: {lib} {change}", highlight=False)
-    verdict = "OK" if report.ok else "MISMATCH"
+    verdict = "OK" if report.ok else ("DAMAGED" if report.damaged else "MISMATCH")
     console.print(
         f"{verdict}: {report.checked:,} views re-rendered in {report.seconds:.1f} s, "
-        f"{report.mismatches} differ",
+        f"{report.mismatches} differ; {len(report.damaged)} damaged shard arrays",
         highlight=False,
     )

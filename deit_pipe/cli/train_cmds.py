@@ -30,7 +30,7 @@ def _train_options(fn):
     preset = "[default: the recipe preset's]"
     options = [
         click.option(
-            "--out", required=True, type=click.Path(path_type=Path), help="Run directory."
+            "--out", required=True, type=click.Path(), help="Run directory (new or empty)."
         ),
         click.option("--store", default=None, help="Target store (offline distillation)."),
         click.option("--data", "spec", default=None, help="Dataset spec (without --store)."),
@@ -113,7 +113,10 @@ def _train_options(fn):
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps."),
         click.option(
-            "--nproc-per-node", type=int, default=None, help="Relaunch under torchrun with N ranks."
+            "--nproc-per-node",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Relaunch under torchrun with N ranks.",
         ),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
@@ -125,8 +128,9 @@ def _train_options(fn):
 @recipe_options
 def train(**opts) -> None:
     """Train a DeiT student from stored targets (or online / plain supervised)."""
-    if opts.pop("nproc_per_node"):
-        _relaunch_torchrun()
+    nproc = opts.pop("nproc_per_node")
+    if nproc:
+        _relaunch_torchrun(nproc)
     from deit_pipe.data import open_source
     from deit_pipe.student.models import ARCH_OVERRIDES
     from deit_pipe.student.train import TrainConfig
@@ -141,8 +145,15 @@ def train(**opts) -> None:
             raise click.UsageError("give --store STORE, or --data SPEC")
         recipe = build_recipe(open_source(opts["spec"]), dict(opts)).to_dict()
     preset = opts.pop("recipe")
+    source = click.get_current_context().get_parameter_source
     for flag in (*RECIPE_FLAGS, "scale_min", "seed"):  # the store's recipe rules a store run
-        opts.pop(flag)
+        value = opts.pop(flag)
+        given = value is not None and source(flag) == click.core.ParameterSource.COMMANDLINE
+        if opts["store"] is not None and given:
+            raise click.UsageError(
+                f"--{flag.replace('_', '-')} sets the views' recipe, which a run from --store "
+                "takes from the store: drop it, or precompute a store with it"
+            )
     cfg = TrainConfig(
         out=str(opts.pop("out")),
         data=opts.pop("spec"),
@@ -186,13 +197,17 @@ def train(**opts) -> None:
         console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
 
 
-def _relaunch_torchrun() -> None:
+def _relaunch_torchrun(nproc: int) -> None:
     import subprocess
 
-    args = sys.argv[1:]
-    i = args.index("--nproc-per-node")
-    nproc = args[i + 1]
-    args = args[:i] + args[i + 2 :]
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # drop --nproc-per-node N and --nproc-per-node=N
+        if skip or arg.startswith("--nproc-per-node="):
+            skip = False
+            continue
+        skip = arg == "--nproc-per-node"
+        if not skip:
+            args.append(arg)
     cmd = [
         sys.executable,
         "-m",

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from deit_pipe.errors import PlanError
+from deit_pipe.errors import PlanError, check
 
 MIX_NONE, MIX_MIXUP, MIX_CUTMIX = 0, 1, 2
 MIX_NAMES = ("none", "mixup", "cutmix")
@@ -33,6 +33,12 @@ class MixConfig:
     switch_prob: float = 0.5
     cutmix_minmax: tuple[float, float] | None = None
     correct_lam: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.mixup_alpha >= 0, f"--mixup must be ≥ 0 (0 = off), got {self.mixup_alpha:g}")
+        check(self.cutmix_alpha >= 0, f"--cutmix must be ≥ 0 (0 = off), got {self.cutmix_alpha:g}")
+        for flag, p in (("--mixup-prob", self.prob), ("--mixup-switch-prob", self.switch_prob)):
+            check(0 <= p <= 1, f"{flag} is a probability in [0, 1], got {p:g}")
 
     @property
     def active(self) -> bool:

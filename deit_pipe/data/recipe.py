@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from deit_pipe.data.plan import RA_BLOCK, EpochPlan, MixConfig, plan
 from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
-from deit_pipe.errors import PlanError
+from deit_pipe.errors import PlanError, check
 
 # Bump when plan() or render() would produce other views for the same recipe.
 PLAN_VERSION = 2  # 2: portable random-erasing noise
@@ -33,6 +33,10 @@ class Recipe:
     view: ViewConfig = field(default_factory=ViewConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     name: str = "deit"  # the preset it started from; its values are recorded beside it
+
+    def __post_init__(self) -> None:
+        check(self.repeats >= 1, f"--repeats must be at least 1, got {self.repeats}")
+        check(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
 
     def epoch_plan(self, epoch: int, num_samples: int) -> EpochPlan:
         return plan(self.seed, epoch, num_samples, self.repeats, self.mix, self.view.input_size)

@@ -214,15 +214,35 @@ def _class_files(split_dir: Path) -> dict[str, list[str]]:
     files: dict[str, list[str]] = {}
     for name in classes:
         found = sorted(
-            str(Path(dirpath, f).relative_to(split_dir.parent))
-            for dirpath, _, names in os.walk(split_dir / name, followlinks=True)
-            for f in names
-            if f.lower().endswith(IMAGE_EXTENSIONS)
+            str(Path(path).relative_to(split_dir.parent))
+            for path in _walk_within(split_dir / name)
+            if path.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not found:
             raise DataError(f"empty class folder (no image files): {split_dir / name}")
         files[name] = found
     return files
+
+
+def _walk_within(class_dir: Path) -> list[str]:
+    """Files under `class_dir`, following a linked folder only when it resolves inside the
+    class folder and was not seen yet: a link out of the class (into another class, or out of
+    the dataset) or back up into itself would count images twice or under the wrong label."""
+    real = os.path.realpath(class_dir)
+    seen, found, stack = {real}, [], [str(class_dir)]
+    while stack:
+        top = stack.pop()
+        with os.scandir(top) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    target = os.path.realpath(entry.path)
+                    inside = target == real or target.startswith(real + os.sep)
+                    if inside and target not in seen:
+                        seen.add(target)
+                        stack.append(entry.path)
+                elif entry.is_file():
+                    found.append(entry.path)
+    return found
 
 
 def _imagefolder(spec: str, root: Path, skip: dict[str, str]) -> Source:

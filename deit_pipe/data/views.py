@@ -32,11 +32,15 @@ from torchvision.transforms import transforms as tv_transforms
 
 from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
 from deit_pipe.data.sources import Source
+from deit_pipe.errors import check
 
 Transform = Callable[[Image.Image], torch.Tensor]
 # Renders patch module attributes (below); one render at a time per process.
 _RNG_LOCK = threading.RLock()
 _TAG_NOISE = 0x4E015E  # the erasing-noise stream of a view seed
+
+
+_AA_POLICIES = ("original", "originalr", "v0", "v0r", "3a")  # timm auto_augment_policy
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,31 @@ class ViewConfig:
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
     crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        check(self.input_size >= 8, f"--input-size must be at least 8, got {self.input_size}")
+        lo, hi = self.scale
+        check(0 < lo <= hi <= 1, f"--scale-min must be in (0, 1], got {lo:g}")
+        for flag, p in (("--hflip", self.hflip), ("vflip", self.vflip), ("--reprob", self.re_prob)):
+            check(0 <= p <= 1, f"{flag} is a probability in [0, 1], got {p:g}")
+        check(self.color_jitter >= 0, f"--color-jitter must be ≥ 0, got {self.color_jitter:g}")
+        check(self.re_count >= 1, f"--recount must be at least 1, got {self.re_count}")
+        check(
+            self.re_mode in ("const", "rand", "pixel"),
+            f"--remode must be const, rand or pixel, got {self.re_mode!r}",
+        )
+        check(
+            self.interpolation in ("bicubic", "bilinear", "nearest", "random"),
+            f"--interpolation must be bicubic, bilinear, nearest or random, "
+            f"got {self.interpolation!r}",
+        )
+        check(0 < self.crop_pct <= 1, f"crop_pct must be in (0, 1], got {self.crop_pct:g}")
+        aa = self.auto_augment
+        check(
+            not aa or aa.startswith(("rand-", "augmix-", "trivialaugwide")) or aa in _AA_POLICIES,
+            f"--aa {aa!r} is not a timm auto-augment string (e.g. rand-m9-mstd0.5-inc1, "
+            "augmix-m5-w4-d2, original, v0) or 'none'",
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

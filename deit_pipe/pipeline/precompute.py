@@ -13,15 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from deit_pipe.data import open_checked
+from deit_pipe.data import Source, open_checked
 from deit_pipe.data.recipe import Recipe
-from deit_pipe.errors import DeitPipeError, StoreError
+from deit_pipe.errors import ConfigError, DeitPipeError, StoreCorruptError, check
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
 from deit_pipe.pipeline.teacher import build_teacher, check_normalization
-from deit_pipe.storage import StoreSpec, StoreWriter, create_store, write_manifest
+from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
 from deit_pipe.storage.io import file_system
+from deit_pipe.storage.place import probe, refuse_unusable, store_lock
 
 log = logging.getLogger(__name__)
 Task = tuple[str, int, int]  # (split, epoch, shard)
@@ -39,7 +41,7 @@ class Summary:
         return self.views / self.seconds if self.seconds else 0.0
 
 
-def prepare_store(
+def store_spec(
     job: Job,
     *,
     epochs: int,
@@ -49,23 +51,22 @@ def prepare_store(
     value_dtype: str = "float16",
     shard_views: int | None = None,
     targets: str = "soft",
-    overwrite: bool = False,
-) -> StoreWriter:
-    """Check dataset, teacher and plan agree; create the store or reopen the same job.
+) -> tuple[StoreSpec, Source]:
+    """Check dataset, teacher, plan and store options agree, writing nothing; the spec of the
+    store they make, and the opened dataset.
 
     `shard_views=None` sizes shards and chunks per split from its view count
     (`storage.format.shard_layout`).
     """
-    if shard_views is not None and shard_views % 2:
-        raise StoreError(f"--shard-views {shard_views} must be even (pairs never straddle shards)")
+    check(job.batch_size >= 1, f"--batch-size must be at least 1, got {job.batch_size}")
+    check(job.loader_workers >= 0, f"--loader-workers must be ≥ 0, got {job.loader_workers}")
+    check(job.threads >= 1, f"--threads-per-worker must be at least 1, got {job.threads}")
     source = open_checked(job.data, skip_bad=job.skip_bad)
     recipe = Recipe.from_dict(job.recipe)
     _, teacher = build_teacher(job.teacher, source.num_classes)
     check_normalization(teacher, recipe.view.mean, recipe.view.std)
     if targets == "hard":  # the paper's default distillation needs the top-1 class alone
         k, temperatures = 1, ()
-    if k > source.num_classes:
-        raise StoreError(f"--top-k {k} exceeds the dataset's {source.num_classes} classes")
     spec = StoreSpec(
         dataset={
             "spec": source.spec,
@@ -83,15 +84,30 @@ def prepare_store(
         shard_views=shard_views,
         targets=targets,
     )
+    return spec, source
+
+
+def prepare_store(job: Job, *, overwrite: bool = False, **store_options) -> StoreWriter:
+    """`store_spec`, then create the store (or reopen the same job) and write its manifest.
+
+    The caller holds the store's lock where other jobs may run (`precompute` does)."""
+    spec, source = store_spec(job, **store_options)
     writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
     write_manifest(writer, source)
     return writer
 
 
+def check_device(device: str) -> None:
+    """`cuda` asked for on a machine without it is refused, never silently run on the CPU."""
+    check(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, not {device}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible here (use auto or cpu)")
+
+
 def pending(writer: StoreWriter) -> list[Task]:
     """Shards not marked done: val first, then epoch-major, so a student following the store
     (`train --follow`) gets whole epochs as early as possible."""
-    done = {s: writer.group[s]["done"][:] for s in writer.spec.splits}
+    done = {s: writer.done(s) for s in writer.spec.splits}
     tasks = [
         (s, int(e), int(sh))
         for s in writer.spec.splits
@@ -161,7 +177,7 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
                 processes=True,
                 resources={"GPU": 1} if gpus else None,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # a failed task reaches the user once: its error
             )
         resources = {"GPU": 1} if gpus else None
     try:
@@ -183,6 +199,16 @@ def _order(split: str, epoch: int) -> int:
     return -1 if split == "val" else epoch
 
 
+def _settled(task_fn, job: Job, *task) -> TaskResult | DeitPipeError:
+    """Run a task on a dask worker, returning (not raising) a DeitPipeError: such an error
+    (a full disk, an unreadable image) is deterministic, so dask's retries would only repeat
+    it; the client raises it, once. Other exceptions are retried."""
+    try:
+        return task_fn(job, *task)
+    except DeitPipeError as exc:
+        return exc
+
+
 def _windowed(client, job, tasks, resources, retries, task_fn, as_completed):
     """Submit `tasks` in order, keeping in flight only epochs below the oldest unfinished
     epoch + `epoch_window`."""
@@ -195,8 +221,9 @@ def _windowed(client, job, tasks, resources, retries, task_fn, as_completed):
     def submit(task):
         key = f"deit-pipe-{task[0]}-{task[1]}-{task[2]}"
         return client.submit(
-            task_fn, job, *task, key=key, pure=False, retries=retries, resources=resources
-        )
+            _settled, task_fn, job, *task, key=key, pure=False, retries=retries,
+            resources=resources,
+        )  # fmt: skip
 
     def admit(done_pool) -> None:
         window = epoch_window(len(client.scheduler_info()["workers"]) or 1, per_epoch)
@@ -209,6 +236,8 @@ def _windowed(client, job, tasks, resources, retries, task_fn, as_completed):
     try:
         for future in pool:
             result = future.result()
+            if isinstance(result, DeitPipeError):
+                raise result
             key = _order(result.split, result.epoch)
             unfinished[key] -= 1
             if not unfinished[key]:
@@ -259,23 +288,58 @@ def precompute(
     scheduler: str | None = None,
     progress: Callable[[TaskResult], None] | None = None,
     on_plan: Callable[[list[Task], StoreWriter], None] | None = None,
+    overwrite: bool = False,
+    repair: bool = False,
     **store_options,
 ) -> Summary:
     """Prepare the store and run every shard not yet done (resume = call again).
 
-    `store_options` are `prepare_store`'s: epochs, splits, k, temperatures, value_dtype,
-    shard_views (None: sized per split), overwrite.
+    Every argument is checked before anything is written; the store's writer lock is held
+    for the whole job, so a second job on the same store is refused naming this one.
+    `repair` first re-checks every done shard against its checksums and recomputes those
+    that differ. `store_options` are `store_spec`'s: epochs, splits, k, temperatures,
+    value_dtype, shard_views (None: sized per split), targets.
     """
-    writer = prepare_store(job, **store_options)
-    tasks = pending(writer)
-    if on_plan:
-        on_plan(tasks, writer)
-    log.info("%d shards to compute", len(tasks))
-    return run(
-        job,
-        tasks,
-        workers=workers,
-        threads_per_worker=threads_per_worker,
-        scheduler=scheduler,
-        progress=progress,
-    )
+    check(workers is None or workers >= 0, f"--workers must be ≥ 0, got {workers}")
+    if scheduler is None:  # an existing cluster's workers have their own devices
+        check_device(job.device)
+    spec, source = store_spec(job, **store_options)
+    refuse_unusable(job.url, probe(job.url, job.storage_options))
+    with store_lock(job.url, "precompute", job.storage_options):
+        writer = create_store(
+            job.url, spec, overwrite=overwrite, storage_options=job.storage_options
+        )
+        write_manifest(writer, source)
+        if repair:
+            for split, epoch, shard in damaged_shards(job.url, job.storage_options):
+                log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
+                writer.mark_undone(split, epoch, shard)
+        tasks = pending(writer)
+        if on_plan:
+            on_plan(tasks, writer)
+        log.info("%d shards to compute", len(tasks))
+        return run(
+            job,
+            tasks,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            scheduler=scheduler,
+            progress=progress,
+        )
+
+
+def damaged_shards(url: str, storage_options: dict | None = None) -> list[Task]:
+    """Shards marked done whose stored bytes differ from their write-time checksums."""
+    store = TargetStore(url, storage_options)
+    found = []
+    try:
+        for split in store.spec.splits:
+            for epoch in range(store.spec.split_epochs(split)):
+                try:
+                    found += [(split, epoch, p.shard) for p in store.shard_problems(split, epoch)]
+                except StoreCorruptError:  # a chunk that fails to decode: redo the epoch
+                    done = np.flatnonzero(store.done(split)[epoch])
+                    found += [(split, epoch, int(shard)) for shard in done]
+    finally:
+        store.close()
+    return sorted(set(found))

@@ -61,6 +61,14 @@ def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module
             raise TeacherError(
                 f"teacher checkpoint {path} predicts {head} classes; the dataset has {num_classes}"
             )
+        own = model.state_dict()
+        for key, value in state.items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                raise TeacherError(
+                    f"teacher checkpoint {path} does not fit {cfg.name}: {key} has shape "
+                    f"{list(value.shape)} in the file, {list(own[key].shape)} in the model "
+                    "(weights of another architecture or size?)"
+                )
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise TeacherError(

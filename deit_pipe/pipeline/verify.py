@@ -32,6 +32,7 @@ class EpochCheck:
     mismatches: int = 0
     unfinished_shards: int = 0
     first_mismatch: dict | None = None  # slot, sample, file (and the pair partner's)
+    damaged: list[str] = field(default_factory=list)  # done shards failing their checksums
 
 
 @dataclass
@@ -51,13 +52,24 @@ class VerifyReport:
         return sum(e.mismatches for e in self.epochs)
 
     @property
+    def damaged(self) -> list[str]:
+        return [line for e in self.epochs for line in e.damaged]
+
+    @property
     def ok(self) -> bool:
-        """Every checked view matches, and the dataset is the one the store was made from
-        (training refuses another one even where its views happen to match)."""
-        return self.mismatches == 0 and self.checked > 0 and self.dataset_matches
+        """Every checked view matches, every finished shard holds what was written, and the
+        dataset is the one the store was made from (training refuses another one even where
+        its views happen to match)."""
+        clean = self.mismatches == 0 and not self.damaged
+        return clean and self.checked > 0 and self.dataset_matches
 
     def to_json(self) -> dict:
-        totals = {"checked": self.checked, "mismatches": self.mismatches, "ok": self.ok}
+        totals = {
+            "checked": self.checked,
+            "mismatches": self.mismatches,
+            "damaged": self.damaged,
+            "ok": self.ok,
+        }
         return {**asdict(self), **totals}
 
 
@@ -105,6 +117,9 @@ def verify(
             )
         check = EpochCheck(split, epoch)
         report.epochs.append(check)
+        # Values too, not only fingerprints: a lost chunk reads as zeros, which only the
+        # checksums recorded at write time tell from data.
+        check.damaged = [str(p) for p in store.shard_problems(split, epoch)]
         count = None if all_views else per_unit
         rows = _checked_rows(store, done[split][epoch], split, epoch, count, seed, check)
         jobs.append((check, rows))

@@ -1,32 +1,40 @@
-"""The target store, format version 2: metadata, array layout and codecs (a public contract).
+"""The target store, format version 3: metadata, array layout and codecs (a public contract).
 
-A Zarr v3 group; `attrs["deit_pipe"]` holds the metadata below. Per split (`train`, `val`):
+A Zarr v3 group; `attrs["deit_pipe"]` holds the metadata below and a sha256 `checksum` of
+all of it, checked on every open. Per split (`train`, `val`):
 
     topk_values   [E, V, k]  float16|float32  teacher logits, sorted descending
-    topk_indices  [E, V, k]  uint16 (uint32 if C > 65535)
+    topk_indices  [E, V, k]  uint16 (uint32 if C > 65536)
     logsumexp     [E, V, T]  float32  logsumexp(z/τ) over all C classes, per τ
     fingerprint   [E, V]     uint64   blake2b-64 of the view's float32 bytes
+    checksum      [E, S, A]  uint64   2³² + crc32 of each array's shard, as written
     done          [E, S]     bool     shard s of epoch e is complete (one chunk per cell)
     done_at       [E, S]     float64  when it completed (Unix seconds; rates and ETAs)
 
 All V-indexed arrays of a split share one shard grid (`layout`) so one task owns whole
 shards of every array and no two writers ever touch the same Zarr object.
 
-Version 2 (deit-pipe 0.2) renders random erasing's noise portably (version-1 views differ
-across CPUs) and sizes shards and chunks per split from its view count.
+Version 2 (deit-pipe 0.2) rendered random erasing's noise portably and sized shards per
+split; version 3 adds the checksums: a lost chunk reads as Zarr's fill value, which only a
+record of what was written can tell from data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ATTR_KEY = "deit_pipe"
+CREATING_KEY = "deit_pipe_creating"  # root attribute while a store is being laid out
+CHECKSUM = "checksum"
 SPLITS = ("train", "val")
 ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
 TARGETS = ("soft", "hard")  # top-k logits + logsumexp, or the teacher's top-1 class alone
@@ -34,6 +42,9 @@ MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.parquet"
 DEFAULT_SHARD_VIEWS = 65536
 DEFAULT_CHUNK_VIEWS = 4096
+VALUE_DTYPES = ("float16", "float32")
+# What deit-pipe writes at a store's root; `--overwrite` refuses a store holding anything else.
+STORE_ENTRIES = ("zarr.json", *SPLITS, MANIFEST, SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,33 @@ class StoreSpec:
     chunk_views: int = DEFAULT_CHUNK_VIEWS  # the longest chunk
     targets: str = "soft"  # "hard": topk_indices [E, V, 1] and fingerprint only
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from deit_pipe.errors import ConfigError
+
+        def bad(what: str) -> None:
+            raise ConfigError(what)
+
+        if self.epochs < 1:
+            bad(f"--epochs must be at least 1, got {self.epochs}")
+        if self.k < 1:
+            bad(f"--top-k must be at least 1, got {self.k}")
+        if self.k > self.num_classes:
+            bad(f"--top-k {self.k} exceeds the dataset's {self.num_classes} classes")
+        for t in self.temperatures:
+            if not (math.isfinite(t) and t > 0):
+                bad(f"--temperatures must be finite and positive, got {t:g}")
+        if self.targets not in TARGETS:
+            bad(f"--targets must be one of {', '.join(TARGETS)}, got {self.targets!r}")
+        if self.targets == "soft" and not self.temperatures:
+            bad("--temperatures: soft targets need at least one temperature")
+        if self.value_dtype not in VALUE_DTYPES:
+            bad(f"--value-dtype must be one of {', '.join(VALUE_DTYPES)}, got {self.value_dtype}")
+        if self.shard_views is not None and (self.shard_views < 2 or self.shard_views % 2):
+            bad(f"--shard-views must be even and at least 2, got {self.shard_views}")
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown or not self.splits:
+            bad(f"splits must be among {', '.join(SPLITS)}, got {list(self.splits)}")
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -103,7 +141,8 @@ class StoreSpec:
                 for s in self.splits
             },
         }
-        return {**meta, **({"extra": self.extra} if self.extra else {})}
+        meta = {**meta, **({"extra": self.extra} if self.extra else {})}
+        return {**meta, "checksum": meta_checksum(meta)}
 
     @classmethod
     def from_meta(cls, meta: dict) -> StoreSpec:
@@ -145,8 +184,23 @@ def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[i
 
 
 def job_identity(meta: dict) -> dict:
-    """The metadata that defines the job: everything but creation time and library versions."""
-    return {k: v for k, v in meta.items() if k not in ("created", "versions")}
+    """The metadata that defines the job: everything but creation time, library versions and
+    the checksum over them."""
+    return {k: v for k, v in meta.items() if k not in ("created", "versions", "checksum")}
+
+
+def meta_checksum(meta: dict) -> str:
+    """sha256 over the whole job description (canonical JSON, without the checksum itself):
+    an edit to any field — k, τ, the teacher, an epoch count — shows on open."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def shard_checksum(data: np.ndarray) -> int:
+    """2³² + crc32 of an array's bytes as stored: never 0, Zarr's fill value, so a lost
+    checksum cell is as detectable as a lost data chunk."""
+    return (1 << 32) + zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B"))
 
 
 def library_versions() -> dict[str, str]:

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from deit_pipe.errors import StoreError
+from deit_pipe.errors import StoreIncompleteError
 from deit_pipe.storage.format import FORMAT_VERSION
 from deit_pipe.storage.io import file_system
 from deit_pipe.storage.reader import TargetStore
@@ -98,7 +98,7 @@ def _val_accuracy(store: TargetStore, missing: dict) -> float | None:
         return None
     try:
         manifest = store.manifest()
-    except StoreError:
+    except StoreIncompleteError:  # not written yet; a damaged one is an error
         return None
     is_val = np.asarray(manifest["split"].to_pylist()) == "val"
     order = np.argsort(manifest["index"].to_numpy()[is_val])
@@ -110,5 +110,5 @@ def _val_accuracy(store: TargetStore, missing: dict) -> float | None:
 def _skipped(store: TargetStore) -> list[dict]:
     try:
         return store.skipped().to_pylist()
-    except StoreError:
+    except StoreIncompleteError:
         return []

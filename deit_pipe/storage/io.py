@@ -8,21 +8,27 @@ names the store and the likely fix.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import fsspec
+import fsspec.implementations.local
 import zarr
 
 from deit_pipe.errors import (
     DeitPipeError,
     StoreAccessError,
+    StoreCorruptError,
     StoreError,
     StoreFormatError,
+    StoreIncompleteError,
     StoreNotFoundError,
 )
-from deit_pipe.storage.format import ATTR_KEY, FORMAT_VERSION
+from deit_pipe.storage.format import ATTR_KEY, CREATING_KEY, FORMAT_VERSION, meta_checksum
 
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 _CREDENTIALS_HINT = (
@@ -55,6 +61,20 @@ def _caused_by(exc: BaseException, *names: str, kinds: tuple = ()) -> bool:
     return False
 
 
+def is_local(url: str) -> bool:
+    """A path on this machine's file system (or a file:// URL), not an object store."""
+    return "://" not in url or url.startswith("file://")
+
+
+# OS errors a local write meets, as what the user should do about them.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system or process limit (ulimit -f)",
+    errno.EROFS: "read-only file system",
+}
+
+
 @contextmanager
 def storage_errors(url: str) -> Iterator[None]:
     """Turn a storage backend's exception into a one-line `StoreAccessError`."""
@@ -67,17 +87,41 @@ def storage_errors(url: str) -> Iterator[None]:
             f"{url}: {exc} (object stores are optional: pip install 'deit-pipe[s3]' or '[gcs]')"
         ) from None
     except PermissionError as exc:
+        if is_local(url):
+            where = exc.filename or url
+            raise StoreAccessError(
+                f"{url}: permission denied on {where}; check its owner and write permissions"
+            ) from None
         raise StoreAccessError(f"{url}: access denied ({exc}); {_CREDENTIALS_HINT}") from None
-    except FileNotFoundError as exc:
-        if _missing_bucket(exc):
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRORS:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise StoreAccessError(
+                f"{url}: cannot write: {_WRITE_ERRORS[exc.errno]}{where}"
+            ) from None
+        if isinstance(exc, FileNotFoundError) and _missing_bucket(exc):
             raise _no_bucket(url) from None
-        raise
+        if isinstance(exc, FileNotFoundError):
+            raise
+        error = _backend_error(url, exc)
+        if error is None and exc.errno:
+            error = StoreAccessError(f"{url}: {exc.strerror} ({exc.filename or url})")
+        if error is None:
+            raise
+        raise error from None
     except Exception as exc:
-        if _caused_by(exc, "Credential"):  # botocore's NoCredentialsError, PartialCredentialsError
-            raise StoreAccessError(f"{url}: {exc}; {_CREDENTIALS_HINT}") from None
-        if _caused_by(exc, "Connect", "Timeout", kinds=(ConnectionError, TimeoutError)):
-            raise StoreAccessError(f"{url}: cannot reach the storage endpoint ({exc})") from None
-        raise
+        error = _backend_error(url, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _backend_error(url: str, exc: BaseException) -> StoreAccessError | None:
+    if _caused_by(exc, "Credential"):  # botocore's NoCredentialsError, PartialCredentialsError
+        return StoreAccessError(f"{url}: {exc}; {_CREDENTIALS_HINT}")
+    if _caused_by(exc, "Connect", "Timeout", kinds=(ConnectionError, TimeoutError)):
+        return StoreAccessError(f"{url}: cannot reach the storage endpoint ({exc})")
+    return None
 
 
 def open_group(url: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
@@ -126,15 +170,21 @@ def _probe_bucket(url: str, storage_options: dict | None) -> None:
 
 
 def read_meta(group: zarr.Group, url: str) -> dict:
-    """The store's metadata, refusing stores this version of deit-pipe cannot read."""
+    """The store's metadata, refusing stores this version of deit-pipe cannot read and
+    metadata whose checksum shows an edit or damage."""
     meta = group.attrs.get(ATTR_KEY)
     if not isinstance(meta, dict):
+        if isinstance(group.attrs.get(CREATING_KEY), dict):
+            raise StoreIncompleteError(
+                f"{url} is a deit-pipe store whose creation was interrupted; run the "
+                "precompute command again to lay it out"
+            )
         raise StoreFormatError(f"{url} is a Zarr group but not a deit-pipe store")
     version = meta.get("format_version")
-    if version == 1:
+    if version in OLD_FORMATS:
         raise StoreFormatError(
-            f"{url} has store format version 1, whose views replay only on CPUs like the one "
-            f"that made it; this deit-pipe reads version {FORMAT_VERSION}: remake it with "
+            f"{url} has store format version {version} ({OLD_FORMATS[version]}); this "
+            f"deit-pipe reads version {FORMAT_VERSION}: remake it with "
             f"`{remake_command(meta, url)}`"
         )
     if version != FORMAT_VERSION:
@@ -142,7 +192,22 @@ def read_meta(group: zarr.Group, url: str) -> dict:
             f"{url} has store format version {version}; this deit-pipe reads version "
             f"{FORMAT_VERSION}"
         )
+    try:
+        intact = meta.get("checksum") == meta_checksum(meta)
+    except (TypeError, ValueError):
+        intact = False
+    if not intact:
+        raise StoreCorruptError(
+            f"{url}/zarr.json: the store's job description was edited or damaged (its "
+            "checksum differs); restore the file, or remake the store"
+        )
     return meta
+
+
+OLD_FORMATS = {
+    1: "its views replay only on CPUs like the one that made it",
+    2: "its shards carry no checksums, so a lost chunk would read as zeros",
+}
 
 
 def remake_command(meta: dict, url: str) -> str:
@@ -172,3 +237,56 @@ def file_system(
     with storage_errors(url):
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs, path.rstrip("/")
+
+
+def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Replace `path` with `data` all at once: readers see the old file or the new, never a
+    truncated one (a full disk leaves the old file). Locally a temporary file is written,
+    synced and renamed over the target; an object store's PUT is already atomic."""
+    if not isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_layout(group: zarr.Group, spec, url: str) -> None:
+    """Every array the metadata implies exists with its shape and dtype: an edited array
+    `zarr.json` (an epoch count, say) would otherwise read past what was written."""
+    from deit_pipe.storage.format import CHECKSUM
+
+    for split in spec.splits:
+        epochs, shards = spec.split_epochs(split), spec.num_shards(split)
+        tails = {
+            "topk_values": (spec.k,),
+            "topk_indices": (spec.k,),
+            "logsumexp": (len(spec.temperatures),),
+            "fingerprint": (),
+        }
+        want = {n: ((epochs, spec.views(split), *tails[n]), None) for n in spec.arrays}
+        want[CHECKSUM] = ((epochs, shards, len(spec.arrays)), "uint64")
+        want["done"] = ((epochs, shards), "bool")
+        want["done_at"] = ((epochs, shards), "float64")
+        for name, (shape, dtype) in want.items():
+            try:
+                with storage_errors(url):
+                    array = group[f"{split}/{name}"]
+            except (KeyError, FileNotFoundError):
+                raise StoreCorruptError(
+                    f"{url}/{split}/{name} is missing; the store is damaged: remake it"
+                ) from None
+            if tuple(array.shape) != shape or (dtype and str(array.dtype) != dtype):
+                raise StoreCorruptError(
+                    f"{url}/{split}/{name}/zarr.json was edited or damaged: shape "
+                    f"{tuple(array.shape)} {array.dtype}, the store's metadata says {shape}"
+                    f"{' ' + dtype if dtype else ''}; restore it, or remake the store"
+                )

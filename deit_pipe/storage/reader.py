@@ -23,8 +23,8 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreMismatchError,
 )
-from deit_pipe.storage.format import MANIFEST, SKIPPED, StoreSpec
-from deit_pipe.storage.io import file_system, open_group, read_meta, storage_errors
+from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, StoreSpec, shard_checksum
+from deit_pipe.storage.io import check_layout, file_system, open_group, read_meta, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,25 @@ class EpochTargets:
         return self.topk_probs(np.arange(len(self)), tau).sum(axis=1)
 
 
+@dataclass(frozen=True)
+class ShardProblem:
+    """A shard marked done whose array no longer matches its write-time checksum."""
+
+    url: str
+    split: str
+    epoch: int
+    shard: int
+    array: str
+    why: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.url}: {self.split}/{self.array} epoch {self.epoch} shard {self.shard} is "
+            f"not what was written ({self.why}); its values cannot be trusted: recompute it "
+            "with the precompute command plus --repair"
+        )
+
+
 def dense_soft(
     top: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
@@ -121,6 +140,7 @@ class TargetStore:
         self.group = open_group(url, "r", storage_options)
         self.meta = read_meta(self.group, url)
         self.spec = StoreSpec.from_meta(self.meta)
+        check_layout(self.group, self.spec, url)
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
 
@@ -223,16 +243,50 @@ class TargetStore:
                 f"{self.url} {split} epoch {epoch} has unfinished shards "
                 f"{np.flatnonzero(~done).tolist()[:5]}; re-run precompute to finish them"
             )
-        soft = self.spec.targets == "soft"
+        arrays = {name: self._read(split, name, epoch) for name in self.spec.arrays}
+        problems = self.shard_problems(split, epoch, arrays)
+        if problems:
+            raise StoreCorruptError(str(problems[0]))
         return EpochTargets(
             epoch=epoch,
-            values=self._read(split, "topk_values", epoch) if soft else None,
-            indices=self._read(split, "topk_indices", epoch),
-            lse=self._read(split, "logsumexp", epoch) if soft else None,
-            fingerprint=self._read(split, "fingerprint", epoch),
+            values=arrays.get("topk_values"),
+            indices=arrays["topk_indices"],
+            lse=arrays.get("logsumexp"),
+            fingerprint=arrays["fingerprint"],
             temperatures=self.spec.temperatures,
             num_classes=self.spec.num_classes,
         )
+
+    def shard_problems(
+        self, split: str, epoch: int, arrays: dict[str, np.ndarray] | None = None
+    ) -> list[ShardProblem]:
+        """One per (shard marked done, array) of `epoch` whose bytes differ from the
+        checksum recorded when it was written: a lost chunk reads as Zarr's fill value, which
+        only this record tells from data. `arrays`: the epoch's arrays, if already read."""
+        self._require_split(split)
+        if arrays is None:
+            arrays = {name: self._read(split, name, epoch) for name in self.spec.arrays}
+        sums = self._read(split, CHECKSUM, epoch)
+        done = self._read(split, "done", epoch)
+        length, views = self.spec.layout(split)[0], self.spec.views(split)
+        problems = []
+        for shard in (int(s) for s in np.flatnonzero(done)):
+            rows = slice(shard * length, min((shard + 1) * length, views))
+            for a, name in enumerate(self.spec.arrays):
+                if shard_checksum(arrays[name][rows]) != sums[shard, a]:
+                    why = self._why_differs(split, name, epoch, shard, int(sums[shard, a]))
+                    problems.append(ShardProblem(self.url, split, epoch, shard, name, why))
+        return problems
+
+    def _why_differs(self, split: str, name: str, epoch: int, shard: int, recorded: int) -> str:
+        if recorded == 0:
+            return "its checksum record is missing"
+        key = f"{split}/{name}/c/{epoch}/{shard}" + ("" if name == "fingerprint" else "/0")
+        fs, base = file_system(self.url, self.storage_options)
+        with storage_errors(self.url):
+            if not fs.exists(f"{base}/{key}"):
+                return f"its chunk file {key} is missing"
+        return "its bytes differ from the checksum"
 
     def read_fingerprints(self, epoch: int, split: str = "train") -> np.ndarray:
         """The stored view fingerprints of one epoch (rows of unfinished shards are zero)."""
@@ -313,7 +367,15 @@ class TargetStore:
             with storage_errors(self.url), fs.open(f"{base}/{name}", "rb") as f:
                 return pq.read_table(f)
         except FileNotFoundError:
-            raise StoreIncompleteError(f"{self.url} has no {name}") from None
+            raise StoreIncompleteError(
+                f"{self.url} has no {name}; run the precompute command again to write it"
+            ) from None
+        except (pa.ArrowException, OSError) as exc:
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise StoreCorruptError(
+                f"{self.url}/{name} is damaged ({reason}); run the precompute command again "
+                "to rewrite it"
+            ) from None
 
     def close(self) -> None:
         self._prefetcher.shutdown(wait=False, cancel_futures=True)

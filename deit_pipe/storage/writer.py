@@ -15,22 +15,34 @@ import pyarrow.parquet as pq
 import zarr
 
 from deit_pipe.data.sources import Source
-from deit_pipe.errors import (
-    StoreError,
-    StoreFormatError,
-    StoreMismatchError,
-    StoreNotFoundError,
-)
+from deit_pipe.errors import StoreCorruptError, StoreError, StoreFormatError, StoreMismatchError
 from deit_pipe.storage.format import (
     ATTR_KEY,
+    CHECKSUM,
+    CREATING_KEY,
     MANIFEST,
     SKIPPED,
     StoreSpec,
     compressors,
     job_identity,
     library_versions,
+    shard_checksum,
 )
-from deit_pipe.storage.io import file_system, open_group, read_meta, storage_errors
+from deit_pipe.storage.io import (
+    atomic_write,
+    check_layout,
+    file_system,
+    open_group,
+    read_meta,
+    storage_errors,
+)
+from deit_pipe.storage.place import (
+    clear_store,
+    probe,
+    refuse_foreign_entries,
+    refuse_unusable,
+    write_root,
+)
 
 
 class StoreWriter:
@@ -41,6 +53,17 @@ class StoreWriter:
         self.group = open_group(url, "r+", storage_options)
         self.meta = read_meta(self.group, url)
         self.spec = StoreSpec.from_meta(self.meta)
+        check_layout(self.group, self.spec, url)
+
+    def done(self, split: str) -> np.ndarray:
+        """[E, S] shards marked done."""
+        with storage_errors(self.url):
+            return self.group[split]["done"][:]
+
+    def mark_undone(self, split: str, epoch: int, shard: int) -> None:
+        """Make a damaged shard pending again (its data is rewritten before it is done)."""
+        with storage_errors(self.url):
+            self.group[split]["done"][epoch, shard] = False
 
     def shard_range(self, split: str, shard: int) -> range:
         views, length = self.spec.views(split), self.spec.layout(split)[0]
@@ -85,6 +108,7 @@ class StoreWriter:
 
     def _write(self, split, epoch, shard, rows, arrays, expected) -> None:
         spec, group = self.spec, self.group[split]
+        sums = []
         for name, data in arrays.items():
             data = np.asarray(data)
             if data.shape != expected[name]:
@@ -94,7 +118,10 @@ class StoreWriter:
             target = group[name]
             if name == "topk_indices" and (data.min() < 0 or data.max() >= spec.num_classes):
                 raise StoreError(f"{split}/{name} shard {shard}: class index out of range")
-            target[epoch, rows.start : rows.stop] = data.astype(target.dtype, copy=False)
+            stored = np.ascontiguousarray(data.astype(target.dtype, copy=False))
+            target[epoch, rows.start : rows.stop] = stored
+            sums.append(shard_checksum(stored))
+        group[CHECKSUM][epoch, shard] = np.array(sums, dtype=np.uint64)  # what a reader checks
         group["done_at"][epoch, shard] = time.time()
         group["done"][epoch, shard] = True  # last: a shard is done only once all is written
 
@@ -102,16 +129,25 @@ class StoreWriter:
 def create_store(
     url: str, spec: StoreSpec, *, overwrite: bool = False, storage_options: dict | None = None
 ) -> StoreWriter:
-    """Create the store, or reopen it to resume when it already holds the same job."""
+    """Create the store, or reopen it to resume when it already holds the same job.
+
+    A store is made only where nothing is, or in an empty directory; `overwrite` replaces a
+    deit-pipe store holding another job, and nothing else (`storage.place`). The caller holds
+    the store's writer lock (`storage.place.store_lock`) when other jobs may run.
+    """
     meta = spec.to_meta(library_versions())
-    if not overwrite:
-        try:
-            existing = read_meta(open_group(url, "r", storage_options), url)
-        except StoreNotFoundError:
-            existing = None
-        except StoreFormatError as exc:  # an old or foreign store is never replaced silently
-            raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
-        if existing is not None:
+    place = probe(url, storage_options)
+    refuse_unusable(url, place)
+    if place.state == "store":
+        if overwrite:
+            refuse_foreign_entries(url, place)
+        else:
+            try:
+                existing = read_meta(open_group(url, "r", storage_options), url)
+            except StoreFormatError as exc:  # an old or edited store is never replaced silently
+                raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
+            except StoreCorruptError as exc:
+                raise StoreCorruptError(f"{exc}; pass --overwrite to replace it") from None
             differ = _differences(job_identity(existing), job_identity(meta))
             if differ:
                 raise StoreMismatchError(
@@ -119,10 +155,15 @@ def create_store(
                     "pass --overwrite to replace it"
                 )
             return StoreWriter(url, storage_options)
-    root = open_group(url, "w", storage_options)
-    for split in spec.splits:
-        _create_split(root, split, spec)
-    root.attrs[ATTR_KEY] = meta
+    if place.state != "absent":
+        clear_store(url, storage_options)  # an empty folder, an interrupted creation, or -o
+    else:
+        write_root(url, {CREATING_KEY: {"since": meta["created"]}}, storage_options)
+    root = open_group(url, "r+", storage_options)
+    with storage_errors(url):
+        for split in spec.splits:
+            _create_split(root, split, spec)
+    write_root(url, {ATTR_KEY: meta}, storage_options)  # last: the store exists from here on
     return StoreWriter(url, storage_options)
 
 
@@ -148,6 +189,16 @@ def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
             dimension_names=("epoch", "view", *(["k"] if tail else []))[: 2 + len(tail)],
             config={"write_empty_chunks": True},
         )
+    group.create_array(
+        CHECKSUM,
+        shape=(epochs, spec.num_shards(split), len(spec.arrays)),
+        chunks=(1, 1, len(spec.arrays)),  # one object per (epoch, shard), like `done`
+        dtype="uint64",
+        compressors=compressors("uint64", cell=True),
+        fill_value=0,  # never a valid checksum (`shard_checksum` adds 2³²)
+        dimension_names=("epoch", "shard", "array"),
+        config={"write_empty_chunks": True},
+    )
     for name, dtype, fill in (("done", "bool", False), ("done_at", "float64", 0.0)):
         group.create_array(
             name,
@@ -192,12 +243,13 @@ def write_manifest(writer: StoreWriter, source: Source) -> None:
             ("bytes", pa.int64()),
         ]
     )
-    fs, base = file_system(writer.url, writer.storage_options)
-    with storage_errors(writer.url), fs.open(f"{base}/{MANIFEST}", "wb") as f:
-        pq.write_table(pa.table(rows, schema=schema), f)
     skipped = pa.table(
         {"path": [p for p, _ in source.skipped], "reason": [r for _, r in source.skipped]},
         schema=pa.schema([("path", pa.string()), ("reason", pa.string())]),
     )
-    with storage_errors(writer.url), fs.open(f"{base}/{SKIPPED}", "wb") as f:
-        pq.write_table(skipped, f)
+    fs, base = file_system(writer.url, writer.storage_options)
+    for name, table in ((MANIFEST, pa.table(rows, schema=schema)), (SKIPPED, skipped)):
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        with storage_errors(writer.url):  # never in place: a full disk keeps the old file
+            atomic_write(fs, f"{base}/{name}", sink.getvalue().to_pybytes())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import DeitPipeError, check
 from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.student.losses import DISTILL
 
@@ -80,6 +80,35 @@ class TrainConfig:
         alpha, tau = PAPER_ALPHA_TAU[self.distill]
         self.alpha = alpha if self.alpha is None else self.alpha
         self.tau = tau if self.tau is None else self.tau
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Every number in range, before anything is built or written (one line each)."""
+        check(bool(str(self.out).strip()), "--out is empty: name a directory for the run")
+        at_least = {
+            "epochs": 1,
+            "batch_size": 2,
+            "eval_every": 1,
+            "log_every": 1,
+            "ckpt_every": 0,
+            "loader_workers": 0,
+            "eval_batch_size": 1,
+            "max_steps": 1,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            check(value is None or value >= low, f"{_flag(name)} must be ≥ {low}, got {value}")
+        check(self.batch_size % 2 == 0, f"--batch-size must be even (pairs), got {self.batch_size}")
+        positive = ("lr", "tau", "follow_timeout", "clip_grad")
+        for name in positive:
+            value = getattr(self, name)
+            check(value is None or value > 0, f"{_flag(name)} must be > 0, got {value}")
+        for name in ("min_lr", "warmup_lr", "warmup_epochs", "weight_decay"):
+            value = getattr(self, name)
+            check(value is None or value >= 0, f"{_flag(name)} must be ≥ 0, got {value}")
+        for name in ("alpha", "drop_path", "smoothing", "teacher_smoothing", "ema_decay"):
+            value = getattr(self, name)
+            check(value is None or 0 <= value <= 1, f"{_flag(name)} must be in [0, 1], got {value}")
 
     def resolved(self, preset: str) -> TrainConfig:
         """A copy with every unset schedule field taken from `self.preset or preset`."""
@@ -93,3 +122,7 @@ class TrainConfig:
         d.pop("storage_options")  # may hold credentials
         d["teacher"] = self.teacher.to_dict() if self.teacher else None
         return d
+
+
+def _flag(name: str) -> str:
+    return "--" + {"ckpt_every": "ckpt-every", "tau": "tau"}.get(name, name.replace("_", "-"))

@@ -10,6 +10,8 @@ import timm
 import torch
 from torch import nn
 
+from deit_pipe.errors import ConfigError
+
 ARCH_OVERRIDES = ("img_size", "patch_size", "depth", "embed_dim", "num_heads")
 
 
@@ -36,7 +38,12 @@ def create_student(
     kwargs = {"num_classes": num_classes, "drop_path_rate": drop_path, **overrides}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
+            # e.g. timm's "dim should be divisible by num_heads" for --embed-dim/--num-heads
+            given = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "its defaults"
+            raise ConfigError(f"cannot build student {name} with {given}: {exc}") from None
     if is_distilled(model):
         model.set_distilled_training(True)
     return model

@@ -10,8 +10,10 @@ step never waits for the device: losses are read back every `log_every` steps.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +23,12 @@ from torch.utils.data import DataLoader
 
 from deit_pipe.data import collate_views
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
+from deit_pipe.storage.lock import WriterLock
 from deit_pipe.student.checkpoint import save_checkpoint
 from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.evaluate import evaluate
 from deit_pipe.student.losses import mixed_label_targets
+from deit_pipe.student.rundir import truncate_metrics
 from deit_pipe.student.trainer import Trainer, build_trainer
 
 __all__ = ["TrainConfig", "train"]
@@ -34,6 +38,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(
         np.random.SeedSequence([seed, step, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1
     )
+
+
+def save_json(path: Path, value: dict) -> None:
+    """Written whole or not at all (temp + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
 
 
 class MetricsWriter:
@@ -55,17 +66,20 @@ class MetricsWriter:
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Train; returns the last evaluation. Writes config.json, metrics.jsonl, checkpoint.pt."""
     tr = build_trainer(cfg)
-    if tr.ctx.main:
-        tr.out.mkdir(parents=True, exist_ok=True)
-        (tr.out / "config.json").write_text(json.dumps(tr.run_info, indent=2))
-    metrics = MetricsWriter(tr.out / "metrics.jsonl" if tr.ctx.main else None)
-    report = progress if tr.ctx.main and progress else (lambda _: None)
-    try:
-        result = run_loop(tr, metrics, report)
-    finally:
-        metrics.close()
-        if tr.store is not None:
-            tr.store.close()
+    with ExitStack() as held:
+        if tr.ctx.main:  # rank 0 writes the run directory, and holds it while it does
+            tr.out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(WriterLock(str(tr.out), "train", what="run directory"))
+            truncate_metrics(tr.out, tr.step)
+            save_json(tr.out / "config.json", tr.run_info)
+        metrics = MetricsWriter(tr.out / "metrics.jsonl" if tr.ctx.main else None)
+        report = progress if tr.ctx.main and progress else (lambda _: None)
+        try:
+            result = run_loop(tr, metrics, report)
+        finally:
+            metrics.close()
+            if tr.store is not None:
+                tr.store.close()
     if tr.ctx.world_size > 1:  # leave together: a rank exiting early aborts gloo peers
         dist.barrier()
         dist.destroy_process_group()

@@ -19,7 +19,7 @@ from timm.utils import ModelEmaV3
 from deit_pipe.data import Source, ViewConfig, open_checked, open_source
 from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import ConfigError, DeitPipeError
 from deit_pipe.pipeline.teacher import build_teacher
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.checkpoint import CheckpointError, load_checkpoint
@@ -27,6 +27,7 @@ from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.init_from import init_from, load_source
 from deit_pipe.student.losses import DistillationLoss
 from deit_pipe.student.models import create_student, is_distilled
+from deit_pipe.student.rundir import check_run_dir, refuse_changed_resume
 from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Trainer:
 
 def setup_distributed(device: str) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible here (use auto or cpu)")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if world == 1:
         return Context(device=torch.device("cuda" if use_cuda else "cpu"))
@@ -95,12 +98,10 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
             log.info("dataset %s given; the store was made from %s", cfg.data, spec)
         skipped = store.skipped().to_pylist()  # exclude exactly the files the teacher skipped
         source = open_source(cfg.data or spec, skip={r["path"]: r["reason"] for r in skipped})
-        store.check_run(
+        store.check_run(  # epochs and completeness once the schedule is resolved
             dataset_fingerprint=source.fingerprint(),
             plan=cfg.recipe if cfg.recipe else None,
-            epochs=cfg.epochs,
-            cycle_epochs=cfg.cycle_epochs,
-            follow=cfg.follow,
+            follow=True,
         )
         if cfg.distill == "soft" and store.spec.targets == "hard":
             raise DeitPipeError(
@@ -141,12 +142,19 @@ def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int
     model = create_student(
         cfg.model, num_classes, drop_path=cfg.drop_path, seed=cfg.seed, **cfg.model_overrides
     )
-    expected = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    patch_embed = getattr(model, "patch_embed", None)
+    expected = getattr(patch_embed, "img_size", None)
     size = recipe.view.input_size
     if expected is not None and tuple(expected) != (size, size):
         raise DeitPipeError(
             f"{cfg.model} takes {expected[0]}×{expected[1]} inputs but the views are "
             f"{size}×{size}; pass --img-size {size}"
+        )
+    patch = getattr(patch_embed, "patch_size", None)
+    if patch is not None and size % patch[0]:  # timm would silently drop the last pixels
+        raise ConfigError(
+            f"--patch-size {patch[0]} does not divide the {size}×{size} views: choose a "
+            f"divisor of {size}"
         )
     provenance = init_from(model, cfg.init_from, loaded) if cfg.init_from else None
     return model.to(ctx.device, memory_format=torch.channels_last), provenance
@@ -192,19 +200,17 @@ def build_optimization(cfg: TrainConfig, model: torch.nn.Module, ctx: Context, p
 
 
 def resume(tr: Trainer) -> None:
-    """Continue a run from its checkpoint at its exact step; refuse to overwrite a run."""
+    """Continue a run from its checkpoint at its exact step, refusing changed settings (a run
+    stopped before its first checkpoint starts over)."""
     path = tr.out / "checkpoint.pt"
-    if path.exists() and not tr.cfg.resume:
-        raise CheckpointError(
-            f"{tr.out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if not tr.cfg.resume:
+    if not tr.cfg.resume or not path.exists():
         return
     state = load_checkpoint(path)
     if state["config"].get("store") != tr.cfg.store:
         raise CheckpointError(
             f"{path} belongs to a run on store {state['config'].get('store')}, not {tr.cfg.store}"
         )
+    refuse_changed_resume(tr.out, state["config"], tr.run_info)
     tr.model.load_state_dict(state["model"])
     tr.optimizer.load_state_dict(state["optimizer"])
     tr.scheduler.load_state_dict(state["scheduler"])
@@ -216,9 +222,13 @@ def resume(tr: Trainer) -> None:
 
 def build_trainer(cfg: TrainConfig) -> Trainer:
     ctx = setup_distributed(cfg.device)
+    if ctx.main:
+        check_run_dir(cfg.out, cfg.resume)
     recipe, source, store = resolve_data(cfg)
     loaded = load_source(cfg.init_from) if cfg.init_from else None  # read and hashed once
     cfg = resolve_model(cfg.resolved(recipe.name), recipe, loaded)
+    if store is not None:
+        store.check_run(epochs=cfg.epochs, cycle_epochs=cfg.cycle_epochs, follow=cfg.follow)
     split = source.split("train")
     per_epoch = steps_per_epoch(len(split), cfg.batch_size)
     if per_epoch == 0:
@@ -251,7 +261,6 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         total_steps=per_epoch * cfg.epochs,
         run_info={},
     )
-    resume(tr)
     tr.run_info = {
         **cfg.to_dict(),
         "recipe": recipe.to_dict(),
@@ -266,4 +275,5 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         "store_identity": store.identity if store else None,
         "init_from": provenance,
     }
+    resume(tr)
     return tr

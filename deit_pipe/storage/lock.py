@@ -1,0 +1,165 @@
+"""One writer per store and per run directory: a lock file locally, a lease on object stores.
+
+Locally the lock is `flock` on `DIR/.deit-pipe.lock`: the kernel drops it when its holder
+exits, however it dies (kill -9 included), so a crashed job never blocks its own rerun. The
+file also names its holder, which a refused second writer prints.
+
+Object stores have no locks: there the same object is a lease — the holder's name and an
+expiry, renewed by a thread every `ttl / 3` seconds and deleted on release. A second writer
+is refused until the lease expires (or at once, if the holder ran on this host and its
+process is gone). Two writers starting within the same instant could both write a lease;
+each reads it back and the loser refuses, which leaves a window of one round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+from deit_pipe.errors import LockedError
+from deit_pipe.outputs import LOCK_NAME
+from deit_pipe.storage.io import file_system, is_local, storage_errors
+
+LEASE_TTL = 120.0  # seconds an object-store lease lives without renewal
+
+
+def _holder(purpose: str) -> dict:
+    return {
+        "purpose": purpose,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        "token": uuid.uuid4().hex,
+    }
+
+
+def describe(holder: dict) -> str:
+    return (
+        f"{holder.get('purpose', 'a deit-pipe job')} (pid {holder.get('pid')} on "
+        f"{holder.get('host')}, since {holder.get('since')})"
+    )
+
+
+class WriterLock:
+    """Held while a job writes `url` (a store or a run directory); a context manager.
+
+    `what` names the thing in the refusal ("store", "run directory"). The directory must
+    exist locally (the caller made it, or it is a store); on object stores nothing need exist.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        purpose: str,
+        *,
+        what: str = "store",
+        storage_options: dict | None = None,
+        ttl: float = LEASE_TTL,
+    ):
+        self.url, self.purpose, self.what, self.ttl = url, purpose, what, ttl
+        self.fs, base = file_system(url, storage_options)
+        self.path = f"{base}/{LOCK_NAME}"
+        self.local = is_local(url)
+        self.holder = _holder(purpose)
+        self._fd: int | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def __enter__(self) -> WriterLock:
+        if self.local:
+            self._lock_file()
+        else:
+            self._take_lease()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _refuse(self, holder: dict) -> LockedError:
+        return LockedError(
+            f"{self.url}: this {self.what} is in use by {describe(holder)}; wait for it to "
+            "finish or stop it (one writer at a time)"
+        )
+
+    def _lock_file(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_json(lambda: os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise self._refuse(holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.holder).encode(), 0)
+        self._fd = fd
+
+    def _take_lease(self) -> None:
+        with storage_errors(self.url):
+            current = self._read_lease()
+            if current and not _expired(current):
+                raise self._refuse(current)
+            self._write_lease()
+            time.sleep(0.2)  # let a writer that raced us land its lease, then see who won
+            if (self._read_lease() or {}).get("token") != self.holder["token"]:
+                raise self._refuse(self._read_lease() or {})
+        self._renewer = threading.Thread(target=self._renew, name="lease-renewer", daemon=True)
+        self._renewer.start()
+
+    def _read_lease(self) -> dict | None:
+        try:
+            return _read_json(lambda: self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+
+    def _write_lease(self) -> None:
+        self.holder["expires"] = time.time() + self.ttl
+        self.fs.pipe_file(self.path, json.dumps(self.holder).encode())
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with contextlib.suppress(Exception):  # a transient error: the next renewal retries
+                self._write_lease()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (it may be reopened)
+            self._fd = None
+        if self._renewer is not None:
+            self._stop.set()
+            self._renewer.join()
+            self._renewer = None
+            try:
+                if (self._read_lease() or {}).get("token") == self.holder["token"]:
+                    self.fs.rm_file(self.path)
+            except Exception:  # an expired lease is as good as a deleted one
+                pass
+
+
+def _read_json(read) -> dict:
+    try:  # the first JSON object: a holder may have died mid-write, leaving a tail
+        value, _ = json.JSONDecoder().raw_decode((read() or b"{}").decode())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _expired(holder: dict) -> bool:
+    """A lease past its expiry, or one held by a process of this host that no longer runs."""
+    if float(holder.get("expires", 0)) < time.time():
+        return True
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False

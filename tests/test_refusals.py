@@ -1,0 +1,152 @@
+"""Every bad input: one line naming the culprit, a non-zero exit, nothing created."""
+
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from deit_pipe.data import open_source
+from deit_pipe.errors import StoreAccessError
+from deit_pipe.storage.io import storage_errors
+from tests.cli_utils import invoke, one_line
+
+PRE = ["precompute", "--data", "fake:40", "--teacher", "regnety_002", "--random-init"]
+PRE += ["--epochs", "1", "--batch-size", "40", "--workers", "0", "--recipe", "small"]
+TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
+TINY += ["--num-heads", "2"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    url = tmp_path_factory.mktemp("s") / "s.zarr"
+    assert invoke(*PRE, "--out", url).exit_code == 0
+    return url
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--epochs", "-1"], "--epochs"),
+        (["--top-k", "0"], "--top-k"),
+        (["--top-k", "11"], "--top-k 11 exceeds the dataset's 10 classes"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--shard-views", "0"], "--shard-views"),
+        (["--shard-views", "7"], "--shard-views must be even"),
+        (["--input-size", "0"], "--input-size"),
+        (["--temperatures", "abc"], "--temperatures"),
+        (["--temperatures", "1,0"], "τ must be finite and positive, got 0"),
+        (["--repeats", "0"], "--repeats"),
+        (["--reprob", "1.5"], "--reprob"),
+        (["--remode", "blur"], "--remode"),
+        (["--mixup", "-1"], "--mixup"),
+        (["--aa", "nonsense"], "--aa"),
+        (["--loader-workers", "-1"], "--loader-workers"),
+        (["--nonexistent-flag"], "--nonexistent-flag"),
+    ],
+)
+def test_bad_precompute_values_create_nothing(tmp_path, args, needle):
+    out = tmp_path / "s.zarr"
+    one_line(invoke(*PRE, "--out", out, *args), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--epochs", "0"], "--epochs must be ≥ 1"),
+        (["--batch-size", "0"], "--batch-size must be ≥ 2"),
+        (["--batch-size", "-4"], "--batch-size must be ≥ 2"),
+        (["--batch-size", "9"], "--batch-size must be even"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--eval-every", "0"], "--eval-every must be ≥ 1"),
+        (["--tau", "0"], "--tau must be > 0"),
+        (["--drop-path", "2"], "--drop-path must be in [0, 1]"),
+        (["--embed-dim", "30", "--num-heads", "4"], "divisible by num_heads"),
+        (["--patch-size", "7"], "--patch-size 7 does not divide the 32×32 views"),
+        ([], "holds 1 training epochs but this run needs 60"),  # the preset's epochs
+        (["--seed", "3"], "--seed sets the views' recipe"),  # ignored silently before
+        (["--reprob", "0.5"], "--reprob sets the views' recipe"),
+    ],
+)
+def test_bad_train_values_are_refused_before_the_run_exists(tmp_path, store, args, needle):
+    out = tmp_path / "run"
+    epochs = [] if not args else ["--epochs", "1"]
+    result = invoke("train", "--store", store, "--out", out, *TINY, "--batch-size", "16",
+                    *epochs, "--max-steps", "1", *args)  # fmt: skip
+    one_line(result, needle)
+    assert not out.exists()
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, store):
+    out = tmp_path / "run"
+    base = ["train", "--store", store, "--out", out, *TINY, "--epochs", "1", "--max-steps", "1"]
+    assert invoke(*base, "--batch-size", "16").exit_code == 0
+    config = (out / "config.json").read_bytes()
+    one_line(invoke(*base, "--batch-size", "8", "--resume"), "batch_size 16 → 8")
+    one_line(invoke(*base, "--batch-size", "16", "--distill", "soft", "--resume"), "distill")
+    assert (out / "config.json").read_bytes() == config
+    assert invoke(*base, "--batch-size", "16", "--resume", "--max-steps", "2").exit_code == 0
+    one_line(invoke(*base, "--batch-size", "16"), "already holds a run; pass --resume")
+
+
+def test_outputs_never_go_into_a_users_folder(tmp_path, store):
+    users = tmp_path / "docs"
+    users.mkdir()
+    (users / "notes.md").write_text("my own notes")
+    run = ["train", "--store", store, "--out", users, *TINY, "--epochs", "1", "--batch-size", "16"]
+    one_line(invoke(*run), "holds files deit-pipe did not write (notes.md)")
+    one_line(invoke("train", "--store", store, "--out", "", *TINY), "--out is empty")
+    one_line(invoke("audit", "--store", store, "--run", tmp_path, "--out", users), "notes.md")
+    one_line(invoke("demo", "--out", users, "--quick"), "notes.md")
+    assert (users / "notes.md").read_text() == "my own notes"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_refused(tmp_path, store):
+    one_line(invoke(*PRE, "--out", tmp_path / "c.zarr", "--device", "cuda"), "--device cuda")
+    train = ["train", "--store", store, "--out", tmp_path / "r", *TINY, "--epochs", "1"]
+    one_line(invoke(*train, "--batch-size", "16", "--device", "cuda"), "--device cuda")
+    assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "r").exists()
+
+
+def test_teacher_weights_of_another_size_name_the_key_and_shapes(tmp_path):
+    path = tmp_path / "small.pth"
+    torch.save(timm.create_model("regnety_002", num_classes=10).state_dict(), path)
+    args = [a for a in PRE if a != "--random-init"] + ["--out", tmp_path / "t.zarr"]
+    args[args.index("regnety_002")] = "regnety_004"
+    one_line(
+        invoke(*args, "--teacher-checkpoint", path), f"{path} does not fit regnety_004", "shape"
+    )
+    assert not (tmp_path / "t.zarr").exists()
+
+
+def test_a_pickle_that_holds_code_is_refused_saying_why(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": Payload()}, path)
+    args = [a for a in PRE if a != "--random-init"] + ["--out", tmp_path / "t.zarr"]
+    one_line(invoke(*args, "--teacher-checkpoint", path), "weights_only=True) refused", "system")
+
+
+def test_scans_follow_no_link_out_of_a_class_or_round_a_loop(imagefolder):
+    cat, dog = imagefolder / "train" / "cat", imagefolder / "train" / "dog"
+    (cat / "loop").symlink_to(cat)  # back up into itself
+    (cat / "dogs").symlink_to(dog)  # into another class
+    (dog / "nested").mkdir()
+    (cat / "more").symlink_to(dog / "nested")  # out of the class: not cat's images
+    source = open_source(f"imagefolder:{imagefolder}")
+    labels = source.split("train").labels.tolist()
+    assert labels.count(0) == 6 and labels.count(1) == 6 and len(labels) == 18
+
+
+def test_a_local_permission_error_names_the_path_not_credentials(tmp_path):
+    with pytest.raises(StoreAccessError) as info, storage_errors(str(tmp_path)):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "zarr.json"))
+    assert "permission denied" in str(info.value) and "credentials" not in str(info.value)
+    with pytest.raises(StoreAccessError, match="credentials"), storage_errors("s3://b/s.zarr"):
+        raise PermissionError(13, "Forbidden")
