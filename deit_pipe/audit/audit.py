@@ -19,6 +19,7 @@ from deit_pipe.audit.agreement import classifier_metrics, disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap, training_curves
 from deit_pipe.data import PairDataset, collate_views
 from deit_pipe.data.recipe import Recipe
+from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, ReplayError
 from deit_pipe.outputs import check_output_dir
 from deit_pipe.storage import TargetStore
@@ -105,7 +106,7 @@ def audit(
     runs = [load_run(p) for p in run_paths]
     for run in runs:
         check_run_against_store(run, store)
-    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     val = store.read_epoch(0, "val")
     source = run_source(runs[0]) if runs else None
     labels = source.split("val").labels

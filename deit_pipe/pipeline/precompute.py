@@ -18,7 +18,8 @@ import torch
 
 from deit_pipe.data import Source, open_checked
 from deit_pipe.data.recipe import Recipe
-from deit_pipe.errors import ConfigError, DeitPipeError, StoreCorruptError, check
+from deit_pipe.device import resolve_device
+from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
 from deit_pipe.pipeline.teacher import build_teacher, check_normalization
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
@@ -95,13 +96,6 @@ def prepare_store(job: Job, *, overwrite: bool = False, **store_options) -> Stor
     writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
     write_manifest(writer, source)
     return writer
-
-
-def check_device(device: str) -> None:
-    """`cuda` asked for on a machine without it is refused, never silently run on the CPU."""
-    check(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, not {device}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible here (use auto or cpu)")
 
 
 def pending(writer: StoreWriter) -> list[Task]:
@@ -302,7 +296,7 @@ def precompute(
     """
     check(workers is None or workers >= 0, f"--workers must be ≥ 0, got {workers}")
     if scheduler is None:  # an existing cluster's workers have their own devices
-        check_device(job.device)
+        resolve_device(job.device)
     spec, source = store_spec(job, **store_options)
     refuse_unusable(job.url, probe(job.url, job.storage_options))
     with store_lock(job.url, "precompute", job.storage_options):

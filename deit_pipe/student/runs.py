@@ -9,6 +9,7 @@ import torch
 
 from deit_pipe.data import Source, open_source
 from deit_pipe.data.recipe import Recipe
+from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError
 from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.evaluate import evaluate
@@ -106,7 +107,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`."""
     run = load_run(checkpoint)
-    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     source = run_source(run, spec)
     size = input_size or run.input_size
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)

@@ -19,6 +19,7 @@ from timm.utils import ModelEmaV3
 from deit_pipe.data import Source, ViewConfig, open_checked, open_source
 from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
+from deit_pipe.device import resolve_device
 from deit_pipe.errors import ConfigError, DeitPipeError
 from deit_pipe.pipeline.teacher import build_teacher
 from deit_pipe.storage import TargetStore
@@ -75,9 +76,7 @@ class Trainer:
 
 def setup_distributed(device: str) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible here (use auto or cpu)")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device).type == "cuda"
     if world == 1:
         return Context(device=torch.device("cuda" if use_cuda else "cpu"))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
