@@ -52,7 +52,7 @@ class ViewConfig:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     vflip: float = 0.0
-    color_jitter: float = 0.4  # timm turns it off when RandAugment is on
+    color_jitter: float = 0.3  # DeiT's; timm turns it off when RandAugment is on
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     interpolation: str = "bicubic"
     re_prob: float = 0.25
