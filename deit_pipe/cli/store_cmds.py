@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from deit_pipe.choices import DEVICES, TARGETS, VALUE_DTYPES
 from deit_pipe.cli import (
     build_recipe,
     console,
@@ -17,7 +18,6 @@ from deit_pipe.cli import (
     storage_options_option,
     teacher_config,
 )
-from deit_pipe.storage.format import TARGETS
 
 
 @main.command()
@@ -154,7 +154,7 @@ def _filling(info: dict) -> str:
     help="τ values whose logsumexp is stored (comma-separated, each > 0).",
 )
 @click.option(
-    "--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
+    "--value-dtype", type=click.Choice(VALUE_DTYPES), default="float16", show_default=True
 )
 @click.option(
     "--targets",
@@ -201,9 +201,7 @@ def _filling(info: dict) -> str:
 )
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--scheduler", default=None, help="Join an existing dask cluster (tcp://HOST:PORT).")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Scan first; exclude and record unreadable files.")
 @click.option("--compile", "compile_teacher", is_flag=True, help="torch.compile the teacher.")
 @click.option(

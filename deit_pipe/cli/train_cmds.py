@@ -25,7 +25,7 @@ from deit_pipe.cli import (
 
 def _train_options(fn):
     """`train`'s own options; every unset one is resolved by `TrainConfig`."""
-    from deit_pipe.student.config import DEVICES, DISTILL, KL_REDUCTIONS
+    from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
 
     preset = "[default: the recipe preset's]"
     options = [
@@ -110,6 +110,13 @@ def _train_options(fn):
             help="Seconds without a newly completed shard before --follow gives up.",
         ),
         click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt exactly."),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Repeat a run: its RUN/config.json; flags given beside it override it.",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps."),
         click.option(
@@ -139,11 +146,11 @@ def train(**opts) -> None:
     teacher = opts.pop("teacher")
     teacher_args = [opts.pop(k) for k in ("teacher_checkpoint", "teacher_pretrained")]
     teacher_args.append(opts.pop("teacher_random_init"))
-    recipe = None
-    if opts["store"] is None:
-        if opts["spec"] is None:
-            raise click.UsageError("give --store STORE, or --data SPEC")
+    recipe, config_file = None, opts.pop("config_file")
+    if opts["store"] is None and opts["spec"] is not None:
         recipe = build_recipe(open_source(opts["spec"]), dict(opts)).to_dict()
+    elif opts["store"] is None and config_file is None:
+        raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")
     preset = opts.pop("recipe")
     source = click.get_current_context().get_parameter_source
     for flag in (*RECIPE_FLAGS, "scale_min", "seed"):  # the store's recipe rules a store run
@@ -165,7 +172,11 @@ def train(**opts) -> None:
         compile=opts.pop("compile_model"),
         **opts,
     )
-    rank = int(os.environ.get("RANK", "0"))
+    if config_file:
+        from deit_pipe.student.config import repeat_config
+
+        cfg = repeat_config(config_file, cfg, _given_fields())
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     with progress_bar("steps") as bar:
         task = None
 
@@ -195,6 +206,28 @@ def train(**opts) -> None:
         result = run_train(cfg, progress=show if rank == 0 else None)
     if rank == 0:
         console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
+
+
+# CLI parameter → the TrainConfig field it sets, where the names differ.
+_FIELD_OF = {
+    "spec": "data",
+    "train_seed": "seed",
+    "compile_model": "compile",
+    "recipe": "preset",
+    **{k: "model_overrides" for k in ("img_size", "patch_size", "depth", "embed_dim")},
+    "num_heads": "model_overrides",
+    **{k: "teacher" for k in ("teacher_checkpoint", "teacher_pretrained", "teacher_random_init")},
+    **{k: "recipe" for k in (*RECIPE_FLAGS, "scale_min", "seed")},
+}
+
+
+def _given_fields() -> set[str]:
+    """TrainConfig fields set by flags given on this command line (or in the environment)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {_FIELD_OF.get(p, p) for p in ctx.params if ctx.get_parameter_source(p) in given}
 
 
 def _relaunch_torchrun(nproc: int) -> None:

@@ -74,12 +74,29 @@ class Trainer:
         return Path(self.cfg.out)
 
 
+def launch_env(environ=os.environ) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables, or SLURM's under `srun` (as
+    DeiT's `init_distributed_mode` reads them); (0, 1, 0) for a plain process."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
+    if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
+        if "MASTER_ADDR" not in environ:
+            raise ConfigError(
+                "srun with several tasks: export MASTER_ADDR (the first node, e.g. `scontrol "
+                "show hostnames $SLURM_JOB_NODELIST | head -n1`) and MASTER_PORT"
+            )
+        rank, world = int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"])
+        return rank, world, int(environ.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
 def setup_distributed(device: str) -> Context:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world, local = launch_env()
     use_cuda = resolve_device(device).type == "cuda"
     if world == 1:
         return Context(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    os.environ.setdefault("MASTER_PORT", "29500")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
