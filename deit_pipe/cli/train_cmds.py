@@ -255,7 +255,12 @@ def _relaunch_torchrun(nproc: int) -> None:
 
 
 @main.command(name="eval")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A run directory or its checkpoint.pt (RUN/checkpoint.pt).",
+)
 @click.option("--data", "spec", default=None, help="Dataset spec [default: the run's].")
 @click.option("--ema", is_flag=True, help="Evaluate the EMA weights.")
 @click.option(

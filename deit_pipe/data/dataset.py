@@ -2,9 +2,9 @@
 
 Item p of `PairDataset` renders slots 2p and 2p+1 and mixes them, so one rendering of each
 image serves both halves. `collate_views` concatenates items, so a batch of b pairs is 2b
-views in slot order. `StepSampler` yields, per step, the pairs one rank consumes.
-`ReplayDataset` + `RunSampler` do the same for a whole training run, so one DataLoader (and
-its worker processes) serves every epoch and prefetches across epoch boundaries.
+views in slot order. `ReplayDataset` (items: (epoch, pair)) + `RunSampler` (per step of a run,
+the pairs one rank consumes) serve a whole training run, so one DataLoader (and its worker
+processes) serves every epoch and prefetches across epoch boundaries.
 """
 
 from __future__ import annotations
@@ -134,27 +134,3 @@ class RunSampler(Sampler[list[tuple[int, int]]]):
             epoch, in_epoch = divmod(step, self.per_epoch)
             slots = step_slots(in_epoch, self.global_batch, self.world_size, self.rank)
             yield [(epoch, p) for p in range(slots.start // 2, slots.stop // 2)]
-
-
-class StepSampler(Sampler[list[int]]):
-    """Batch sampler: for each step from `start_step`, the pair indices of this rank's slots."""
-
-    def __init__(
-        self,
-        num_slots: int,
-        global_batch: int,
-        world_size: int = 1,
-        rank: int = 0,
-        start_step: int = 0,
-    ):
-        step_slots(0, global_batch, world_size, rank)  # validates the layout up front
-        self.num_slots, self.global_batch = num_slots, global_batch
-        self.world_size, self.rank, self.start_step = world_size, rank, start_step
-
-    def __len__(self) -> int:
-        return max(steps_per_epoch(self.num_slots, self.global_batch) - self.start_step, 0)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_step, self.start_step + len(self)):
-            slots = step_slots(step, self.global_batch, self.world_size, self.rank)
-            yield list(range(slots.start // 2, slots.stop // 2))
