@@ -21,6 +21,7 @@ from report import record_section  # benchmarks/ is on the path of a script run 
 from deit_pipe.audit import audit, classifier_label
 from deit_pipe.demo import STUDENT, DemoConfig, store_job, train_teacher
 from deit_pipe.pipeline.precompute import precompute
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.student.runs import load_run
 from deit_pipe.student.train import TrainConfig, train
 
@@ -48,7 +49,9 @@ def prepare(root: Path, epochs: int) -> tuple[str, float]:
     t0 = time.perf_counter()
     train_teacher(root / "teacher", DemoConfig())
     url = str(root / "teacher.zarr")
-    precompute(store_job(url, root / "teacher" / "checkpoint.pt"), epochs=epochs, workers=2)
+    precompute(
+        store_job(url, root / "teacher" / "checkpoint.pt"), StoreRequest(epochs=epochs), workers=2
+    )
     return url, time.perf_counter() - t0
 
 

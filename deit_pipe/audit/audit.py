@@ -96,7 +96,7 @@ def audit(
 ) -> AuditResult:
     out = check_output_dir(out, AUDIT_FILES, "audit report")
     store = TargetStore(store_url, storage_options)
-    if "val" not in store.spec.splits or store.missing_shards("val"):
+    if "val" not in store.spec.splits or store.progress().missing("val"):
         raise DeitPipeError(
             f"{store_url} has no complete val/ split; make it with "
             "`deit-pipe precompute --split val …` (same data, seed and teacher)"
@@ -159,7 +159,7 @@ def train_view_agreement(
     model, run: Run, store: TargetStore, source, count: int, device: torch.device
 ) -> dict:
     """Student top-1 (every head) vs the stored teacher top-1 on replayed training views."""
-    complete = store.complete_epochs("train")
+    complete = store.progress().complete_epochs("train")
     if not complete or count <= 0:
         return {}
     epochs = sorted({complete[0], complete[-1]})

@@ -248,6 +248,7 @@ def precompute(
     """Run the teacher once over every planned view and store its top-k logits."""
     from deit_pipe.data import open_checked
     from deit_pipe.pipeline.precompute import precompute as run_precompute
+    from deit_pipe.pipeline.request import StoreRequest
     from deit_pipe.pipeline.tasks import Job
 
     source = open_checked(spec, skip_bad=skip_bad)
@@ -255,7 +256,7 @@ def precompute(
     job = Job(
         url=url,
         data=spec,
-        recipe=recipe.to_dict(),
+        recipe=recipe,
         skip_bad=skip_bad,
         teacher=teacher_config(teacher, teacher_checkpoint, pretrained, random_init),
         batch_size=batch_size,
@@ -265,13 +266,19 @@ def precompute(
         compile=compile_teacher,
         storage_options=storage_options,
     )
-    splits = ("train", "val") if split == "both" else (split,)
-    what = dict(epochs=epochs, splits=splits, k=top_k, temperatures=temperatures, targets=targets)
-    what["value_dtype"] = value_dtype
+    request = StoreRequest(
+        epochs=epochs,
+        splits=("train", "val") if split == "both" else (split,),
+        k=top_k,
+        temperatures=temperatures,
+        value_dtype=value_dtype,
+        shard_views=shard_views,
+        targets=targets,
+    )
     if dry_run:
         from deit_pipe.pipeline.cost import estimate
 
-        _print_cost(estimate(job, throughput=throughput, **what), job, epochs)
+        _print_cost(estimate(job, request, throughput=throughput), job, epochs)
         return
     with progress_bar("views") as bar:
         state = {"task": None, "shards": 0, "total": 0, "start": 0.0}
@@ -300,8 +307,7 @@ def precompute(
 
         summary = run_precompute(
             job,
-            **what,
-            shard_views=shard_views,
+            request,
             overwrite=overwrite,
             repair=repair,
             workers=workers,

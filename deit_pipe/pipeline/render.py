@@ -81,7 +81,7 @@ class RenderPool:
 
 def shard_batches(
     source: Source,
-    recipe: dict,
+    recipe: Recipe,
     split: str,
     epoch: int,
     rows: range,
@@ -93,7 +93,7 @@ def shard_batches(
         items, per_batch = range(rows.start // 2, (rows.stop + 1) // 2), max(batch_size // 2, 1)
     else:
         items, per_batch = rows, batch_size
-    recipe_json = json.dumps(recipe, sort_keys=True)
+    recipe_json = json.dumps(recipe.to_dict(), sort_keys=True)
     chunks = [
         (recipe_json, split, epoch, list(items[i : i + per_batch]))
         for i in range(0, len(items), per_batch)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from deit_pipe.data import open_checked
+from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.render import RenderPool, shard_batches
 from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
 from deit_pipe.storage import StoreWriter
@@ -28,7 +29,7 @@ class Job:
 
     url: str
     data: str
-    recipe: dict  # Recipe.to_dict()
+    recipe: Recipe
     teacher: TeacherConfig
     skip_bad: bool = False
     batch_size: int = 256

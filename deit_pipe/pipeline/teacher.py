@@ -12,12 +12,8 @@ from pathlib import Path
 import timm
 import torch
 
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import TeacherError
 from deit_pipe.weights import load_weights_file, sha256_file, state_dict_of
-
-
-class TeacherError(DeitPipeError):
-    """The teacher cannot be built or does not fit the dataset or plan."""
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def verify(
     recipe = Recipe.from_dict(spec.plan)
     units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
     per_unit = sample if sample is not None else max(-(-DEFAULT_TOTAL // len(units)), 2)
-    done = {s: store.done(s) for s in spec.splits}  # one object per cell: read once
+    done = store.progress().done
     jobs = []
     for split, epoch in units:
         if len(source.split(split)) != spec.views(split):

@@ -43,6 +43,7 @@ from deit_pipe.storage.place import (
     refuse_unusable,
     write_root,
 )
+from deit_pipe.storage.reader import Progress, read_progress
 
 
 class StoreWriter:
@@ -55,10 +56,9 @@ class StoreWriter:
         self.spec = StoreSpec.from_meta(self.meta)
         check_layout(self.group, self.spec, url)
 
-    def done(self, split: str) -> np.ndarray:
-        """[E, S] shards marked done."""
-        with storage_errors(self.url):
-            return self.group[split]["done"][:]
+    def progress(self) -> Progress:
+        """Which shards of every split are done, read once."""
+        return read_progress(self.group, self.spec.splits, self.url)
 
     def mark_undone(self, split: str, epoch: int, shard: int) -> None:
         """Make a damaged shard pending again (its data is rewritten before it is done)."""

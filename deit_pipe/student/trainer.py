@@ -20,10 +20,10 @@ from deit_pipe.data import Source, ViewConfig, open_checked, open_source
 from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import ConfigError, DeitPipeError
+from deit_pipe.errors import CheckpointError, ConfigError, DeitPipeError
 from deit_pipe.pipeline.teacher import build_teacher
 from deit_pipe.storage import TargetStore
-from deit_pipe.student.checkpoint import CheckpointError, load_checkpoint
+from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.init_from import init_from, load_source
 from deit_pipe.student.losses import DistillationLoss
