@@ -22,8 +22,8 @@ from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
-from deit_pipe.pipeline.tasks import Job, teacher_logits
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.pipeline.tasks import Job
+from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
 
 def make_job(url: str, data: str, teacher: str, size: int, batch: int, threads: int) -> Job:

@@ -29,9 +29,9 @@ from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
-from deit_pipe.pipeline.tasks import Job, teacher_logits
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.pipeline.tasks import Job
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
 TEACHER = "regnety_160"
 STUDENTS = {

@@ -21,9 +21,9 @@ from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
-from deit_pipe.pipeline.tasks import Job, teacher_logits
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.pipeline.tasks import Job
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
 STUDENT = dict(img_size=32, patch_size=4, depth=4, embed_dim=96, num_heads=3)
 

@@ -24,10 +24,10 @@ from deit_pipe.outputs import check_output_dir, replace_owned
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.storage import TargetStore, summarize
 from deit_pipe.student.runs import load_run
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig
 
 # 16 tokens of 8×8 pixels (each 2×2 of the original scan): patch 4's 64 tokens cost 3× the
 # time per epoch for no gain at this budget (BENCHMARKS.md).

@@ -14,8 +14,8 @@ from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig
 
 TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
 RECIPE = Recipe(view=ViewConfig.for_source(open_source("digits")))

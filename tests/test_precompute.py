@@ -18,8 +18,8 @@ from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, precompute, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
 from deit_pipe.storage import TargetStore
+from deit_pipe.teacher import TeacherConfig, build_teacher
 
 TEACHER = TeacherConfig("regnety_002", random_init=True)
 ARRAYS = ("values", "indices", "lse", "fingerprint")

@@ -237,7 +237,7 @@ def test_a_small_dataset_store_is_not_padded(tmp_path):
     """Default options size chunks from the split: digits epochs are 1,437 views, not 4,096."""
     from deit_pipe.pipeline.precompute import precompute
     from deit_pipe.pipeline.tasks import Job
-    from deit_pipe.pipeline.teacher import TeacherConfig
+    from deit_pipe.teacher import TeacherConfig
 
     url = tmp_path / "digits.zarr"
     job = Job(

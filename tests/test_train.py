@@ -18,8 +18,8 @@ from deit_pipe.errors import ReplayError, StoreMismatchError
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig
 from tests.store_utils import resign_meta, tamper_fingerprint
 
 TEACHER = TeacherConfig("regnety_002", random_init=True)

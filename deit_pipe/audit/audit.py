@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.audit.agreement import classifier_metrics, disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap, training_curves
-from deit_pipe.data import PairDataset, collate_views
+from deit_pipe.data import collate_views, mismatches, stored_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, ReplayError
@@ -163,7 +163,6 @@ def train_view_agreement(
     if not complete or count <= 0:
         return {}
     epochs = sorted({complete[0], complete[-1]})
-    split = source.split("train")
     recipe = Recipe.from_dict(store.spec.plan)  # the teacher's views, whatever the run used
     if recipe.view.input_size != run.recipe.view.input_size:
         return {
@@ -174,7 +173,8 @@ def train_view_agreement(
     seen = 0
     for epoch in epochs:
         targets = store.read_epoch(epoch)
-        plan = recipe.epoch_plan(epoch, len(split))
+        dataset = stored_views(source, recipe, "train", epoch)
+        plan = dataset.plan
         rng = np.random.default_rng([epoch, 0xA0D17])
         pairs = np.sort(
             rng.choice(
@@ -182,13 +182,13 @@ def train_view_agreement(
             )
         )
         loader = DataLoader(
-            Subset(PairDataset(split, plan, recipe.view), pairs.tolist()),
+            Subset(dataset, pairs.tolist()),
             batch_size=64,
             collate_fn=collate_views,
         )
         for batch in loader:
             slots = batch["slot"].numpy()
-            if (targets.fingerprint[slots].view(np.int64) != batch["fingerprint"].numpy()).any():
+            if len(mismatches(targets.fingerprint, slots, batch["fingerprint"].numpy())):
                 raise ReplayError(
                     f"training views of epoch {epoch} do not replay the ones in "
                     f"{store.url}: library versions differ from the store's?"

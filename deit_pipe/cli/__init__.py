@@ -150,7 +150,7 @@ def storage_options_option(fn):
 
 def teacher_config(name: str, checkpoint, pretrained: bool, random_init: bool):
     """TeacherConfig from the teacher flags shared by `precompute` and `train`."""
-    from deit_pipe.pipeline.teacher import TeacherConfig
+    from deit_pipe.teacher import TeacherConfig
 
     return TeacherConfig(
         name,

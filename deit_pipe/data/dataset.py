@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
-from deit_pipe.data.sources import Split
+from deit_pipe.data.sources import Source, Split
 from deit_pipe.data.views import (
     ViewConfig,
     as_int64,
@@ -134,3 +135,19 @@ class RunSampler(Sampler[list[tuple[int, int]]]):
             epoch, in_epoch = divmod(step, self.per_epoch)
             slots = step_slots(in_epoch, self.global_batch, self.world_size, self.rank)
             yield [(epoch, p) for p in range(slots.start // 2, slots.stop // 2)]
+
+
+def stored_views(source: Source, recipe: Recipe, split: str, epoch: int) -> Dataset:
+    """The views a store holds for `split`/`epoch`, as the teacher saw them: the epoch plan's
+    mixed training pairs (item p = slots 2p, 2p+1), or the clean val views (item = slot)."""
+    data = source.split(split)
+    if split == "train":
+        return PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view)
+    return EvalDataset(data, recipe.view)
+
+
+def mismatches(stored: np.ndarray, slots, fingerprints) -> np.ndarray:
+    """Positions in `slots` whose replayed fingerprint (int64 bits) differs from the stored
+    one (uint64): the one comparison every replay makes."""
+    replayed = np.asarray(fingerprints).view(np.int64)
+    return np.flatnonzero(stored[np.asarray(slots)].view(np.int64) != replayed)

@@ -15,8 +15,8 @@ import torch
 
 from deit_pipe.data import open_checked
 from deit_pipe.pipeline.request import StoreRequest
-from deit_pipe.pipeline.tasks import Job, task_device, teacher_logits
-from deit_pipe.pipeline.teacher import build_teacher
+from deit_pipe.pipeline.tasks import Job, task_device
+from deit_pipe.teacher import build_teacher, teacher_logits
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
 BYTES_PER = {"float16": 1.21, "float32": 2.9, "index": 1.3, "top1": 1.3, "lse": 2.9}

@@ -21,10 +21,10 @@ from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
-from deit_pipe.pipeline.teacher import build_teacher, check_normalization
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
 from deit_pipe.storage.io import file_system
 from deit_pipe.storage.place import probe, refuse_unusable, store_lock
+from deit_pipe.teacher import build_teacher, check_normalization
 
 log = logging.getLogger(__name__)
 Task = tuple[str, int, int]  # (split, epoch, shard)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 import torch.multiprocessing as torch_mp
 
-from deit_pipe.data import EvalDataset, PairDataset, Source, collate_views, open_checked
+from deit_pipe.data import Source, collate_views, open_checked, stored_views
 from deit_pipe.data.recipe import Recipe
 
 _STATE: dict = {}  # this process's dataset for the (recipe, split, epoch) it renders now
@@ -27,12 +27,7 @@ def _dataset(source: Source, recipe_json: str, split: str, epoch: int):
     key = (source.spec, recipe_json, split, epoch)
     if _STATE.get("key") != key:  # one epoch's plan at a time: 300 cached plans would not fit
         recipe = Recipe.from_dict(json.loads(recipe_json))
-        data = source.split(split)
-        if split == "train":
-            dataset = PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view)
-        else:
-            dataset = EvalDataset(data, recipe.view)
-        _STATE.update(key=key, dataset=dataset)
+        _STATE.update(key=key, dataset=stored_views(source, recipe, split, epoch))
     return _STATE["dataset"]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from deit_pipe.data import EvalDataset, PairDataset, Source, collate_views, open_source
+from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import DataError
 from deit_pipe.storage import TargetStore
@@ -164,15 +164,10 @@ def _views_in(spec, split: str, rows: np.ndarray) -> int:
 
 
 def _render(source: Source, recipe: Recipe, check: EpochCheck, rows: np.ndarray, workers: int):
-    split = source.split(check.split)
-    if check.split == "train":
-        dataset = PairDataset(split, recipe.epoch_plan(check.epoch, len(split)), recipe.view)
-        batch = 32
-    else:
-        dataset, batch = EvalDataset(split, recipe.view), 64
+    dataset = stored_views(source, recipe, check.split, check.epoch)
     loader = DataLoader(
         Subset(dataset, rows.tolist()),
-        batch_size=batch,
+        batch_size=32 if check.split == "train" else 64,  # pairs, or single views
         num_workers=workers,
         collate_fn=collate_views,
         persistent_workers=False,
@@ -182,7 +177,7 @@ def _render(source: Source, recipe: Recipe, check: EpochCheck, rows: np.ndarray,
 
 def _compare(stored, source, recipe, check: EpochCheck, views: dict[str, torch.Tensor]) -> None:
     slots = views["slot"].numpy()
-    bad = np.flatnonzero(stored[slots] != views["fingerprint"].numpy().view(np.uint64))
+    bad = mismatches(stored, slots, views["fingerprint"].numpy())
     check.checked += len(slots)
     check.mismatches += len(bad)
     if len(bad) and check.first_mismatch is None:

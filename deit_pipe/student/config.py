@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
 from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
 from deit_pipe.errors import DeitPipeError, check
-from deit_pipe.pipeline.teacher import TeacherConfig
+from deit_pipe.teacher import TeacherConfig
 
 # (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
 PAPER_ALPHA_TAU = {"none": (0.5, 1.0), "soft": (0.1, 3.0), "hard": (0.5, 1.0)}

@@ -21,7 +21,6 @@ from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import CheckpointError, ConfigError, DeitPipeError
-from deit_pipe.pipeline.teacher import build_teacher
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.config import TrainConfig
@@ -29,7 +28,8 @@ from deit_pipe.student.init_from import init_from, load_source
 from deit_pipe.student.losses import DistillationLoss
 from deit_pipe.student.models import create_student, is_distilled
 from deit_pipe.student.rundir import check_run_dir, refuse_changed_resume
-from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher
+from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher, TeacherTargets
+from deit_pipe.teacher import build_teacher
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "deit_tiny_distilled_patch16_224"
@@ -58,7 +58,7 @@ class Trainer:
     store: TargetStore | None
     model: torch.nn.Module  # the bare model (checkpoints, EMA, eval)
     ddp: torch.nn.Module  # what the step calls: DDP-wrapped and/or compiled
-    teacher: NoTeacher | StoredTeacher | OnlineTeacher
+    teacher: TeacherTargets
     criterion: DistillationLoss
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler

@@ -1,4 +1,5 @@
-"""Teacher loading: any timm model, from a local checkpoint, a timm pretrained tag or a seeded init.
+"""The teacher, for both stages: any timm model, from a local checkpoint, a timm pretrained tag
+or a seeded init, and its forward (precompute stores it; online distillation runs it per step).
 
 Checkpoints are untrusted input: `.pth` files load with `weights_only=True`, `.safetensors`
 through safetensors. The sha256 of the file is recorded in the store.
@@ -118,3 +119,14 @@ def _classifier_rows(model: torch.nn.Module, state: dict) -> int | None:
     name = model.default_cfg.get("classifier") if hasattr(model, "default_cfg") else None
     weight = state.get(f"{name}.weight") if name else None
     return int(weight.shape[0]) if weight is not None else None
+
+
+@torch.inference_mode()
+def teacher_logits(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """float32 logits on `device`; bf16 autocast and channels_last on CUDA."""
+    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(x)
+    return out.float()
