@@ -51,29 +51,7 @@ def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module
         raise TeacherError(f"cannot build teacher {cfg.name}: {exc}") from None
     sha = None
     if cfg.checkpoint:
-        path = Path(cfg.checkpoint)
-        state = load_state_dict(path)
-        head = _classifier_rows(model, state)
-        if head is not None and head != num_classes:
-            raise TeacherError(
-                f"teacher checkpoint {path} predicts {head} classes; the dataset has {num_classes}"
-            )
-        own = model.state_dict()
-        for key, value in state.items():
-            if key in own and tuple(own[key].shape) != tuple(value.shape):
-                raise TeacherError(
-                    f"teacher checkpoint {path} does not fit {cfg.name}: {key} has shape "
-                    f"{list(value.shape)} in the file, {list(own[key].shape)} in the model "
-                    "(weights of another architecture or size?)"
-                )
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise TeacherError(
-                f"teacher checkpoint {path} does not fit {cfg.name}: "
-                f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
-                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
-            )
-        sha = sha256_file(path)
+        sha = _load_checkpoint(model, cfg, num_classes)
     elif not cfg.random_init and not cfg.pretrained:
         raise TeacherError(
             "the teacher needs weights: --teacher-checkpoint PATH, a timm "
@@ -100,6 +78,33 @@ def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module
         "std": list(data_cfg["std"]),
     }
     return model, info
+
+
+def _load_checkpoint(model: torch.nn.Module, cfg: TeacherConfig, num_classes: int) -> str:
+    """Load `cfg.checkpoint` into `model`, naming what does not fit; its sha256."""
+    path = Path(cfg.checkpoint)
+    state = load_state_dict(path)
+    head = _classifier_rows(model, state)
+    if head is not None and head != num_classes:
+        raise TeacherError(
+            f"teacher checkpoint {path} predicts {head} classes; the dataset has {num_classes}"
+        )
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise TeacherError(
+                f"teacher checkpoint {path} does not fit {cfg.name}: {key} has shape "
+                f"{list(value.shape)} in the file, {list(own[key].shape)} in the model "
+                "(weights of another architecture or size?)"
+            )
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise TeacherError(
+            f"teacher checkpoint {path} does not fit {cfg.name}: "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+        )
+    return sha256_file(path)
 
 
 def check_normalization(info: dict, mean: tuple, std: tuple) -> None:

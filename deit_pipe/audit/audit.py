@@ -128,30 +128,37 @@ def audit(
             metrics[label] = classifier_metrics(probs, labels, num_classes)
         train_agreement[name] = train_view_agreement(model, run, store, source, train_views, dev)
     names, matrix = disagreement_matrix(predictions)
+    result = AuditResult(names, matrix, metrics, train_agreement, {})
+    write_outputs(result, out, runs, store, ema)
+    store.close()
+    return result
+
+
+def write_outputs(result: AuditResult, out: Path, runs: list[Run], store, ema: bool) -> None:
+    """The heatmap, the curves, `agreement.json` and `report.md` (paths into `result.files`)."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "agreement.png": agreement_heatmap(names, matrix, out / "agreement.png"),
-        "curves.png": training_curves(
-            {n: r.path for n, r in zip(_names(runs), runs, strict=True)},
-            out / "curves.png",
-            teacher_top1=metrics["teacher"]["top1"],
-        ),
-    }
-    result = AuditResult(names, matrix, metrics, train_agreement, files)
+    named = dict(zip(_names(runs), runs, strict=True))
+    files = result.files
+    files["agreement.png"] = agreement_heatmap(
+        result.classifiers, result.matrix, out / "agreement.png"
+    )
+    files["curves.png"] = training_curves(
+        {n: r.path for n, r in named.items()},
+        out / "curves.png",
+        teacher_top1=result.metrics["teacher"]["top1"],
+    )
     doc = {
         **result.to_json(),
         "store": store.identity,
         "runs": {
             n: {"path": str(r.path), "step": r.checkpoint["step"], "ema": ema}
-            for n, r in zip(_names(runs), runs, strict=True)
+            for n, r in named.items()
         },
     }
     (out / "agreement.json").write_text(json.dumps(doc, indent=2))
     files["agreement.json"] = out / "agreement.json"
     (out / "report.md").write_text(render_report(result, doc))
     files["report.md"] = out / "report.md"
-    store.close()
-    return result
 
 
 @torch.inference_mode()

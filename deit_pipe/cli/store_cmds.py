@@ -136,6 +136,35 @@ def _filling(info: dict) -> str:
     return f"{p['views_done']:,}/{p['views_total']:,} views · epochs complete: {complete} · {pace}"
 
 
+class ShardProgress:
+    """The precompute's progress bar: views done, shards done, views/s, ETA."""
+
+    def __init__(self, bar):
+        self.bar, self.task, self.shards, self.total, self.start = bar, None, 0, 0, 0.0
+
+    def on_plan(self, tasks, writer) -> None:
+        import time
+
+        self.total, self.start = len(tasks), time.perf_counter()
+        views = sum(len(writer.shard_range(s, sh)) for s, _, sh in tasks)
+        self.task = self.bar.add_task(
+            "precompute", total=views, done=f"0/{len(tasks)} shards", rate=""
+        )
+
+    def on_result(self, result) -> None:
+        import time
+
+        self.shards += 1
+        done = self.bar.tasks[self.task].completed + result.views
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(
+            self.task,
+            advance=result.views,
+            rate=f"{rate:,.0f} views/s",
+            done=f"{self.shards}/{self.total} shards",
+        )
+
+
 @main.command()
 @click.option("--data", "spec", required=True, help="Dataset spec.")
 @click.option("--out", "url", required=True, help="Store path or fsspec URL.")
@@ -281,30 +310,7 @@ def precompute(
         _print_cost(estimate(job, request, throughput=throughput), job, epochs)
         return
     with progress_bar("views") as bar:
-        state = {"task": None, "shards": 0, "total": 0, "start": 0.0}
-
-        def on_plan(tasks, writer):
-            import time
-
-            state["total"], state["start"] = len(tasks), time.perf_counter()
-            views = sum(len(writer.shard_range(s, sh)) for s, _, sh in tasks)
-            state["task"] = bar.add_task(
-                "precompute", total=views, done=f"0/{len(tasks)} shards", rate=""
-            )
-
-        def on_result(result):
-            import time
-
-            state["shards"] += 1
-            task = bar.tasks[state["task"]]
-            rate = (task.completed + result.views) / max(time.perf_counter() - state["start"], 1e-9)
-            bar.update(
-                state["task"],
-                advance=result.views,
-                rate=f"{rate:,.0f} views/s",
-                done=f"{state['shards']}/{state['total']} shards",
-            )
-
+        shown = ShardProgress(bar)
         summary = run_precompute(
             job,
             request,
@@ -313,8 +319,8 @@ def precompute(
             workers=workers,
             threads_per_worker=threads_per_worker,
             scheduler=scheduler,
-            progress=on_result,
-            on_plan=on_plan,
+            progress=shown.on_result,
+            on_plan=shown.on_plan,
         )
     console.print(
         f"{summary.tasks} shards, {summary.views:,} views in {summary.seconds:.1f} s "

@@ -152,15 +152,7 @@ def train(**opts) -> None:
     elif opts["store"] is None and config_file is None:
         raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")
     preset = opts.pop("recipe")
-    source = click.get_current_context().get_parameter_source
-    for flag in (*RECIPE_FLAGS, "scale_min", "seed"):  # the store's recipe rules a store run
-        value = opts.pop(flag)
-        given = value is not None and source(flag) == click.core.ParameterSource.COMMANDLINE
-        if opts["store"] is not None and given:
-            raise click.UsageError(
-                f"--{flag.replace('_', '-')} sets the views' recipe, which a run from --store "
-                "takes from the store: drop it, or precompute a store with it"
-            )
+    _refuse_recipe_flags_with_a_store(opts)
     cfg = TrainConfig(
         out=str(opts.pop("out")),
         data=opts.pop("spec"),
@@ -178,34 +170,49 @@ def train(**opts) -> None:
         cfg = repeat_config(config_file, cfg, _given_fields())
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     with progress_bar("steps") as bar:
-        task = None
+        show = StepProgress(bar).show
+        result = run_train(cfg, progress=show if rank == 0 else None)
+    if rank == 0:
+        console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
 
-        def show(record):
-            nonlocal task
-            if task is None:
-                task = bar.add_task("train", total=record["total_steps"], done="", rate="")
-            if "waiting" in record:
-                w = record["waiting"]
-                bar.update(
-                    task,
-                    done=f"waiting for the teacher: epoch {w['epoch']}, "
-                    f"{w['done']}/{w['total']} shards done",
-                )
-                return
-            if "eval" in record:
-                tops = " ".join(f"{h} {v['top1']:.3f}" for h, v in sorted(record["eval"].items()))
-                bar.console.print(f"epoch {record['epoch']}: val top-1 {tops}", highlight=False)
-                return
-            bar.update(
-                task,
+
+def _refuse_recipe_flags_with_a_store(opts: dict) -> None:
+    """Consume the recipe flags; with --store, one given on the command line is refused (the
+    store's recipe rules the views, so it would be silently ignored)."""
+    source = click.get_current_context().get_parameter_source
+    for flag in (*RECIPE_FLAGS, "scale_min", "seed"):
+        value = opts.pop(flag)
+        given = value is not None and source(flag) == click.core.ParameterSource.COMMANDLINE
+        if opts["store"] is not None and given:
+            raise click.UsageError(
+                f"--{flag.replace('_', '-')} sets the views' recipe, which a run from --store "
+                "takes from the store: drop it, or precompute a store with it"
+            )
+
+
+class StepProgress:
+    """The training progress bar: steps, loss, img/s, ETA; evaluations and waits printed."""
+
+    def __init__(self, bar):
+        self.bar, self.task = bar, None
+
+    def show(self, record: dict) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=record["total_steps"], done="", rate="")
+        if "waiting" in record:
+            w = record["waiting"]
+            done = f"waiting for the teacher: epoch {w['epoch']}, {w['done']}/{w['total']} shards"
+            self.bar.update(self.task, done=done + " done")
+        elif "eval" in record:
+            tops = " ".join(f"{h} {v['top1']:.3f}" for h, v in sorted(record["eval"].items()))
+            self.bar.console.print(f"epoch {record['epoch']}: val top-1 {tops}", highlight=False)
+        else:
+            self.bar.update(
+                self.task,
                 completed=record["step"],
                 done=f"loss {record['loss']:.4f}",
                 rate=f"{record['img_s']:,.0f} img/s",
             )
-
-        result = run_train(cfg, progress=show if rank == 0 else None)
-    if rank == 0:
-        console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
 
 
 # CLI parameter → the TrainConfig field it sets, where the names differ.

@@ -94,15 +94,10 @@ def verify(
     spec = store.spec
     skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
     source = open_source(data or spec.dataset["spec"], skip=skipped)
-    stored_versions = store.meta.get("versions", {})
     report = VerifyReport(
         url=url,
         dataset_matches=source.fingerprint() == spec.dataset["fingerprint"],
-        version_drift={
-            k: f"{stored_versions.get(k)} → {v}"
-            for k, v in library_versions().items()
-            if k != "deit_pipe" and stored_versions.get(k) != v
-        },
+        version_drift=version_drift(store.meta.get("versions", {})),
     )
     recipe = Recipe.from_dict(spec.plan)
     units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
@@ -134,6 +129,15 @@ def verify(
     store.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def version_drift(stored: dict[str, str]) -> dict[str, str]:
+    """`library: "store's → here"` for the libraries whose versions differ from the store's."""
+    return {
+        k: f"{stored.get(k)} → {v}"
+        for k, v in library_versions().items()
+        if k != "deit_pipe" and stored.get(k) != v
+    }
 
 
 def _checked_rows(store, done, split, epoch, count, seed, check) -> np.ndarray:

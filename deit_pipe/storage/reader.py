@@ -23,8 +23,8 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreMismatchError,
 )
-from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, StoreSpec, shard_checksum
-from deit_pipe.storage.io import check_layout, file_system, open_group, read_meta, storage_errors
+from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, shard_checksum
+from deit_pipe.storage.io import file_system, open_store, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,7 @@ class TargetStore:
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url, self.storage_options = url, storage_options
-        self.group = open_group(url, "r", storage_options)
-        self.meta = read_meta(self.group, url)
-        self.spec = StoreSpec.from_meta(self.meta)
-        check_layout(self.group, self.spec, url)
+        self.group, self.meta, self.spec = open_store(url, "r", storage_options)
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
 

@@ -30,9 +30,9 @@ from deit_pipe.storage.format import (
 )
 from deit_pipe.storage.io import (
     atomic_write,
-    check_layout,
     file_system,
     open_group,
+    open_store,
     read_meta,
     storage_errors,
 )
@@ -51,10 +51,7 @@ class StoreWriter:
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url, self.storage_options = url, storage_options
-        self.group = open_group(url, "r+", storage_options)
-        self.meta = read_meta(self.group, url)
-        self.spec = StoreSpec.from_meta(self.meta)
-        check_layout(self.group, self.spec, url)
+        self.group, self.meta, self.spec = open_store(url, "r+", storage_options)
 
     def progress(self) -> Progress:
         """Which shards of every split are done, read once."""
