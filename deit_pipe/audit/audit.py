@@ -85,7 +85,7 @@ AUDIT_FILES = ("agreement.json", "agreement.png", "curves.png", "report.md")
 
 
 def audit(
-    store_url: str,
+    url: str,
     run_paths: list[Path | str],
     out: Path,
     *,
@@ -95,10 +95,10 @@ def audit(
     storage_options: dict | None = None,
 ) -> AuditResult:
     out = check_output_dir(out, AUDIT_FILES, "audit report")
-    store = TargetStore(store_url, storage_options)
+    store = TargetStore(url, storage_options)
     if "val" not in store.spec.splits or store.progress().missing("val"):
         raise DeitPipeError(
-            f"{store_url} has no complete val/ split; make it with "
+            f"{url} has no complete val/ split; make it with "
             "`deit-pipe precompute --split val …` (same data, seed and teacher)"
         )
     if not run_paths:

@@ -166,7 +166,7 @@ class ShardProgress:
 
 
 @main.command()
-@click.option("--data", "spec", required=True, help="Dataset spec.")
+@click.option("--data", required=True, help="Dataset spec.")
 @click.option("--out", "url", required=True, help="Store path or fsspec URL.")
 @click.option(
     "--epochs", type=click.IntRange(min=1), required=True, help="Training epochs to precompute."
@@ -246,7 +246,7 @@ class ShardProgress:
 @storage_options_option
 @recipe_options
 def precompute(
-    spec,
+    data,
     url,
     epochs,
     split,
@@ -280,11 +280,11 @@ def precompute(
     from deit_pipe.pipeline.request import StoreRequest
     from deit_pipe.pipeline.tasks import Job
 
-    source = open_checked(spec, skip_bad=skip_bad)
+    source = open_checked(data, skip_bad=skip_bad)
     recipe = build_recipe(source, opts)
     job = Job(
         url=url,
-        data=spec,
+        data=data,
         recipe=recipe,
         skip_bad=skip_bad,
         teacher=teacher_config(teacher, teacher_checkpoint, pretrained, random_init),
@@ -332,9 +332,7 @@ def precompute(
 
 @main.command()
 @click.argument("store")
-@click.option(
-    "--data", "spec", default=None, help="The dataset on this machine [default: the store's]."
-)
+@click.option("--data", default=None, help="The dataset on this machine [default: the store's].")
 @click.option(
     "--sample",
     type=int,
@@ -347,7 +345,7 @@ def precompute(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option
-def verify(store, spec, sample, all_views, workers, as_json, storage_options) -> None:
+def verify(store, data, sample, all_views, workers, as_json, storage_options) -> None:
     """Re-render stored views on this machine and compare fingerprints (no teacher runs).
 
     Exit status 0 when every checked view matches, 1 otherwise.
@@ -368,7 +366,7 @@ def verify(store, spec, sample, all_views, workers, as_json, storage_options) ->
 
         report = run_verify(
             store,
-            data=spec,
+            data=data,
             sample=sample,
             all_views=all_views,
             workers=workers,

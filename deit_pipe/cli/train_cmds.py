@@ -33,7 +33,7 @@ def _train_options(fn):
             "--out", required=True, type=click.Path(), help="Run directory (new or empty)."
         ),
         click.option("--store", default=None, help="Target store (offline distillation)."),
-        click.option("--data", "spec", default=None, help="Dataset spec (without --store)."),
+        click.option("--data", default=None, help="Dataset spec (without --store)."),
         click.option("--teacher", default=None, help="Run this timm teacher online instead."),
         click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None),
         click.option("--teacher-pretrained", is_flag=True),
@@ -147,15 +147,14 @@ def train(**opts) -> None:
     teacher_args = [opts.pop(k) for k in ("teacher_checkpoint", "teacher_pretrained")]
     teacher_args.append(opts.pop("teacher_random_init"))
     recipe, config_file = None, opts.pop("config_file")
-    if opts["store"] is None and opts["spec"] is not None:
-        recipe = build_recipe(open_source(opts["spec"]), dict(opts)).to_dict()
+    if opts["store"] is None and opts["data"] is not None:
+        recipe = build_recipe(open_source(opts["data"]), dict(opts)).to_dict()
     elif opts["store"] is None and config_file is None:
         raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")
     preset = opts.pop("recipe")
     _refuse_recipe_flags_with_a_store(opts)
     cfg = TrainConfig(
         out=str(opts.pop("out")),
-        data=opts.pop("spec"),
         recipe=recipe,
         preset=preset,
         teacher=teacher_config(teacher, *teacher_args) if teacher else None,
@@ -217,7 +216,6 @@ class StepProgress:
 
 # CLI parameter → the TrainConfig field it sets, where the names differ.
 _FIELD_OF = {
-    "spec": "data",
     "train_seed": "seed",
     "compile_model": "compile",
     "recipe": "preset",
@@ -268,7 +266,7 @@ def _relaunch_torchrun(nproc: int) -> None:
     type=click.Path(path_type=Path),
     help="A run directory or its checkpoint.pt (RUN/checkpoint.pt).",
 )
-@click.option("--data", "spec", default=None, help="Dataset spec [default: the run's].")
+@click.option("--data", default=None, help="Dataset spec [default: the run's].")
 @click.option("--ema", is_flag=True, help="Evaluate the EMA weights.")
 @click.option(
     "--input-size",
@@ -278,12 +276,12 @@ def _relaunch_torchrun(nproc: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(
-    checkpoint: Path, spec: str | None, ema: bool, input_size: int | None, as_json: bool
+    checkpoint: Path, data: str | None, ema: bool, input_size: int | None, as_json: bool
 ) -> None:
     """Top-1/top-5 of every head of a checkpoint on clean val views."""
     from deit_pipe.student.runs import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, spec, ema=ema, input_size=input_size)
+    result = evaluate_checkpoint(checkpoint, data, ema=ema, input_size=input_size)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
