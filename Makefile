@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-scale bench-gpu table3 table4 bench-finetune clean
+.PHONY: setup test demo lint bench bench-cli bench-scale bench-gpu table3 table4 bench-finetune clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/cli_bench.py
+
+bench-cli: $(STAMP)
+	$(BIN)/python benchmarks/cli_bench.py
 
 # Offline vs online distillation at 224² (RegNetY-16GF teacher, DeiT-S/Ti students).
 bench-scale: $(STAMP)

@@ -19,6 +19,7 @@ from report import record_section  # benchmarks/ is on the path of a script run 
 from deit_pipe.data.recipe import PRESETS
 from deit_pipe.demo import STUDENT, DemoConfig, store_job, student_config, train_teacher
 from deit_pipe.pipeline.precompute import precompute
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.storage import TargetStore, summarize
 from deit_pipe.student.runs import evaluate_checkpoint
 from deit_pipe.student.train import TrainConfig, train
@@ -26,7 +27,7 @@ from deit_pipe.student.train import TrainConfig, train
 
 def store(root: Path, size: int, epochs: int, teacher: Path) -> str:
     url = str(root / f"teacher{size}.zarr")
-    precompute(store_job(url, teacher, input_size=size), epochs=epochs, workers=2)
+    precompute(store_job(url, teacher, input_size=size), StoreRequest(epochs=epochs), workers=2)
     return url
 
 

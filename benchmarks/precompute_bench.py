@@ -21,8 +21,9 @@ import torch
 from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
-from deit_pipe.pipeline.tasks import Job, teacher_logits
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.pipeline.request import StoreRequest
+from deit_pipe.pipeline.tasks import Job
+from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
 
 def make_job(url: str, data: str, teacher: str, size: int, batch: int, threads: int) -> Job:
@@ -30,7 +31,7 @@ def make_job(url: str, data: str, teacher: str, size: int, batch: int, threads: 
     return Job(
         url=url,
         data=data,
-        recipe=recipe.to_dict(),
+        recipe=recipe,
         batch_size=batch,
         threads=threads,
         teacher=TeacherConfig(teacher, random_init=True),
@@ -39,7 +40,7 @@ def make_job(url: str, data: str, teacher: str, size: int, batch: int, threads: 
 
 def raw_forward(job: Job, batches: int = 4) -> float:
     torch.set_num_threads(job.threads)
-    recipe = Recipe.from_dict(job.recipe)
+    recipe = job.recipe
     source = open_source(job.data)
     split = source.split("train")
     dataset = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
@@ -54,7 +55,7 @@ def raw_forward(job: Job, batches: int = 4) -> float:
 
 def timed_precompute(job: Job, shard_views: int, **run_kw) -> float:
     writer = prepare_store(
-        job, epochs=1, splits=("train",), shard_views=shard_views, overwrite=True
+        job, StoreRequest(epochs=1, splits=("train",), shard_views=shard_views), overwrite=True
     )
     summary = run(job, pending(writer), **run_kw)
     return summary.views / summary.seconds

@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
-from deit_pipe.pipeline.tasks import Job, teacher_logits
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.pipeline.request import StoreRequest
+from deit_pipe.pipeline.tasks import Job
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
 TEACHER = "regnety_160"
 STUDENTS = {
@@ -107,7 +108,7 @@ def main(a) -> dict:
         data = f"fake:{views}:256"
         recipe = Recipe(view=ViewConfig.for_source(open_source(data), input_size=224))
         job = Job(
-            url=str(root / "store.zarr"), data=data, recipe=recipe.to_dict(),
+            url=str(root / "store.zarr"), data=data, recipe=recipe,
             teacher=TeacherConfig(TEACHER, random_init=True), batch_size=a.batch,
             loader_workers=a.loader_workers, threads=torch.get_num_threads(), device=device,
         )  # fmt: skip
@@ -115,10 +116,10 @@ def main(a) -> dict:
         warm = replace(job, url=str(root / "warm.zarr"))
         run(
             warm,
-            pending(prepare_store(warm, epochs=1, splits=("train",), targets="hard")),
+            pending(prepare_store(warm, StoreRequest(epochs=1, splits=("train",), targets="hard"))),
             workers=0,
         )
-        writer = prepare_store(job, epochs=1, splits=("train",), targets="hard")
+        writer = prepare_store(job, StoreRequest(epochs=1, splits=("train",), targets="hard"))
         summary = run(job, pending(writer), workers=0)
         steps = student_steps(root, job.url, data, recipe.to_dict(), device, a)
         split = open_source(data).split("train")

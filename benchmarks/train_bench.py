@@ -20,9 +20,10 @@ import torch
 from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
-from deit_pipe.pipeline.tasks import Job, teacher_logits
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
+from deit_pipe.pipeline.request import StoreRequest
+from deit_pipe.pipeline.tasks import Job
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
 STUDENT = dict(img_size=32, patch_size=4, depth=4, embed_dim=96, num_heads=3)
 
@@ -48,14 +49,12 @@ def run_bench(teacher: str = "regnety_016", steps: int = 24, batch: int = 128) -
             Job(
                 url=url,
                 data="digits",
-                recipe=recipe.to_dict(),
+                recipe=recipe,
                 teacher=tcfg,
                 batch_size=256,
                 threads=torch.get_num_threads(),
             ),
-            epochs=3,
-            splits=("train",),
-            shard_views=512,
+            StoreRequest(epochs=3, splits=("train",), shard_views=512),
             workers=0,
         )
         common = dict(

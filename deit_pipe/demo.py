@@ -22,11 +22,12 @@ from deit_pipe.data import MixConfig, ViewConfig, open_source
 from deit_pipe.data.recipe import PRESETS, Recipe
 from deit_pipe.outputs import check_output_dir, replace_owned
 from deit_pipe.pipeline.precompute import precompute
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.storage import TargetStore, summarize
 from deit_pipe.student.runs import load_run
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig
 
 # 16 tokens of 8×8 pixels (each 2×2 of the original scan): patch 4's 64 tokens cost 3× the
 # time per epoch for no gain at this budget (BENCHMARKS.md).
@@ -87,7 +88,7 @@ def store_job(url: str, teacher_checkpoint: Path | str, **recipe_overrides) -> J
     return Job(
         url=url,
         data="digits",
-        recipe=recipe.to_dict(),
+        recipe=recipe,
         batch_size=256,
         teacher=TeacherConfig("regnety_002", str(teacher_checkpoint)),
         device="cpu",
@@ -135,7 +136,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     log(f"2/4 precomputing targets for {epochs} epochs + val on dask ({workers} workers)")
     store = str(out / "teacher.zarr")
     job = store_job(store, out / "teacher" / "checkpoint.pt")
-    timed("precompute", precompute, job, epochs=cfg.student_epochs, workers=cfg.workers)
+    request = StoreRequest(epochs=cfg.student_epochs)
+    timed("precompute", precompute, job, request, workers=cfg.workers)
     run_dirs = {}
     for i, name in enumerate(STUDENTS):
         log(f"3/4 training student {i + 1}/2: {name} ({cfg.student_epochs} epochs)")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from deit_pipe.choices import DEVICES
 from deit_pipe.errors import ConfigError, check
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str) -> torch.device:

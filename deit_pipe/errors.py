@@ -57,6 +57,22 @@ class LockedError(DeitPipeError):
     """Another job is writing the same store or run directory."""
 
 
+class TeacherError(DeitPipeError):
+    """The teacher cannot be built or does not fit the dataset or plan."""
+
+
+class WeightsFileError(DeitPipeError):
+    """A weights file is missing, of the wrong kind, or unreadable."""
+
+
+class InitFromError(DeitPipeError):
+    """The `--init-from` source is missing or cannot initialise this student."""
+
+
+class CheckpointError(DeitPipeError):
+    """A checkpoint is missing, unreadable or does not belong to this run."""
+
+
 def check(ok: bool, message: str) -> None:
     """Raise ConfigError(message) unless `ok`: argument checks that read as the rule."""
     if not ok:

@@ -14,14 +14,10 @@ from pathlib import Path
 
 import torch
 
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import WeightsFileError
 
 TORCH_ZIP, TORCH_LEGACY, SAFETENSORS = "torch zip", "torch legacy", "safetensors"
 EXPECTED = "a PyTorch checkpoint (.pth/.pt from torch.save) or a .safetensors file"
-
-
-class WeightsFileError(DeitPipeError):
-    """A weights file is missing, of the wrong kind, or unreadable."""
 
 
 def file_kind(path: Path) -> str | None:

@@ -12,9 +12,10 @@ from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig
 
 TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
 RECIPE = Recipe(view=ViewConfig.for_source(open_source("digits")))
@@ -51,7 +52,7 @@ def digits_job(url: str) -> Job:
     return Job(
         url=url,
         data="digits",
-        recipe=RECIPE.to_dict(),
+        recipe=RECIPE,
         batch_size=256,
         teacher=TeacherConfig("regnety_002", random_init=True),
     )
@@ -62,7 +63,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     url = str(root / "store.zarr")
     job = digits_job(url)
-    precompute(job, epochs=1, shard_views=512, workers=0)
+    precompute(job, StoreRequest(epochs=1, shard_views=512), workers=0)
     runs = []
     for name, model, distill in [
         ("plain", "deit_tiny_patch16_224", "none"),
@@ -160,7 +161,7 @@ def test_store_without_val_says_how_to_make_it(setup, tmp_path):
     _, runs, _ = setup
     url = str(tmp_path / "train-only.zarr")
     job = digits_job(url)
-    precompute(job, epochs=1, splits=("train",), shard_views=512, workers=0)
+    precompute(job, StoreRequest(epochs=1, splits=("train",), shard_views=512), workers=0)
     result = CliRunner().invoke(
         main, ["audit", "--store", url, "--run", str(runs[0]), "--out", str(tmp_path / "a")]
     )

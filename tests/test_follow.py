@@ -56,7 +56,7 @@ def half_store(tmp_path):
 
     def epoch0_done() -> bool:
         try:
-            return bool(TargetStore(str(url)).done("train")[0].all())
+            return bool(TargetStore(str(url)).progress().done["train"][0].all())
         except Exception:  # not created yet
             return proc.poll() is not None
 
@@ -64,7 +64,7 @@ def half_store(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the precompute finished before it was killed"
-    assert TargetStore(str(url)).complete_epochs() in ([0], [0, 1])
+    assert TargetStore(str(url)).progress().complete_epochs() in ([0], [0, 1])
     return url
 
 
@@ -94,7 +94,7 @@ def test_a_follower_waits_for_the_teacher_and_matches_a_later_run(half_store, tm
 
     wait_until(evaluated_epoch0, 180, "the follower's first epoch")
     time.sleep(1.0)  # it is now waiting on epoch 1, which nobody is computing
-    assert proc.poll() is None and TargetStore(str(half_store)).missing_shards()
+    assert proc.poll() is None and TargetStore(str(half_store)).progress().missing()
     resumed = subprocess.run(precompute_cmd(half_store), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _, err = proc.communicate(timeout=300)

@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 from deit_pipe.cli import main
+from deit_pipe.errors import InitFromError
 from deit_pipe.student.config import TrainConfig
-from deit_pipe.student.init_from import InitFromError, init_from
+from deit_pipe.student.init_from import init_from
 from deit_pipe.student.models import create_student
 
 DEIT, VIT = "deit_tiny_distilled_patch16_224", "deit_tiny_patch16_224"

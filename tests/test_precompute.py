@@ -16,9 +16,10 @@ from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, mix_pair, open_source, render, train_transform
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, precompute, prepare_store, run
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
 from deit_pipe.storage import TargetStore
+from deit_pipe.teacher import TeacherConfig, build_teacher
 
 TEACHER = TeacherConfig("regnety_002", random_init=True)
 ARRAYS = ("values", "indices", "lse", "fingerprint")
@@ -26,9 +27,7 @@ ARRAYS = ("values", "indices", "lse", "fingerprint")
 
 def digits_job(url, **kw) -> Job:
     recipe = Recipe(view=ViewConfig.for_source(open_source("digits")))
-    return Job(
-        url=str(url), data="digits", recipe=recipe.to_dict(), teacher=TEACHER, batch_size=128, **kw
-    )
+    return Job(url=str(url), data="digits", recipe=recipe, teacher=TEACHER, batch_size=128, **kw)
 
 
 def assert_same_store(a, b, epochs=1, splits=("train", "val")):
@@ -43,14 +42,16 @@ def assert_same_store(a, b, epochs=1, splits=("train", "val")):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     url = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    precompute(digits_job(url), epochs=1, shard_views=256, workers=0)
+    precompute(digits_job(url), StoreRequest(epochs=1, shard_views=256), workers=0)
     return url
 
 
 def test_one_and_two_dask_workers_give_identical_stores(tmp_path, reference):
     for workers in (1, 2):
         url = tmp_path / f"w{workers}.zarr"
-        summary = precompute(digits_job(url), epochs=1, shard_views=256, workers=workers)
+        summary = precompute(
+            digits_job(url), StoreRequest(epochs=1, shard_views=256), workers=workers
+        )
         assert summary.views == 1437 + 360 and summary.tasks == 6 + 2
         assert_same_store(url, reference)
 
@@ -88,7 +89,7 @@ def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
         try:
-            done = int(TargetStore(str(url)).done("train").sum())
+            done = int(TargetStore(str(url)).progress().done["train"].sum())
         except Exception:  # store not created yet
             continue
         if done >= 3:
@@ -96,11 +97,11 @@ def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "precompute finished before it could be killed"
-    assert len(pending_after := TargetStore(str(url)).missing_shards("train")) > 0
+    assert len(pending_after := TargetStore(str(url)).progress().missing("train")) > 0
     assert len(pending_after) < 23
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert TargetStore(str(url)).missing_shards("train") == []
+    assert TargetStore(str(url)).progress().missing("train") == []
     assert_same_store(url, reference)
 
 
@@ -109,7 +110,7 @@ def test_a_worker_killed_mid_task_is_survived(tmp_path, reference, monkeypatch):
     cloudpickle.register_pickle_by_value(putils)
     url = tmp_path / "retry.zarr"
     job = digits_job(url)
-    writer = prepare_store(job, epochs=1, shard_views=256)
+    writer = prepare_store(job, StoreRequest(epochs=1, shard_views=256))
     run(job, pending(writer), workers=2, task_fn=putils.die_once)
     assert (tmp_path / "died").exists()
     assert_same_store(url, reference)
@@ -178,7 +179,7 @@ def test_corrupt_image_fails_naming_it_then_skip_bad_completes(imagefolder, tmp_
     url = tmp_path / "bad.zarr"
     result = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url))
     assert result.exit_code == 1 and "broken.jpg" in result.output
-    assert not TargetStore(str(url)).done("train").any()
+    assert not TargetStore(str(url)).progress().done["train"].any()
     ok = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, tmp_path / "ok.zarr", "--skip-bad"))
     assert ok.exit_code == 0, ok.output
     shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "ok.zarr")])
@@ -341,7 +342,7 @@ def test_render_processes_serve_every_shard_and_change_nothing(tmp_path, referen
     from deit_pipe.pipeline.tasks import render_pool
 
     job = digits_job(tmp_path / "pool.zarr", loader_workers=1)
-    tasks = pending(prepare_store(job, epochs=1, shard_views=256))
+    tasks = pending(prepare_store(job, StoreRequest(epochs=1, shard_views=256)))
     run(job, tasks[:2], workers=0)
     pids = render_pool(job).pids
     run(job, tasks[2:], workers=0)

@@ -151,7 +151,7 @@ def test_sigkill_during_precompute_then_resume_gives_the_same_bytes(s3):
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
         try:
-            done = int(TargetStore(killed, s3).done("train").sum())
+            done = int(TargetStore(killed, s3).progress().done["train"].sum())
         except Exception:  # not created yet
             continue
         if done >= 3:
@@ -159,7 +159,7 @@ def test_sigkill_during_precompute_then_resume_gives_the_same_bytes(s3):
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "precompute finished before it could be killed"
-    assert TargetStore(killed, s3).missing_shards("train")
+    assert TargetStore(killed, s3).progress().missing("train")
     resumed = subprocess.run(cmd, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = _objects(s3, "stores/straight.zarr"), _objects(s3, "stores/killed.zarr")

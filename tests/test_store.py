@@ -16,6 +16,7 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreMismatchError,
 )
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.storage import StoreWriter, TargetStore, create_store, write_manifest
 from tests.store_utils import fill, fill_all, logits, make_spec, write_shards_in_process
 
@@ -77,7 +78,7 @@ def test_local_file_and_memory_urls(tmp_path, scheme):
     }[scheme]
     fill_all(url, make_spec())
     store = TargetStore(url)
-    assert store.complete_epochs() == [0, 1] and store.missing_shards("val") == []
+    assert store.progress().complete_epochs() == [0, 1] and store.progress().missing("val") == []
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -104,7 +105,7 @@ def test_concurrent_writers_and_idempotent_rewrite(tmp_path):
         p.join(timeout=120)
         assert p.exitcode == 0
     store = TargetStore(url)
-    assert store.missing_shards("train") == []
+    assert store.progress().missing("train") == []
     reference = fill_all("memory://sequential", spec, skip={("val", 0, 0)})
     ref = TargetStore("memory://sequential").read_epoch(0)
     got = store.read_epoch(0)
@@ -122,7 +123,7 @@ def test_incomplete_shard_is_missing_never_read(tmp_path):
     # A crash between the data and the done flag: data present, flag not set.
     writer.group["train"]["topk_values"][1, 64:96] = 1.0
     store = TargetStore(url)
-    assert store.missing_shards() == [(1, 2)] and store.complete_epochs() == [0]
+    assert store.progress().missing() == [(1, 2)] and store.progress().complete_epochs() == [0]
     with pytest.raises(StoreIncompleteError, match="epoch 1 has unfinished shards"):
         store.read_epoch(1)
     with pytest.raises(StoreIncompleteError, match="epoch 1 is incomplete"):
@@ -173,12 +174,12 @@ def test_same_job_resumes_other_job_refused(tmp_path):
     url = str(tmp_path / "j.zarr")
     fill_all(url, make_spec(), skip={("train", 0, 1)})
     again = create_store(url, make_spec())
-    assert TargetStore(url).missing_shards() == [(0, 1)]
+    assert TargetStore(url).progress().missing() == [(0, 1)]
     fill(again, "train", 0, 1)
     with pytest.raises(StoreMismatchError, match="differs in k"):
         create_store(url, make_spec(k=4))
     create_store(url, make_spec(k=4), overwrite=True)
-    assert len(TargetStore(url).missing_shards()) == 8
+    assert len(TargetStore(url).progress().missing()) == 8
 
 
 def test_prefetch_serves_next_epoch():
@@ -236,16 +237,16 @@ def test_a_small_dataset_store_is_not_padded(tmp_path):
     """Default options size chunks from the split: digits epochs are 1,437 views, not 4,096."""
     from deit_pipe.pipeline.precompute import precompute
     from deit_pipe.pipeline.tasks import Job
-    from deit_pipe.pipeline.teacher import TeacherConfig
+    from deit_pipe.teacher import TeacherConfig
 
     url = tmp_path / "digits.zarr"
     job = Job(
         url=str(url),
         data="digits",
-        recipe=Recipe(view=ViewConfig.for_source(open_source("digits"))).to_dict(),
+        recipe=Recipe(view=ViewConfig.for_source(open_source("digits"))),
         teacher=TeacherConfig("regnety_002", random_init=True),
     )
-    precompute(job, epochs=2, splits=("train",), workers=0)
+    precompute(job, StoreRequest(epochs=2, splits=("train",)), workers=0)
     store = TargetStore(str(url))
     assert store.meta["layout"]["train"] == {"shard_views": 1437, "chunk_views": 1437}
     assert zarr.open_group(str(url))["train/fingerprint"].chunks == (1, 1437)

@@ -16,9 +16,10 @@ from deit_pipe.data import ViewConfig, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import ReplayError, StoreMismatchError
 from deit_pipe.pipeline.precompute import precompute
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
-from deit_pipe.pipeline.teacher import TeacherConfig
 from deit_pipe.student.train import TrainConfig, train
+from deit_pipe.teacher import TeacherConfig
 from tests.store_utils import resign_meta, tamper_fingerprint
 
 TEACHER = TeacherConfig("regnety_002", random_init=True)
@@ -42,8 +43,8 @@ TINY_ARGS = [
 def exact_store(tmp_path_factory):
     """k = C, float32: the stored targets are the teacher's full softmax."""
     url = str(tmp_path_factory.mktemp("exact") / "exact.zarr")
-    job = Job(url=url, data="digits", recipe=RECIPE.to_dict(), teacher=TEACHER, batch_size=256)
-    precompute(job, epochs=2, k=10, value_dtype="float32", shard_views=512, workers=0)
+    job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
+    precompute(job, StoreRequest(epochs=2, k=10, value_dtype="float32", shard_views=512), workers=0)
     return url
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from deit_pipe.data import (
     MixConfig,
     PairDataset,
-    StepSampler,
+    RunSampler,
     ViewConfig,
     collate_views,
     fingerprint,
@@ -70,22 +70,19 @@ def test_same_fingerprints_in_a_fresh_process(dataset):
     assert {int(k): v for k, v in json.loads(out.stdout).items()} == expected
 
 
-def test_step_sampler_feeds_each_rank_its_slots(dataset):
-    batch = 8
-    seen = {r: [] for r in range(2)}
-    for rank in range(2):
-        sampler = StepSampler(len(dataset.plan), batch, world_size=2, rank=rank)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views)
-        for i, b in enumerate(loader):
-            seen[rank].append(b["slot"].tolist())
-            if i == 2:
-                break
-    for step in range(3):
-        assert sorted(seen[0][step] + seen[1][step]) == list(
-            range(step * batch, (step + 1) * batch)
-        )
-    resumed = StepSampler(len(dataset.plan), batch, start_step=5)
-    assert next(iter(resumed)) == [20, 21, 22, 23]
+def test_run_sampler_feeds_each_rank_its_slots_across_epochs():
+    from deit_pipe.data.plan import steps_per_epoch
+
+    batch, slots = 8, 100
+    per_epoch = steps_per_epoch(slots, batch)
+    seen = [list(RunSampler(slots, batch, 2 * per_epoch, world_size=2, rank=r)) for r in (0, 1)]
+    for step in range(2 * per_epoch):
+        epoch, in_epoch = divmod(step, per_epoch)
+        both = seen[0][step] + seen[1][step]
+        assert {e for e, _ in both} == {epoch}
+        assert sorted(p for _, p in both) == list(range(in_epoch * 4, in_epoch * 4 + 4))
+    resumed = RunSampler(slots, batch, per_epoch, start_step=5)
+    assert next(iter(resumed)) == [(0, 20), (0, 21), (0, 22), (0, 23)]
 
 
 def test_render_restores_caller_rng_state():

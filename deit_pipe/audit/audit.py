@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.audit.agreement import classifier_metrics, disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap, training_curves
-from deit_pipe.data import PairDataset, collate_views
+from deit_pipe.data import collate_views, mismatches, stored_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, ReplayError
@@ -85,7 +85,7 @@ AUDIT_FILES = ("agreement.json", "agreement.png", "curves.png", "report.md")
 
 
 def audit(
-    store_url: str,
+    url: str,
     run_paths: list[Path | str],
     out: Path,
     *,
@@ -95,10 +95,10 @@ def audit(
     storage_options: dict | None = None,
 ) -> AuditResult:
     out = check_output_dir(out, AUDIT_FILES, "audit report")
-    store = TargetStore(store_url, storage_options)
-    if "val" not in store.spec.splits or store.missing_shards("val"):
+    store = TargetStore(url, storage_options)
+    if "val" not in store.spec.splits or store.progress().missing("val"):
         raise DeitPipeError(
-            f"{store_url} has no complete val/ split; make it with "
+            f"{url} has no complete val/ split; make it with "
             "`deit-pipe precompute --split val …` (same data, seed and teacher)"
         )
     if not run_paths:
@@ -128,30 +128,37 @@ def audit(
             metrics[label] = classifier_metrics(probs, labels, num_classes)
         train_agreement[name] = train_view_agreement(model, run, store, source, train_views, dev)
     names, matrix = disagreement_matrix(predictions)
+    result = AuditResult(names, matrix, metrics, train_agreement, {})
+    write_outputs(result, out, runs, store, ema)
+    store.close()
+    return result
+
+
+def write_outputs(result: AuditResult, out: Path, runs: list[Run], store, ema: bool) -> None:
+    """The heatmap, the curves, `agreement.json` and `report.md` (paths into `result.files`)."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "agreement.png": agreement_heatmap(names, matrix, out / "agreement.png"),
-        "curves.png": training_curves(
-            {n: r.path for n, r in zip(_names(runs), runs, strict=True)},
-            out / "curves.png",
-            teacher_top1=metrics["teacher"]["top1"],
-        ),
-    }
-    result = AuditResult(names, matrix, metrics, train_agreement, files)
+    named = dict(zip(_names(runs), runs, strict=True))
+    files = result.files
+    files["agreement.png"] = agreement_heatmap(
+        result.classifiers, result.matrix, out / "agreement.png"
+    )
+    files["curves.png"] = training_curves(
+        {n: r.path for n, r in named.items()},
+        out / "curves.png",
+        teacher_top1=result.metrics["teacher"]["top1"],
+    )
     doc = {
         **result.to_json(),
         "store": store.identity,
         "runs": {
             n: {"path": str(r.path), "step": r.checkpoint["step"], "ema": ema}
-            for n, r in zip(_names(runs), runs, strict=True)
+            for n, r in named.items()
         },
     }
     (out / "agreement.json").write_text(json.dumps(doc, indent=2))
     files["agreement.json"] = out / "agreement.json"
     (out / "report.md").write_text(render_report(result, doc))
     files["report.md"] = out / "report.md"
-    store.close()
-    return result
 
 
 @torch.inference_mode()
@@ -159,11 +166,10 @@ def train_view_agreement(
     model, run: Run, store: TargetStore, source, count: int, device: torch.device
 ) -> dict:
     """Student top-1 (every head) vs the stored teacher top-1 on replayed training views."""
-    complete = store.complete_epochs("train")
+    complete = store.progress().complete_epochs("train")
     if not complete or count <= 0:
         return {}
     epochs = sorted({complete[0], complete[-1]})
-    split = source.split("train")
     recipe = Recipe.from_dict(store.spec.plan)  # the teacher's views, whatever the run used
     if recipe.view.input_size != run.recipe.view.input_size:
         return {
@@ -174,7 +180,8 @@ def train_view_agreement(
     seen = 0
     for epoch in epochs:
         targets = store.read_epoch(epoch)
-        plan = recipe.epoch_plan(epoch, len(split))
+        dataset = stored_views(source, recipe, "train", epoch)
+        plan = dataset.plan
         rng = np.random.default_rng([epoch, 0xA0D17])
         pairs = np.sort(
             rng.choice(
@@ -182,13 +189,13 @@ def train_view_agreement(
             )
         )
         loader = DataLoader(
-            Subset(PairDataset(split, plan, recipe.view), pairs.tolist()),
+            Subset(dataset, pairs.tolist()),
             batch_size=64,
             collate_fn=collate_views,
         )
         for batch in loader:
             slots = batch["slot"].numpy()
-            if (targets.fingerprint[slots].view(np.int64) != batch["fingerprint"].numpy()).any():
+            if len(mismatches(targets.fingerprint, slots, batch["fingerprint"].numpy())):
                 raise ReplayError(
                     f"training views of epoch {epoch} do not replay the ones in "
                     f"{store.url}: library versions differ from the store's?"

@@ -56,16 +56,16 @@ def main() -> None:
 
 def recipe_options(fn):
     """Plan and augmentation flags; unset ones come from the recipe preset."""
-    from deit_pipe.data.recipe import PRESETS
+    from deit_pipe.choices import PRESET_SUMMARIES
 
     unset = "[default: the recipe's]"
     options = [
         click.option(
             "--recipe",
-            type=click.Choice(list(PRESETS)),
+            type=click.Choice(list(PRESET_SUMMARIES)),
             default=None,
             help="Recipe preset [default: deit; small for digits and CIFAR]. "
-            + " ".join(f"{p.name}: {p.summary}." for p in PRESETS.values()),
+            + " ".join(f"{name}: {text}." for name, text in PRESET_SUMMARIES.items()),
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Plan seed."),
         click.option("--repeats", type=int, default=None, help=f"Repeated augmentation {unset}"),
@@ -150,7 +150,7 @@ def storage_options_option(fn):
 
 def teacher_config(name: str, checkpoint, pretrained: bool, random_init: bool):
     """TeacherConfig from the teacher flags shared by `precompute` and `train`."""
-    from deit_pipe.pipeline.teacher import TeacherConfig
+    from deit_pipe.teacher import TeacherConfig
 
     return TeacherConfig(
         name,

@@ -13,29 +13,29 @@ from deit_pipe.cli import build_recipe, console, main, recipe_options
 
 
 @main.command()
-@click.option("--data", "spec", required=True, help="Dataset spec (digits, imagefolder:ROOT, …).")
+@click.option("--data", required=True, help="Dataset spec (digits, imagefolder:ROOT, …).")
 @click.option("--workers", type=int, default=8, show_default=True, help="Decoding threads.")
 @click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def scan(spec: str, workers: int, skip_bad: bool, as_json: bool) -> None:
+def scan(data: str, workers: int, skip_bad: bool, as_json: bool) -> None:
     """Decode every file of a dataset up front and list the unreadable ones."""
     from deit_pipe.data import open_source
     from deit_pipe.data import scan as scan_source
 
-    source = open_source(spec)
+    source = open_source(data)
     report = scan_source(source, workers)
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "spec": spec,
+                    "spec": data,
                     "checked": report.checked,
                     "bad": [{"path": p, "reason": r} for p, r in report.bad],
                 }
             )
         )
     else:
-        console.print(f"{spec}: {report.checked} files checked, {len(report.bad)} unreadable")
+        console.print(f"{data}: {report.checked} files checked, {len(report.bad)} unreadable")
         for path, reason in report.bad:
             console.print(f"  [red]bad[/red] {path}: {reason}", highlight=False)
         if report.bad and skip_bad:
@@ -50,20 +50,20 @@ def scan(spec: str, workers: int, skip_bad: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--data", "spec", required=True, help="Dataset spec.")
+@click.option("--data", required=True, help="Dataset spec.")
 @click.option("--epoch", type=int, default=0, show_default=True)
 @click.option("--count", type=int, default=32, show_default=True, help="Slots to show.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("views.png"), show_default=True
 )
 @recipe_options
-def views(spec: str, epoch: int, count: int, out: Path, **opts) -> None:
+def views(data: str, epoch: int, count: int, out: Path, **opts) -> None:
     """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
     from deit_pipe.data import open_source
     from deit_pipe.data.plan import MIX_NAMES
     from deit_pipe.data.preview import save_view_grid
 
-    source = open_source(spec)
+    source = open_source(data)
     recipe = build_recipe(source, opts)
     epoch_plan = recipe.epoch_plan(epoch, len(source.split("train")))
     save_view_grid(source, epoch_plan, recipe.view, count, out)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from deit_pipe.choices import DEVICES, TARGETS, VALUE_DTYPES
 from deit_pipe.cli import (
     build_recipe,
     console,
@@ -17,7 +18,6 @@ from deit_pipe.cli import (
     storage_options_option,
     teacher_config,
 )
-from deit_pipe.storage.format import TARGETS
 
 
 @main.command()
@@ -136,8 +136,37 @@ def _filling(info: dict) -> str:
     return f"{p['views_done']:,}/{p['views_total']:,} views · epochs complete: {complete} · {pace}"
 
 
+class ShardProgress:
+    """The precompute's progress bar: views done, shards done, views/s, ETA."""
+
+    def __init__(self, bar):
+        self.bar, self.task, self.shards, self.total, self.start = bar, None, 0, 0, 0.0
+
+    def on_plan(self, tasks, writer) -> None:
+        import time
+
+        self.total, self.start = len(tasks), time.perf_counter()
+        views = sum(len(writer.shard_range(s, sh)) for s, _, sh in tasks)
+        self.task = self.bar.add_task(
+            "precompute", total=views, done=f"0/{len(tasks)} shards", rate=""
+        )
+
+    def on_result(self, result) -> None:
+        import time
+
+        self.shards += 1
+        done = self.bar.tasks[self.task].completed + result.views
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(
+            self.task,
+            advance=result.views,
+            rate=f"{rate:,.0f} views/s",
+            done=f"{self.shards}/{self.total} shards",
+        )
+
+
 @main.command()
-@click.option("--data", "spec", required=True, help="Dataset spec.")
+@click.option("--data", required=True, help="Dataset spec.")
 @click.option("--out", "url", required=True, help="Store path or fsspec URL.")
 @click.option(
     "--epochs", type=click.IntRange(min=1), required=True, help="Training epochs to precompute."
@@ -154,7 +183,7 @@ def _filling(info: dict) -> str:
     help="τ values whose logsumexp is stored (comma-separated, each > 0).",
 )
 @click.option(
-    "--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
+    "--value-dtype", type=click.Choice(VALUE_DTYPES), default="float16", show_default=True
 )
 @click.option(
     "--targets",
@@ -201,9 +230,7 @@ def _filling(info: dict) -> str:
 )
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--scheduler", default=None, help="Join an existing dask cluster (tcp://HOST:PORT).")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Scan first; exclude and record unreadable files.")
 @click.option("--compile", "compile_teacher", is_flag=True, help="torch.compile the teacher.")
 @click.option(
@@ -219,7 +246,7 @@ def _filling(info: dict) -> str:
 @storage_options_option
 @recipe_options
 def precompute(
-    spec,
+    data,
     url,
     epochs,
     split,
@@ -250,14 +277,15 @@ def precompute(
     """Run the teacher once over every planned view and store its top-k logits."""
     from deit_pipe.data import open_checked
     from deit_pipe.pipeline.precompute import precompute as run_precompute
+    from deit_pipe.pipeline.request import StoreRequest
     from deit_pipe.pipeline.tasks import Job
 
-    source = open_checked(spec, skip_bad=skip_bad)
+    source = open_checked(data, skip_bad=skip_bad)
     recipe = build_recipe(source, opts)
     job = Job(
         url=url,
-        data=spec,
-        recipe=recipe.to_dict(),
+        data=data,
+        recipe=recipe,
         skip_bad=skip_bad,
         teacher=teacher_config(teacher, teacher_checkpoint, pretrained, random_init),
         batch_size=batch_size,
@@ -267,50 +295,32 @@ def precompute(
         compile=compile_teacher,
         storage_options=storage_options,
     )
-    splits = ("train", "val") if split == "both" else (split,)
-    what = dict(epochs=epochs, splits=splits, k=top_k, temperatures=temperatures, targets=targets)
-    what["value_dtype"] = value_dtype
+    request = StoreRequest(
+        epochs=epochs,
+        splits=("train", "val") if split == "both" else (split,),
+        k=top_k,
+        temperatures=temperatures,
+        value_dtype=value_dtype,
+        shard_views=shard_views,
+        targets=targets,
+    )
     if dry_run:
         from deit_pipe.pipeline.cost import estimate
 
-        _print_cost(estimate(job, throughput=throughput, **what), job, epochs)
+        _print_cost(estimate(job, request, throughput=throughput), job, epochs)
         return
     with progress_bar("views") as bar:
-        state = {"task": None, "shards": 0, "total": 0, "start": 0.0}
-
-        def on_plan(tasks, writer):
-            import time
-
-            state["total"], state["start"] = len(tasks), time.perf_counter()
-            views = sum(len(writer.shard_range(s, sh)) for s, _, sh in tasks)
-            state["task"] = bar.add_task(
-                "precompute", total=views, done=f"0/{len(tasks)} shards", rate=""
-            )
-
-        def on_result(result):
-            import time
-
-            state["shards"] += 1
-            task = bar.tasks[state["task"]]
-            rate = (task.completed + result.views) / max(time.perf_counter() - state["start"], 1e-9)
-            bar.update(
-                state["task"],
-                advance=result.views,
-                rate=f"{rate:,.0f} views/s",
-                done=f"{state['shards']}/{state['total']} shards",
-            )
-
+        shown = ShardProgress(bar)
         summary = run_precompute(
             job,
-            **what,
-            shard_views=shard_views,
+            request,
             overwrite=overwrite,
             repair=repair,
             workers=workers,
             threads_per_worker=threads_per_worker,
             scheduler=scheduler,
-            progress=on_result,
-            on_plan=on_plan,
+            progress=shown.on_result,
+            on_plan=shown.on_plan,
         )
     console.print(
         f"{summary.tasks} shards, {summary.views:,} views in {summary.seconds:.1f} s "
@@ -322,9 +332,7 @@ def precompute(
 
 @main.command()
 @click.argument("store")
-@click.option(
-    "--data", "spec", default=None, help="The dataset on this machine [default: the store's]."
-)
+@click.option("--data", default=None, help="The dataset on this machine [default: the store's].")
 @click.option(
     "--sample",
     type=int,
@@ -337,7 +345,7 @@ def precompute(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option
-def verify(store, spec, sample, all_views, workers, as_json, storage_options) -> None:
+def verify(store, data, sample, all_views, workers, as_json, storage_options) -> None:
     """Re-render stored views on this machine and compare fingerprints (no teacher runs).
 
     Exit status 0 when every checked view matches, 1 otherwise.
@@ -358,7 +366,7 @@ def verify(store, spec, sample, all_views, workers, as_json, storage_options) ->
 
         report = run_verify(
             store,
-            data=spec,
+            data=data,
             sample=sample,
             all_views=all_views,
             workers=workers,

@@ -25,7 +25,7 @@ from deit_pipe.cli import (
 
 def _train_options(fn):
     """`train`'s own options; every unset one is resolved by `TrainConfig`."""
-    from deit_pipe.student.config import DEVICES, DISTILL, KL_REDUCTIONS
+    from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
 
     preset = "[default: the recipe preset's]"
     options = [
@@ -33,7 +33,7 @@ def _train_options(fn):
             "--out", required=True, type=click.Path(), help="Run directory (new or empty)."
         ),
         click.option("--store", default=None, help="Target store (offline distillation)."),
-        click.option("--data", "spec", default=None, help="Dataset spec (without --store)."),
+        click.option("--data", default=None, help="Dataset spec (without --store)."),
         click.option("--teacher", default=None, help="Run this timm teacher online instead."),
         click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None),
         click.option("--teacher-pretrained", is_flag=True),
@@ -110,6 +110,13 @@ def _train_options(fn):
             help="Seconds without a newly completed shard before --follow gives up.",
         ),
         click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt exactly."),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Repeat a run: its RUN/config.json; flags given beside it override it.",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps."),
         click.option(
@@ -139,24 +146,15 @@ def train(**opts) -> None:
     teacher = opts.pop("teacher")
     teacher_args = [opts.pop(k) for k in ("teacher_checkpoint", "teacher_pretrained")]
     teacher_args.append(opts.pop("teacher_random_init"))
-    recipe = None
-    if opts["store"] is None:
-        if opts["spec"] is None:
-            raise click.UsageError("give --store STORE, or --data SPEC")
-        recipe = build_recipe(open_source(opts["spec"]), dict(opts)).to_dict()
+    recipe, config_file = None, opts.pop("config_file")
+    if opts["store"] is None and opts["data"] is not None:
+        recipe = build_recipe(open_source(opts["data"]), dict(opts)).to_dict()
+    elif opts["store"] is None and config_file is None:
+        raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")
     preset = opts.pop("recipe")
-    source = click.get_current_context().get_parameter_source
-    for flag in (*RECIPE_FLAGS, "scale_min", "seed"):  # the store's recipe rules a store run
-        value = opts.pop(flag)
-        given = value is not None and source(flag) == click.core.ParameterSource.COMMANDLINE
-        if opts["store"] is not None and given:
-            raise click.UsageError(
-                f"--{flag.replace('_', '-')} sets the views' recipe, which a run from --store "
-                "takes from the store: drop it, or precompute a store with it"
-            )
+    _refuse_recipe_flags_with_a_store(opts)
     cfg = TrainConfig(
         out=str(opts.pop("out")),
-        data=opts.pop("spec"),
         recipe=recipe,
         preset=preset,
         teacher=teacher_config(teacher, *teacher_args) if teacher else None,
@@ -165,36 +163,76 @@ def train(**opts) -> None:
         compile=opts.pop("compile_model"),
         **opts,
     )
-    rank = int(os.environ.get("RANK", "0"))
-    with progress_bar("steps") as bar:
-        task = None
+    if config_file:
+        from deit_pipe.student.config import repeat_config
 
-        def show(record):
-            nonlocal task
-            if task is None:
-                task = bar.add_task("train", total=record["total_steps"], done="", rate="")
-            if "waiting" in record:
-                w = record["waiting"]
-                bar.update(
-                    task,
-                    done=f"waiting for the teacher: epoch {w['epoch']}, "
-                    f"{w['done']}/{w['total']} shards done",
-                )
-                return
-            if "eval" in record:
-                tops = " ".join(f"{h} {v['top1']:.3f}" for h, v in sorted(record["eval"].items()))
-                bar.console.print(f"epoch {record['epoch']}: val top-1 {tops}", highlight=False)
-                return
-            bar.update(
-                task,
+        cfg = repeat_config(config_file, cfg, _given_fields())
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    with progress_bar("steps") as bar:
+        show = StepProgress(bar).show
+        result = run_train(cfg, progress=show if rank == 0 else None)
+    if rank == 0:
+        console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
+
+
+def _refuse_recipe_flags_with_a_store(opts: dict) -> None:
+    """Consume the recipe flags; with --store, one given on the command line is refused (the
+    store's recipe rules the views, so it would be silently ignored)."""
+    source = click.get_current_context().get_parameter_source
+    for flag in (*RECIPE_FLAGS, "scale_min", "seed"):
+        value = opts.pop(flag)
+        given = value is not None and source(flag) == click.core.ParameterSource.COMMANDLINE
+        if opts["store"] is not None and given:
+            raise click.UsageError(
+                f"--{flag.replace('_', '-')} sets the views' recipe, which a run from --store "
+                "takes from the store: drop it, or precompute a store with it"
+            )
+
+
+class StepProgress:
+    """The training progress bar: steps, loss, img/s, ETA; evaluations and waits printed."""
+
+    def __init__(self, bar):
+        self.bar, self.task = bar, None
+
+    def show(self, record: dict) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=record["total_steps"], done="", rate="")
+        if "waiting" in record:
+            w = record["waiting"]
+            done = f"waiting for the teacher: epoch {w['epoch']}, {w['done']}/{w['total']} shards"
+            self.bar.update(self.task, done=done + " done")
+        elif "eval" in record:
+            tops = " ".join(f"{h} {v['top1']:.3f}" for h, v in sorted(record["eval"].items()))
+            self.bar.console.print(f"epoch {record['epoch']}: val top-1 {tops}", highlight=False)
+        else:
+            self.bar.update(
+                self.task,
                 completed=record["step"],
                 done=f"loss {record['loss']:.4f}",
                 rate=f"{record['img_s']:,.0f} img/s",
             )
 
-        result = run_train(cfg, progress=show if rank == 0 else None)
-    if rank == 0:
-        console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
+
+# CLI parameter → the TrainConfig field it sets, where the names differ.
+_FIELD_OF = {
+    "train_seed": "seed",
+    "compile_model": "compile",
+    "recipe": "preset",
+    **{k: "model_overrides" for k in ("img_size", "patch_size", "depth", "embed_dim")},
+    "num_heads": "model_overrides",
+    **{k: "teacher" for k in ("teacher_checkpoint", "teacher_pretrained", "teacher_random_init")},
+    **{k: "recipe" for k in (*RECIPE_FLAGS, "scale_min", "seed")},
+}
+
+
+def _given_fields() -> set[str]:
+    """TrainConfig fields set by flags given on this command line (or in the environment)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {_FIELD_OF.get(p, p) for p in ctx.params if ctx.get_parameter_source(p) in given}
 
 
 def _relaunch_torchrun(nproc: int) -> None:
@@ -222,8 +260,13 @@ def _relaunch_torchrun(nproc: int) -> None:
 
 
 @main.command(name="eval")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
-@click.option("--data", "spec", default=None, help="Dataset spec [default: the run's].")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A run directory or its checkpoint.pt (RUN/checkpoint.pt).",
+)
+@click.option("--data", default=None, help="Dataset spec [default: the run's].")
 @click.option("--ema", is_flag=True, help="Evaluate the EMA weights.")
 @click.option(
     "--input-size",
@@ -233,12 +276,12 @@ def _relaunch_torchrun(nproc: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(
-    checkpoint: Path, spec: str | None, ema: bool, input_size: int | None, as_json: bool
+    checkpoint: Path, data: str | None, ema: bool, input_size: int | None, as_json: bool
 ) -> None:
     """Top-1/top-5 of every head of a checkpoint on clean val views."""
     from deit_pipe.student.runs import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, spec, ema=ema, input_size=input_size)
+    result = evaluate_checkpoint(checkpoint, data, ema=ema, input_size=input_size)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -1,6 +1,13 @@
 """Stage 0: dataset sources, the stateless epoch plan, view rendering and fingerprints."""
 
-from deit_pipe.data.dataset import EvalDataset, PairDataset, StepSampler, collate_views
+from deit_pipe.data.dataset import (
+    EvalDataset,
+    PairDataset,
+    RunSampler,
+    collate_views,
+    mismatches,
+    stored_views,
+)
 from deit_pipe.data.plan import EpochPlan, MixConfig, plan, step_slots, steps_per_epoch
 from deit_pipe.data.scan import ScanReport, open_checked, scan
 from deit_pipe.data.sources import Source, Split, open_source
@@ -21,7 +28,9 @@ __all__ = [
     "ScanReport",
     "Source",
     "Split",
-    "StepSampler",
+    "RunSampler",
+    "mismatches",
+    "stored_views",
     "ViewConfig",
     "collate_views",
     "eval_transform",

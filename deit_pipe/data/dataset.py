@@ -2,21 +2,22 @@
 
 Item p of `PairDataset` renders slots 2p and 2p+1 and mixes them, so one rendering of each
 image serves both halves. `collate_views` concatenates items, so a batch of b pairs is 2b
-views in slot order. `StepSampler` yields, per step, the pairs one rank consumes.
-`ReplayDataset` + `RunSampler` do the same for a whole training run, so one DataLoader (and
-its worker processes) serves every epoch and prefetches across epoch boundaries.
+views in slot order. `ReplayDataset` (items: (epoch, pair)) + `RunSampler` (per step of a run,
+the pairs one rank consumes) serve a whole training run, so one DataLoader (and its worker
+processes) serves every epoch and prefetches across epoch boundaries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
-from deit_pipe.data.sources import Split
+from deit_pipe.data.sources import Source, Split
 from deit_pipe.data.views import (
     ViewConfig,
     as_int64,
@@ -136,25 +137,17 @@ class RunSampler(Sampler[list[tuple[int, int]]]):
             yield [(epoch, p) for p in range(slots.start // 2, slots.stop // 2)]
 
 
-class StepSampler(Sampler[list[int]]):
-    """Batch sampler: for each step from `start_step`, the pair indices of this rank's slots."""
+def stored_views(source: Source, recipe: Recipe, split: str, epoch: int) -> Dataset:
+    """The views a store holds for `split`/`epoch`, as the teacher saw them: the epoch plan's
+    mixed training pairs (item p = slots 2p, 2p+1), or the clean val views (item = slot)."""
+    data = source.split(split)
+    if split == "train":
+        return PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view)
+    return EvalDataset(data, recipe.view)
 
-    def __init__(
-        self,
-        num_slots: int,
-        global_batch: int,
-        world_size: int = 1,
-        rank: int = 0,
-        start_step: int = 0,
-    ):
-        step_slots(0, global_batch, world_size, rank)  # validates the layout up front
-        self.num_slots, self.global_batch = num_slots, global_batch
-        self.world_size, self.rank, self.start_step = world_size, rank, start_step
 
-    def __len__(self) -> int:
-        return max(steps_per_epoch(self.num_slots, self.global_batch) - self.start_step, 0)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_step, self.start_step + len(self)):
-            slots = step_slots(step, self.global_batch, self.world_size, self.rank)
-            yield list(range(slots.start // 2, slots.stop // 2))
+def mismatches(stored: np.ndarray, slots, fingerprints) -> np.ndarray:
+    """Positions in `slots` whose replayed fingerprint (int64 bits) differs from the stored
+    one (uint64): the one comparison every replay makes."""
+    replayed = np.asarray(fingerprints).view(np.int64)
+    return np.flatnonzero(stored[np.asarray(slots)].view(np.int64) != replayed)

@@ -40,10 +40,6 @@ class MixConfig:
         for flag, p in (("--mixup-prob", self.prob), ("--mixup-switch-prob", self.switch_prob)):
             check(0 <= p <= 1, f"{flag} is a probability in [0, 1], got {p:g}")
 
-    @property
-    def active(self) -> bool:
-        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
+from deit_pipe.choices import PRESET_SUMMARIES
 from deit_pipe.data.plan import RA_BLOCK, EpochPlan, MixConfig, plan
 from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
@@ -108,8 +109,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "deit",
-            "the DeiT paper's ImageNet recipe: 3 repeats, RandAugment m9, erasing 0.25, "
-            "mixup 0.8 / cutmix 1.0 on every pair; AdamW 5e-4, 300 epochs",
+            PRESET_SUMMARIES["deit"],
             repeats=3,
             view={},
             mix=MixConfig(),
@@ -117,9 +117,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "small",
-            "thousands of tiny images (digits, CIFAR-size): 1 view per image per epoch, "
-            "crops of ≥ 35% of the image, the rest of DeiT's augmentation; AdamW "
-            "1.6e-2 per 512 (2e-3 at batch 64), 60 epochs",
+            PRESET_SUMMARIES["small"],
             repeats=1,
             view={"scale": (0.35, 1.0)},
             mix=MixConfig(),
@@ -127,8 +125,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "finetune",
-            "DeiT's ↑resolution fine-tuning (`--finetune`): the DeiT views at the new size, "
-            "lr 5e-6 constant after warmup, weight decay 1e-8, 30 epochs",
+            PRESET_SUMMARIES["finetune"],
             repeats=3,
             view={},
             mix=MixConfig(),

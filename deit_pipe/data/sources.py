@@ -286,7 +286,8 @@ def _cifar(spec: str, kind: str, root: Path, download: bool) -> Source:
         val = cls(str(root), train=False, download=download)
     except RuntimeError as exc:
         raise DataError(
-            f"{kind} not found under {root} ({exc}); pass --download to fetch it"
+            f"{kind} not found under {root} ({exc}): put torchvision's {kind} files there "
+            "(e.g. cifar-10-batches-py/), downloaded once by torchvision.datasets"
         ) from None
     splits = {
         "train": ArraySplit(np.asarray(train.data), np.asarray(train.targets)),

@@ -103,6 +103,11 @@ class ViewConfig:
         return cls.from_dict(base)
 
 
+def _common(cfg: ViewConfig) -> dict:
+    """What training and eval views share: size, interpolation and normalisation."""
+    return dict(interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+
+
 def train_transform(cfg: ViewConfig) -> Transform:
     """timm's training transform for `cfg`, with Pillow-proof posterize."""
     tf = create_transform(
@@ -114,12 +119,10 @@ def train_transform(cfg: ViewConfig) -> Transform:
         vflip=cfg.vflip,
         color_jitter=cfg.color_jitter,
         auto_augment=cfg.auto_augment or None,
-        interpolation=cfg.interpolation,
-        mean=cfg.mean,
-        std=cfg.std,
         re_prob=cfg.re_prob,
         re_mode=cfg.re_mode,
         re_count=cfg.re_count,
+        **_common(cfg),
     )
     for t in getattr(tf, "transforms", []):
         if isinstance(t, timm_aa.RandAugment | timm_aa.AutoAugment):
@@ -130,12 +133,7 @@ def train_transform(cfg: ViewConfig) -> Transform:
 def eval_transform(cfg: ViewConfig) -> Transform:
     """Clean eval view: resize to input/crop_pct, center crop, normalize (bicubic by default)."""
     return create_transform(
-        cfg.input_size,
-        is_training=False,
-        interpolation=cfg.interpolation,
-        crop_pct=cfg.crop_pct,
-        mean=cfg.mean,
-        std=cfg.std,
+        cfg.input_size, is_training=False, crop_pct=cfg.crop_pct, **_common(cfg)
     )
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from deit_pipe.data import open_checked
-from deit_pipe.data.recipe import Recipe
-from deit_pipe.pipeline.tasks import Job, task_device, teacher_logits
-from deit_pipe.pipeline.teacher import build_teacher
+from deit_pipe.pipeline.request import StoreRequest
+from deit_pipe.pipeline.tasks import Job, task_device
+from deit_pipe.teacher import build_teacher, teacher_logits
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
 BYTES_PER = {"float16": 1.21, "float32": 2.9, "index": 1.3, "top1": 1.3, "lse": 2.9}
@@ -66,26 +66,18 @@ def teacher_throughput(job: Job, num_classes: int, input_size: int, batches: int
     return batches * job.batch_size / (time.perf_counter() - start)
 
 
-def estimate(
-    job: Job,
-    *,
-    epochs: int,
-    splits: tuple[str, ...] = ("train", "val"),
-    k: int = 10,
-    temperatures: tuple[float, ...] = (1.0, 3.0),
-    value_dtype: str = "float16",
-    targets: str = "soft",
-    throughput: float | None = None,
-) -> Cost:
+def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None) -> Cost:
+    """Views, store size and teacher time of a job, writing nothing."""
+    r = request.resolved()
     source = open_checked(job.data, skip_bad=job.skip_bad)
-    views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in splits}
-    size = Recipe.from_dict(job.recipe).view.input_size
+    views = {s: len(source.split(s)) * (r.epochs if s == "train" else 1) for s in r.splits}
+    size = job.recipe.view.input_size
     measured = throughput is None
     if measured:
         throughput = teacher_throughput(job, source.num_classes, size)
     return Cost(
         views=views,
-        bytes_per_view=bytes_per_view(targets, k, len(temperatures), value_dtype),
+        bytes_per_view=bytes_per_view(r.targets, r.k, len(r.temperatures), r.value_dtype),
         views_per_second=float(throughput),
         measured=measured,
         device=str(task_device(job)),

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from deit_pipe.data import Source, open_checked
-from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
+from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
-from deit_pipe.pipeline.teacher import build_teacher, check_normalization
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
 from deit_pipe.storage.io import file_system
 from deit_pipe.storage.place import probe, refuse_unusable, store_lock
+from deit_pipe.teacher import build_teacher, check_normalization
 
 log = logging.getLogger(__name__)
 Task = tuple[str, int, int]  # (split, epoch, shard)
@@ -42,57 +42,42 @@ class Summary:
         return self.views / self.seconds if self.seconds else 0.0
 
 
-def store_spec(
-    job: Job,
-    *,
-    epochs: int,
-    splits: tuple[str, ...] = ("train", "val"),
-    k: int = 10,
-    temperatures: tuple[float, ...] = (1.0, 3.0),
-    value_dtype: str = "float16",
-    shard_views: int | None = None,
-    targets: str = "soft",
-) -> tuple[StoreSpec, Source]:
+def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
     """Check dataset, teacher, plan and store options agree, writing nothing; the spec of the
-    store they make, and the opened dataset.
-
-    `shard_views=None` sizes shards and chunks per split from its view count
-    (`storage.format.shard_layout`).
-    """
+    store they make, and the opened dataset."""
     check(job.batch_size >= 1, f"--batch-size must be at least 1, got {job.batch_size}")
     check(job.loader_workers >= 0, f"--loader-workers must be ≥ 0, got {job.loader_workers}")
     check(job.threads >= 1, f"--threads-per-worker must be at least 1, got {job.threads}")
     source = open_checked(job.data, skip_bad=job.skip_bad)
-    recipe = Recipe.from_dict(job.recipe)
+    recipe = job.recipe
     _, teacher = build_teacher(job.teacher, source.num_classes)
     check_normalization(teacher, recipe.view.mean, recipe.view.std)
-    if targets == "hard":  # the paper's default distillation needs the top-1 class alone
-        k, temperatures = 1, ()
+    r = request.resolved()
     spec = StoreSpec(
         dataset={
             "spec": source.spec,
             "fingerprint": source.fingerprint(),
             "classes": source.classes,
-            "num_samples": {s: len(source.split(s)) for s in splits},
+            "num_samples": {s: len(source.split(s)) for s in r.splits},
         },
         teacher=teacher,
-        plan=job.recipe,
-        epochs=epochs,
-        splits=tuple(splits),
-        k=k,
-        temperatures=tuple(float(t) for t in temperatures),
-        value_dtype=value_dtype,
-        shard_views=shard_views,
-        targets=targets,
+        plan=job.recipe.to_dict(),
+        epochs=r.epochs,
+        splits=r.splits,
+        k=r.k,
+        temperatures=tuple(float(t) for t in r.temperatures),
+        value_dtype=r.value_dtype,
+        shard_views=r.shard_views,
+        targets=r.targets,
     )
     return spec, source
 
 
-def prepare_store(job: Job, *, overwrite: bool = False, **store_options) -> StoreWriter:
+def prepare_store(job: Job, request: StoreRequest, *, overwrite: bool = False) -> StoreWriter:
     """`store_spec`, then create the store (or reopen the same job) and write its manifest.
 
     The caller holds the store's lock where other jobs may run (`precompute` does)."""
-    spec, source = store_spec(job, **store_options)
+    spec, source = store_spec(job, request)
     writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
     write_manifest(writer, source)
     return writer
@@ -101,7 +86,7 @@ def prepare_store(job: Job, *, overwrite: bool = False, **store_options) -> Stor
 def pending(writer: StoreWriter) -> list[Task]:
     """Shards not marked done: val first, then epoch-major, so a student following the store
     (`train --follow`) gets whole epochs as early as possible."""
-    done = {s: writer.done(s) for s in writer.spec.splits}
+    done = writer.progress().done
     tasks = [
         (s, int(e), int(sh))
         for s in writer.spec.splits
@@ -276,6 +261,7 @@ def _cluster_resources(client, scheduler: str, device: str) -> dict | None:
 
 def precompute(
     job: Job,
+    request: StoreRequest,
     *,
     workers: int | None = None,
     threads_per_worker: int = 1,
@@ -284,20 +270,18 @@ def precompute(
     on_plan: Callable[[list[Task], StoreWriter], None] | None = None,
     overwrite: bool = False,
     repair: bool = False,
-    **store_options,
 ) -> Summary:
     """Prepare the store and run every shard not yet done (resume = call again).
 
     Every argument is checked before anything is written; the store's writer lock is held
     for the whole job, so a second job on the same store is refused naming this one.
     `repair` first re-checks every done shard against its checksums and recomputes those
-    that differ. `store_options` are `store_spec`'s: epochs, splits, k, temperatures,
-    value_dtype, shard_views (None: sized per split), targets.
+    that differ.
     """
     check(workers is None or workers >= 0, f"--workers must be ≥ 0, got {workers}")
     if scheduler is None:  # an existing cluster's workers have their own devices
         resolve_device(job.device)
-    spec, source = store_spec(job, **store_options)
+    spec, source = store_spec(job, request)
     refuse_unusable(job.url, probe(job.url, job.storage_options))
     with store_lock(job.url, "precompute", job.storage_options):
         writer = create_store(
@@ -332,7 +316,7 @@ def damaged_shards(url: str, storage_options: dict | None = None) -> list[Task]:
                 try:
                     found += [(split, epoch, p.shard) for p in store.shard_problems(split, epoch)]
                 except StoreCorruptError:  # a chunk that fails to decode: redo the epoch
-                    done = np.flatnonzero(store.done(split)[epoch])
+                    done = np.flatnonzero(store.progress().done[split][epoch])
                     found += [(split, epoch, int(shard)) for shard in done]
     finally:
         store.close()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 import torch.multiprocessing as torch_mp
 
-from deit_pipe.data import EvalDataset, PairDataset, Source, collate_views, open_checked
+from deit_pipe.data import Source, collate_views, open_checked, stored_views
 from deit_pipe.data.recipe import Recipe
 
 _STATE: dict = {}  # this process's dataset for the (recipe, split, epoch) it renders now
@@ -27,12 +27,7 @@ def _dataset(source: Source, recipe_json: str, split: str, epoch: int):
     key = (source.spec, recipe_json, split, epoch)
     if _STATE.get("key") != key:  # one epoch's plan at a time: 300 cached plans would not fit
         recipe = Recipe.from_dict(json.loads(recipe_json))
-        data = source.split(split)
-        if split == "train":
-            dataset = PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view)
-        else:
-            dataset = EvalDataset(data, recipe.view)
-        _STATE.update(key=key, dataset=dataset)
+        _STATE.update(key=key, dataset=stored_views(source, recipe, split, epoch))
     return _STATE["dataset"]
 
 
@@ -81,7 +76,7 @@ class RenderPool:
 
 def shard_batches(
     source: Source,
-    recipe: dict,
+    recipe: Recipe,
     split: str,
     epoch: int,
     rows: range,
@@ -93,7 +88,7 @@ def shard_batches(
         items, per_batch = range(rows.start // 2, (rows.stop + 1) // 2), max(batch_size // 2, 1)
     else:
         items, per_batch = rows, batch_size
-    recipe_json = json.dumps(recipe, sort_keys=True)
+    recipe_json = json.dumps(recipe.to_dict(), sort_keys=True)
     chunks = [
         (recipe_json, split, epoch, list(items[i : i + per_batch]))
         for i in range(0, len(items), per_batch)

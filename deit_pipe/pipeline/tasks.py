@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from deit_pipe.data import open_checked
+from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.render import RenderPool, shard_batches
-from deit_pipe.pipeline.teacher import TeacherConfig, build_teacher
 from deit_pipe.storage import StoreWriter
+from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
 _CACHE: dict[tuple, object] = {}
 
@@ -28,7 +29,7 @@ class Job:
 
     url: str
     data: str
-    recipe: dict  # Recipe.to_dict()
+    recipe: Recipe
     teacher: TeacherConfig
     skip_bad: bool = False
     batch_size: int = 256
@@ -138,14 +139,3 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     return TaskResult(
         split, epoch, shard, len(rows), time.perf_counter() - start, forward, str(device)
     )
-
-
-@torch.inference_mode()
-def teacher_logits(
-    model: torch.nn.Module, images: torch.Tensor, device: torch.device
-) -> torch.Tensor:
-    """float32 logits on `device`; bf16 autocast and channels_last on CUDA."""
-    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(x)
-    return out.float()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from deit_pipe.data import EvalDataset, PairDataset, Source, collate_views, open_source
+from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import DataError
 from deit_pipe.storage import TargetStore
@@ -94,20 +94,15 @@ def verify(
     spec = store.spec
     skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
     source = open_source(data or spec.dataset["spec"], skip=skipped)
-    stored_versions = store.meta.get("versions", {})
     report = VerifyReport(
         url=url,
         dataset_matches=source.fingerprint() == spec.dataset["fingerprint"],
-        version_drift={
-            k: f"{stored_versions.get(k)} → {v}"
-            for k, v in library_versions().items()
-            if k != "deit_pipe" and stored_versions.get(k) != v
-        },
+        version_drift=version_drift(store.meta.get("versions", {})),
     )
     recipe = Recipe.from_dict(spec.plan)
     units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
     per_unit = sample if sample is not None else max(-(-DEFAULT_TOTAL // len(units)), 2)
-    done = {s: store.done(s) for s in spec.splits}  # one object per cell: read once
+    done = store.progress().done
     jobs = []
     for split, epoch in units:
         if len(source.split(split)) != spec.views(split):
@@ -134,6 +129,15 @@ def verify(
     store.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def version_drift(stored: dict[str, str]) -> dict[str, str]:
+    """`library: "store's → here"` for the libraries whose versions differ from the store's."""
+    return {
+        k: f"{stored.get(k)} → {v}"
+        for k, v in library_versions().items()
+        if k != "deit_pipe" and stored.get(k) != v
+    }
 
 
 def _checked_rows(store, done, split, epoch, count, seed, check) -> np.ndarray:
@@ -164,15 +168,10 @@ def _views_in(spec, split: str, rows: np.ndarray) -> int:
 
 
 def _render(source: Source, recipe: Recipe, check: EpochCheck, rows: np.ndarray, workers: int):
-    split = source.split(check.split)
-    if check.split == "train":
-        dataset = PairDataset(split, recipe.epoch_plan(check.epoch, len(split)), recipe.view)
-        batch = 32
-    else:
-        dataset, batch = EvalDataset(split, recipe.view), 64
+    dataset = stored_views(source, recipe, check.split, check.epoch)
     loader = DataLoader(
         Subset(dataset, rows.tolist()),
-        batch_size=batch,
+        batch_size=32 if check.split == "train" else 64,  # pairs, or single views
         num_workers=workers,
         collate_fn=collate_views,
         persistent_workers=False,
@@ -182,7 +181,7 @@ def _render(source: Source, recipe: Recipe, check: EpochCheck, rows: np.ndarray,
 
 def _compare(stored, source, recipe, check: EpochCheck, views: dict[str, torch.Tensor]) -> None:
     slots = views["slot"].numpy()
-    bad = np.flatnonzero(stored[slots] != views["fingerprint"].numpy().view(np.uint64))
+    bad = mismatches(stored, slots, views["fingerprint"].numpy())
     check.checked += len(slots)
     check.mismatches += len(bad)
     if len(bad) and check.first_mismatch is None:

@@ -31,18 +31,18 @@ from datetime import UTC, datetime
 import numpy as np
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
+from deit_pipe.choices import TARGETS, VALUE_DTYPES
+
 FORMAT_VERSION = 3
 ATTR_KEY = "deit_pipe"
 CREATING_KEY = "deit_pipe_creating"  # root attribute while a store is being laid out
 CHECKSUM = "checksum"
 SPLITS = ("train", "val")
 ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
-TARGETS = ("soft", "hard")  # top-k logits + logsumexp, or the teacher's top-1 class alone
 MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.parquet"
 DEFAULT_SHARD_VIEWS = 65536
 DEFAULT_CHUNK_VIEWS = 4096
-VALUE_DTYPES = ("float16", "float32")
 # What deit-pipe writes at a store's root; `--overwrite` refuses a store holding anything else.
 STORE_ENTRIES = ("zarr.json", *SPLITS, MANIFEST, SKIPPED)
 

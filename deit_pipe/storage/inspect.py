@@ -20,7 +20,7 @@ def summarize(store: TargetStore) -> dict:
     array_bytes = sum(int(fs.du(f"{base}/{s}")) for s in spec.splits)
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
     # `done` is one object per (epoch, shard): read each split's once (on S3, E·S requests).
-    done = {s: store.done(s) for s in spec.splits}
+    done = store.progress().done
     missing = {s: [(int(e), int(sh)) for e, sh in np.argwhere(~d)] for s, d in done.items()}
     complete = (
         [int(e) for e in np.flatnonzero(done["train"].all(axis=1))] if "train" in done else []

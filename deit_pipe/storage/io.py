@@ -290,3 +290,15 @@ def check_layout(group: zarr.Group, spec, url: str) -> None:
                     f"{tuple(array.shape)} {array.dtype}, the store's metadata says {shape}"
                     f"{' ' + dtype if dtype else ''}; restore it, or remake the store"
                 )
+
+
+def open_store(url: str, mode: str, storage_options: dict | None = None):
+    """(group, metadata, StoreSpec) of a deit-pipe store, its metadata checksum and array
+    layout checked: what every reader and writer opens a store with."""
+    from deit_pipe.storage.format import StoreSpec
+
+    group = open_group(url, mode, storage_options)
+    meta = read_meta(group, url)
+    spec = StoreSpec.from_meta(meta)
+    check_layout(group, spec, url)
+    return group, meta, spec

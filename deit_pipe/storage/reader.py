@@ -23,8 +23,8 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreMismatchError,
 )
-from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, StoreSpec, shard_checksum
-from deit_pipe.storage.io import check_layout, file_system, open_group, read_meta, storage_errors
+from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, shard_checksum
+from deit_pipe.storage.io import file_system, open_store, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,29 @@ class EpochTargets:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Which shards are done, per split: one snapshot of each split's `done` flags (on an
+    object store, one request per (epoch, shard) cell, so read it once and ask it)."""
+
+    done: dict[str, np.ndarray]  # split → [E, S] bool
+
+    def missing(self, split: str = "train") -> list[tuple[int, int]]:
+        """(epoch, shard) not done."""
+        return [(int(e), int(s)) for e, s in np.argwhere(~self.done[split])]
+
+    def complete_epochs(self, split: str = "train") -> list[int]:
+        return [int(e) for e in np.flatnonzero(self.done[split].all(axis=1))]
+
+    def views_done(self, split: str, shard_sizes: np.ndarray) -> int:
+        return int((self.done[split] * shard_sizes[None, :]).sum())
+
+
+def read_progress(group, splits, url: str) -> Progress:
+    with storage_errors(url):
+        return Progress({s: np.asarray(group[s]["done"][:]) for s in splits})
+
+
+@dataclass(frozen=True)
 class ShardProblem:
     """A shard marked done whose array no longer matches its write-time checksum."""
 
@@ -137,10 +160,7 @@ class TargetStore:
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url, self.storage_options = url, storage_options
-        self.group = open_group(url, "r", storage_options)
-        self.meta = read_meta(self.group, url)
-        self.spec = StoreSpec.from_meta(self.meta)
-        check_layout(self.group, self.spec, url)
+        self.group, self.meta, self.spec = open_store(url, "r", storage_options)
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
 
@@ -160,15 +180,9 @@ class TargetStore:
             hint = " (make it with `deit-pipe precompute --split val`)" if split == "val" else ""
             raise StoreIncompleteError(f"{self.url} has no {split}/ split{hint}")
 
-    def done(self, split: str = "train") -> np.ndarray:
-        self._require_split(split)
-        return self._read(split, "done", slice(None))
-
-    def missing_shards(self, split: str = "train") -> list[tuple[int, int]]:
-        return [tuple(int(v) for v in ix) for ix in np.argwhere(~self.done(split))]
-
-    def complete_epochs(self, split: str = "train") -> list[int]:
-        return [int(e) for e in np.flatnonzero(self.done(split).all(axis=1))]
+    def progress(self) -> Progress:
+        """Which shards of every split are done, read once."""
+        return read_progress(self.group, self.spec.splits, self.url)
 
     def check_run(
         self,
@@ -212,7 +226,8 @@ class TargetStore:
         if follow:
             return
         needed = range(min(epochs if epochs is not None else stored, stored))
-        done = self.done("train")
+        self._require_split("train")
+        done = self.progress().done["train"]
         for e in needed:
             if not done[e].all():
                 missing = np.flatnonzero(~done[e])

@@ -30,9 +30,9 @@ from deit_pipe.storage.format import (
 )
 from deit_pipe.storage.io import (
     atomic_write,
-    check_layout,
     file_system,
     open_group,
+    open_store,
     read_meta,
     storage_errors,
 )
@@ -43,6 +43,7 @@ from deit_pipe.storage.place import (
     refuse_unusable,
     write_root,
 )
+from deit_pipe.storage.reader import Progress, read_progress
 
 
 class StoreWriter:
@@ -50,15 +51,11 @@ class StoreWriter:
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url, self.storage_options = url, storage_options
-        self.group = open_group(url, "r+", storage_options)
-        self.meta = read_meta(self.group, url)
-        self.spec = StoreSpec.from_meta(self.meta)
-        check_layout(self.group, self.spec, url)
+        self.group, self.meta, self.spec = open_store(url, "r+", storage_options)
 
-    def done(self, split: str) -> np.ndarray:
-        """[E, S] shards marked done."""
-        with storage_errors(self.url):
-            return self.group[split]["done"][:]
+    def progress(self) -> Progress:
+        """Which shards of every split are done, read once."""
+        return read_progress(self.group, self.spec.splits, self.url)
 
     def mark_undone(self, split: str, epoch: int, shard: int) -> None:
         """Make a damaged shard pending again (its data is rewritten before it is done)."""

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import torch
 
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import CheckpointError
 from deit_pipe.weights import SAFETENSORS, file_kind, load_weights_file
-
-
-class CheckpointError(DeitPipeError):
-    """A checkpoint is missing, unreadable or does not belong to this run."""
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
 from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
-from deit_pipe.device import DEVICES
 from deit_pipe.errors import DeitPipeError, check
-from deit_pipe.pipeline.teacher import TeacherConfig
-from deit_pipe.student.losses import DISTILL
+from deit_pipe.teacher import TeacherConfig
 
-KL_REDUCTIONS = ("batchmean", "numel")
-PRESET_NAMES = tuple(PRESETS)
 # (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
 PAPER_ALPHA_TAU = {"none": (0.5, 1.0), "soft": (0.1, 3.0), "hard": (0.5, 1.0)}
 SCHEDULE_FIELDS = tuple(f.name for f in fields(Schedule))
@@ -126,3 +123,34 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return "--" + {"ckpt_every": "ckpt-every", "tau": "tau"}.get(name, name.replace("_", "-"))
+
+
+# Saved in RUN/config.json but not repeated by `--config`: where this run goes and how it
+# reaches its store (credentials are never saved).
+NOT_REPEATED = ("out", "resume", "storage_options")
+
+
+def repeat_config(path: str, current: TrainConfig, given: set[str]) -> TrainConfig:
+    """A run's own settings from its `config.json` (timm's `--config` convention), with the
+    fields in `given` — the flags given beside it — taken from `current` instead."""
+    import json
+    from pathlib import Path
+
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DeitPipeError(f"--config {path}: cannot read a run's config.json ({exc})") from None
+    if not isinstance(saved, dict) or "distill" not in saved:
+        raise DeitPipeError(f"--config {path} is not a deit-pipe run's config.json")
+    names = {f.name for f in fields(TrainConfig)} - set(NOT_REPEATED)
+    base = {k: saved[k] for k in names if k in saved}
+    if isinstance(base.get("teacher"), dict):
+        t = base["teacher"]
+        base["teacher"] = TeacherConfig(**{**t, "model_kwargs": tuple(t["model_kwargs"].items())})
+    if base.get("store"):
+        base["recipe"] = None  # the store's recipe rules a store run
+    for name in given & names:
+        base[name] = getattr(current, name)
+    if "model_overrides" in given:
+        base["model_overrides"] = {**saved.get("model_overrides", {}), **current.model_overrides}
+    return TrainConfig(**base, **{k: getattr(current, k) for k in NOT_REPEATED})

@@ -56,14 +56,15 @@ def evaluate(
     split: Split,
     view: ViewConfig,
     *,
-    batch_size: int = 256,
-    device: torch.device = torch.device("cpu"),
     rank: int = 0,
     world_size: int = 1,
+    **predict_kw,
 ) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 (fractions) per head; ranks evaluate interleaved shares and sum counts."""
+    """Top-1/top-5 (fractions) per head; ranks evaluate interleaved shares and sum counts.
+    `predict_kw`: `predict`'s batch_size and device."""
     indices = list(range(rank, len(split), world_size))
-    logits = predict(model, split, view, batch_size=batch_size, device=device, indices=indices)
+    logits = predict(model, split, view, indices=indices, **predict_kw)
+    device = predict_kw.get("device", torch.device("cpu"))
     labels = torch.as_tensor(split.labels[indices])
     names = sorted(logits)
     counts = torch.tensor(

@@ -24,15 +24,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import InitFromError
 from deit_pipe.weights import load_weights_file, sha256_file, state_dict_of
 
 log = logging.getLogger(__name__)
 HEADS = ("head", "head_dist")
-
-
-class InitFromError(DeitPipeError):
-    """The `--init-from` source is missing or cannot initialise this student."""
 
 
 def load_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -9,16 +9,16 @@ when the loss needs it (hard distillation reads the top-1 class alone).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
-from deit_pipe.data import EpochPlan, Split
+from deit_pipe.data import EpochPlan, Split, mismatches
 from deit_pipe.errors import ReplayError
-from deit_pipe.pipeline.tasks import teacher_logits
 from deit_pipe.storage import EpochTargets, TargetStore, dense_soft
 from deit_pipe.storage.format import library_versions
+from deit_pipe.teacher import teacher_logits
 
 
 class TeacherBatch(NamedTuple):
@@ -26,11 +26,29 @@ class TeacherBatch(NamedTuple):
     hard: torch.Tensor | None  # [n] teacher top-1 class
 
 
+class TeacherTargets(Protocol):
+    """Where a step's teacher targets come from; the loop calls `start_epoch` before an
+    epoch's first step and `targets` for every batch."""
+
+    def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None: ...
+
+    def targets(
+        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
+    ) -> TeacherBatch:
+        """Targets for the views at `slots` (their `fingerprints`, as replayed; the finished
+        `images`, for a teacher that runs on them)."""
+        ...
+
+
 class NoTeacher:
+    """Plain supervised training: no teacher term."""
+
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
         pass
 
-    def targets(self, slots, fingerprints, images) -> TeacherBatch:
+    def targets(
+        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
+    ) -> TeacherBatch:
         return TeacherBatch(None, None)
 
 
@@ -62,10 +80,11 @@ class StoredTeacher:
             nxt = self.store.stored_epoch(epoch + 1, self.cycle_epochs)
         self.current = self.store.epoch(stored, prefetch=nxt)
 
-    def targets(self, slots, fingerprints, images) -> TeacherBatch:
+    def targets(
+        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
+    ) -> TeacherBatch:
         slots = np.asarray(slots)
-        stored = self.current.fingerprint[slots].view(np.int64)
-        bad = np.flatnonzero(stored != np.asarray(fingerprints))
+        bad = mismatches(self.current.fingerprint, slots, np.asarray(fingerprints))
         if len(bad):
             raise ReplayError(self._mismatch(int(slots[bad[0]]), len(bad)))
         hard = torch.from_numpy(self.current.indices[slots, 0].astype(np.int64))
@@ -102,6 +121,8 @@ class OnlineTeacher:
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
         pass
 
-    def targets(self, slots, fingerprints, images) -> TeacherBatch:
+    def targets(
+        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
+    ) -> TeacherBatch:
         logits = teacher_logits(self.model, images, self.device).double()
         return TeacherBatch(torch.softmax(logits / self.tau, dim=1).float(), logits.argmax(dim=1))

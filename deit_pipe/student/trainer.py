@@ -20,16 +20,16 @@ from deit_pipe.data import Source, ViewConfig, open_checked, open_source
 from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import ConfigError, DeitPipeError
-from deit_pipe.pipeline.teacher import build_teacher
+from deit_pipe.errors import CheckpointError, ConfigError, DeitPipeError
 from deit_pipe.storage import TargetStore
-from deit_pipe.student.checkpoint import CheckpointError, load_checkpoint
+from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.init_from import init_from, load_source
 from deit_pipe.student.losses import DistillationLoss
 from deit_pipe.student.models import create_student, is_distilled
 from deit_pipe.student.rundir import check_run_dir, refuse_changed_resume
-from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher
+from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher, TeacherTargets
+from deit_pipe.teacher import build_teacher
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "deit_tiny_distilled_patch16_224"
@@ -58,7 +58,7 @@ class Trainer:
     store: TargetStore | None
     model: torch.nn.Module  # the bare model (checkpoints, EMA, eval)
     ddp: torch.nn.Module  # what the step calls: DDP-wrapped and/or compiled
-    teacher: NoTeacher | StoredTeacher | OnlineTeacher
+    teacher: TeacherTargets
     criterion: DistillationLoss
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler
@@ -74,12 +74,29 @@ class Trainer:
         return Path(self.cfg.out)
 
 
+def launch_env(environ=os.environ) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables, or SLURM's under `srun` (as
+    DeiT's `init_distributed_mode` reads them); (0, 1, 0) for a plain process."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
+    if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
+        if "MASTER_ADDR" not in environ:
+            raise ConfigError(
+                "srun with several tasks: export MASTER_ADDR (the first node, e.g. `scontrol "
+                "show hostnames $SLURM_JOB_NODELIST | head -n1`) and MASTER_PORT"
+            )
+        rank, world = int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"])
+        return rank, world, int(environ.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
 def setup_distributed(device: str) -> Context:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world, local = launch_env()
     use_cuda = resolve_device(device).type == "cuda"
     if world == 1:
         return Context(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    os.environ.setdefault("MASTER_PORT", "29500")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")

@@ -1,4 +1,5 @@
-"""Teacher loading: any timm model, from a local checkpoint, a timm pretrained tag or a seeded init.
+"""The teacher, for both stages: any timm model, from a local checkpoint, a timm pretrained tag
+or a seeded init, and its forward (precompute stores it; online distillation runs it per step).
 
 Checkpoints are untrusted input: `.pth` files load with `weights_only=True`, `.safetensors`
 through safetensors. The sha256 of the file is recorded in the store.
@@ -12,12 +13,8 @@ from pathlib import Path
 import timm
 import torch
 
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import TeacherError
 from deit_pipe.weights import load_weights_file, sha256_file, state_dict_of
-
-
-class TeacherError(DeitPipeError):
-    """The teacher cannot be built or does not fit the dataset or plan."""
 
 
 @dataclass(frozen=True)
@@ -54,29 +51,7 @@ def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module
         raise TeacherError(f"cannot build teacher {cfg.name}: {exc}") from None
     sha = None
     if cfg.checkpoint:
-        path = Path(cfg.checkpoint)
-        state = load_state_dict(path)
-        head = _classifier_rows(model, state)
-        if head is not None and head != num_classes:
-            raise TeacherError(
-                f"teacher checkpoint {path} predicts {head} classes; the dataset has {num_classes}"
-            )
-        own = model.state_dict()
-        for key, value in state.items():
-            if key in own and tuple(own[key].shape) != tuple(value.shape):
-                raise TeacherError(
-                    f"teacher checkpoint {path} does not fit {cfg.name}: {key} has shape "
-                    f"{list(value.shape)} in the file, {list(own[key].shape)} in the model "
-                    "(weights of another architecture or size?)"
-                )
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise TeacherError(
-                f"teacher checkpoint {path} does not fit {cfg.name}: "
-                f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
-                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
-            )
-        sha = sha256_file(path)
+        sha = _load_checkpoint(model, cfg, num_classes)
     elif not cfg.random_init and not cfg.pretrained:
         raise TeacherError(
             "the teacher needs weights: --teacher-checkpoint PATH, a timm "
@@ -105,6 +80,33 @@ def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module
     return model, info
 
 
+def _load_checkpoint(model: torch.nn.Module, cfg: TeacherConfig, num_classes: int) -> str:
+    """Load `cfg.checkpoint` into `model`, naming what does not fit; its sha256."""
+    path = Path(cfg.checkpoint)
+    state = load_state_dict(path)
+    head = _classifier_rows(model, state)
+    if head is not None and head != num_classes:
+        raise TeacherError(
+            f"teacher checkpoint {path} predicts {head} classes; the dataset has {num_classes}"
+        )
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise TeacherError(
+                f"teacher checkpoint {path} does not fit {cfg.name}: {key} has shape "
+                f"{list(value.shape)} in the file, {list(own[key].shape)} in the model "
+                "(weights of another architecture or size?)"
+            )
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise TeacherError(
+            f"teacher checkpoint {path} does not fit {cfg.name}: "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+        )
+    return sha256_file(path)
+
+
 def check_normalization(info: dict, mean: tuple, std: tuple) -> None:
     """The plan's normalisation must be the one the teacher was trained with."""
 
@@ -122,3 +124,14 @@ def _classifier_rows(model: torch.nn.Module, state: dict) -> int | None:
     name = model.default_cfg.get("classifier") if hasattr(model, "default_cfg") else None
     weight = state.get(f"{name}.weight") if name else None
     return int(weight.shape[0]) if weight is not None else None
+
+
+@torch.inference_mode()
+def teacher_logits(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """float32 logits on `device`; bf16 autocast and channels_last on CUDA."""
+    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(x)
+    return out.float()
