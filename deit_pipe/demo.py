@@ -20,7 +20,7 @@ from pathlib import Path
 from deit_pipe.audit import audit, classifier_label
 from deit_pipe.data import MixConfig, ViewConfig, open_source
 from deit_pipe.data.recipe import PRESETS, Recipe
-from deit_pipe.outputs import check_output_dir, replace_owned
+from deit_pipe.outputs import check_output_dir, make_dir, replace_owned
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
@@ -121,7 +121,7 @@ def demo_outputs() -> tuple[str, ...]:
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> dict:
     out = check_output_dir(cfg.out, demo_outputs(), "demo").resolve()
     replace_owned(out, demo_outputs())
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "demo folder")
     seconds: dict[str, float] = {}
 
     def timed(stage: str, fn, *args, **kwargs):

@@ -53,3 +53,13 @@ def replace_owned(path: Path, owned: Iterable[str]) -> None:
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
+
+
+def make_dir(path: Path, what: str) -> Path:
+    """`mkdir -p`, with a failure (permissions, a file in the way, a full disk) as one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputPathError(f"cannot create the {what} {path}: {reason}") from None
+    return path

@@ -101,6 +101,10 @@ def test_outputs_never_go_into_a_users_folder(tmp_path, store):
     one_line(invoke("audit", "--store", store, "--run", tmp_path, "--out", users), "notes.md")
     one_line(invoke("demo", "--out", users, "--quick"), "notes.md")
     assert (users / "notes.md").read_text() == "my own notes"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    one_line(invoke(*run[:4], blocker / "run", *run[5:]), "cannot create the run directory")
+    one_line(invoke(*PRE, "--out", blocker / "s.zarr"), "Not a directory")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -21,7 +21,7 @@ from deit_pipe.data import collate_views, mismatches, stored_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, ReplayError
-from deit_pipe.outputs import check_output_dir
+from deit_pipe.outputs import check_output_dir, make_dir
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.models import heads
@@ -136,7 +136,7 @@ def audit(
 
 def write_outputs(result: AuditResult, out: Path, runs: list[Run], store, ema: bool) -> None:
     """The heatmap, the curves, `agreement.json` and `report.md` (paths into `result.files`)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "audit report folder")
     named = dict(zip(_names(runs), runs, strict=True))
     files = result.files
     files["agreement.png"] = agreement_heatmap(

@@ -11,6 +11,7 @@ from deit_pipe.data.dataset import PairDataset, collate_views
 from deit_pipe.data.plan import MIX_NAMES, EpochPlan
 from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
+from deit_pipe.outputs import make_dir
 
 
 def save_view_grid(
@@ -41,7 +42,7 @@ def save_view_grid(
         ax.set_title(title, fontsize=7)
     fig.suptitle(f"{source.spec} epoch {epoch_plan.epoch}: slots 0–{len(images) - 1}", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out.parent, "folder for the picture")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

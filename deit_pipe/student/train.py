@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from deit_pipe.data import collate_views
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
+from deit_pipe.outputs import make_dir
 from deit_pipe.storage.lock import WriterLock
 from deit_pipe.student.checkpoint import save_checkpoint
 from deit_pipe.student.config import TrainConfig
@@ -68,7 +69,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     tr = build_trainer(cfg)
     with ExitStack() as held:
         if tr.ctx.main:  # rank 0 writes the run directory, and holds it while it does
-            tr.out.mkdir(parents=True, exist_ok=True)
+            make_dir(tr.out, "run directory")
             held.enter_context(WriterLock(str(tr.out), "train", what="run directory"))
             truncate_metrics(tr.out, tr.step)
             save_json(tr.out / "config.json", tr.run_info)
