@@ -95,11 +95,11 @@ def store_job(url: str, teacher_checkpoint: Path | str, **recipe_overrides) -> J
     )
 
 
-def student_config(out: Path, store: str, name: str, cfg: DemoConfig) -> TrainConfig:
+def student_config(out: Path, url: str, name: str, cfg: DemoConfig) -> TrainConfig:
     model, distill = STUDENTS[name]
     return TrainConfig(
         out=str(out),
-        store=store,
+        store=url,
         model=model,
         model_overrides=STUDENT,
         distill=distill,
@@ -134,25 +134,25 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     timed("teacher", train_teacher, out / "teacher", cfg)
     epochs, workers = cfg.student_epochs, cfg.workers
     log(f"2/4 precomputing targets for {epochs} epochs + val on dask ({workers} workers)")
-    store = str(out / "teacher.zarr")
-    job = store_job(store, out / "teacher" / "checkpoint.pt")
+    url = str(out / "teacher.zarr")
+    job = store_job(url, out / "teacher" / "checkpoint.pt")
     request = StoreRequest(epochs=cfg.student_epochs)
     timed("precompute", precompute, job, request, workers=cfg.workers)
     run_dirs = {}
     for i, name in enumerate(STUDENTS):
         log(f"3/4 training student {i + 1}/2: {name} ({cfg.student_epochs} epochs)")
         run_dirs[name] = out / demo_outputs()[2 + i]
-        timed(f"student {name}", train, student_config(run_dirs[name], store, name, cfg))
+        timed(f"student {name}", train, student_config(run_dirs[name], url, name, cfg))
     log("4/4 auditing teacher-student agreement")
-    report = timed("audit", audit, store, list(run_dirs.values()), out / "audit", device="cpu")
-    summary = summarize_demo(cfg, out, store, run_dirs, report, seconds)
+    report = timed("audit", audit, url, list(run_dirs.values()), out / "audit", device="cpu")
+    summary = summarize_demo(cfg, out, url, run_dirs, report, seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def summarize_demo(cfg, out: Path, store: str, run_dirs: dict, report, seconds: dict) -> dict:
+def summarize_demo(cfg, out: Path, url: str, run_dirs: dict, report, seconds: dict) -> dict:
     """Metrics per classifier and head, agreement with the teacher, times, where things are."""
-    store_info = summarize(TargetStore(store))
+    store_info = summarize(TargetStore(url))
     teacher = f"teacher {store_info['teacher']['name']}"
     classifiers = {teacher: {"val": report.metrics["teacher"]}}
     disagreement = {}
@@ -170,7 +170,7 @@ def summarize_demo(cfg, out: Path, store: str, run_dirs: dict, report, seconds: 
         "recipe": "small",
         "student": STUDENT,
         "store_bytes_per_view": store_info["bytes_per_view"],
-        "store": store,
+        "store": url,
         "report": str(out / "audit" / "report.md"),
         "plots": [str(out / "audit" / "agreement.png"), str(out / "audit" / "curves.png")],
         "config": asdict(cfg),
