@@ -9,18 +9,46 @@ is. `--out ""` (the current directory, to most tools) is refused too.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 from deit_pipe.errors import OutputPathError
 
 LOCK_NAME = ".deit-pipe.lock"  # storage.lock writes it; never counted as a user's file
+# What an interrupted `write_atomic` may leave behind: `.NAME.HEX.tmp`.
+_TEMP = re.compile(r"^\.[^/]+\.[0-9a-f]{8}\.tmp$")
+
+
+def is_ours(name: str) -> bool:
+    """A directory entry deit-pipe leaves for itself (its lock, a temporary file), never
+    counted as a user's file or as output."""
+    return name == LOCK_NAME or bool(_TEMP.match(name))
 
 
 def entries(path: Path) -> list[str]:
-    """What a directory holds, leaving out deit-pipe's lock file."""
-    return sorted(e for e in os.listdir(path) if e != LOCK_NAME)
+    """What a directory holds, leaving out deit-pipe's own lock and temporary files."""
+    return sorted(e for e in os.listdir(path) if not is_ours(e))
+
+
+def write_atomic(path: Path | str, data: bytes) -> None:
+    """Replace a local file all at once: a reader sees the old file or the new, never a
+    truncated one (a full disk or a kill leaves the old file). Written to a temporary file
+    beside it, synced, renamed over it."""
+    folder, name = os.path.split(str(path))
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def check_output_dir(path: Path | str, owned: Iterable[str], what: str) -> Path:

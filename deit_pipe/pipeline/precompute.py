@@ -309,15 +309,15 @@ def precompute(
 def damaged_shards(url: str, storage_options: dict | None = None) -> list[Task]:
     """Shards marked done whose stored bytes differ from their write-time checksums."""
     store = TargetStore(url, storage_options)
-    found = []
+    done, found = store.progress().done, []
     try:
         for split in store.spec.splits:
             for epoch in range(store.spec.split_epochs(split)):
                 try:
-                    found += [(split, epoch, p.shard) for p in store.shard_problems(split, epoch)]
+                    problems = store.shard_problems(split, epoch, done=done[split][epoch])
+                    found += [(split, epoch, p.shard) for p in problems]
                 except StoreCorruptError:  # a chunk that fails to decode: redo the epoch
-                    done = np.flatnonzero(store.progress().done[split][epoch])
-                    found += [(split, epoch, int(shard)) for shard in done]
+                    found += [(split, epoch, int(s)) for s in np.flatnonzero(done[split][epoch])]
     finally:
         store.close()
     return sorted(set(found))

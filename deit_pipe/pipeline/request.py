@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from deit_pipe.choices import TARGETS
-
 
 @dataclass(frozen=True)
 class StoreRequest:
@@ -25,6 +23,6 @@ class StoreRequest:
 
     def resolved(self) -> StoreRequest:
         """A hard-target store keeps the top-1 class and no temperatures."""
-        if self.targets == "hard" and self.targets in TARGETS:
+        if self.targets == "hard":
             return replace(self, k=1, temperatures=())
         return replace(self, splits=tuple(self.splits), temperatures=tuple(self.temperatures))

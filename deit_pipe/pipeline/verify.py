@@ -19,7 +19,7 @@ from deit_pipe.data import Source, collate_views, mismatches, open_source, store
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.errors import DataError
 from deit_pipe.storage import TargetStore
-from deit_pipe.storage.format import library_versions
+from deit_pipe.storage.format import version_drift
 
 DEFAULT_TOTAL = 4096  # default views checked, spread over every stored epoch and val
 
@@ -112,32 +112,26 @@ def verify(
             )
         check = EpochCheck(split, epoch)
         report.epochs.append(check)
-        # Values too, not only fingerprints: a lost chunk reads as zeros, which only the
-        # checksums recorded at write time tell from data.
-        check.damaged = [str(p) for p in store.shard_problems(split, epoch)]
         count = None if all_views else per_unit
         rows = _checked_rows(store, done[split][epoch], split, epoch, count, seed, check)
         jobs.append((check, rows))
-    total, done = sum(_views_in(store.spec, c.split, r) for c, r in jobs), 0
+    total, rendered = sum(_views_in(store.spec, c.split, r) for c, r in jobs), 0
     for check, rows in jobs:
-        stored = store.read_fingerprints(check.epoch, check.split)
+        arrays = store.read_arrays(check.epoch, check.split)
+        # Values too, not only fingerprints: a lost chunk reads as zeros, which only the
+        # checksums recorded at write time tell from data.
+        problems = store.shard_problems(
+            check.split, check.epoch, arrays, done[check.split][check.epoch]
+        )
+        check.damaged = [str(p) for p in problems]
         for views in _render(source, recipe, check, rows, workers):
-            done += len(views["slot"])
-            _compare(stored, source, recipe, check, views)
+            rendered += len(views["slot"])
+            _compare(arrays["fingerprint"], source, recipe, check, views)
             if progress:
-                progress(done, total)
+                progress(rendered, total)
     store.close()
     report.seconds = time.perf_counter() - start
     return report
-
-
-def version_drift(stored: dict[str, str]) -> dict[str, str]:
-    """`library: "store's → here"` for the libraries whose versions differ from the store's."""
-    return {
-        k: f"{stored.get(k)} → {v}"
-        for k, v in library_versions().items()
-        if k != "deit_pipe" and stored.get(k) != v
-    }
 
 
 def _checked_rows(store, done, split, epoch, count, seed, check) -> np.ndarray:

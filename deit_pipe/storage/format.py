@@ -32,6 +32,7 @@ import numpy as np
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from deit_pipe.choices import TARGETS, VALUE_DTYPES
+from deit_pipe.errors import check
 
 FORMAT_VERSION = 3
 ATTR_KEY = "deit_pipe"
@@ -65,31 +66,36 @@ class StoreSpec:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from deit_pipe.errors import ConfigError
-
-        def bad(what: str) -> None:
-            raise ConfigError(what)
-
-        if self.epochs < 1:
-            bad(f"--epochs must be at least 1, got {self.epochs}")
-        if self.k < 1:
-            bad(f"--top-k must be at least 1, got {self.k}")
-        if self.k > self.num_classes:
-            bad(f"--top-k {self.k} exceeds the dataset's {self.num_classes} classes")
+        check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        check(self.k >= 1, f"--top-k must be at least 1, got {self.k}")
+        check(
+            self.k <= self.num_classes,
+            f"--top-k {self.k} exceeds the dataset's {self.num_classes} classes",
+        )
         for t in self.temperatures:
-            if not (math.isfinite(t) and t > 0):
-                bad(f"--temperatures must be finite and positive, got {t:g}")
-        if self.targets not in TARGETS:
-            bad(f"--targets must be one of {', '.join(TARGETS)}, got {self.targets!r}")
-        if self.targets == "soft" and not self.temperatures:
-            bad("--temperatures: soft targets need at least one temperature")
-        if self.value_dtype not in VALUE_DTYPES:
-            bad(f"--value-dtype must be one of {', '.join(VALUE_DTYPES)}, got {self.value_dtype}")
-        if self.shard_views is not None and (self.shard_views < 2 or self.shard_views % 2):
-            bad(f"--shard-views must be even and at least 2, got {self.shard_views}")
-        unknown = [s for s in self.splits if s not in SPLITS]
-        if unknown or not self.splits:
-            bad(f"splits must be among {', '.join(SPLITS)}, got {list(self.splits)}")
+            check(
+                math.isfinite(t) and t > 0, f"--temperatures must be finite and positive, got {t:g}"
+            )
+        check(
+            self.targets in TARGETS,
+            f"--targets must be one of {', '.join(TARGETS)}, got {self.targets!r}",
+        )
+        check(
+            self.targets != "soft" or bool(self.temperatures),
+            "--temperatures: soft targets need at least one temperature",
+        )
+        check(
+            self.value_dtype in VALUE_DTYPES,
+            f"--value-dtype must be one of {', '.join(VALUE_DTYPES)}, got {self.value_dtype}",
+        )
+        check(
+            self.shard_views is None or (self.shard_views >= 2 and self.shard_views % 2 == 0),
+            f"--shard-views must be even and at least 2, got {self.shard_views}",
+        )
+        check(
+            bool(self.splits) and all(s in SPLITS for s in self.splits),
+            f"splits must be among {', '.join(SPLITS)}, got {list(self.splits)}",
+        )
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -120,6 +126,23 @@ class StoreSpec:
 
     def index_dtype(self) -> str:
         return "uint16" if self.num_classes <= 65536 else "uint32"
+
+    def array_shapes(self, split: str) -> dict[str, tuple[tuple[int, ...], str]]:
+        """(shape, dtype) of every array of `split`: the V-indexed data arrays [E, V, …],
+        then the per-(epoch, shard) cells [E, S, …]. What is created, and what an open checks."""
+        e, v, s = self.split_epochs(split), self.views(split), self.num_shards(split)
+        data = {
+            "topk_values": ((e, v, self.k), self.value_dtype),
+            "topk_indices": ((e, v, self.k), self.index_dtype()),
+            "logsumexp": ((e, v, len(self.temperatures)), "float32"),
+            "fingerprint": ((e, v), "uint64"),
+        }
+        cells = {
+            CHECKSUM: ((e, s, len(self.arrays)), "uint64"),
+            "done": ((e, s), "bool"),
+            "done_at": ((e, s), "float64"),
+        }
+        return {**{n: data[n] for n in self.arrays}, **cells}
 
     def to_meta(self, versions: dict[str, str]) -> dict:
         meta = {
@@ -219,6 +242,15 @@ def library_versions() -> dict[str, str]:
         "PIL": PIL.__version__,
         "zarr": zarr.__version__,
         "deit_pipe": deit_pipe.__version__,
+    }
+
+
+def version_drift(stored: dict[str, str]) -> dict[str, str]:
+    """`library: "store's → here"` for the libraries whose versions differ from a store's."""
+    return {
+        k: f"{stored.get(k)} → {v}"
+        for k, v in library_versions().items()
+        if k != "deit_pipe" and stored.get(k) != v
     }
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,6 +26,7 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreNotFoundError,
 )
+from deit_pipe.outputs import write_atomic
 from deit_pipe.storage.format import ATTR_KEY, CREATING_KEY, FORMAT_VERSION, meta_checksum
 
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
@@ -243,40 +242,17 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Replace `path` with `data` all at once: readers see the old file or the new, never a
     truncated one (a full disk leaves the old file). Locally a temporary file is written,
     synced and renamed over the target; an object store's PUT is already atomic."""
-    if not isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        write_atomic(path, data)
+    else:
         fs.pipe_file(path, data)
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def check_layout(group: zarr.Group, spec, url: str) -> None:
     """Every array the metadata implies exists with its shape and dtype: an edited array
     `zarr.json` (an epoch count, say) would otherwise read past what was written."""
-    from deit_pipe.storage.format import CHECKSUM
-
     for split in spec.splits:
-        epochs, shards = spec.split_epochs(split), spec.num_shards(split)
-        tails = {
-            "topk_values": (spec.k,),
-            "topk_indices": (spec.k,),
-            "logsumexp": (len(spec.temperatures),),
-            "fingerprint": (),
-        }
-        want = {n: ((epochs, spec.views(split), *tails[n]), None) for n in spec.arrays}
-        want[CHECKSUM] = ((epochs, shards, len(spec.arrays)), "uint64")
-        want["done"] = ((epochs, shards), "bool")
-        want["done_at"] = ((epochs, shards), "float64")
-        for name, (shape, dtype) in want.items():
+        for name, (shape, dtype) in spec.array_shapes(split).items():
             try:
                 with storage_errors(url):
                     array = group[f"{split}/{name}"]
@@ -284,11 +260,11 @@ def check_layout(group: zarr.Group, spec, url: str) -> None:
                 raise StoreCorruptError(
                     f"{url}/{split}/{name} is missing; the store is damaged: remake it"
                 ) from None
-            if tuple(array.shape) != shape or (dtype and str(array.dtype) != dtype):
+            if tuple(array.shape) != shape or str(array.dtype) != dtype:
                 raise StoreCorruptError(
                     f"{url}/{split}/{name}/zarr.json was edited or damaged: shape "
-                    f"{tuple(array.shape)} {array.dtype}, the store's metadata says {shape}"
-                    f"{' ' + dtype if dtype else ''}; restore it, or remake the store"
+                    f"{tuple(array.shape)} {array.dtype}, the store's metadata says {shape} "
+                    f"{dtype}; restore it, or remake the store"
                 )
 
 

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from deit_pipe.errors import OutputPathError, StoreCorruptError
+from deit_pipe.outputs import LOCK_NAME, is_ours
 from deit_pipe.storage.format import ATTR_KEY, CREATING_KEY, STORE_ENTRIES
 from deit_pipe.storage.io import atomic_write, file_system, is_local, storage_errors
-from deit_pipe.storage.lock import LOCK_NAME, WriterLock
-
-# Our own leftovers an interrupted atomic write may leave: `.NAME.HEX.tmp`.
-_TEMP = re.compile(r"^\.[^/]+\.[0-9a-f]{8}\.tmp$")
+from deit_pipe.storage.lock import WriterLock
 
 
 @dataclass(frozen=True)
 class Place:
     state: str  # absent | empty | store | creating | damaged | foreign | file
     entries: tuple[str, ...] = ()  # names at the root, ours excluded (lock, temp files)
-    meta: dict | None = None  # the store's metadata (state "store")
     reason: str = ""
 
     @property
@@ -50,7 +46,7 @@ def probe(url: str, storage_options: dict | None = None) -> Place:
         if fs.isfile(base):
             return Place("file")
         names = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(base, detail=False))
-        entries = tuple(n for n in names if n and n != LOCK_NAME and not _TEMP.match(n))
+        entries = tuple(n for n in names if n and not is_ours(n))
         if not entries:
             return Place("empty")
         if "zarr.json" not in entries:
@@ -60,7 +56,7 @@ def probe(url: str, storage_options: dict | None = None) -> Place:
         except (ValueError, AttributeError) as exc:
             return Place("damaged", entries, reason=f"{type(exc).__name__}: {exc}"[:120])
     if isinstance(attrs.get(ATTR_KEY), dict) and "format_version" in attrs[ATTR_KEY]:
-        return Place("store", entries, attrs[ATTR_KEY])
+        return Place("store", entries)
     if isinstance(attrs.get(CREATING_KEY), dict):
         return Place("creating", entries)
     return Place("foreign", entries)

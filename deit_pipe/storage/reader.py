@@ -117,9 +117,6 @@ class Progress:
     def complete_epochs(self, split: str = "train") -> list[int]:
         return [int(e) for e in np.flatnonzero(self.done[split].all(axis=1))]
 
-    def views_done(self, split: str, shard_sizes: np.ndarray) -> int:
-        return int((self.done[split] * shard_sizes[None, :]).sum())
-
 
 def read_progress(group, splits, url: str) -> Progress:
     with storage_errors(url):
@@ -258,8 +255,8 @@ class TargetStore:
                 f"{self.url} {split} epoch {epoch} has unfinished shards "
                 f"{np.flatnonzero(~done).tolist()[:5]}; re-run precompute to finish them"
             )
-        arrays = {name: self._read(split, name, epoch) for name in self.spec.arrays}
-        problems = self.shard_problems(split, epoch, arrays)
+        arrays = self.read_arrays(epoch, split)
+        problems = self.shard_problems(split, epoch, arrays, done)
         if problems:
             raise StoreCorruptError(str(problems[0]))
         return EpochTargets(
@@ -272,17 +269,28 @@ class TargetStore:
             num_classes=self.spec.num_classes,
         )
 
+    def read_arrays(self, epoch: int, split: str = "train") -> dict[str, np.ndarray]:
+        """Every stored array of one epoch, unchecked (rows of unfinished shards are zero):
+        pair with `shard_problems` before trusting a value."""
+        self._require_split(split)
+        return {name: self._read(split, name, epoch) for name in self.spec.arrays}
+
     def shard_problems(
-        self, split: str, epoch: int, arrays: dict[str, np.ndarray] | None = None
+        self,
+        split: str,
+        epoch: int,
+        arrays: dict[str, np.ndarray] | None = None,
+        done: np.ndarray | None = None,
     ) -> list[ShardProblem]:
         """One per (shard marked done, array) of `epoch` whose bytes differ from the
         checksum recorded when it was written: a lost chunk reads as Zarr's fill value, which
-        only this record tells from data. `arrays`: the epoch's arrays, if already read."""
+        only this record tells from data. `arrays`, `done`: the epoch's, if already read."""
         self._require_split(split)
         if arrays is None:
-            arrays = {name: self._read(split, name, epoch) for name in self.spec.arrays}
+            arrays = self.read_arrays(epoch, split)
+        if done is None:
+            done = self._read(split, "done", epoch)
         sums = self._read(split, CHECKSUM, epoch)
-        done = self._read(split, "done", epoch)
         length, views = self.spec.layout(split)[0], self.spec.views(split)
         problems = []
         for shard in (int(s) for s in np.flatnonzero(done)):
@@ -302,11 +310,6 @@ class TargetStore:
             if not fs.exists(f"{base}/{key}"):
                 return f"its chunk file {key} is missing"
         return "its bytes differ from the checksum"
-
-    def read_fingerprints(self, epoch: int, split: str = "train") -> np.ndarray:
-        """The stored view fingerprints of one epoch (rows of unfinished shards are zero)."""
-        self._require_split(split)
-        return self._read(split, "fingerprint", epoch)
 
     def done_times(self, split: str = "train") -> np.ndarray:
         """[E, S] Unix time each shard completed (0 where not done)."""

@@ -165,46 +165,23 @@ def create_store(
 
 
 def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
-    epochs, views = spec.split_epochs(split), spec.views(split)
     shard, chunk = spec.layout(split)
     group = root.create_group(split)
-    layouts = {
-        "topk_values": ((spec.k,), spec.value_dtype),
-        "topk_indices": ((spec.k,), spec.index_dtype()),
-        "logsumexp": ((len(spec.temperatures),), "float32"),
-        "fingerprint": ((), "uint64"),
-    }
-    for name, (tail, dtype) in ((n, layouts[n]) for n in spec.arrays):
+    for name, (shape, dtype) in spec.array_shapes(split).items():
+        tail = shape[2:]
+        if name in spec.arrays:  # V-indexed: one task owns whole shard objects of each
+            chunks, shards, dims = (1, chunk, *tail), (1, shard, *tail), ("epoch", "view", "k")
+        else:  # one object per (epoch, shard) cell: writers of different shards never share
+            chunks, shards, dims = (1, 1, *tail), None, ("epoch", "shard", "array")
         group.create_array(
             name,
-            shape=(epochs, views, *tail),
-            chunks=(1, chunk, *tail),
-            shards=(1, shard, *tail),
+            shape=shape,
+            chunks=chunks,
+            shards=shards,
             dtype=dtype,
-            compressors=compressors(dtype),
-            fill_value=0,
-            dimension_names=("epoch", "view", *(["k"] if tail else []))[: 2 + len(tail)],
-            config={"write_empty_chunks": True},
-        )
-    group.create_array(
-        CHECKSUM,
-        shape=(epochs, spec.num_shards(split), len(spec.arrays)),
-        chunks=(1, 1, len(spec.arrays)),  # one object per (epoch, shard), like `done`
-        dtype="uint64",
-        compressors=compressors("uint64", cell=True),
-        fill_value=0,  # never a valid checksum (`shard_checksum` adds 2³²)
-        dimension_names=("epoch", "shard", "array"),
-        config={"write_empty_chunks": True},
-    )
-    for name, dtype, fill in (("done", "bool", False), ("done_at", "float64", 0.0)):
-        group.create_array(
-            name,
-            shape=(epochs, spec.num_shards(split)),
-            chunks=(1, 1),  # one object per cell: writers of different shards never share one
-            dtype=dtype,
-            compressors=compressors(dtype, cell=True),
-            fill_value=fill,
-            dimension_names=("epoch", "shard"),
+            compressors=compressors(dtype, cell=name not in spec.arrays),
+            fill_value=False if dtype == "bool" else 0,  # 0 is never a checksum (2³² + crc)
+            dimension_names=dims[: len(shape)],
             config={"write_empty_chunks": True},
         )
 

@@ -122,7 +122,7 @@ class TrainConfig:
 
 
 def _flag(name: str) -> str:
-    return "--" + {"ckpt_every": "ckpt-every", "tau": "tau"}.get(name, name.replace("_", "-"))
+    return "--" + name.replace("_", "-")
 
 
 # Saved in RUN/config.json but not repeated by `--config`: where this run goes and how it

@@ -10,11 +10,10 @@ or distillation mode would silently be another experiment.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from deit_pipe.errors import ConfigError, OutputPathError
-from deit_pipe.outputs import check_output_dir, entries
+from deit_pipe.outputs import check_output_dir, entries, write_atomic
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt.tmp")
 # Settings a resume may change: how the run is executed, watched or stopped, not what it learns.
@@ -89,6 +88,4 @@ def truncate_metrics(path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:  # a line cut short by the kill
             continue
-    tmp = metrics.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, metrics)
+    write_atomic(metrics, "".join(f"{line}\n" for line in kept).encode())

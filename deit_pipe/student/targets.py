@@ -17,7 +17,7 @@ import torch
 from deit_pipe.data import EpochPlan, Split, mismatches
 from deit_pipe.errors import ReplayError
 from deit_pipe.storage import EpochTargets, TargetStore, dense_soft
-from deit_pipe.storage.format import library_versions
+from deit_pipe.storage.format import version_drift
 from deit_pipe.teacher import teacher_logits
 
 
@@ -101,10 +101,7 @@ class StoredTeacher:
         sample = int(self.plan.sample[slot])
         paths = self.split.paths
         file = paths[sample] if paths is not None else f"sample {sample} of {self.spec}"
-        stored = self.store.meta.get("versions", {})
-        drift = {
-            k: f"{stored.get(k)}→{v}" for k, v in library_versions().items() if stored.get(k) != v
-        }
+        drift = version_drift(self.store.meta.get("versions", {}))
         return (
             f"replayed view differs from the stored one at slot {slot} of epoch "
             f"{self.plan.epoch} ({file}); {count} view(s) in this batch differ; library "

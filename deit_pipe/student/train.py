@@ -10,7 +10,6 @@ step never waits for the device: losses are read back every `log_every` steps.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from deit_pipe.data import collate_views
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
-from deit_pipe.outputs import make_dir
+from deit_pipe.outputs import make_dir, write_atomic
 from deit_pipe.storage.lock import WriterLock
 from deit_pipe.student.checkpoint import save_checkpoint
 from deit_pipe.student.config import TrainConfig
@@ -39,13 +38,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(
         np.random.SeedSequence([seed, step, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1
     )
-
-
-def save_json(path: Path, value: dict) -> None:
-    """Written whole or not at all (temp + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
 
 
 class MetricsWriter:
@@ -72,7 +64,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             make_dir(tr.out, "run directory")
             held.enter_context(WriterLock(str(tr.out), "train", what="run directory"))
             truncate_metrics(tr.out, tr.step)
-            save_json(tr.out / "config.json", tr.run_info)
+            write_atomic(tr.out / "config.json", json.dumps(tr.run_info, indent=2).encode())
         metrics = MetricsWriter(tr.out / "metrics.jsonl" if tr.ctx.main else None)
         report = progress if tr.ctx.main and progress else (lambda _: None)
         try:
