@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-scale bench-gpu table3 table4 bench-finetune clean
+.PHONY: setup test demo lint bench bench-cli bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ bench-scale: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/scale_bench.py --gpu --batch 256 --steps 20 --warmup 5 --loader-workers 8
+
+# Every stage on CUDA over digits (a CUDA machine only).
+gpu-smoke: $(STAMP)
+	PATH=$(BIN):$$PATH benchmarks/gpu_smoke.sh runs/gpu-smoke
 
 # Tables 3 and 4 come from the same runs: one script writes both.
 table3 table4: $(STAMP)
