@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deit_pipe.data.recipe import PLAN_VERSION
 from deit_pipe.storage import StoreSpec, create_store
 from deit_pipe.storage.writer import StoreWriter
 
@@ -19,7 +20,7 @@ def make_spec(
             "num_samples": {"train": train, "val": val},
         },
         teacher={"name": "test-teacher", "checkpoint_sha256": None, "num_classes": classes},
-        plan={"seed": 0, "repeats": 3, "input_size": 32},
+        plan={"plan_version": PLAN_VERSION, "seed": 0, "repeats": 3, "input_size": 32},
         epochs=epochs,
         k=k,
         temperatures=temperatures,

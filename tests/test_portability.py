@@ -7,30 +7,35 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from click.testing import CliRunner
 
 from deit_pipe.cli import main
-from deit_pipe.data.views import erasing_noise
+from deit_pipe.data import open_source
+from deit_pipe.data.finish import erasing_noise
 from deit_pipe.errors import StoreFormatError, StoreMismatchError
 from deit_pipe.storage import FORMAT_VERSION, TargetStore, create_store
 from tests.store_utils import fill_all, make_spec
 
-# Renders the first pairs of epoch 0 with the DeiT recipe, erasing raised so most views are
-# erased (twice, per-pixel noise), every pair mixed; prints the fingerprints.
+# Renders and finishes the first pairs of epoch 0 with the DeiT recipe, erasing raised so
+# most views are erased (up to twice, per-pixel noise), every pair mixed; prints, per view,
+# its fingerprint and a hash of its finished float32 bytes.
 RENDER = """
-import json, sys
-from deit_pipe.data import MixConfig, PairDataset, ViewConfig, collate_views, open_source, plan
+import hashlib, json, sys, torch
+from deit_pipe.data import *
 spec, pairs = sys.argv[1], int(sys.argv[2])
 src = open_source(spec); split = src.split("train")
-cfg = ViewConfig.for_source(src, re_prob=0.8, re_count=2, re_mode="pixel")
+cfg = ViewConfig.for_source(src, re_prob=0.5, re_count=2, re_mode="pixel")
 ds = PairDataset(split, plan(0, 0, len(split), 3, MixConfig(), cfg.input_size), cfg)
 batch = collate_views([ds[p] for p in range(pairs)])
-print(json.dumps(batch["fingerprint"].tolist()))
+views = finish(batch, cfg, torch.device("cpu")).numpy()
+digest = [hashlib.blake2b(v.tobytes(), digest_size=8).hexdigest() for v in views]
+print(json.dumps([batch["fingerprint"].tolist(), digest, int((batch["erase"][..., 2] > 0).sum())]))
 """
 
 
-def _fingerprints(spec: str, pairs: int, capability: str) -> list[int]:
+def _fingerprints(spec: str, pairs: int, capability: str) -> list:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     out = subprocess.run(
         [sys.executable, "-c", RENDER, spec, str(pairs)],
@@ -42,24 +47,45 @@ def _fingerprints(spec: str, pairs: int, capability: str) -> list[int]:
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("spec,pairs", [("digits", 160), ("fake:64:256", 32)])
+@pytest.mark.parametrize("spec,pairs", [("digits", 160), ("fake:32:256", 16)])
 def test_views_are_bit_identical_under_every_cpu_capability(spec, pairs):
-    """torch's normal_ rounds differently per ISA; the erasing noise must not use it."""
+    """Rendered and finished views (normalize, erasing noise, mixup/cutmix): torch's
+    `normal_` and any fused or approximate kernel would round differently per ISA."""
     runs = {cap: _fingerprints(spec, pairs, cap) for cap in ("default", "avx2", "avx512")}
-    assert len(set(runs["default"])) == 2 * pairs  # distinct views, so the check has teeth
+    fingerprints, finished, erased = runs["default"]
+    assert len(set(fingerprints)) == len(set(finished)) == 2 * pairs  # the check has teeth
+    assert erased >= pairs // 2
     assert runs["avx2"] == runs["default"]
     assert runs["avx512"] == runs["default"]
 
 
 def test_erasing_noise_is_standard_normal_shaped_and_exact():
-    x = erasing_noise(np.random.PCG64(7), (400_000,)).numpy().astype(np.float64)
+    key, index = torch.tensor(7), torch.arange(400_000)
+    x = erasing_noise(key, index).numpy().astype(np.float64)
     assert abs(x.mean()) < 0.01 and abs(x.var() - 1) < 0.01
     assert x.min() >= -6 and x.max() <= 6
     assert abs(((x - x.mean()) ** 4).mean() / x.var() ** 2 - 3 + 0.1) < 0.05  # Irwin–Hall 12
     # Values are multiples of 2^-16: the construction never rounds.
     assert np.all(x * 65536 == np.round(x * 65536))
-    again = erasing_noise(np.random.PCG64(7), (400_000,)).numpy()
-    assert np.array_equal(again, x.astype(np.float32))
+    assert np.array_equal(erasing_noise(key, index).numpy(), x.astype(np.float32))
+    assert not np.array_equal(erasing_noise(torch.tensor(8), index).numpy(), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_finishing_on_cuda_gives_the_cpu_bytes():
+    """The same rendered batch finished on the GPU and on the CPU: identical float32 bits
+    (normalize, per-pixel erasing noise at re_prob 0.5, mixup and cutmix pairs, at 224²)."""
+    from deit_pipe.data import MixConfig, PairDataset, ViewConfig, collate_views, finish, plan
+
+    src = open_source("fake:32:256")
+    cfg = ViewConfig.for_source(src, input_size=224, re_prob=0.5, re_count=2, re_mode="pixel")
+    split = src.split("train")
+    ds = PairDataset(split, plan(0, 0, len(split), 3, MixConfig(), 224), cfg)
+    batch = collate_views([ds[p] for p in range(16)])
+    assert (batch["erase"][..., 2] > 0).any() and set(batch["mix"].tolist()) == {1, 2}
+    cpu = finish(batch, cfg, torch.device("cpu"))
+    gpu = finish(batch, cfg, torch.device("cuda")).cpu()
+    assert torch.equal(cpu.view(torch.int32), gpu.view(torch.int32))
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -84,3 +110,17 @@ def test_an_old_format_store_is_refused_with_the_command_that_remakes_it(tmp_pat
         create_store(url, make_spec())
     create_store(url, make_spec(), overwrite=True)
     assert TargetStore(url).meta["format_version"] == FORMAT_VERSION == 3
+
+
+def test_a_store_of_older_views_is_refused_with_the_command_that_remakes_it(tmp_path):
+    """Format 3, plan version 2: host-finished float32 views that this deit-pipe no longer
+    renders (its fingerprints could never match)."""
+    from tests.store_utils import resign_meta
+
+    url = str(tmp_path / "v2.zarr")
+    fill_all(url, make_spec())
+    resign_meta(url, lambda meta: meta["plan"].update(plan_version=2, epochs=2))
+    result = CliRunner().invoke(main, ["inspect", url])
+    assert result.exit_code == 1
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "plan version 2" in line and f"precompute --data fake:test --out {url}" in line

@@ -17,7 +17,7 @@ from deit_pipe.data import (
     ViewConfig,
     collate_views,
     fingerprint,
-    mix_pair,
+    finish,
     open_source,
     plan,
     render,
@@ -25,6 +25,7 @@ from deit_pipe.data import (
 )
 from deit_pipe.data.dataset import EvalDataset
 from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
+from deit_pipe.data.views import erasing_boxes
 
 CFG = ViewConfig(input_size=32, hflip=0.0)
 N_PAIRS = 24
@@ -91,26 +92,89 @@ def test_render_restores_caller_rng_state():
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     before = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    render(img, 12345, tf)
-    render(img, 2**64 - 1, tf)
+    render(img, 12345, tf, CFG)
+    render(img, 2**64 - 1, tf, CFG)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == before
 
 
 def test_render_depends_only_on_the_seed():
     img = open_source("digits").split("train").load(3)
-    a, b = render(img, 99, train_transform(CFG)), render(img, 99, train_transform(CFG))
-    assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == (3, 32, 32)
-    assert fingerprint(a) == fingerprint(b) != fingerprint(render(img, 100, train_transform(CFG)))
+    (a, boxes), (b, _) = (render(img, 99, train_transform(CFG), CFG) for _ in range(2))
+    assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == (3, 32, 32)
+    other, _ = render(img, 100, train_transform(CFG), CFG)
+    assert fingerprint(a, boxes) == fingerprint(b, boxes) != fingerprint(other, boxes)
+    assert fingerprint(a, boxes) != fingerprint(a, boxes + 1)  # parameters count too
 
 
-def test_mix_pair_weights_both_halves():
-    xa, xb = torch.zeros(3, 8, 8), torch.ones(3, 8, 8)
-    ma, mb = mix_pair(xa, xb, MIX_MIXUP, 0.25, (0, 0, 0, 0))
-    assert torch.allclose(ma, torch.full_like(xa, 0.75)) and torch.allclose(
-        mb, torch.full_like(xa, 0.25)
-    )
-    ca, cb = mix_pair(xa, xb, MIX_CUTMIX, 0.75, (0, 4, 0, 4))
-    assert ca.sum() == 3 * 16 and cb.sum() == 3 * 48 and xa.sum() == 0
+def test_erasing_boxes_are_timms_draws():
+    """Same generator state → the boxes timm's RandomErasing erases (its probability, count,
+    area/aspect retries and placement, in its order)."""
+    from timm.data import random_erasing
+
+    for count in (1, 3):
+        cfg = ViewConfig(input_size=32, re_prob=0.5, re_count=count, re_mode="const")
+        eraser = random_erasing.RandomErasing(0.5, mode="const", max_count=count, device="cpu")
+        erased = 0
+        for seed in range(300):
+            random.seed(seed)
+            img = torch.ones(3, 32, 24)
+            eraser(img)
+            boxes = erasing_boxes(random.Random(seed), cfg, 32, 24)
+            expected = torch.ones(3, 32, 24)
+            for top, left, h, w in boxes:
+                expected[:, top : top + h, left : left + w] = 0
+            assert torch.equal(img, expected), seed
+            erased += bool(boxes[:, 2].any())
+        assert 100 < erased < 200
+
+
+def _batch(images: torch.Tensor, **params) -> dict:
+    n = len(images)
+    batch = {
+        "image": images,
+        "erase": torch.zeros(n, 1, 4, dtype=torch.int32),
+        "seed": torch.arange(n, dtype=torch.int64),
+        "mix": torch.zeros(n, dtype=torch.int64),
+        "lam": torch.tensor([[1.0, 0.0]] * n),
+        "box": torch.zeros(n, 4, dtype=torch.int32),
+        "slot": torch.arange(n),
+    }
+    return {**batch, **params}
+
+
+def test_finish_normalizes_as_timms_prefetcher():
+    cfg = ViewConfig(input_size=8)
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    mean = torch.tensor([m * 255 for m in cfg.mean]).view(1, 3, 1, 1)
+    std = torch.tensor([s * 255 for s in cfg.std]).view(1, 3, 1, 1)
+    out = finish(_batch(images), cfg, torch.device("cpu"))
+    assert torch.equal(out, images.float().sub_(mean).div_(std))
+
+
+def test_finish_mixes_both_halves_of_each_pair():
+    cfg = ViewConfig(input_size=8, mean=(0, 0, 0), std=(1 / 255,) * 3)  # finish = identity
+    images = torch.tensor([0, 1, 0, 1], dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 3, 8, 8)
+    mix = torch.tensor([MIX_MIXUP, MIX_MIXUP, MIX_CUTMIX, MIX_CUTMIX])
+    lam = torch.tensor([[0.25, 0.75]] * 2 + [[0.75, 0.25]] * 2)
+    box = torch.tensor([[0, 0, 0, 0]] * 2 + [[0, 4, 0, 4]] * 2, dtype=torch.int32)
+    out = finish(_batch(images, mix=mix, lam=lam, box=box), cfg, torch.device("cpu"))
+    assert torch.equal(out[0], torch.full((3, 8, 8), 0.75))
+    assert torch.equal(out[1], torch.full((3, 8, 8), 0.25))
+    assert out[2].sum() == 3 * 16 and out[3].sum() == 3 * 48
+
+
+def test_finish_erases_the_drawn_boxes_with_noise():
+    cfg = ViewConfig(input_size=16, re_mode="pixel", re_count=2)
+    images = torch.full((3, 3, 16, 16), 128, dtype=torch.uint8)
+    erase = torch.zeros(3, 2, 4, dtype=torch.int32)
+    erase[0, 0] = torch.tensor([2, 3, 5, 4])
+    erase[2, 1] = torch.tensor([0, 0, 16 - 1, 6])
+    out = finish(_batch(images, erase=erase), cfg, torch.device("cpu"))
+    clean = finish(_batch(images), cfg, torch.device("cpu"))
+    changed = (out != clean).any(dim=1)
+    assert changed[0].sum() == 5 * 4 and changed[0, 2:7, 3:7].all()
+    assert not changed[1].any() and changed[2].sum() == 15 * 6
+    assert not torch.equal(out[0, :, 2:7, 3:7], out[2, :, 2:7, 3:7])  # each view its own noise
 
 
 def test_posterize_to_zero_bits_gives_black_not_an_error():
@@ -126,7 +190,7 @@ def test_posterize_to_zero_bits_gives_black_not_an_error():
     # Many views under the real recipe never raise.
     pixels = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
     for seed in range(600):
-        render(pixels, seed, tf)
+        render(pixels, seed, tf, CFG)
 
 
 def test_eval_views_are_clean_and_deterministic():
@@ -164,7 +228,7 @@ def test_render_never_touches_the_global_python_and_numpy_rngs():
     tf = train_transform(ViewConfig(input_size=32))
     py, npy = random.getstate(), np.random.get_state()
     for seed in range(50):
-        render(img, seed, tf)
+        render(img, seed, tf, CFG)
     assert random.getstate() == py
     assert all(
         np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.audit.agreement import classifier_metrics, disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap, training_curves
-from deit_pipe.data import collate_views, mismatches, stored_views
+from deit_pipe.data import collate_views, finish, mismatches, stored_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, ReplayError
@@ -200,7 +200,7 @@ def train_view_agreement(
                     f"training views of epoch {epoch} do not replay the ones in "
                     f"{store.url}: library versions differ from the store's?"
                 )
-            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+            x = finish(batch, recipe.view, device).contiguous(memory_format=torch.channels_last)
             teacher_top1 = targets.indices[slots, 0].astype(np.int64)
             for head, logits in heads(model, x).items():
                 hits = (logits.argmax(1).cpu().numpy() == teacher_top1).astype(int).tolist()

@@ -8,6 +8,7 @@ from deit_pipe.data.dataset import (
     mismatches,
     stored_views,
 )
+from deit_pipe.data.finish import finish
 from deit_pipe.data.plan import EpochPlan, MixConfig, plan, step_slots, steps_per_epoch
 from deit_pipe.data.scan import ScanReport, open_checked, scan
 from deit_pipe.data.sources import Source, Split, open_source
@@ -15,7 +16,6 @@ from deit_pipe.data.views import (
     ViewConfig,
     eval_transform,
     fingerprint,
-    mix_pair,
     render,
     train_transform,
 )
@@ -34,8 +34,8 @@ __all__ = [
     "ViewConfig",
     "collate_views",
     "eval_transform",
+    "finish",
     "fingerprint",
-    "mix_pair",
     "open_checked",
     "open_source",
     "plan",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from deit_pipe.data.finish import mix_params
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.data.sources import Source, Split
@@ -23,7 +24,6 @@ from deit_pipe.data.views import (
     as_int64,
     eval_transform,
     fingerprint,
-    mix_pair,
     render,
     train_transform,
 )
@@ -41,18 +41,15 @@ class PairDataset(Dataset):
 
     def __getitem__(self, pair: int) -> dict[str, torch.Tensor]:
         slots = list(self.plan.pair_slots(pair))
-        views = [
-            render(
-                self.split.load(int(self.plan.sample[s])),
-                int(self.plan.view_seed[s]),
-                self.transform,
-            )
-            for s in slots
+        seeds = [int(self.plan.view_seed[s]) for s in slots]
+        rendered = [
+            render(self.split.load(int(self.plan.sample[s])), seed, self.transform, self.cfg)
+            for s, seed in zip(slots, seeds, strict=True)
         ]
-        if len(views) == 2:
-            op, lam, box = self.plan.mix_op[pair], self.plan.lam[pair], self.plan.box[pair]
-            views = list(mix_pair(views[0], views[1], int(op), float(lam), box))
-        return _item(views, slots)
+        mix = _NO_MIX  # a lone last slot (odd epoch) has no partner to mix with
+        if len(slots) == 2:
+            mix = mix_params(self.plan.mix_op[pair], self.plan.lam[pair], self.plan.box[pair])
+        return _item(rendered, slots, seeds, mix)
 
 
 class EvalDataset(Dataset):
@@ -66,15 +63,35 @@ class EvalDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        view = self.transform(self.split.load(index)).to(torch.float32).contiguous()
-        return _item([view], [index])
+        pixels = self.transform(self.split.load(index)).contiguous()
+        boxes = np.zeros((self.cfg.re_count, 4), dtype=np.int32)  # eval views are not erased
+        return _item([(pixels, boxes)], [index], [0], _NO_MIX)
 
 
-def _item(views: list[torch.Tensor], slots: list[int]) -> dict[str, torch.Tensor]:
+_NO_MIX = mix_params(0, 1.0, (0, 0, 0, 0))
+
+
+def _item(rendered, slots: list[int], seeds: list[int], mix) -> dict[str, torch.Tensor]:
+    """Rendered views and everything `finish` needs, fingerprinted together."""
+    op, lams, box = mix
+    seed_bits = np.array(seeds, dtype=np.uint64)
+    fps = []
+    for (pixels, boxes), seed in zip(rendered, seed_bits, strict=True):
+        params = np.concatenate(
+            [boxes.ravel().view(np.uint32), np.array([op], np.uint32), lams.view(np.uint32),
+             box.view(np.uint32), np.array([seed], "<u8").view(np.uint32)]
+        )  # fmt: skip
+        fps.append(as_int64(fingerprint(pixels, params)))
+    n = len(slots)
     return {
-        "image": torch.stack(views),
+        "image": torch.stack([pixels for pixels, _ in rendered]),
+        "erase": torch.from_numpy(np.stack([boxes for _, boxes in rendered])),
+        "seed": torch.from_numpy(seed_bits.view(np.int64)),
+        "mix": torch.full((n,), op, dtype=torch.int64),
+        "lam": torch.from_numpy(np.tile(lams, (n, 1))),
+        "box": torch.from_numpy(np.tile(box, (n, 1))),
         "slot": torch.tensor(slots, dtype=torch.int64),
-        "fingerprint": torch.tensor([as_int64(fingerprint(v)) for v in views], dtype=torch.int64),
+        "fingerprint": torch.tensor(fps, dtype=torch.int64),
     }
 
 

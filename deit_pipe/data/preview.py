@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from deit_pipe.data.dataset import PairDataset, collate_views
+from deit_pipe.data.finish import finish
 from deit_pipe.data.plan import MIX_NAMES, EpochPlan
 from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
@@ -27,7 +28,7 @@ def save_view_grid(
     dataset = PairDataset(split, epoch_plan, cfg)
     pairs = min((count + 1) // 2, len(dataset))
     batch = collate_views([dataset[p] for p in range(pairs)])
-    images = _to_uint8(batch["image"], cfg)[:count]
+    images = _to_uint8(finish(batch, cfg, torch.device("cpu")), cfg)[:count]
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
     for ax in axes.flat:

@@ -24,7 +24,7 @@ from deit_pipe.data.views import ViewConfig
 from deit_pipe.errors import PlanError, check
 
 # Bump when plan() or render() would produce other views for the same recipe.
-PLAN_VERSION = 2  # 2: portable random-erasing noise
+PLAN_VERSION = 3  # 2: portable erasing noise; 3: uint8 views finished on the device
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,18 @@
-"""View rendering: a training view is a pure function of (image, view seed, config).
+"""View rendering on the host: a training view is a pure function of (image, view seed, config).
 
-`render` runs timm's training transform with private `random`/NumPy generators and torch's
-CPU generator seeded from the view seed, leaving the caller's RNG state as it was;
-`mix_pair` applies the plan's mixup/cutmix; `fingerprint` hashes the final float32 bytes so
-the student can prove it replays the very pixels the teacher saw.
-
-A view's bytes must not depend on the CPU that renders it (a store made on an AVX-512 node
-is replayed on ARM or older x86 nodes), so every float operation after Pillow is exactly
-rounded and free of ISA-dispatched kernels; the one timm step that was not (random
-erasing's `normal_` noise) draws from `erasing_noise` instead. docs/DESIGN.md audits each step.
+`render` runs the Pillow stage of timm's training transform (crop, flip, RandAugment or
+color jitter) in timm's prefetcher form — a uint8 CHW tensor — with private `random`/NumPy
+generators and torch's CPU generator seeded from the view seed, and draws the view's random
+erasing boxes from the same generator as timm's `RandomErasing` would. Everything after —
+to float, normalize, erasing noise, mixup/cutmix — is `finish`, batched on the device that
+consumes the views. `fingerprint` hashes exactly what decides a finished view (its uint8
+bytes and its finishing parameters), so the student proves it replays the pixels the
+teacher saw without finishing anything on the host.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -22,22 +21,20 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import xxhash
 from PIL import Image
 from timm.data import auto_augment as timm_aa
 from timm.data import create_transform
-from timm.data import random_erasing as timm_erasing
 from timm.data import transforms as timm_transforms
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import transforms as tv_transforms
 
-from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
 from deit_pipe.data.sources import Source
 from deit_pipe.errors import check
 
 Transform = Callable[[Image.Image], torch.Tensor]
 # Renders patch module attributes (below); one render at a time per process.
 _RNG_LOCK = threading.RLock()
-_TAG_NOISE = 0x4E015E  # the erasing-noise stream of a view seed
 
 
 _AA_POLICIES = ("original", "originalr", "v0", "v0r", "3a")  # timm auto_augment_policy
@@ -109,7 +106,8 @@ def _common(cfg: ViewConfig) -> dict:
 
 
 def train_transform(cfg: ViewConfig) -> Transform:
-    """timm's training transform for `cfg`, with Pillow-proof posterize."""
+    """timm's training transform for `cfg` in its prefetcher form (uint8 CHW out; normalize
+    and random erasing are left to `finish`), with Pillow-proof posterize."""
     tf = create_transform(
         cfg.input_size,
         is_training=True,
@@ -119,9 +117,7 @@ def train_transform(cfg: ViewConfig) -> Transform:
         vflip=cfg.vflip,
         color_jitter=cfg.color_jitter,
         auto_augment=cfg.auto_augment or None,
-        re_prob=cfg.re_prob,
-        re_mode=cfg.re_mode,
-        re_count=cfg.re_count,
+        use_prefetcher=True,
         **_common(cfg),
     )
     for t in getattr(tf, "transforms", []):
@@ -131,9 +127,11 @@ def train_transform(cfg: ViewConfig) -> Transform:
 
 
 def eval_transform(cfg: ViewConfig) -> Transform:
-    """Clean eval view: resize to input/crop_pct, center crop, normalize (bicubic by default)."""
+    """Clean eval view, uint8 CHW: resize to input/crop_pct, center crop (bicubic by default);
+    `finish` normalizes it."""
     return create_transform(
-        cfg.input_size, is_training=False, crop_pct=cfg.crop_pct, **_common(cfg)
+        cfg.input_size, is_training=False, crop_pct=cfg.crop_pct, use_prefetcher=True,
+        **_common(cfg),
     )
 
 
@@ -164,54 +162,22 @@ class _NumpyWithOwnRandom:
         return getattr(np, name)
 
 
-def erasing_noise(bits: np.random.BitGenerator, shape: tuple[int, ...]) -> torch.Tensor:
-    """Standard-normal-shaped float32 noise that is bit-identical on every CPU.
-
-    torch's `normal_` has per-ISA kernels (AVX2/AVX-512 Box–Muller with vectorised log/cos,
-    a scalar path, NEON) that round differently. Here each value is the Irwin–Hall sum of 12
-    uniforms on 16-bit midpoints, minus 6: integer sums and an exact power-of-two scaling
-    (|numerator| < 2²⁴), so nothing rounds. Mean 0, variance 1 − 2⁻³², support ±6 (a normal
-    leaves it with probability 2·10⁻⁹), excess kurtosis −0.1.
-    """
-    n = int(np.prod(shape))
-    raw = bits.random_raw(3 * n).astype("<u8", copy=False)  # explicit byte order: portable
-    sums = raw.view("<u2").reshape(n, 12).sum(axis=1, dtype=np.int64)
-    values = (sums - (6 * 65536 - 6)).astype(np.float32) * np.float32(2.0**-16)
-    return torch.from_numpy(values.reshape(shape))
-
-
-class _ErasingPixels:
-    """timm's `random_erasing._get_pixels`, with noise from the view's own portable stream."""
-
-    def __init__(self, seed: int):
-        self.seed, self.bits = seed, None
-
-    def __call__(self, per_pixel, rand_color, patch_size, dtype=torch.float32, device="cpu"):
-        if not (per_pixel or rand_color):
-            return torch.zeros((patch_size[0], 1, 1), dtype=dtype, device=device)
-        if self.bits is None:  # made on first use: most views are never erased
-            seq = np.random.SeedSequence([self.seed & 0xFFFF_FFFF, self.seed >> 32, _TAG_NOISE])
-            self.bits = np.random.PCG64(seq)
-        shape = tuple(patch_size) if per_pixel else (patch_size[0], 1, 1)
-        return erasing_noise(self.bits, shape).to(device=device, dtype=dtype)
-
-
 # Modules whose transforms draw from `random.*` / `np.random.*`. They get private, seeded
 # generators during a render: other threads of the process (dask's event loop, for one)
 # also draw from the global `random`, and a single draw between seeding and use would
 # silently change a view.
-_PY_RANDOM_USERS = (timm_transforms, timm_aa, timm_erasing, tv_transforms)
+_PY_RANDOM_USERS = (timm_transforms, timm_aa, tv_transforms)
 _NP_RANDOM_USERS = (timm_aa, timm_transforms)
 
 
 @contextmanager
-def seeded_rngs(seed: int) -> Iterator[None]:
+def seeded_rngs(seed: int) -> Iterator[random.Random]:
     """Give the transforms RNGs seeded from a 64-bit seed; leave every caller RNG as it was.
 
     `random` and `np.random` users get private generators (the process-wide ones are never
-    touched); random erasing gets its portable noise stream; torch's CPU generator is seeded
-    and restored (not `torch.manual_seed`, which would also reseed the CUDA generators of a
-    training process).
+    touched) and the context yields the `random.Random` for draws of our own; torch's CPU
+    generator is seeded and restored (not `torch.manual_seed`, which would also reseed the
+    CUDA generators of a training process).
     """
     seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
     gen = torch.random.default_generator
@@ -220,52 +186,58 @@ def seeded_rngs(seed: int) -> Iterator[None]:
     with _RNG_LOCK:
         saved = [(m, "random", m.random) for m in _PY_RANDOM_USERS]
         saved += [(m, "np", m.np) for m in _NP_RANDOM_USERS]
-        saved.append((timm_erasing, "_get_pixels", timm_erasing._get_pixels))
         torch_state = gen.get_state()
         try:
             for m in _PY_RANDOM_USERS:
                 m.random = py_rng
             for m in _NP_RANDOM_USERS:
                 m.np = np_rng
-            timm_erasing._get_pixels = _ErasingPixels(seed)
             gen.manual_seed(seed)
-            yield
+            yield py_rng
         finally:
             for module, name, value in saved:
                 setattr(module, name, value)
             gen.set_state(torch_state)
 
 
-def render(img: Image.Image, view_seed: int, transform: Transform) -> torch.Tensor:
-    """One augmented view: `transform(img)` under RNGs seeded from `view_seed`."""
-    with seeded_rngs(view_seed):
-        return transform(img).to(torch.float32).contiguous()
+def render(
+    img: Image.Image, view_seed: int, transform: Transform, cfg: ViewConfig
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One augmented view before finishing: uint8 CHW pixels and its erasing boxes."""
+    with seeded_rngs(view_seed) as rng:
+        pixels = transform(img).contiguous()
+        boxes = erasing_boxes(rng, cfg, pixels.shape[1], pixels.shape[2])
+    return pixels, boxes
 
 
-def mix_pair(
-    x_a: torch.Tensor, x_b: torch.Tensor, op: int, lam: float, box: np.ndarray | tuple
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both halves of a pair: each keeps weight λ of itself and takes 1−λ from its partner.
+def erasing_boxes(rng: random.Random, cfg: ViewConfig, img_h: int, img_w: int) -> np.ndarray:
+    """timm's `RandomErasing._erase` draws (probability, count, then per box up to 10
+    tries of area and aspect), in its order from its generator, made explicit: int32
+    [re_count, 4] rows of (top, left, height, width); unused rows are zero."""
+    boxes = np.zeros((cfg.re_count, 4), dtype=np.int32)
+    if cfg.re_prob <= 0 or rng.random() > cfg.re_prob:
+        return boxes
+    area, log_ratio = img_h * img_w, (math.log(0.3), math.log(1 / 0.3))
+    count = 1 if cfg.re_count == 1 else rng.randint(1, cfg.re_count)
+    for i in range(count):
+        for _ in range(10):
+            target = rng.uniform(0.02, 1 / 3) * area / count
+            aspect = math.exp(rng.uniform(*log_ratio))
+            h = int(round(math.sqrt(target * aspect)))
+            w = int(round(math.sqrt(target / aspect)))
+            if w < img_w and h < img_h:
+                top, left = rng.randint(0, img_h - h), rng.randint(0, img_w - w)
+                boxes[i] = (top, left, h, w)
+                break
+    return boxes
 
-    Portable: λ and 1−λ are rounded to float32 once, then two IEEE multiplies and an add, each
-    its own kernel (no fused multiply-add can form), as timm's `Mixup` computes it; cutmix
-    only copies.
-    """
-    if op == MIX_MIXUP:
-        return x_a * lam + x_b * (1.0 - lam), x_b * lam + x_a * (1.0 - lam)
-    if op == MIX_CUTMIX:
-        y0, y1, x0, x1 = (int(v) for v in box)
-        a, b = x_a.clone(), x_b.clone()
-        a[:, y0:y1, x0:x1] = x_b[:, y0:y1, x0:x1]
-        b[:, y0:y1, x0:x1] = x_a[:, y0:y1, x0:x1]
-        return a, b
-    return x_a, x_b
 
-
-def fingerprint(view: torch.Tensor) -> int:
-    """64-bit blake2b of the view's float32 bytes, as an unsigned int."""
-    data = view.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+def fingerprint(pixels: torch.Tensor | np.ndarray, params: np.ndarray) -> int:
+    """64-bit xxh3 of what decides a finished view: its uint8 pixels and its finishing
+    parameters (erasing boxes, noise seed, mix), as an unsigned int."""
+    h = xxhash.xxh3_64(np.ascontiguousarray(pixels))
+    h.update(np.ascontiguousarray(params))
+    return h.intdigest()
 
 
 def as_int64(fp: int) -> int:

@@ -17,6 +17,7 @@ import fsspec
 import fsspec.implementations.local
 import zarr
 
+from deit_pipe.data.recipe import PLAN_VERSION
 from deit_pipe.errors import (
     DeitPipeError,
     StoreAccessError,
@@ -200,9 +201,19 @@ def read_meta(group: zarr.Group, url: str) -> dict:
             f"{url}/zarr.json: the store's job description was edited or damaged (its "
             "checksum differs); restore the file, or remake the store"
         )
+    plan_version = meta.get("plan", {}).get("plan_version")
+    if plan_version != PLAN_VERSION:
+        why = OLD_PLANS.get(plan_version, "views this deit-pipe does not render")
+        raise StoreFormatError(
+            f"{url} holds views of plan version {plan_version} ({why}); this deit-pipe "
+            f"replays version {PLAN_VERSION}: remake it with `{remake_command(meta, url)}`"
+        )
     return meta
 
 
+OLD_PLANS = {
+    2: "float32 views finished on the host, blake2b fingerprints",
+}
 OLD_FORMATS = {
     1: "its views replay only on CPUs like the one that made it",
     2: "its shards carry no checksums, so a lost chunk would read as zeros",

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from deit_pipe.data import EvalDataset, Split, ViewConfig, collate_views
+from deit_pipe.data import EvalDataset, Split, ViewConfig, collate_views, finish
 from deit_pipe.student.models import heads
 
 
@@ -32,11 +32,7 @@ def predict(
     )
     out: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
-        x = (
-            batch["image"]
-            .to(device, non_blocking=True)
-            .contiguous(memory_format=torch.channels_last)
-        )
+        x = finish(batch, view, device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = heads(model, x)
         for name, value in logits.items():

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from deit_pipe.data import collate_views
+from deit_pipe.data import collate_views, finish
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
 from deit_pipe.outputs import make_dir, write_atomic
 from deit_pipe.storage.lock import WriterLock
@@ -171,10 +171,10 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     targets = mixed_label_targets(
         tr.labels[own], tr.labels[other], lam, tr.source.num_classes, tr.cfg.smoothing
     )
-    soft, hard = tr.teacher.targets(slots, batch["fingerprint"].numpy(), batch["image"])
-    images = batch["image"].to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    views = finish(batch, tr.recipe.view, dev).contiguous(memory_format=torch.channels_last)
+    soft, hard = tr.teacher.targets(slots, batch["fingerprint"].numpy(), views)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        outputs = tr.ddp(images)
+        outputs = tr.ddp(views)
     outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
     loss, terms = tr.criterion(outputs, targets, soft, hard)
     tr.optimizer.zero_grad(set_to_none=True)
