@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
+from deit_pipe.data import PairDataset, ViewConfig, collate_views, finish, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
@@ -44,7 +44,9 @@ def raw_forward(job: Job, batches: int = 4) -> float:
     source = open_source(job.data)
     split = source.split("train")
     dataset = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
-    images = collate_views([dataset[p] for p in range(job.batch_size // 2)])["image"]
+    images = finish(
+        collate_views([dataset[p] for p in range(job.batch_size // 2)]), recipe.view, torch.device("cpu")
+    )
     model, _ = build_teacher(job.teacher, source.num_classes)
     teacher_logits(model, images, torch.device("cpu"))  # warm-up
     start = time.perf_counter()

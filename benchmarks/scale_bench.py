@@ -25,7 +25,7 @@ import torch
 from report import record_section  # benchmarks/ is on the path of a script run from it
 from torch.utils.data import DataLoader
 
-from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
+from deit_pipe.data import PairDataset, ViewConfig, collate_views, finish, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
@@ -124,7 +124,8 @@ def main(a) -> dict:
         steps = student_steps(root, job.url, data, recipe.to_dict(), device, a)
         split = open_source(data).split("train")
         pairs = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
-        images = collate_views([pairs[p] for p in range(a.batch // 2)])["image"]
+        rendered = collate_views([pairs[p] for p in range(a.batch // 2)])
+        images = finish(rendered, recipe.view, torch.device(device))
         forward = teacher_forward(job, images, torch.device(device), a.steps)
         loader = loader_rate(data, recipe, a.batch, a.loader_workers, a.steps)
         return {

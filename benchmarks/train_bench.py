@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deit_pipe.data import PairDataset, ViewConfig, collate_views, open_source
+from deit_pipe.data import PairDataset, ViewConfig, collate_views, finish, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
@@ -84,7 +84,8 @@ def run_bench(teacher: str = "regnety_016", steps: int = 24, batch: int = 128) -
         model, _ = build_teacher(tcfg, 10)
         split = open_source("digits").split("train")
         ds = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
-        images = collate_views([ds[p] for p in range(batch // 2)])["image"]
+        batch_views = collate_views([ds[p] for p in range(batch // 2)])
+        images = finish(batch_views, recipe.view, torch.device("cpu"))
         teacher_logits(model, images, torch.device("cpu"))
         t0 = time.perf_counter()
         for _ in range(5):
