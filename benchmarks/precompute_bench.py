@@ -45,7 +45,9 @@ def raw_forward(job: Job, batches: int = 4) -> float:
     split = source.split("train")
     dataset = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
     images = finish(
-        collate_views([dataset[p] for p in range(job.batch_size // 2)]), recipe.view, torch.device("cpu")
+        collate_views([dataset[p] for p in range(job.batch_size // 2)]),
+        recipe.view,
+        torch.device("cpu"),
     )
     model, _ = build_teacher(job.teacher, source.num_classes)
     teacher_logits(model, images, torch.device("cpu"))  # warm-up

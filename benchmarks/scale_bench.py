@@ -58,6 +58,7 @@ def student_steps(root: Path, url: str, data: str, recipe: dict, device: str, a)
             max_steps=a.warmup + a.steps,
             drop_path=0.1,
             device=device,
+            loader_workers=a.loader_workers,
             log_every=a.warmup + a.steps,  # one read-back: no per-step device sync
         )
         store = dict(store=url, **common)
@@ -70,6 +71,7 @@ def student_steps(root: Path, url: str, data: str, recipe: dict, device: str, a)
         for mode, cfg in runs.items():
             train(cfg)
             out[label, mode] = median_step(Path(cfg.out), a.warmup)
+            print(f"{label} {mode}: median step {out[label, mode]:.4f} s", flush=True)
     return out
 
 
@@ -121,6 +123,7 @@ def main(a) -> dict:
         )
         writer = prepare_store(job, StoreRequest(epochs=1, splits=("train",), targets="hard"))
         summary = run(job, pending(writer), workers=0)
+        print(f"precompute: {summary.views_per_second:.1f} views/s", flush=True)
         steps = student_steps(root, job.url, data, recipe.to_dict(), device, a)
         split = open_source(data).split("train")
         pairs = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)

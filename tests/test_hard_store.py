@@ -1,6 +1,8 @@
 """`precompute --targets hard` (top-1 class + fingerprint only) and `precompute --dry-run`."""
 
 import json
+import math
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -64,4 +66,7 @@ def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path):
     assert "bytes/view" in result.output and "views/s (measured here" in result.output
     given = _precompute(url, "--dry-run", "--targets", "hard", "--throughput", "100")
     assert "≈ 9.3 bytes/view" in given.output and "(given, cpu)" in given.output
+    # 100 teacher views/s against this machine's measured render rate per loader worker.
+    rate = float(re.search(r"render:\s+([\d,.]+) views/s", given.output)[1].replace(",", ""))
+    assert f"--loader-workers {max(1, math.ceil(100 / rate))} per device" in given.output
     assert not url.exists()

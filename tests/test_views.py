@@ -234,3 +234,15 @@ def test_render_never_touches_the_global_python_and_numpy_rngs():
         np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
         for a, b in zip(np.random.get_state(), npy, strict=True)
     )
+
+
+def test_erasing_noise_is_one_function_on_numpy_and_torch_lanes():
+    """The CPU computes the noise hash on NumPy uint32 lanes, other devices on torch int64
+    lanes: the same integers, so the same bits (CUDA itself: test_portability.py)."""
+    from deit_pipe.data.finish import _lanes_numpy, _lanes_torch, noise_keys
+
+    keys = noise_keys(torch.tensor([0, 1, -1, 2**62 + 12345], dtype=torch.int64), 1)
+    index = torch.arange(0, 3 * 224 * 224, 7)
+    for key in keys:
+        k = key.expand(len(index))
+        assert torch.equal(_lanes_numpy(k, index), _lanes_torch(k.clone(), index))

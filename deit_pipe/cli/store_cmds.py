@@ -117,6 +117,8 @@ def _print_cost(cost, job, epochs: int) -> None:
         f"store:   ≈ {_size(cost.store_bytes)} at ≈ {cost.bytes_per_view:.1f} bytes/view",
         f"teacher: {job.teacher.name} forward at {cost.views_per_second:,.1f} views/s ({how}, "
         f"{cost.device}) → ≈ {_duration(cost.seconds)} on one such device, rendering aside",
+        f"render:  {cost.render_views_per_second:,.0f} views/s per loader worker (measured "
+        f"here) → --loader-workers {cost.loader_workers} per device keeps the teacher busy",
     ]
     for line in lines:
         console.print(line, highlight=False)

@@ -130,7 +130,10 @@ def eval_transform(cfg: ViewConfig) -> Transform:
     """Clean eval view, uint8 CHW: resize to input/crop_pct, center crop (bicubic by default);
     `finish` normalizes it."""
     return create_transform(
-        cfg.input_size, is_training=False, crop_pct=cfg.crop_pct, use_prefetcher=True,
+        cfg.input_size,
+        is_training=False,
+        crop_pct=cfg.crop_pct,
+        use_prefetcher=True,
         **_common(cfg),
     )
 

@@ -3,17 +3,20 @@
 Bytes per view come from the store benchmark (`benchmarks/store_bench.py`, ImageNet-like
 logits at C = 1000, byte-shuffled zstd): per stored value, index and logsumexp, plus the
 8-byte fingerprint. The teacher's throughput is measured on a few random batches on this
-machine's device unless given.
+machine's device unless given; the render cost on a few of the job's own training views, on
+one thread, as one loader worker renders them: the two give the loader workers a device
+needs to keep its teacher busy.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
-from deit_pipe.data import open_checked
+from deit_pipe.data import Source, collate_views, open_checked, stored_views
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, task_device
 from deit_pipe.teacher import build_teacher, teacher_logits
@@ -30,6 +33,12 @@ class Cost:
     views_per_second: float
     measured: bool  # throughput measured here (else given)
     device: str
+    render_views_per_second: float  # one loader worker (one thread), measured here
+
+    @property
+    def loader_workers(self) -> int:
+        """Render workers per device for the teacher never to wait on views."""
+        return max(1, math.ceil(self.views_per_second / self.render_views_per_second))
 
     @property
     def total_views(self) -> int:
@@ -66,6 +75,21 @@ def teacher_throughput(job: Job, num_classes: int, input_size: int, batches: int
     return batches * job.batch_size / (time.perf_counter() - start)
 
 
+def render_throughput(job: Job, source: Source, pairs: int = 8) -> float:
+    """Views/s one loader worker renders of this job's training views (after a warm-up)."""
+    views = stored_views(source, job.recipe, "train", 0)
+    pairs = min(pairs, len(views))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        collate_views([views[0]])
+        start = time.perf_counter()
+        batch = collate_views([views[p] for p in range(pairs)])
+        return len(batch["slot"]) / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None) -> Cost:
     """Views, store size and teacher time of a job, writing nothing."""
     r = request.resolved()
@@ -81,4 +105,5 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
         views_per_second=float(throughput),
         measured=measured,
         device=str(task_device(job)),
+        render_views_per_second=render_throughput(job, source),
     )

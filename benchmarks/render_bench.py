@@ -1,0 +1,226 @@
+"""P7: host CPU cost per training view at 224², deit-pipe's replay against timm's loader.
+
+One thread, side by side in one run, on generated ImageNet-sized JPEGs (400–520 × 330–400,
+quality 90): JPEG decode alone; timm's training transform in its float form (normalize and
+random erasing on the host) and in its prefetcher form (what timm's train.py runs: uint8 on
+the host, the rest on the GPU), each with decode and batch collation; deit-pipe's train
+replay (`ReplayDataset` items + `collate_views`: render, erasing draws, fingerprint) and its
+precompute render (`render_items`, the shard path). deit-pipe's replay is then taken apart:
+decode, the seeded RNG set-up, the Pillow ops, the fingerprint, the collation.
+
+The loader-cores table uses timm's published training throughput
+(results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv in huggingface/pytorch-image-models).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import create_transform
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from report import record_section  # noqa: E402
+
+from deit_pipe.data import collate_views, open_source  # noqa: E402
+from deit_pipe.data.dataset import ReplayDataset  # noqa: E402
+from deit_pipe.data.recipe import PRESETS  # noqa: E402
+from deit_pipe.data.views import fingerprint, seeded_rngs, train_transform  # noqa: E402
+from deit_pipe.pipeline.render import render_items  # noqa: E402
+
+# Training img/s, RTX 3090, AMP (timm's published benchmark file named above).
+TIMM_TRAIN_IMG_S = {
+    "DeiT-Ti⚗": 2253.36,
+    "DeiT-S⚗": 1032.61,
+    "DeiT-B⚗": 385.62,
+}
+
+
+def make_jpegs(root: Path, count: int) -> list[Path]:
+    """Smooth gradients, shapes and mild noise: ~50–90 KB JPEGs, like ImageNet's."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        w, h = int(rng.integers(400, 521)), int(rng.integers(330, 401))
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack(
+            [
+                np.sin(xx / rng.uniform(20, 80) + c) * np.cos(yy / rng.uniform(20, 80))
+                for c in range(3)
+            ],
+            axis=-1,
+        )
+        img = (base * 70 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        for _ in range(6):  # a few flat shapes: edges, as in photographs
+            x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
+            img[y0 : y0 + int(rng.integers(30, 150)), x0 : x0 + int(rng.integers(30, 150))] = (
+                rng.integers(0, 256, 3)
+            )
+        folder = root / "train" / f"class{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:03d}.jpg"
+        Image.fromarray(img).save(path, format="JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def _timm_transform(view, prefetcher: bool):
+    return create_transform(
+        224,
+        is_training=True,
+        scale=view.scale,
+        ratio=view.ratio,
+        hflip=view.hflip,
+        color_jitter=view.color_jitter,
+        auto_augment=view.auto_augment,
+        interpolation=view.interpolation,
+        re_prob=view.re_prob,
+        re_mode=view.re_mode,
+        re_count=view.re_count,
+        use_prefetcher=prefetcher,
+    )
+
+
+def _timed(fn, views: int) -> float:
+    """ms per view of one call of `fn` that handles `views` views."""
+    start = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - start) / views
+
+
+def run_bench(images: int = 48, rounds: int = 5) -> dict:
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="deit-pipe-p7-"))
+    try:
+        paths = make_jpegs(root, images)
+        sizes = [p.stat().st_size for p in paths]
+        data = f"imagefolder:{root}"
+        source = open_source(data)
+        split = source.split("train")
+        recipe = PRESETS["deit"].recipe(source, input_size=224, repeats=1)
+        replay = ReplayDataset(split, recipe)
+        pairs = len(split) // 2
+        recipe_json = json.dumps(recipe.to_dict(), sort_keys=True)
+        timm_float = _timm_transform(recipe.view, False)
+        timm_uint8 = _timm_transform(recipe.view, True)
+        tf = train_transform(recipe.view)
+        decoded = [Image.open(p).convert("RGB") for p in paths]
+        n = len(paths)
+
+        def decode():
+            for p in paths:
+                Image.open(p).convert("RGB")
+
+        def timm_form(transform):
+            def go():
+                torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+
+            return go
+
+        def replay_views():
+            collate_views([replay[(0, p)] for p in range(pairs)])
+
+        def precompute_render():
+            render_items(source, recipe_json, "train", 0, list(range(pairs)))
+
+        def rng_setup():
+            for seed in range(n):
+                with seeded_rngs(seed):
+                    pass
+
+        def pillow_ops():
+            for seed, img in enumerate(decoded):
+                with seeded_rngs(seed):
+                    tf(img)
+
+        pixels = [tf(img) for img in decoded]
+        params = np.zeros(20, np.uint32)
+
+        def hashing():
+            for p in pixels:
+                fingerprint(p, params)
+
+        items = [replay[(0, p)] for p in range(pairs)]
+
+        def collate():
+            collate_views(items)
+
+        cases = {
+            "decode": decode,
+            "timm float": timm_form(timm_float),
+            "timm prefetcher (uint8)": timm_form(timm_uint8),
+            "deit-pipe train replay": replay_views,
+            "deit-pipe precompute render": precompute_render,
+            "  seeded RNG set-up": rng_setup,
+            "  Pillow ops (decoded image in)": pillow_ops,
+            "  fingerprint (xxh3)": hashing,
+            "  collate": collate,
+        }
+        for fn in cases.values():  # warm-up: file cache, lazy imports
+            fn()
+        samples: dict[str, list[float]] = {k: [] for k in cases}
+        for _ in range(rounds):  # interleaved, so drift hits every case alike
+            for name, fn in cases.items():
+                samples[name].append(_timed(fn, n))
+        ms = {k: float(np.median(v)) for k, v in samples.items()}
+        p7 = ms["deit-pipe train replay"] / ms["timm prefetcher (uint8)"]
+        return {
+            "images": n,
+            "jpeg_kb_mean": float(np.mean(sizes) / 1024),
+            "ms_per_view": ms,
+            "p7_ratio": p7,
+            "views_per_s_per_worker": {
+                "deit-pipe": 1000 / ms["deit-pipe train replay"],
+                "timm prefetcher": 1000 / ms["timm prefetcher (uint8)"],
+            },
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def render(r: dict) -> str:
+    ms = r["ms_per_view"]
+    lines = [
+        f"One thread, 224², {r['images']} generated JPEGs (400–520 × 330–400, quality 90, "
+        f"{r['jpeg_kb_mean']:.0f} KB mean), DeiT recipe (RandAugment m9, erasing 0.25, "
+        "mixup/cutmix); median of interleaved rounds, all in one run.",
+        "",
+        "| per view | host ms |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.2f} |" for k, v in ms.items()]
+    lines += [
+        "",
+        f"**P7 = deit-pipe train replay ÷ timm prefetcher form = {r['p7_ratio']:.2f}** "
+        "(target ≤ 1.0, stretch ≤ 0.9).",
+        "",
+        "Loader cores per GPU to keep up with timm's published training throughput "
+        "(RTX 3090, AMP: `results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv`), at "
+        "this machine's per-core render speed:",
+        "",
+        "| student | GPU img/s | deit-pipe cores | timm cores |",
+        "|---|---|---|---|",
+    ]
+    rate = r["views_per_s_per_worker"]
+    for name, img_s in TIMM_TRAIN_IMG_S.items():
+        lines.append(
+            f"| {name} | {img_s:,.0f} | {img_s / rate['deit-pipe']:.1f} | "
+            f"{img_s / rate['timm prefetcher']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    result = run_bench()
+    (Path(__file__).parent / "render.json").write_text(json.dumps(result, indent=2))
+    text = render(result)
+    record_section("render", f"## Host render cost per view: P7 (`make bench-render`)\n\n{text}")
+    print(text)
