@@ -136,12 +136,12 @@ def test_refusals_each_name_what_differs(tmp_path):
     fill_all(url, make_spec())
     store = TargetStore(url)
     store.check_run(
-        dataset_fingerprint="f" * 32, plan={"seed": 0, "repeats": 3, "input_size": 32}, epochs=2
+        dataset_fingerprint="f" * 32, plan=make_spec().plan, epochs=2
     )
     with pytest.raises(StoreMismatchError, match="made for dataset fake:test"):
         store.check_run(dataset_fingerprint="0" * 32)
     with pytest.raises(StoreMismatchError, match="input_size = 32 in the store, 64 here"):
-        store.check_run(plan={"seed": 0, "repeats": 3, "input_size": 64})
+        store.check_run(plan={**make_spec().plan, "input_size": 64})
     with pytest.raises(StoreIncompleteError, match="holds 2 training epochs but this run needs 5"):
         store.check_run(epochs=5)
     store.check_run(epochs=5, cycle_epochs=True)
