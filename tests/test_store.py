@@ -135,9 +135,7 @@ def test_refusals_each_name_what_differs(tmp_path):
     url = str(tmp_path / "r.zarr")
     fill_all(url, make_spec())
     store = TargetStore(url)
-    store.check_run(
-        dataset_fingerprint="f" * 32, plan=make_spec().plan, epochs=2
-    )
+    store.check_run(dataset_fingerprint="f" * 32, plan=make_spec().plan, epochs=2)
     with pytest.raises(StoreMismatchError, match="made for dataset fake:test"):
         store.check_run(dataset_fingerprint="0" * 32)
     with pytest.raises(StoreMismatchError, match="input_size = 32 in the store, 64 here"):
