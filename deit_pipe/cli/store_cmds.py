@@ -121,7 +121,7 @@ def _print_cost(cost, job, epochs: int) -> None:
         f"here) → --loader-workers {cost.loader_workers} per device keeps the teacher busy",
     ]
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _filling(info: dict) -> str:
