@@ -246,3 +246,23 @@ def test_erasing_noise_is_one_function_on_numpy_and_torch_lanes():
     for key in keys:
         k = key.expand(len(index))
         assert torch.equal(_lanes_numpy(k, index), _lanes_torch(k.clone(), index))
+
+
+def test_randaugment_draws_its_ops_uniformly_from_the_view_generator():
+    """timm's RandAugment picks its ops with `np.random.choice`; inside a render that is the
+    view's own generator: uniform over the ops, reproducible per seed, distinct across seeds."""
+    from deit_pipe.data.views import seeded_rngs
+
+    ra = next(t for t in train_transform(CFG).transforms if isinstance(t, timm_aa.RandAugment))
+    counts = np.zeros(len(ra.ops))
+    picks = []
+    for seed in range(3000):
+        with seeded_rngs(seed):
+            chosen = timm_aa.np.random.choice(len(ra.ops), ra.num_layers, replace=True)
+        counts[chosen] += 1
+        picks.append(tuple(chosen))
+    expected = 3000 * ra.num_layers / len(ra.ops)
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
+    with seeded_rngs(7):
+        again = tuple(timm_aa.np.random.choice(len(ra.ops), ra.num_layers, replace=True))
+    assert again == picks[7] and len(set(picks)) > 150
