@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/cli_bench.py
+
+bench-render: $(STAMP)
+	$(BIN)/python benchmarks/render_bench.py
 
 bench-cli: $(STAMP)
 	$(BIN)/python benchmarks/cli_bench.py

@@ -43,6 +43,7 @@ from deit_pipe.data.views import (  # noqa: E402
 from deit_pipe.pipeline.render import _dataset as epoch_views  # noqa: E402
 from deit_pipe.pipeline.render import render_items  # noqa: E402
 
+TITLE = "## Host render cost per training view: P7 (`make bench-render`)"
 # Training img/s, RTX 3090, AMP (timm's published benchmark file named above).
 TIMM_TRAIN_IMG_S = {
     "DeiT-Ti⚗": 2253.36,
@@ -264,5 +265,5 @@ if __name__ == "__main__":
     result = run_bench()
     (Path(__file__).parent / "render.json").write_text(json.dumps(result, indent=2))
     text = render(result)
-    record_section("render", f"## Host render cost per view: P7 (`make bench-render`)\n\n{text}")
+    record_section("render", f"{TITLE}\n\n{text}")
     print(text)
