@@ -225,7 +225,7 @@ def run_bench(images: int = 48, rounds: int = 12) -> dict:
 
 
 def render(r: dict) -> str:
-    ms = r["ms_per_view"]
+    ms, rate = r["ms_per_view"], r["views_per_s_per_worker"]
     lines = [
         f"One thread, 224², {r['images']} generated JPEGs (400–520 × 330–400, quality 90, "
         f"{r['jpeg_kb_mean']:.0f} KB mean), DeiT recipe (RandAugment m9, erasing 0.25, "
@@ -245,14 +245,15 @@ def render(r: dict) -> str:
         f"{r['p7_unpaired_ratio']:.2f}: a view's cost depends on its RandAugment ops (a "
         "rotate costs tens of times a posterize), and unpaired draws leave that noise in.",
         "",
-        "Loader cores per GPU to keep up with timm's published training throughput "
+        f"Views/s per loader worker (one core): deit-pipe {rate['deit-pipe']:.0f}, timm "
+        f"{rate['timm prefetcher']:.0f}. Loader cores per GPU to keep up with timm's "
+        "published training throughput "
         "(RTX 3090, AMP: `results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv`), at "
         "this machine's per-core render speed:",
         "",
         "| student | GPU img/s | deit-pipe cores | timm cores |",
         "|---|---|---|---|",
     ]
-    rate = r["views_per_s_per_worker"]
     for name, img_s in TIMM_TRAIN_IMG_S.items():
         lines.append(
             f"| {name} | {img_s:,.0f} | {img_s / rate['deit-pipe']:.1f} | "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deit_pipe.data.recipe import PLAN_VERSION
 from deit_pipe.storage import StoreSpec, TargetStore, create_store
 
 
@@ -48,7 +49,7 @@ def spec_for(views: int, classes: int, epochs: int, **options) -> StoreSpec:
             "num_samples": {"train": views},
         },
         teacher={"name": "synthetic"},
-        plan={"seed": 0},
+        plan={"plan_version": PLAN_VERSION, "seed": 0},
         epochs=epochs,
         splits=("train",),
         **options,
