@@ -37,6 +37,7 @@ from deit_pipe.data.recipe import PRESETS  # noqa: E402
 from deit_pipe.data.views import (  # noqa: E402
     _patch_posterize,
     fingerprint,
+    hwc,
     seeded_rngs,
     train_transform,
 )
@@ -170,7 +171,7 @@ def run_bench(images: int = 48, rounds: int = 12) -> dict:
                 with seeded_rngs(state["epoch"] * n + i):
                     tf(img)
 
-        pixels = [tf(img) for img in decoded]
+        pixels = [hwc(tf(img)) for img in decoded]
         params = np.zeros(20, np.uint32)
 
         def hashing():

@@ -100,7 +100,7 @@ def test_render_restores_caller_rng_state():
 def test_render_depends_only_on_the_seed():
     img = open_source("digits").split("train").load(3)
     (a, boxes), (b, _) = (render(img, 99, train_transform(CFG), CFG) for _ in range(2))
-    assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == (3, 32, 32)
+    assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == (32, 32, 3)
     other, _ = render(img, 100, train_transform(CFG), CFG)
     assert fingerprint(a, boxes) == fingerprint(b, boxes) != fingerprint(other, boxes)
     assert fingerprint(a, boxes) != fingerprint(a, boxes + 1)  # parameters count too
@@ -129,9 +129,10 @@ def test_erasing_boxes_are_timms_draws():
 
 
 def _batch(images: torch.Tensor, **params) -> dict:
+    """A rendered batch around NCHW `images` (carried NHWC, as rendering makes them)."""
     n = len(images)
     batch = {
-        "image": images,
+        "image": images.permute(0, 2, 3, 1).contiguous(),
         "erase": torch.zeros(n, 1, 4, dtype=torch.int32),
         "seed": torch.arange(n, dtype=torch.int64),
         "mix": torch.zeros(n, dtype=torch.int64),
@@ -197,7 +198,7 @@ def test_eval_views_are_clean_and_deterministic():
     split = open_source("digits").split("val")
     ds = EvalDataset(split, CFG)
     a, b = ds[0], ds[0]
-    assert torch.equal(a["image"], b["image"]) and a["image"].shape == (1, 3, 32, 32)
+    assert torch.equal(a["image"], b["image"]) and a["image"].shape == (1, 32, 32, 3)
 
 
 def test_other_threads_drawing_random_numbers_do_not_change_views(dataset):

@@ -24,6 +24,7 @@ from deit_pipe.data.views import (
     as_int64,
     eval_transform,
     fingerprint,
+    hwc,
     render,
     train_transform,
 )
@@ -63,7 +64,7 @@ class EvalDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        pixels = self.transform(self.split.load(index))
+        pixels = hwc(self.transform(self.split.load(index)))
         boxes = np.zeros((self.cfg.re_count, 4), dtype=np.int32)  # eval views are not erased
         return _item([(pixels, boxes)], [index], [0], _NO_MIX)
 

@@ -85,8 +85,9 @@ def noise_keys(seeds: torch.Tensor, box: int) -> torch.Tensor:
 
 
 def finish(batch: dict[str, torch.Tensor], cfg: ViewConfig, device: torch.device) -> torch.Tensor:
-    """float32 NCHW views on `device` from a collated batch of rendered views."""
-    pixels = batch["image"].to(device, non_blocking=True)
+    """float32 NCHW views (channels-last in memory) on `device` from a collated batch of
+    rendered views (uint8 NHWC)."""
+    pixels = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
     mean = torch.tensor([m * 255 for m in cfg.mean], dtype=torch.float32, device=device)
     std = torch.tensor([s * 255 for s in cfg.std], dtype=torch.float32, device=device)
     x = (pixels.to(torch.float32) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
@@ -114,15 +115,16 @@ def _erase(x: torch.Tensor, boxes: torch.Tensor, seeds: torch.Tensor, box: int, 
     index = ch * (height * width) + (top + yy) * width + (left + xx)
     grid = (n, c, hmax, wmax)
     pos = torch.arange(n, device=dev).view(-1, 1, 1, 1).expand(grid)[inside]  # row in `rows`
-    index = index.expand(grid)[inside]
+    chan, row, col = (t.expand(grid)[inside] for t in (ch, top + yy, left + xx))
+    index = index.expand(grid)[inside]  # the element's NCHW index: the noise counter
     keys = noise_keys(seeds[rows], box)
     if mode == "pixel":
         fill = erasing_noise(keys[pos], index)
     elif mode == "rand":
-        fill = erasing_noise(keys.view(-1, 1), ch.view(1, c))[pos, index // (height * width)]
+        fill = erasing_noise(keys.view(-1, 1), ch.view(1, c))[pos, chan]
     else:
         fill = torch.zeros(len(index), dtype=x.dtype, device=dev)
-    x.view(x.shape[0], -1)[rows[pos], index] = fill
+    x[rows[pos], chan, row, col] = fill
 
 
 def _mix(x: torch.Tensor, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:

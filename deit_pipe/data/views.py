@@ -234,11 +234,18 @@ def seeded_rngs(seed: int) -> Iterator[random.Random]:
 def render(
     img: Image.Image, view_seed: int, transform: Transform, cfg: ViewConfig
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """One augmented view before finishing: uint8 CHW pixels and its erasing boxes."""
+    """One augmented view before finishing: uint8 HWC pixels (Pillow's layout, which is
+    channels-last NCHW once batched and permuted) and its erasing boxes."""
     with seeded_rngs(view_seed) as rng:
-        pixels = transform(img)  # CHW view of Pillow's HWC bytes: no copy
-        boxes = erasing_boxes(rng, cfg, pixels.shape[1], pixels.shape[2])
+        pixels = hwc(transform(img))
+        boxes = erasing_boxes(rng, cfg, pixels.shape[0], pixels.shape[1])
     return pixels, boxes
+
+
+def hwc(chw: torch.Tensor) -> torch.Tensor:
+    """timm's uint8 CHW tensor as the HWC bytes under it (a view, no copy): batches stack
+    them with plain copies, and the device reads them as channels-last."""
+    return chw.permute(1, 2, 0)
 
 
 def erasing_boxes(rng: random.Random, cfg: ViewConfig, img_h: int, img_w: int) -> np.ndarray:
@@ -264,10 +271,9 @@ def erasing_boxes(rng: random.Random, cfg: ViewConfig, img_h: int, img_w: int) -
 
 
 def fingerprint(pixels: torch.Tensor, params: np.ndarray) -> int:
-    """64-bit xxh3 of what decides a finished view: its uint8 CHW pixels, hashed in HWC byte
-    order (Pillow's, so no copy is made), and its finishing parameters (erasing boxes, noise
-    seed, mix), as an unsigned int."""
-    h = xxhash.xxh3_64(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
+    """64-bit xxh3 of what decides a finished view: its uint8 HWC pixels and its finishing
+    parameters (erasing boxes, noise seed, mix), as an unsigned int."""
+    h = xxhash.xxh3_64(np.ascontiguousarray(pixels.numpy()))
     h.update(np.ascontiguousarray(params))
     return h.intdigest()
 
