@@ -1,13 +1,13 @@
 """View rendering on the host: a training view is a pure function of (image, view seed, config).
 
 `render` runs the Pillow stage of timm's training transform (crop, flip, RandAugment or
-color jitter) in timm's prefetcher form — a uint8 CHW tensor — with private `random`/NumPy
-generators and torch's CPU generator seeded from the view seed, and draws the view's random
-erasing boxes from the same generator as timm's `RandomErasing` would. Everything after —
-to float, normalize, erasing noise, mixup/cutmix — is `finish`, batched on the device that
-consumes the views. `fingerprint` hashes exactly what decides a finished view (its uint8
-bytes and its finishing parameters), so the student proves it replays the pixels the
-teacher saw without finishing anything on the host.
+color jitter) in timm's prefetcher form — uint8, kept in Pillow's HWC layout — with
+private `random`/NumPy generators and torch's CPU generator seeded from the view seed, and
+draws the view's random erasing boxes from the same generator as timm's `RandomErasing`
+would. Everything after — to float, normalize, erasing noise, mixup/cutmix — is `finish`,
+batched on the device that consumes the views. `fingerprint` hashes exactly what decides
+a finished view (its uint8 bytes and its finishing parameters), so the student proves it
+replays the pixels the teacher saw without finishing anything on the host.
 """
 
 from __future__ import annotations
