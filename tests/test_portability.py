@@ -65,7 +65,7 @@ def test_erasing_noise_is_standard_normal_shaped_and_exact():
     assert abs(x.mean()) < 0.01 and abs(x.var() - 1) < 0.01
     assert x.min() >= -6 and x.max() <= 6
     assert abs(((x - x.mean()) ** 4).mean() / x.var() ** 2 - 3 + 0.1) < 0.05  # Irwin–Hall 12
-    # Values are multiples of 2^-16: the construction never rounds.
+    # Values are multiples of 2^-8 (so of 2^-16): the construction never rounds.
     assert np.all(x * 65536 == np.round(x * 65536))
     assert np.array_equal(erasing_noise(key, index).numpy(), x.astype(np.float32))
     assert not np.array_equal(erasing_noise(torch.tensor(8), index).numpy(), x)

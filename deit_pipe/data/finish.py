@@ -7,8 +7,8 @@ student's in training, the CPU in tests and previews. Its bits must not depend o
 device or on the CPU's ISA, so every step is one eager, exactly rounded elementwise kernel
 (subtract, divide, multiply, add — never fused, never compiled) or an exact copy/select,
 and the erasing noise is integer arithmetic: a counter-based hash of (view seed, box,
-element) made into Irwin–Hall noise (12 uniforms on 16-bit midpoints, minus 6: integer sums
-and one power-of-two scaling, so nothing rounds; mean 0, variance 1 − 2⁻³², support ±6).
+element) made into Irwin–Hall noise (12 uniforms on 8-bit midpoints, minus 6: integer sums
+and one power-of-two scaling, so nothing rounds; mean 0, variance 1 − 2⁻¹⁶, support ±6).
 """
 
 from __future__ import annotations
@@ -111,12 +111,11 @@ def _erase(x: torch.Tensor, boxes: torch.Tensor, seeds: torch.Tensor, box: int, 
     ch = torch.arange(c, device=dev).view(1, c, 1, 1)
     yy = torch.arange(hmax, device=dev).view(1, 1, hmax, 1)
     xx = torch.arange(wmax, device=dev).view(1, 1, 1, wmax)
-    inside = ((yy < h) & (xx < w)).expand(n, c, hmax, wmax)
-    index = ch * (height * width) + (top + yy) * width + (left + xx)
     grid = (n, c, hmax, wmax)
+    inside = ((yy < h) & (xx < w)).expand(grid)
     pos = torch.arange(n, device=dev).view(-1, 1, 1, 1).expand(grid)[inside]  # row in `rows`
     chan, row, col = (t.expand(grid)[inside] for t in (ch, top + yy, left + xx))
-    index = index.expand(grid)[inside]  # the element's NCHW index: the noise counter
+    index = chan * (height * width) + row * width + col  # NCHW position: the noise counter
     keys = noise_keys(seeds[rows], box)
     if mode == "pixel":
         fill = erasing_noise(keys[pos], index)
@@ -141,7 +140,8 @@ def _mix(x: torch.Tensor, batch: dict[str, torch.Tensor], device: torch.device) 
     partner = x[(torch.arange(n, device=device) + step).clamp(0, n - 1)]
     lam = batch["lam"].to(device, non_blocking=True)
     mixed = x * lam[:, 0].view(n, 1, 1, 1) + partner * lam[:, 1].view(n, 1, 1, 1)
-    y0, y1, x0, x1 = (batch["box"][:, i].to(device).view(n, 1, 1, 1) for i in range(4))
+    box = batch["box"].to(device, non_blocking=True)
+    y0, y1, x0, x1 = (box[:, i].view(n, 1, 1, 1) for i in range(4))
     yy = torch.arange(x.shape[2], device=device).view(1, 1, -1, 1)
     xx = torch.arange(x.shape[3], device=device).view(1, 1, 1, -1)
     cut = torch.where((yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1), partner, x)
