@@ -197,7 +197,7 @@ def test_posterize_to_zero_bits_gives_black_not_an_error():
 def test_eval_views_are_clean_and_deterministic():
     split = open_source("digits").split("val")
     ds = EvalDataset(split, CFG)
-    a, b = ds[0], ds[0]
+    a, b = collate_views([ds[0]]), collate_views([ds[0]])
     assert torch.equal(a["image"], b["image"]) and a["image"].shape == (1, 32, 32, 3)
 
 

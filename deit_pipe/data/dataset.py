@@ -21,7 +21,6 @@ from deit_pipe.data.recipe import Recipe
 from deit_pipe.data.sources import Source, Split
 from deit_pipe.data.views import (
     ViewConfig,
-    as_int64,
     eval_transform,
     fingerprint,
     hwc,
@@ -40,7 +39,7 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return self.plan.num_pairs
 
-    def __getitem__(self, pair: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, pair: int) -> dict:
         slots = list(self.plan.pair_slots(pair))
         seeds = [int(self.plan.view_seed[s]) for s in slots]
         rendered = [
@@ -63,7 +62,7 @@ class EvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict:
         pixels = hwc(self.transform(self.split.load(index)))
         boxes = np.zeros((self.cfg.re_count, 4), dtype=np.int32)  # eval views are not erased
         return _item([(pixels, boxes)], [index], [0], _NO_MIX)
@@ -72,33 +71,37 @@ class EvalDataset(Dataset):
 _NO_MIX = mix_params(0, 1.0, (0, 0, 0, 0))
 
 
-def _item(rendered, slots: list[int], seeds: list[int], mix) -> dict[str, torch.Tensor]:
-    """Rendered views and everything `finish` needs, fingerprinted together."""
+def _item(rendered, slots: list[int], seeds: list[int], mix) -> dict:
+    """Rendered views and everything `finish` needs, fingerprinted together. The pixels stay
+    one tensor per view and the rest NumPy, so `collate_views` copies each view once."""
     op, lams, box = mix
-    seed_bits = np.array(seeds, dtype=np.uint64)
-    fps = []
-    for (pixels, boxes), seed in zip(rendered, seed_bits, strict=True):
-        params = np.concatenate(
-            [boxes.ravel().view(np.uint32), np.array([op], np.uint32), lams.view(np.uint32),
-             box.view(np.uint32), np.array([seed], "<u8").view(np.uint32)]
-        )  # fmt: skip
-        fps.append(as_int64(fingerprint(pixels, params)))
+    seed_bits = np.array(seeds, dtype="<u8")
+    # Each view hashes its pixels, then its erasing boxes, the pair's mix and its seed.
+    mix_bytes = np.array([op], "<u4").tobytes() + lams.tobytes() + box.tobytes()
+    fps = [
+        fingerprint(pixels, boxes.tobytes(), mix_bytes, seed.tobytes())
+        for (pixels, boxes), seed in zip(rendered, seed_bits, strict=True)
+    ]
     n = len(slots)
     return {
-        "image": torch.stack([pixels for pixels, _ in rendered]),
-        "erase": torch.from_numpy(np.stack([boxes for _, boxes in rendered])),
-        "seed": torch.from_numpy(seed_bits.view(np.int64)),
-        "mix": torch.full((n,), op, dtype=torch.int64),
-        "lam": torch.from_numpy(np.tile(lams, (n, 1))),
-        "box": torch.from_numpy(np.tile(box, (n, 1))),
-        "slot": torch.tensor(slots, dtype=torch.int64),
-        "fingerprint": torch.tensor(fps, dtype=torch.int64),
+        "image": [pixels for pixels, _ in rendered],
+        "erase": np.stack([boxes for _, boxes in rendered]),
+        "seed": seed_bits.view(np.int64),
+        "mix": np.full(n, op, dtype=np.int64),
+        "lam": np.tile(lams, (n, 1)),
+        "box": np.tile(box, (n, 1)),
+        "slot": np.array(slots, dtype=np.int64),
+        "fingerprint": np.array(fps, dtype=np.uint64).view(np.int64),
     }
 
 
-def collate_views(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate items along the view axis (items hold 1 or 2 views)."""
-    return {key: torch.cat([it[key] for it in items]) for key in items[0]}
+def collate_views(items: list[dict]) -> dict[str, torch.Tensor]:
+    """A batch of items (1 or 2 views each), concatenated along the view axis."""
+    batch = {"image": torch.stack([view for item in items for view in item["image"]])}
+    for key in items[0]:
+        if key != "image":
+            batch[key] = torch.from_numpy(np.concatenate([item[key] for item in items]))
+    return batch
 
 
 class ReplayDataset(Dataset):
@@ -121,10 +124,10 @@ class ReplayDataset(Dataset):
             self._epoch, self._pairs = epoch, PairDataset(self.split, plan, self.recipe.view)
         return self._pairs
 
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> dict:
         epoch, pair = item
         views = self._dataset(epoch)[pair]
-        return {**views, "epoch": torch.full_like(views["slot"], epoch)}
+        return {**views, "epoch": np.full(len(views["slot"]), epoch, dtype=np.int64)}
 
 
 class RunSampler(Sampler[list[tuple[int, int]]]):

@@ -270,14 +270,10 @@ def erasing_boxes(rng: random.Random, cfg: ViewConfig, img_h: int, img_w: int) -
     return boxes
 
 
-def fingerprint(pixels: torch.Tensor, params: np.ndarray) -> int:
-    """64-bit xxh3 of what decides a finished view: its uint8 HWC pixels and its finishing
-    parameters (erasing boxes, noise seed, mix), as an unsigned int."""
+def fingerprint(pixels: torch.Tensor, *params: bytes) -> int:
+    """64-bit xxh3 of what decides a finished view: its uint8 HWC pixels, then its finishing
+    parameters (erasing boxes, mix, noise seed) as little-endian bytes, as an unsigned int."""
     h = xxhash.xxh3_64(np.ascontiguousarray(pixels.numpy()))
-    h.update(np.ascontiguousarray(params))
+    for chunk in params:
+        h.update(chunk)
     return h.intdigest()
-
-
-def as_int64(fp: int) -> int:
-    """A uint64 fingerprint reinterpreted as int64 (torch tensors have no uint64 math)."""
-    return fp - (1 << 64) if fp >= 1 << 63 else fp
