@@ -54,7 +54,11 @@ class OutputPathError(DeitPipeError):
 
 
 class LockedError(DeitPipeError):
-    """Another job is writing the same store or run directory."""
+    """Another job is writing the same store or run directory (or the same epochs)."""
+
+    def __init__(self, message: str, holder: dict | None = None):
+        super().__init__(message)
+        self.holder = holder or {}
 
 
 class TeacherError(DeitPipeError):

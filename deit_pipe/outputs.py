@@ -17,7 +17,8 @@ from pathlib import Path
 
 from deit_pipe.errors import OutputPathError
 
-LOCK_NAME = ".deit-pipe.lock"  # storage.lock writes it; never counted as a user's file
+# storage.lock writes it (and `.deit-pipe.lock.CLAIM` files); never counted as a user's file
+LOCK_NAME = ".deit-pipe.lock"
 # What an interrupted `write_atomic` may leave behind: `.NAME.HEX.tmp`.
 _TEMP = re.compile(r"^\.[^/]+\.[0-9a-f]{8}\.tmp$")
 
@@ -25,7 +26,7 @@ _TEMP = re.compile(r"^\.[^/]+\.[0-9a-f]{8}\.tmp$")
 def is_ours(name: str) -> bool:
     """A directory entry deit-pipe leaves for itself (its lock, a temporary file), never
     counted as a user's file or as output."""
-    return name == LOCK_NAME or bool(_TEMP.match(name))
+    return name == LOCK_NAME or name.startswith(LOCK_NAME + ".") or bool(_TEMP.match(name))
 
 
 def entries(path: Path) -> list[str]:

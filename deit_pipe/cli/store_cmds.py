@@ -78,6 +78,21 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
     console.print(table, highlight=False)
 
 
+def parse_epoch_range(text: str | None) -> tuple[int, int] | None:
+    """`--epochs-range A:B` as (A, B), 0 ≤ A < B."""
+    if text is None:
+        return None
+    try:
+        first, stop = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not A:B (epochs A to B−1, e.g. 0:150)", param_hint="--epochs-range"
+        ) from None
+    if not 0 <= first < stop:
+        raise click.BadParameter(f"{text!r} is empty: need 0 ≤ A < B", param_hint="--epochs-range")
+    return first, stop
+
+
 def parse_temperatures(text: str) -> tuple[float, ...]:
     """`--temperatures 1,3` as floats, each finite and positive (τ = 0 divides by zero)."""
     import math
@@ -171,10 +186,24 @@ class ShardProgress:
 @click.option("--data", required=True, help="Dataset spec.")
 @click.option("--out", "url", required=True, help="Store path or fsspec URL.")
 @click.option(
-    "--epochs", type=click.IntRange(min=1), required=True, help="Training epochs to precompute."
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training epochs to precompute (a store holding fewer grows to this many).",
 )
 @click.option(
-    "--split", type=click.Choice(["train", "val", "both"]), default="both", show_default=True
+    "--epochs-range",
+    default=None,
+    callback=lambda ctx, param, value: parse_epoch_range(value),
+    help="A:B: compute training epochs A to B−1 only, beside jobs on other epochs of the "
+    "same store (the store grows to B).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "both"]),
+    default="both",
+    show_default=True,
+    help="both: train, and val unless --epochs-range starts past 0.",
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
@@ -251,6 +280,7 @@ def precompute(
     data,
     url,
     epochs,
+    epochs_range,
     split,
     top_k,
     temperatures,
@@ -282,6 +312,9 @@ def precompute(
     from deit_pipe.pipeline.request import StoreRequest
     from deit_pipe.pipeline.tasks import Job
 
+    if (epochs is None) == (epochs_range is None):
+        raise click.UsageError("give --epochs N or --epochs-range A:B (one of them)")
+    first, epochs = epochs_range or (0, epochs)
     source = open_checked(data, skip_bad=skip_bad)
     recipe = build_recipe(source, opts)
     job = Job(
@@ -297,9 +330,11 @@ def precompute(
         compile=compile_teacher,
         storage_options=storage_options,
     )
+    both = ("train", "val") if first == 0 else ("train",)  # val goes with epoch 0's job
     request = StoreRequest(
         epochs=epochs,
-        splits=("train", "val") if split == "both" else (split,),
+        first_epoch=first,
+        splits=both if split == "both" else (split,),
         k=top_k,
         temperatures=temperatures,
         value_dtype=value_dtype,
@@ -309,7 +344,7 @@ def precompute(
     if dry_run:
         from deit_pipe.pipeline.cost import estimate
 
-        _print_cost(estimate(job, request, throughput=throughput), job, epochs)
+        _print_cost(estimate(job, request, throughput=throughput), job, epochs - first)
         return
     with progress_bar("views") as bar:
         shown = ShardProgress(bar)

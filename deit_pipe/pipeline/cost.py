@@ -94,7 +94,8 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
     """Views, store size and teacher time of a job, writing nothing."""
     r = request.resolved()
     source = open_checked(job.data, skip_bad=job.skip_bad)
-    views = {s: len(source.split(s)) * (r.epochs if s == "train" else 1) for s in r.splits}
+    epochs = r.epochs - r.first_epoch
+    views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in r.splits}
     size = job.recipe.view.input_size
     measured = throughput is None
     if measured:

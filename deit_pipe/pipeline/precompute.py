@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,9 @@ from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
+from deit_pipe.storage.claims import Claim, take_claim
 from deit_pipe.storage.io import file_system
-from deit_pipe.storage.place import probe, refuse_unusable, store_lock
+from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
 from deit_pipe.teacher import build_teacher, check_normalization
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,11 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
     check(job.batch_size >= 1, f"--batch-size must be at least 1, got {job.batch_size}")
     check(job.loader_workers >= 0, f"--loader-workers must be ≥ 0, got {job.loader_workers}")
     check(job.threads >= 1, f"--threads-per-worker must be at least 1, got {job.threads}")
+    check(
+        0 <= request.first_epoch < request.epochs,
+        f"--epochs-range {request.first_epoch}:{request.epochs} is empty: its start must be "
+        "below its end",
+    )
     source = open_checked(job.data, skip_bad=job.skip_bad)
     recipe = job.recipe
     _, teacher = build_teacher(job.teacher, source.num_classes)
@@ -83,15 +90,22 @@ def prepare_store(job: Job, request: StoreRequest, *, overwrite: bool = False) -
     return writer
 
 
-def pending(writer: StoreWriter) -> list[Task]:
-    """Shards not marked done: val first, then epoch-major, so a student following the store
-    (`train --follow`) gets whole epochs as early as possible."""
+def pending(writer: StoreWriter, request: StoreRequest | None = None) -> list[Task]:
+    """Shards not marked done (of the splits and training epochs `request` asks for, when
+    given): val first, then epoch-major, so a student following the store (`train
+    --follow`) gets whole epochs as early as possible."""
     done = writer.progress().done
     tasks = [
         (s, int(e), int(sh))
         for s in writer.spec.splits
         for e, sh in zip(*(~done[s]).nonzero(), strict=True)
     ]
+    if request is not None:
+        tasks = [
+            t for t in tasks
+            if t[0] in request.splits
+            and (t[0] == "val" or request.first_epoch <= t[1] < request.epochs)
+        ]  # fmt: skip
     return sorted(tasks, key=lambda t: (_order(t[0], t[1]), t[2]))
 
 
@@ -273,8 +287,10 @@ def precompute(
 ) -> Summary:
     """Prepare the store and run every shard not yet done (resume = call again).
 
-    Every argument is checked before anything is written; the store's writer lock is held
-    for the whole job, so a second job on the same store is refused naming this one.
+    Every argument is checked before anything is written. The store's lock is held while
+    the store is created or grown; the job's epochs (`request.claim`) are claimed for the
+    whole job, so a job on overlapping epochs is refused naming this one, and jobs on
+    disjoint epochs (`--epochs-range`) fill one store side by side.
     `repair` first re-checks every done shard against its checksums and recomputes those
     that differ.
     """
@@ -283,16 +299,22 @@ def precompute(
         resolve_device(job.device)
     spec, source = store_spec(job, request)
     refuse_unusable(job.url, probe(job.url, job.storage_options))
-    with store_lock(job.url, "precompute", job.storage_options):
-        writer = create_store(
-            job.url, spec, overwrite=overwrite, storage_options=job.storage_options
-        )
-        write_manifest(writer, source)
-        if repair:
-            for split, epoch, shard in damaged_shards(job.url, job.storage_options):
-                log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
-                writer.mark_undone(split, epoch, shard)
-        tasks = pending(writer)
+    # Everything for a job that may remove or redo any shard; its own epochs otherwise.
+    claim = Claim(val=True) if overwrite or repair else request.resolved().claim
+    with ExitStack() as held:
+        with store_lock(job.url, f"precompute {PREPARING}", job.storage_options):
+            claimed = take_claim(job.url, claim, f"precompute of {claim}", job.storage_options)
+            held.callback(claimed.release)
+            writer = create_store(
+                job.url, spec, overwrite=overwrite, storage_options=job.storage_options
+            )
+            write_manifest(writer, source)
+            if repair:
+                for split, epoch, shard in damaged_shards(job.url, job.storage_options):
+                    log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
+                    writer.mark_undone(split, epoch, shard)
+            tasks = pending(writer, None if repair else request.resolved())
+        # The store's lock is free again: jobs on other epochs may now start beside this one.
         if on_plan:
             on_plan(tasks, writer)
         log.info("%d shards to compute", len(tasks))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from deit_pipe.storage.claims import Claim
+
 
 @dataclass(frozen=True)
 class StoreRequest:
@@ -11,6 +13,8 @@ class StoreRequest:
 
     `shard_views=None` sizes shards and chunks per split from its view count
     (`storage.format.shard_layout`). `targets="hard"` keeps the teacher's top-1 alone.
+    The job computes training epochs [first_epoch, epochs); the store holds at least
+    `epochs` (it grows to them, and keeps any it held beyond).
     """
 
     epochs: int
@@ -20,6 +24,14 @@ class StoreRequest:
     value_dtype: str = "float16"
     shard_views: int | None = None
     targets: str = "soft"
+    first_epoch: int = 0
+
+    @property
+    def claim(self) -> Claim:
+        """What of a store this job computes (its lock while it runs)."""
+        trains = "train" in self.splits
+        return Claim(self.first_epoch, self.epochs if trains else self.first_epoch,
+                     "val" in self.splits)  # fmt: skip
 
     def resolved(self) -> StoreRequest:
         """A hard-target store keeps the top-1 class and no temperatures."""

@@ -261,7 +261,9 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 def check_layout(group: zarr.Group, spec, url: str) -> None:
     """Every array the metadata implies exists with its shape and dtype: an edited array
-    `zarr.json` (an epoch count, say) would otherwise read past what was written."""
+    `zarr.json` (an epoch count, say) would otherwise read past what was written. Arrays may
+    hold more epochs than the metadata: a store grows its arrays first and its metadata
+    last, and nothing reads past the metadata's epochs."""
     for split in spec.splits:
         for name, (shape, dtype) in spec.array_shapes(split).items():
             try:
@@ -271,7 +273,8 @@ def check_layout(group: zarr.Group, spec, url: str) -> None:
                 raise StoreCorruptError(
                     f"{url}/{split}/{name} is missing; the store is damaged: remake it"
                 ) from None
-            if tuple(array.shape) != shape or str(array.dtype) != dtype:
+            grown = array.shape[1:] == shape[1:] and array.shape[0] >= shape[0]
+            if not (tuple(array.shape) == shape or grown) or str(array.dtype) != dtype:
                 raise StoreCorruptError(
                     f"{url}/{split}/{name}/zarr.json was edited or damaged: shape "
                     f"{tuple(array.shape)} {array.dtype}, the store's metadata says {shape} "

@@ -49,8 +49,10 @@ def describe(holder: dict) -> str:
 class WriterLock:
     """Held while a job writes `url` (a store or a run directory); a context manager.
 
-    `what` names the thing in the refusal ("store", "run directory"). The directory must
-    exist locally (the caller made it, or it is a store); on object stores nothing need exist.
+    `what` names the thing in the refusal ("this store", "this run directory", "epochs 2–3
+    of this store"); `name` is the lock's file (a store's epoch claims have their own). The
+    directory must exist locally (the caller made it, or it is a store); on object stores
+    nothing need exist.
     """
 
     def __init__(
@@ -58,13 +60,16 @@ class WriterLock:
         url: str,
         purpose: str,
         *,
-        what: str = "store",
+        what: str = "this store",
+        name: str = LOCK_NAME,
         storage_options: dict | None = None,
         ttl: float = LEASE_TTL,
+        remove: bool = False,
     ):
         self.url, self.purpose, self.what, self.ttl = url, purpose, what, ttl
+        self.remove = remove  # delete the lock file on release (an epoch claim's)
         self.fs, base = file_system(url, storage_options)
-        self.path = f"{base}/{LOCK_NAME}"
+        self.path = f"{base}/{name}"
         self.local = is_local(url)
         self.holder = _holder(purpose)
         self._fd: int | None = None
@@ -83,8 +88,9 @@ class WriterLock:
 
     def _refuse(self, holder: dict) -> LockedError:
         return LockedError(
-            f"{self.url}: this {self.what} is in use by {describe(holder)}; wait for it to "
-            "finish or stop it (one writer at a time)"
+            f"{self.url}: {self.what} is in use by {describe(holder)}; wait for it to "
+            "finish or stop it (one writer at a time)",
+            holder,
         )
 
     def _lock_file(self) -> None:
@@ -130,7 +136,10 @@ class WriterLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays (it may be reopened)
+            if self.remove:  # a job probing it meanwhile finds a lock it takes: harmless
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+            os.close(self._fd)  # closing drops the flock; the store lock's file stays
             self._fd = None
         if self._renewer is not None:
             self._stop.set()

@@ -9,15 +9,17 @@ a folder of the user's, another tool's Zarr group — which is refused, not clea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from deit_pipe.errors import OutputPathError, StoreCorruptError
-from deit_pipe.outputs import LOCK_NAME, is_ours
+from deit_pipe.errors import LockedError, OutputPathError, StoreCorruptError
+from deit_pipe.outputs import is_ours
 from deit_pipe.storage.format import ATTR_KEY, CREATING_KEY, STORE_ENTRIES
 from deit_pipe.storage.io import atomic_write, file_system, is_local, storage_errors
 from deit_pipe.storage.lock import WriterLock
@@ -113,21 +115,40 @@ def clear_store(url: str, storage_options: dict | None = None) -> None:
                 fs.rm(f"{base}/{name}", recursive=True)
 
 
+PREPARING = "(preparing the store)"  # a holder's purpose that ends soon: wait for it
+PREPARE_WAIT = 120.0  # seconds
+
+
 @contextmanager
 def store_lock(url: str, purpose: str, storage_options: dict | None = None) -> Iterator[WriterLock]:
     """Hold the store's writer lock; a local directory is made for it if there is none yet
-    (and removed again if the job stops before anything else was written into it)."""
+    (and removed again if the job stops before anything else was written into it). A holder
+    that is only preparing the store (another precompute creating or growing it) is waited
+    for, up to `PREPARE_WAIT` seconds: jobs on other epochs start side by side."""
     fs, base = file_system(url, storage_options)
     made = False
     if is_local(url) and not fs.exists(base):
         with storage_errors(url):
             os.makedirs(base)
         made = True
+    deadline = time.monotonic() + PREPARE_WAIT
     try:
-        with WriterLock(url, purpose, storage_options=storage_options) as lock:
+        while True:
+            try:
+                lock = WriterLock(url, purpose, storage_options=storage_options).__enter__()
+                break
+            except LockedError as exc:
+                brief = str(exc.holder.get("purpose", "")).endswith(PREPARING)
+                if not brief or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        try:
             yield lock
+        finally:
+            lock.release()
     finally:
-        if made and sorted(os.listdir(base)) in ([], [LOCK_NAME]):
-            for name in os.listdir(base):
-                os.unlink(os.path.join(base, name))
+        if made and not [e for e in os.listdir(base) if not is_ours(e)]:
+            for name in os.listdir(base):  # the lock, and a claim its job still holds
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(base, name))
             os.rmdir(base)

@@ -118,9 +118,13 @@ class Progress:
         return [int(e) for e in np.flatnonzero(self.done[split].all(axis=1))]
 
 
-def read_progress(group, splits, url: str) -> Progress:
+def read_progress(group, spec, url: str) -> Progress:
+    """The `done` flags of the epochs the metadata holds (a growing store's arrays may
+    already hold more)."""
     with storage_errors(url):
-        return Progress({s: np.asarray(group[s]["done"][:]) for s in splits})
+        return Progress(
+            {s: np.asarray(group[s]["done"][: spec.split_epochs(s)]) for s in spec.splits}
+        )
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ class TargetStore:
 
     def progress(self) -> Progress:
         """Which shards of every split are done, read once."""
-        return read_progress(self.group, self.spec.splits, self.url)
+        return read_progress(self.group, self.spec, self.url)
 
     def check_run(
         self,
@@ -192,7 +196,8 @@ class TargetStore:
     ) -> None:
         """Refuse, with one line naming what differs, a store that cannot serve this run.
 
-        With `follow`, epochs still being filled are accepted (the run waits for them)."""
+        With `follow`, epochs still being filled, or not yet added by a job extending the
+        store, are accepted (the run waits for them)."""
         if (
             dataset_fingerprint is not None
             and dataset_fingerprint != self.spec.dataset["fingerprint"]
@@ -215,7 +220,7 @@ class TargetStore:
                     f"{k} = {self.spec.plan.get(k)!r} in the store, {plan.get(k)!r} here"
                 )
         stored = self.spec.epochs
-        if epochs is not None and epochs > stored and not cycle_epochs:
+        if epochs is not None and epochs > stored and not (cycle_epochs or follow):
             raise StoreIncompleteError(
                 f"{self.url} holds {stored} training epochs but this run needs {epochs}; "
                 f"precompute more or pass --cycle-epochs to reuse epoch e mod {stored}"
@@ -314,7 +319,7 @@ class TargetStore:
     def done_times(self, split: str = "train") -> np.ndarray:
         """[E, S] Unix time each shard completed (0 where not done)."""
         self._require_split(split)
-        return self._read(split, "done_at", slice(None))
+        return self._read(split, "done_at", slice(0, self.spec.split_epochs(split)))
 
     def wait_for_epoch(
         self,
@@ -333,28 +338,46 @@ class TargetStore:
         """
         last_count, last_change = -1, time.monotonic()
         while True:
-            done = self._read(split, "done", epoch)
-            count = int(done.sum())
-            if count == len(done):
+            if epoch >= self.spec.split_epochs(split):
+                self.refresh()  # another job may be extending the store to this epoch
+            grown = epoch < self.spec.split_epochs(split)
+            done = self._read(split, "done", epoch) if grown else np.zeros(0, bool)
+            count = int(done.sum()) if grown else -1
+            if grown and count == len(done):
                 return
             if count != last_count:
                 last_count, last_change = count, time.monotonic()
             elif time.monotonic() - last_change > stall_timeout:
+                state = f"{count}/{len(done)} done" if grown else "not in the store yet"
                 raise StoreIncompleteError(
                     f"{self.url} {split} epoch {epoch}: no shard completed for "
-                    f"{stall_timeout:g} s ({count}/{len(done)} done); is the precompute "
+                    f"{stall_timeout:g} s ({state}); is the precompute "
                     "running? Restart it, then continue with --resume --follow"
                 )
             if on_wait:
-                on_wait(epoch, count, len(done))
+                on_wait(epoch, max(count, 0), len(done))
             time.sleep(poll)
+
+    def refresh(self) -> None:
+        """Re-read the metadata of a store that other jobs are extending (more epochs, a new
+        split); a store replaced by another job meanwhile is refused."""
+        group, meta, spec = open_store(self.url, "r", self.storage_options)
+        if meta["created"] != self.meta["created"]:
+            raise StoreMismatchError(
+                f"{self.url} was replaced by another job (created {meta['created']}) while "
+                "this run read it"
+            )
+        self.group, self.meta, self.spec = group, meta, spec
 
     def epoch(self, epoch: int, split: str = "train", prefetch: int | None = None) -> EpochTargets:
         """`read_epoch`, served from the prefetch thread when ready; then prefetch `prefetch`
         if all its shards are done (an epoch still being filled is read when it is)."""
         future = self._pending.pop((split, epoch), None)
         result = future.result() if future is not None else self.read_epoch(epoch, split)
-        if prefetch is not None and not self._read(split, "done", prefetch).all():
+        if prefetch is not None and (
+            prefetch >= self.spec.split_epochs(split)  # not (yet) in a growing store
+            or not self._read(split, "done", prefetch).all()
+        ):
             return result
         if prefetch is not None and (split, prefetch) not in self._pending:
             self._pending[(split, prefetch)] = self._prefetcher.submit(

@@ -8,6 +8,7 @@ read-modify-write and would not be), and re-running a shard rewrites identical b
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +23,12 @@ from deit_pipe.storage.format import (
     CREATING_KEY,
     MANIFEST,
     SKIPPED,
+    SPLITS,
     StoreSpec,
     compressors,
     job_identity,
     library_versions,
+    meta_checksum,
     shard_checksum,
 )
 from deit_pipe.storage.io import (
@@ -55,7 +58,7 @@ class StoreWriter:
 
     def progress(self) -> Progress:
         """Which shards of every split are done, read once."""
-        return read_progress(self.group, self.spec.splits, self.url)
+        return read_progress(self.group, self.spec, self.url)
 
     def mark_undone(self, split: str, epoch: int, shard: int) -> None:
         """Make a damaged shard pending again (its data is rewritten before it is done)."""
@@ -126,11 +129,13 @@ class StoreWriter:
 def create_store(
     url: str, spec: StoreSpec, *, overwrite: bool = False, storage_options: dict | None = None
 ) -> StoreWriter:
-    """Create the store, or reopen it to resume when it already holds the same job.
+    """Create the store, reopen it to resume the same job, or grow it for this one.
 
-    A store is made only where nothing is, or in an empty directory; `overwrite` replaces a
-    deit-pipe store holding another job, and nothing else (`storage.place`). The caller holds
-    the store's writer lock (`storage.place.store_lock`) when other jobs may run.
+    A store holding the same job with fewer training epochs, or without a split this job
+    asks for, grows to hold both (`_grow`); one holding more is reopened as it is. A store is
+    made only where nothing is, or in an empty directory; `overwrite` replaces a deit-pipe
+    store holding another job, and nothing else (`storage.place`). The caller holds the
+    store's writer lock (`storage.place.store_lock`) when other jobs may run.
     """
     meta = spec.to_meta(library_versions())
     place = probe(url, storage_options)
@@ -145,12 +150,17 @@ def create_store(
                 raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
             except StoreCorruptError as exc:
                 raise StoreCorruptError(f"{exc}; pass --overwrite to replace it") from None
-            differ = _differences(job_identity(existing), job_identity(meta))
-            if differ:
+            union = _union(StoreSpec.from_meta(existing), spec)
+            differ = _differences(job_identity(existing), job_identity(union.to_meta({})))
+            if any(not key.startswith(_GROWS) for key in differ):
+                asked = _differences(job_identity(existing), job_identity(meta))
                 raise StoreMismatchError(
-                    f"{url} holds a different job (differs in {', '.join(differ)}); "
+                    f"{url} holds a different job (differs in "
+                    f"{', '.join(k for k in asked if not k.startswith(_GROWS))}); "
                     "pass --overwrite to replace it"
                 )
+            if differ:
+                _grow(url, existing, union, storage_options)
             return StoreWriter(url, storage_options)
     if place.state != "absent":
         clear_store(url, storage_options)  # an empty folder, an interrupted creation, or -o
@@ -164,9 +174,45 @@ def create_store(
     return StoreWriter(url, storage_options)
 
 
+# What a store may gain without becoming another job: training epochs and splits.
+_GROWS = ("plan.epochs", "splits", "dataset.num_samples.", "layout.")
+
+
+def _union(held: StoreSpec, asked: StoreSpec) -> StoreSpec:
+    """`asked`, holding also the epochs and splits `held` holds (its other fields decide
+    whether the two are one job)."""
+    splits = tuple(s for s in SPLITS if s in held.splits or s in asked.splits)
+    samples = {**held.dataset["num_samples"], **asked.dataset["num_samples"]}
+    return replace(
+        asked,
+        epochs=max(held.epochs, asked.epochs),
+        splits=splits,
+        dataset={**asked.dataset, "num_samples": {s: samples[s] for s in splits}},
+    )
+
+
+def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | None) -> None:
+    """Give a store more training epochs and/or a new split without rewriting anything it
+    holds: arrays first (more epochs are appended chunk objects), the metadata last, so an
+    interrupted growth is a store as it was (its arrays merely longer) that a rerun grows."""
+    root = open_group(url, "r+", storage_options)
+    held = StoreSpec.from_meta(existing)
+    with storage_errors(url):
+        if union.epochs > held.epochs and "train" in held.splits:
+            for name, (shape, _) in union.array_shapes("train").items():
+                root[f"train/{name}"].resize(shape)
+        for split in union.splits:
+            if split not in held.splits:
+                _create_split(root, split, union)
+    meta = union.to_meta(existing["versions"])
+    meta["created"] = existing["created"]  # the same store: readers tie runs to it by this
+    meta["checksum"] = meta_checksum({k: v for k, v in meta.items() if k != "checksum"})
+    write_root(url, {ATTR_KEY: meta}, storage_options)
+
+
 def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
     shard, chunk = spec.layout(split)
-    group = root.create_group(split)
+    group = root.create_group(split, overwrite=True)  # a growth may have begun it
     for name, (shape, dtype) in spec.array_shapes(split).items():
         tail = shape[2:]
         if name in spec.arrays:  # V-indexed: one task owns whole shard objects of each
@@ -183,6 +229,7 @@ def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
             fill_value=False if dtype == "bool" else 0,  # 0 is never a checksum (2³² + crc)
             dimension_names=dims[: len(shape)],
             config={"write_empty_chunks": True},
+            overwrite=True,
         )
 
 

@@ -62,7 +62,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     with ExitStack() as held:
         if tr.ctx.main:  # rank 0 writes the run directory, and holds it while it does
             make_dir(tr.out, "run directory")
-            held.enter_context(WriterLock(str(tr.out), "train", what="run directory"))
+            held.enter_context(WriterLock(str(tr.out), "train", what="this run directory"))
             truncate_metrics(tr.out, tr.step)
             write_atomic(tr.out / "config.json", json.dumps(tr.run_info, indent=2).encode())
         metrics = MetricsWriter(tr.out / "metrics.jsonl" if tr.ctx.main else None)

@@ -1,0 +1,100 @@
+"""Which epochs of a store a precompute job fills, so jobs on disjoint epochs run at once.
+
+A job holds the store's lock only while it creates or grows the store and writes its
+manifest. It then *claims* what it computes, training epochs [first, stop) and val, with a
+lock of its own (`.deit-pipe.lock.e0-100+val`) held until it ends. Claims are checked and
+taken under the store's lock, so two jobs never miss each other: a live claim overlapping a
+new one refuses the new job naming the holder; a dead one (its flock dropped by the kernel,
+its lease expired) is removed. `--overwrite` and `--repair` claim everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+
+from deit_pipe.errors import LockedError
+from deit_pipe.outputs import LOCK_NAME
+from deit_pipe.storage.io import file_system, is_local, storage_errors
+from deit_pipe.storage.lock import WriterLock, describe
+
+_NAME = re.compile(r"^e(\d+)-(\d+|all)(\+val)?$")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Training epochs [first, stop) (`stop=None`: all of them) and, with `val`, the val split."""
+
+    first: int = 0
+    stop: int | None = None
+    val: bool = False
+
+    @property
+    def name(self) -> str:
+        stop = "all" if self.stop is None else self.stop
+        return f"{LOCK_NAME}.e{self.first}-{stop}" + ("+val" if self.val else "")
+
+    @classmethod
+    def parse(cls, name: str) -> Claim | None:
+        match = _NAME.match(name.removeprefix(LOCK_NAME + "."))
+        if not name.startswith(LOCK_NAME + ".") or match is None:
+            return None
+        stop = None if match[2] == "all" else int(match[2])
+        return cls(int(match[1]), stop, bool(match[3]))
+
+    def overlaps(self, other: Claim) -> bool:
+        def below(a: int, stop: int | None) -> bool:
+            return stop is None or a < stop
+
+        trains = below(self.first, other.stop) and below(other.first, self.stop)
+        return (self.val and other.val) or (trains and self._trains() and other._trains())
+
+    def _trains(self) -> bool:
+        return self.stop is None or self.stop > self.first
+
+    def __str__(self) -> str:
+        epochs = (
+            "every epoch"
+            if self.stop is None
+            else f"epoch {self.first}"
+            if self.stop == self.first + 1
+            else f"epochs {self.first}–{self.stop - 1}"
+        )
+        return epochs + (" and val" if self.val else "") if self._trains() else "val"
+
+
+def take_claim(
+    url: str, claim: Claim, purpose: str, storage_options: dict | None = None
+) -> WriterLock:
+    """Claim `claim` of the store (the caller holds the store's lock): refuse in one line if
+    a live claim overlaps it, clear dead ones, and return the held claim (release it when
+    the job ends)."""
+    fs, base = file_system(url, storage_options)
+    with storage_errors(url):
+        names = [os.path.basename(p) for p in fs.glob(f"{base}/{LOCK_NAME}.*")]
+    for name in names:
+        other = Claim.parse(name)
+        if other is None:
+            continue
+        probe = WriterLock(url, "a check", name=name, storage_options=storage_options)
+        try:
+            probe.__enter__()
+        except LockedError as exc:
+            if other.overlaps(claim):
+                raise LockedError(
+                    f"{url}: {describe(exc.holder)} is filling {other} of this store; give "
+                    "this job other epochs (--epochs-range) or wait for that one to finish",
+                    exc.holder,
+                ) from None
+            continue
+        probe.release()  # a dead job's claim: gone with it
+        if is_local(url):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe.path)
+    lock = WriterLock(
+        url, purpose, name=claim.name, what=f"{claim} of this store",
+        storage_options=storage_options, remove=True,
+    )  # fmt: skip
+    return lock.__enter__()
