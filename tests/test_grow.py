@@ -129,3 +129,29 @@ def test_a_follower_sees_epochs_another_job_adds(tmp_path, four):
     store.wait_for_epoch(3, poll=0.01, on_wait=grow_once)
     assert store.spec.epochs == 4 and store.read_epoch(3).fingerprint.any()
     assert waits[0] == (3, 0, 0)
+
+
+def test_an_interrupted_growth_reads_as_before_and_a_rerun_finishes_it(tmp_path, four, monkeypatch):
+    from dataclasses import replace
+
+    from deit_pipe.storage import writer
+
+    url = tmp_path / "s.zarr"
+    assert invoke(*PRE, "--out", url, "--epochs", "2").exit_code == 0
+    calls, real = [], writer._write_meta
+
+    def killed_before_the_final_metadata(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill after the arrays grew
+        real(*args)
+
+    monkeypatch.setattr(writer, "_write_meta", killed_before_the_final_metadata)
+    store = TargetStore(str(url))
+    with pytest.raises(KeyboardInterrupt):
+        writer._grow(str(url), store.meta, replace(store.spec, epochs=4), None)
+    monkeypatch.undo()
+    store = TargetStore(str(url))  # arrays grew, metadata not yet: still the 2-epoch store
+    assert store.spec.epochs == 2 and store.progress().done["train"].all()
+    assert invoke(*PRE, "--out", url, "--epochs", "4").exit_code == 0
+    same_as(url, four)

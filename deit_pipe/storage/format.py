@@ -38,6 +38,7 @@ FORMAT_VERSION = 3
 ATTR_KEY = "deit_pipe"
 CREATING_KEY = "deit_pipe_creating"  # root attribute while a store is being laid out
 CHECKSUM = "checksum"
+GROWING = "growing"  # metadata key while a store grows: {"epochs": the count it grows to}
 SPLITS = ("train", "val")
 ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
 MANIFEST = "manifest.parquet"
@@ -209,7 +210,7 @@ def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[i
 def job_identity(meta: dict) -> dict:
     """The metadata that defines the job: everything but creation time, library versions and
     the checksum over them."""
-    return {k: v for k, v in meta.items() if k not in ("created", "versions", "checksum")}
+    return {k: v for k, v in meta.items() if k not in ("created", "versions", "checksum", GROWING)}
 
 
 def meta_checksum(meta: dict) -> str:

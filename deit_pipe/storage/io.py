@@ -28,7 +28,13 @@ from deit_pipe.errors import (
     StoreNotFoundError,
 )
 from deit_pipe.outputs import write_atomic
-from deit_pipe.storage.format import ATTR_KEY, CREATING_KEY, FORMAT_VERSION, meta_checksum
+from deit_pipe.storage.format import (
+    ATTR_KEY,
+    CREATING_KEY,
+    FORMAT_VERSION,
+    GROWING,
+    meta_checksum,
+)
 
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 _CREDENTIALS_HINT = (
@@ -259,11 +265,10 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def check_layout(group: zarr.Group, spec, url: str) -> None:
+def check_layout(group: zarr.Group, spec, url: str, growing_to: int | None = None) -> None:
     """Every array the metadata implies exists with its shape and dtype: an edited array
-    `zarr.json` (an epoch count, say) would otherwise read past what was written. Arrays may
-    hold more epochs than the metadata: a store grows its arrays first and its metadata
-    last, and nothing reads past the metadata's epochs."""
+    `zarr.json` (an epoch count, say) would otherwise read past what was written. A store
+    that is growing (its metadata says to how many epochs) may have arrays already grown."""
     for split in spec.splits:
         for name, (shape, dtype) in spec.array_shapes(split).items():
             try:
@@ -273,7 +278,11 @@ def check_layout(group: zarr.Group, spec, url: str) -> None:
                 raise StoreCorruptError(
                     f"{url}/{split}/{name} is missing; the store is damaged: remake it"
                 ) from None
-            grown = array.shape[1:] == shape[1:] and array.shape[0] >= shape[0]
+            grown = (
+                growing_to is not None
+                and array.shape[1:] == shape[1:]
+                and shape[0] <= array.shape[0] <= growing_to
+            )
             if not (tuple(array.shape) == shape or grown) or str(array.dtype) != dtype:
                 raise StoreCorruptError(
                     f"{url}/{split}/{name}/zarr.json was edited or damaged: shape "
@@ -290,5 +299,5 @@ def open_store(url: str, mode: str, storage_options: dict | None = None):
     group = open_group(url, mode, storage_options)
     meta = read_meta(group, url)
     spec = StoreSpec.from_meta(meta)
-    check_layout(group, spec, url)
+    check_layout(group, spec, url, meta.get(GROWING, {}).get("epochs"))
     return group, meta, spec

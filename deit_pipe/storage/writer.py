@@ -21,6 +21,7 @@ from deit_pipe.storage.format import (
     ATTR_KEY,
     CHECKSUM,
     CREATING_KEY,
+    GROWING,
     MANIFEST,
     SKIPPED,
     SPLITS,
@@ -193,10 +194,13 @@ def _union(held: StoreSpec, asked: StoreSpec) -> StoreSpec:
 
 def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | None) -> None:
     """Give a store more training epochs and/or a new split without rewriting anything it
-    holds: arrays first (more epochs are appended chunk objects), the metadata last, so an
-    interrupted growth is a store as it was (its arrays merely longer) that a rerun grows."""
-    root = open_group(url, "r+", storage_options)
+    holds (more epochs are new chunk objects). The metadata first says how far the store is
+    growing, then the arrays grow, then the metadata is replaced: an interrupted growth is
+    the store as it was, its arrays perhaps longer (as far as its metadata allows), which a
+    rerun finishes."""
     held = StoreSpec.from_meta(existing)
+    _write_meta(url, {**existing, GROWING: {"epochs": union.epochs}}, storage_options)
+    root = open_group(url, "r+", storage_options)
     with storage_errors(url):
         if union.epochs > held.epochs and "train" in held.splits:
             for name, (shape, _) in union.array_shapes("train").items():
@@ -205,9 +209,13 @@ def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | No
             if split not in held.splits:
                 _create_split(root, split, union)
     meta = union.to_meta(existing["versions"])
-    meta["created"] = existing["created"]  # the same store: readers tie runs to it by this
-    meta["checksum"] = meta_checksum({k: v for k, v in meta.items() if k != "checksum"})
-    write_root(url, {ATTR_KEY: meta}, storage_options)
+    _write_meta(url, {**meta, "created": existing["created"]}, storage_options)  # same store
+
+
+def _write_meta(url: str, meta: dict, storage_options: dict | None) -> None:
+    """Replace the store's metadata, signed anew."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    write_root(url, {ATTR_KEY: {**body, "checksum": meta_checksum(body)}}, storage_options)
 
 
 def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
