@@ -71,6 +71,8 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
         )
     if info["val_teacher_top1"] is not None:
         rows.append(("val top-1", f"{info['val_teacher_top1']:.4f} teacher vs ground truth"))
+    for job in info["filled_by"]:
+        rows.append(("filling", f"{job['epochs']}: {job['job']}"))
     for item in info["skipped_files"]:
         rows.append(("skipped", f"{item['path']}: {item['reason']}"))
     for key, value in rows:

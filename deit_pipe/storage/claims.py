@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from deit_pipe.errors import LockedError
 from deit_pipe.outputs import LOCK_NAME
 from deit_pipe.storage.io import file_system, is_local, storage_errors
-from deit_pipe.storage.lock import WriterLock, describe
+from deit_pipe.storage.lock import WriterLock, describe, lease_expired, read_holder
 
 _NAME = re.compile(r"^e(\d+)-(\d+|all)(\+val)?$")
 
@@ -98,3 +98,38 @@ def take_claim(
         storage_options=storage_options, remove=True,
     )  # fmt: skip
     return lock.__enter__()
+
+
+def running_jobs(url: str, storage_options: dict | None = None) -> list[tuple[Claim, dict]]:
+    """The claims of jobs filling the store now, with their holders (what `inspect` shows).
+    Reads only: a local claim is live while its flock is held, a lease until it expires."""
+    fs, base = file_system(url, storage_options)
+    with storage_errors(url):
+        paths = fs.glob(f"{base}/{LOCK_NAME}.*")
+    found = []
+    for path in sorted(paths):
+        claim = Claim.parse(os.path.basename(path))
+        holder = _holder_if_live(fs, path, is_local(url)) if claim else None
+        if holder is not None:
+            found.append((claim, holder))
+    return found
+
+
+def _holder_if_live(fs, path: str, local: bool) -> dict | None:
+    try:
+        if not local:
+            holder = read_holder(lambda: fs.cat_file(path))
+            return None if lease_expired(holder) else holder
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # the job ended as we looked
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken: nobody holds it
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return read_holder(lambda: os.pread(fd, 4096, 0))
+    finally:
+        os.close(fd)

@@ -7,8 +7,10 @@ import time
 import numpy as np
 
 from deit_pipe.errors import StoreIncompleteError
+from deit_pipe.storage.claims import running_jobs
 from deit_pipe.storage.format import FORMAT_VERSION
 from deit_pipe.storage.io import file_system
+from deit_pipe.storage.lock import describe
 from deit_pipe.storage.reader import TargetStore
 
 
@@ -63,6 +65,10 @@ def summarize(store: TargetStore) -> dict:
         "val_teacher_top1": _val_accuracy(store, missing),
         "skipped_files": _skipped(store),
         "progress": progress(store, done),
+        "filled_by": [
+            {"epochs": str(claim), "job": describe(holder)}
+            for claim, holder in running_jobs(store.url, store.storage_options)
+        ],
     }
 
 

@@ -100,7 +100,7 @@ class WriterLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_json(lambda: os.pread(fd, 4096, 0))
+            holder = read_holder(lambda: os.pread(fd, 4096, 0))
             os.close(fd)
             raise self._refuse(holder) from None
         os.ftruncate(fd, 0)
@@ -110,7 +110,7 @@ class WriterLock:
     def _take_lease(self) -> None:
         with storage_errors(self.url):
             current = self._read_lease()
-            if current and not _expired(current):
+            if current and not lease_expired(current):
                 raise self._refuse(current)
             self._write_lease()
             time.sleep(0.2)  # let a writer that raced us land its lease, then see who won
@@ -121,7 +121,7 @@ class WriterLock:
 
     def _read_lease(self) -> dict | None:
         try:
-            return _read_json(lambda: self.fs.cat_file(self.path))
+            return read_holder(lambda: self.fs.cat_file(self.path))
         except FileNotFoundError:
             return None
 
@@ -152,7 +152,7 @@ class WriterLock:
                 pass
 
 
-def _read_json(read) -> dict:
+def read_holder(read) -> dict:
     try:  # the first JSON object: a holder may have died mid-write, leaving a tail
         value, _ = json.JSONDecoder().raw_decode((read() or b"{}").decode())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -160,7 +160,7 @@ def _read_json(read) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _expired(holder: dict) -> bool:
+def lease_expired(holder: dict) -> bool:
     """A lease past its expiry, or one held by a process of this host that no longer runs."""
     if float(holder.get("expires", 0)) < time.time():
         return True
