@@ -93,17 +93,20 @@ def audit(
     train_views: int = 512,
     device: str = "auto",
     storage_options: dict | None = None,
+    teacher: str | None = None,
 ) -> AuditResult:
     out = check_output_dir(out, AUDIT_FILES, "audit report")
-    store = TargetStore(url, storage_options)
+    if not run_paths:
+        raise DeitPipeError("audit needs at least one --run")
+    runs = [load_run(p) for p in run_paths]
+    # The teacher(s) the first run distilled from, unless asked: one teacher or an ensemble.
+    recorded = (runs[0].config.get("store_identity") or {}).get("teacher")
+    store = TargetStore(url, storage_options, teacher or recorded)
     if "val" not in store.spec.splits or store.progress().missing("val"):
         raise DeitPipeError(
             f"{url} has no complete val/ split; make it with "
             "`deit-pipe precompute --split val …` (same data, seed and teacher)"
         )
-    if not run_paths:
-        raise DeitPipeError("audit needs at least one --run")
-    runs = [load_run(p) for p in run_paths]
     for run in runs:
         check_run_against_store(run, store)
     dev = resolve_device(device)
@@ -117,6 +120,11 @@ def audit(
         teacher_probs = np.eye(num_classes)[val.indices[:, 0].astype(np.int64)]
     predictions = {"ground truth": labels, "teacher": val.indices[:, 0].astype(np.int64)}
     metrics = {"teacher": classifier_metrics(teacher_probs, labels, num_classes)}
+    if len(store.spec.teacher_names) > 1:  # each teacher alone, beside the one(s) distilled
+        for name in store.spec.teacher_names:
+            alone = TargetStore(url, storage_options, name)
+            predictions[f"teacher {name}"] = alone.read_epoch(0, "val").indices[:, 0].astype(int)
+            alone.close()
     train_agreement = {}
     for name, run in zip(_names(runs), runs, strict=True):
         model = run.model(ema).to(dev, memory_format=torch.channels_last)

@@ -30,6 +30,12 @@ from deit_pipe.cli import console, main, storage_options_option
     show_default=True,
     help="Replayed training views for teacher agreement (0 = skip).",
 )
+@click.option(
+    "--teacher-name",
+    default=None,
+    help="The store's teacher(s) to compare with: A, or an ensemble A,B / A=0.7,B=0.3 "
+    "[default: the first run's]; a store of several teachers also shows each alone.",
+)
 @storage_options_option
 def audit_cmd(
     store: str,
@@ -37,13 +43,20 @@ def audit_cmd(
     out: str,
     ema: bool,
     train_views: int,
+    teacher_name: str | None,
     storage_options: dict | None,
 ) -> None:
     """Teacher–student agreement on val (paper Table 4) and on replayed training views."""
     from deit_pipe.audit import audit
 
     result = audit(
-        store, list(runs), out, ema=ema, train_views=train_views, storage_options=storage_options
+        store,
+        list(runs),
+        out,
+        ema=ema,
+        train_views=train_views,
+        storage_options=storage_options,
+        teacher=teacher_name,
     )
     n = len(result.classifiers)
     table = Table(

@@ -33,7 +33,6 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     table = Table(show_header=False, box=None)
-    teacher = info["teacher"]
     rows = [
         ("store", f"{info['url']} (format v{info['format_version']}, created {info['created']})"),
         (
@@ -41,10 +40,14 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
             f"{info['dataset']['spec']} · {info['dataset']['num_classes']} classes · "
             f"fingerprint {info['dataset']['fingerprint'][:12]}",
         ),
-        (
-            "teacher",
-            f"{teacher.get('name')} · checkpoint "
-            f"{(teacher.get('checkpoint_sha256') or 'random init')[:12]}",
+        *(
+            (
+                "teacher",
+                f"{name} · {t.get('name')} · checkpoint "
+                f"{(t.get('checkpoint_sha256') or 'random init')[:12]} · "
+                f"{len(info['epochs_complete_by_teacher'][name])}/{info['epochs']} epochs",
+            )
+            for name, t in info["teachers"].items()
         ),
         (
             "plan",
@@ -240,6 +243,12 @@ class ShardProgress:
 )
 @click.option("--teacher", default="regnety_160", show_default=True, help="timm model name.")
 @click.option(
+    "--teacher-name",
+    default=None,
+    help="The teacher's name in the store [default: --teacher]; a new name adds another "
+    "teacher to an existing store (same plan and views).",
+)
+@click.option(
     "--teacher-checkpoint",
     type=click.Path(path_type=Path),
     default=None,
@@ -289,6 +298,7 @@ def precompute(
     value_dtype,
     shard_views,
     teacher,
+    teacher_name,
     teacher_checkpoint,
     pretrained,
     random_init,
@@ -331,6 +341,7 @@ def precompute(
         device=device,
         compile=compile_teacher,
         storage_options=storage_options,
+        teacher_name=teacher_name,
     )
     both = ("train", "val") if first == 0 else ("train",)  # val goes with epoch 0's job
     request = StoreRequest(

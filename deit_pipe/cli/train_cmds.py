@@ -33,6 +33,12 @@ def _train_options(fn):
             "--out", required=True, type=click.Path(), help="Run directory (new or empty)."
         ),
         click.option("--store", default=None, help="Target store (offline distillation)."),
+        click.option(
+            "--teacher-name",
+            default=None,
+            help="The store's teacher to distil from, or an ensemble: A,B or A=0.7,B=0.3 "
+            "[default: its first].",
+        ),
         click.option("--data", default=None, help="Dataset spec (without --store)."),
         click.option("--teacher", default=None, help="Run this timm teacher online instead."),
         click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None),

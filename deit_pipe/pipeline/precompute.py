@@ -24,6 +24,7 @@ from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
+from deit_pipe.storage.ensemble import valid_teacher_name
 from deit_pipe.storage.io import file_system
 from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
 from deit_pipe.teacher import build_teacher, check_normalization
@@ -57,8 +58,14 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
     )
     source = open_checked(job.data, skip_bad=job.skip_bad)
     recipe = job.recipe
+    check(
+        valid_teacher_name(job.store_teacher),
+        f"--teacher-name {job.store_teacher!r}: use letters, digits, '_', '.' and '-'",
+    )
     _, teacher = build_teacher(job.teacher, source.num_classes)
     check_normalization(teacher, recipe.view.mean, recipe.view.std)
+    if job.store_teacher != teacher["name"]:
+        teacher = {**teacher, "label": job.store_teacher}
     r = request.resolved()
     spec = StoreSpec(
         dataset={
@@ -300,7 +307,9 @@ def precompute(
     spec, source = store_spec(job, request)
     refuse_unusable(job.url, probe(job.url, job.storage_options))
     # Everything for a job that may remove or redo any shard; its own epochs otherwise.
-    claim = Claim(val=True) if overwrite or repair else request.resolved().claim
+    claim = request.resolved().claim(job.store_teacher)
+    if overwrite or repair:  # repair reads the whole store too
+        claim = Claim(val=True, teacher=None if overwrite else job.store_teacher)
     with ExitStack() as held:
         with store_lock(job.url, f"precompute {PREPARING}", job.storage_options):
             claimed = take_claim(job.url, claim, f"precompute of {claim}", job.storage_options)
@@ -310,7 +319,8 @@ def precompute(
             )
             write_manifest(writer, source)
             if repair:
-                for split, epoch, shard in damaged_shards(job.url, job.storage_options):
+                damaged = damaged_shards(job.url, job.storage_options, job.store_teacher)
+                for split, epoch, shard in damaged:
                     log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
                     writer.mark_undone(split, epoch, shard)
             tasks = pending(writer, None if repair else request.resolved())
@@ -328,9 +338,12 @@ def precompute(
         )
 
 
-def damaged_shards(url: str, storage_options: dict | None = None) -> list[Task]:
-    """Shards marked done whose stored bytes differ from their write-time checksums."""
-    store = TargetStore(url, storage_options)
+def damaged_shards(
+    url: str, storage_options: dict | None = None, teacher: str | None = None
+) -> list[Task]:
+    """Shards marked done (of `teacher`, by default the store's first) whose stored bytes
+    differ from their write-time checksums."""
+    store = TargetStore(url, storage_options, teacher)
     done, found = store.progress().done, []
     try:
         for split in store.spec.splits:

@@ -26,12 +26,11 @@ class StoreRequest:
     targets: str = "soft"
     first_epoch: int = 0
 
-    @property
-    def claim(self) -> Claim:
-        """What of a store this job computes (its lock while it runs)."""
+    def claim(self, teacher: str) -> Claim:
+        """What of a store this job computes for `teacher` (its lock while it runs)."""
         trains = "train" in self.splits
-        return Claim(self.first_epoch, self.epochs if trains else self.first_epoch,
-                     "val" in self.splits)  # fmt: skip
+        stop = self.epochs if trains else self.first_epoch
+        return Claim(self.first_epoch, stop, "val" in self.splits, teacher)
 
     def resolved(self) -> StoreRequest:
         """A hard-target store keeps the top-1 class and no temperatures."""

@@ -38,6 +38,11 @@ class Job:
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the teacher
     storage_options: dict | None = field(default=None, hash=False)
+    teacher_name: str | None = None  # its name in the store [default: the model's]
+
+    @property
+    def store_teacher(self) -> str:
+        return self.teacher_name or self.teacher.name
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     start = time.perf_counter()
     if torch.get_num_threads() != job.threads:
         torch.set_num_threads(job.threads)
-    writer = StoreWriter(job.url, job.storage_options)  # cheap; a cached one could be stale
+    # Cheap to open, and a cached writer could hold metadata another job has since grown.
+    writer = StoreWriter(job.url, job.storage_options, teacher=job.store_teacher)
     source = _cached(
         ("source", job.data, job.skip_bad), lambda: open_checked(job.data, skip_bad=job.skip_bad)
     )

@@ -123,7 +123,7 @@ def verify(
         problems = store.shard_problems(
             check.split, check.epoch, arrays, done[check.split][check.epoch]
         )
-        check.damaged = [str(p) for p in problems]
+        check.damaged = [str(p) for p in problems] + _other_teachers(store, check, arrays)
         for views in _render(source, recipe, check, rows, workers):
             rendered += len(views["slot"])
             _compare(arrays["fingerprint"], source, recipe, check, views)
@@ -132,6 +132,27 @@ def verify(
     store.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _other_teachers(store, check, arrays: dict) -> list[str]:
+    """The damaged shards of the store's other teachers, and any view of theirs whose
+    fingerprint is not the first teacher's (every teacher must have seen the same views)."""
+    found = []
+    for name in store.spec.teacher_names[1:]:
+        prefix = store.spec.prefix(name)
+        theirs = store.read_arrays(check.epoch, check.split, prefix)
+        found += [
+            str(p) for p in store.shard_problems(check.split, check.epoch, theirs, None, prefix)
+        ]
+        both = (theirs["fingerprint"] != 0) & (arrays["fingerprint"] != 0)
+        differ = np.flatnonzero(both & (theirs["fingerprint"] != arrays["fingerprint"]))
+        if len(differ):
+            found.append(
+                f"{store.url}: teacher {name} saw other views than {store.spec.teacher_names[0]} "
+                f"in {check.split} epoch {check.epoch} ({len(differ)} views, first slot "
+                f"{differ[0]}): recompute it"
+            )
+    return found
 
 
 def _checked_rows(store, done, split, epoch, count, seed, check) -> np.ndarray:

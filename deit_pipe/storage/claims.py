@@ -20,21 +20,24 @@ from deit_pipe.outputs import LOCK_NAME
 from deit_pipe.storage.io import file_system, is_local, storage_errors
 from deit_pipe.storage.lock import WriterLock, describe, lease_expired, read_holder
 
-_NAME = re.compile(r"^e(\d+)-(\d+|all)(\+val)?$")
+_NAME = re.compile(r"^e(\d+)-(\d+|all)(\+val)?(@[A-Za-z0-9_.-]+)?$")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """Training epochs [first, stop) (`stop=None`: all of them) and, with `val`, the val split."""
+    """Training epochs [first, stop) (`stop=None`: all of them) and, with `val`, the val
+    split, of one teacher's arrays (`teacher=None`: every teacher's)."""
 
     first: int = 0
     stop: int | None = None
     val: bool = False
+    teacher: str | None = None
 
     @property
     def name(self) -> str:
         stop = "all" if self.stop is None else self.stop
-        return f"{LOCK_NAME}.e{self.first}-{stop}" + ("+val" if self.val else "")
+        teacher = "" if self.teacher is None else f"@{self.teacher}"
+        return f"{LOCK_NAME}.e{self.first}-{stop}" + ("+val" if self.val else "") + teacher
 
     @classmethod
     def parse(cls, name: str) -> Claim | None:
@@ -42,9 +45,12 @@ class Claim:
         if not name.startswith(LOCK_NAME + ".") or match is None:
             return None
         stop = None if match[2] == "all" else int(match[2])
-        return cls(int(match[1]), stop, bool(match[3]))
+        return cls(int(match[1]), stop, bool(match[3]), match[4][1:] if match[4] else None)
 
     def overlaps(self, other: Claim) -> bool:
+        if self.teacher and other.teacher and self.teacher != other.teacher:
+            return False
+
         def below(a: int, stop: int | None) -> bool:
             return stop is None or a < stop
 
@@ -62,7 +68,8 @@ class Claim:
             if self.stop == self.first + 1
             else f"epochs {self.first}–{self.stop - 1}"
         )
-        return epochs + (" and val" if self.val else "") if self._trains() else "val"
+        what = epochs + (" and val" if self.val else "") if self._trains() else "val"
+        return what + (f" of teacher {self.teacher}" if self.teacher else "")
 
 
 def take_claim(
@@ -84,7 +91,7 @@ def take_claim(
         except LockedError as exc:
             if other.overlaps(claim):
                 raise LockedError(
-                    f"{url}: {describe(exc.holder)} is filling {other} of this store; give "
+                    f"{url}: {describe(exc.holder)} is filling {other} in this store; give "
                     "this job other epochs (--epochs-range) or wait for that one to finish",
                     exc.holder,
                 ) from None
@@ -94,7 +101,7 @@ def take_claim(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(probe.path)
     lock = WriterLock(
-        url, purpose, name=claim.name, what=f"{claim} of this store",
+        url, purpose, name=claim.name, what=f"{claim} in this store",
         storage_options=storage_options, remove=True,
     )  # fmt: skip
     return lock.__enter__()

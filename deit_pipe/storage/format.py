@@ -46,7 +46,7 @@ SKIPPED = "skipped.parquet"
 DEFAULT_SHARD_VIEWS = 65536
 DEFAULT_CHUNK_VIEWS = 4096
 # What deit-pipe writes at a store's root; `--overwrite` refuses a store holding anything else.
-STORE_ENTRIES = ("zarr.json", *SPLITS, MANIFEST, SKIPPED)
+STORE_ENTRIES = ("zarr.json", *SPLITS, "teachers", MANIFEST, SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class StoreSpec:
     chunk_views: int = DEFAULT_CHUNK_VIEWS  # the longest chunk
     targets: str = "soft"  # "hard": topk_indices [E, V, 1] and fingerprint only
     extra: dict = field(default_factory=dict)
+    # Teachers added later, by name: their arrays live under `teachers/NAME/` (see `prefix`).
+    more_teachers: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
@@ -97,6 +99,18 @@ class StoreSpec:
             bool(self.splits) and all(s in SPLITS for s in self.splits),
             f"splits must be among {', '.join(SPLITS)}, got {list(self.splits)}",
         )
+
+    @property
+    def teacher_names(self) -> list[str]:
+        """Every teacher the store holds, the first (whose arrays sit at the root) first."""
+        return [teacher_name(self.teacher), *self.more_teachers]
+
+    def prefix(self, teacher: str) -> str:
+        """Where a teacher's split groups live: the root for the first, `teachers/NAME/`."""
+        return "" if teacher == teacher_name(self.teacher) else f"teachers/{teacher}/"
+
+    def teacher_info(self, name: str) -> dict:
+        return self.teacher if name == teacher_name(self.teacher) else self.more_teachers[name]
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -166,6 +180,7 @@ class StoreSpec:
             },
         }
         meta = {**meta, **({"extra": self.extra} if self.extra else {})}
+        meta = {**meta, **({"more_teachers": self.more_teachers} if self.more_teachers else {})}
         return {**meta, "checksum": meta_checksum(meta)}
 
     @classmethod
@@ -184,7 +199,13 @@ class StoreSpec:
             chunk_views=int(meta["chunk_views"]),
             targets=meta.get("targets", "soft"),
             extra=meta.get("extra", {}),
+            more_teachers=meta.get("more_teachers", {}),
         )
+
+
+def teacher_name(teacher: dict) -> str:
+    """A teacher's name in a store: the one given (`--teacher-name`), else its model's."""
+    return str(teacher.get("label") or teacher.get("name"))
 
 
 def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from deit_pipe.storage.claims import running_jobs
 from deit_pipe.storage.format import FORMAT_VERSION
 from deit_pipe.storage.io import file_system
 from deit_pipe.storage.lock import describe
-from deit_pipe.storage.reader import TargetStore
+from deit_pipe.storage.reader import TargetStore, read_progress
 
 
 def summarize(store: TargetStore) -> dict:
@@ -46,6 +46,8 @@ def summarize(store: TargetStore) -> dict:
         "dataset": {k: v for k, v in spec.dataset.items() if k != "classes"}
         | {"num_classes": spec.num_classes},
         "teacher": spec.teacher,
+        "teachers": {name: spec.teacher_info(name) for name in spec.teacher_names},
+        "epochs_complete_by_teacher": _complete_by_teacher(store),
         "plan": spec.plan,
         "k": spec.k,
         "temperatures": list(spec.temperatures),
@@ -118,3 +120,13 @@ def _skipped(store: TargetStore) -> list[dict]:
         return store.skipped().to_pylist()
     except StoreIncompleteError:
         return []
+
+
+def _complete_by_teacher(store: TargetStore) -> dict[str, list[int]]:
+    if "train" not in store.spec.splits:
+        return {name: [] for name in store.spec.teacher_names}
+    out = {}
+    for name in store.spec.teacher_names:
+        done = read_progress(store.group, store.spec, store.url, store.spec.prefix(name))
+        out[name] = [int(e) for e in np.flatnonzero(done.done["train"].all(axis=1))]
+    return out

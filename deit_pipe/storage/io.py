@@ -269,26 +269,30 @@ def check_layout(group: zarr.Group, spec, url: str, growing_to: int | None = Non
     """Every array the metadata implies exists with its shape and dtype: an edited array
     `zarr.json` (an epoch count, say) would otherwise read past what was written. A store
     that is growing (its metadata says to how many epochs) may have arrays already grown."""
-    for split in spec.splits:
-        for name, (shape, dtype) in spec.array_shapes(split).items():
-            try:
-                with storage_errors(url):
-                    array = group[f"{split}/{name}"]
-            except (KeyError, FileNotFoundError):
-                raise StoreCorruptError(
-                    f"{url}/{split}/{name} is missing; the store is damaged: remake it"
-                ) from None
-            grown = (
-                growing_to is not None
-                and array.shape[1:] == shape[1:]
-                and shape[0] <= array.shape[0] <= growing_to
+    for path, (shape, dtype) in (
+        (f"{spec.prefix(t)}{split}/{name}", layout)
+        for t in spec.teacher_names
+        for split in spec.splits
+        for name, layout in spec.array_shapes(split).items()
+    ):
+        try:
+            with storage_errors(url):
+                array = group[path]
+        except (KeyError, FileNotFoundError):
+            raise StoreCorruptError(
+                f"{url}/{path} is missing; the store is damaged: remake it"
+            ) from None
+        grown = (
+            growing_to is not None
+            and array.shape[1:] == shape[1:]
+            and shape[0] <= array.shape[0] <= growing_to
+        )
+        if not (tuple(array.shape) == shape or grown) or str(array.dtype) != dtype:
+            raise StoreCorruptError(
+                f"{url}/{path}/zarr.json was edited or damaged: shape "
+                f"{tuple(array.shape)} {array.dtype}, the store's metadata says {shape} "
+                f"{dtype}; restore it, or remake the store"
             )
-            if not (tuple(array.shape) == shape or grown) or str(array.dtype) != dtype:
-                raise StoreCorruptError(
-                    f"{url}/{split}/{name}/zarr.json was edited or damaged: shape "
-                    f"{tuple(array.shape)} {array.dtype}, the store's metadata says {shape} "
-                    f"{dtype}; restore it, or remake the store"
-                )
 
 
 def open_store(url: str, mode: str, storage_options: dict | None = None):

@@ -23,6 +23,7 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreMismatchError,
 )
+from deit_pipe.storage.ensemble import EnsembleTargets, choose_teachers, teacher_choice
 from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, shard_checksum
 from deit_pipe.storage.io import file_system, open_store, storage_errors
 
@@ -118,12 +119,18 @@ class Progress:
         return [int(e) for e in np.flatnonzero(self.done[split].all(axis=1))]
 
 
-def read_progress(group, spec, url: str) -> Progress:
+def read_progress(group, spec, url: str, *prefixes: str) -> Progress:
     """The `done` flags of the epochs the metadata holds (a growing store's arrays may
-    already hold more)."""
+    already hold more): of one teacher's arrays (`prefixes`: where they live), or of
+    several (a shard is done when it is done for each)."""
     with storage_errors(url):
         return Progress(
-            {s: np.asarray(group[s]["done"][: spec.split_epochs(s)]) for s in spec.splits}
+            {
+                s: np.logical_and.reduce(
+                    [np.asarray(group[p + s]["done"][: spec.split_epochs(s)]) for p in prefixes]
+                )
+                for s in spec.splits
+            }
         )
 
 
@@ -159,21 +166,25 @@ def dense_soft(
 class TargetStore:
     """A store opened for reading. Validate with `check_run` before training on it."""
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, teacher: str | None = None):
         self.url, self.storage_options = url, storage_options
         self.group, self.meta, self.spec = open_store(url, "r", storage_options)
+        # The teacher(s) read: one by name, or an ensemble "A,B" / "A=0.7,B=0.3".
+        self.teachers = choose_teachers(teacher, self.spec.teacher_names, url)
+        self.prefix = self.spec.prefix(next(iter(self.teachers)))
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
 
     @property
     def identity(self) -> dict:
-        """What a run records to tie itself to this store."""
+        """What a run records to tie itself to this store (and to its teacher or teachers)."""
+        shas = [self.spec.teacher_info(t).get("checkpoint_sha256") for t in self.teachers]
         return {
             "url": self.url,
             "created": self.meta["created"],
             "dataset_fingerprint": self.spec.dataset["fingerprint"],
-            "teacher": self.spec.teacher.get("name"),
-            "teacher_checkpoint_sha256": self.spec.teacher.get("checkpoint_sha256"),
+            "teacher": teacher_choice(self.teachers),
+            "teacher_checkpoint_sha256": shas[0] if len(shas) == 1 else shas,
         }
 
     def _require_split(self, split: str) -> None:
@@ -183,7 +194,15 @@ class TargetStore:
 
     def progress(self) -> Progress:
         """Which shards of every split are done, read once."""
-        return read_progress(self.group, self.spec, self.url)
+        return read_progress(self.group, self.spec, self.url, *self._prefixes())
+
+    def _prefixes(self) -> list[str]:
+        return [self.spec.prefix(t) for t in self.teachers]
+
+    def _done_row(self, split: str, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s done flags: done for every teacher read."""
+        rows = [self._read(split, "done", epoch, p) for p in self._prefixes()]
+        return np.logical_and.reduce(rows)
 
     def check_run(
         self,
@@ -251,34 +270,45 @@ class TargetStore:
         log.warning("epoch %d replays stored epoch %d (--cycle-epochs)", epoch, epoch % stored)
         return epoch % stored
 
-    def read_epoch(self, epoch: int, split: str = "train") -> EpochTargets:
-        """Load one whole epoch slice; refuses an epoch with shards not marked done."""
+    def read_epoch(self, epoch: int, split: str = "train") -> EpochTargets | EnsembleTargets:
+        """Load one whole epoch slice (of each teacher read); refuses an epoch with shards not
+        marked done, or whose bytes differ from their write-time checksums."""
         self._require_split(split)
-        done = self._read(split, "done", epoch)
+        done = self._done_row(split, epoch)
         if not done.all():
             raise StoreIncompleteError(
                 f"{self.url} {split} epoch {epoch} has unfinished shards "
                 f"{np.flatnonzero(~done).tolist()[:5]}; re-run precompute to finish them"
             )
-        arrays = self.read_arrays(epoch, split)
-        problems = self.shard_problems(split, epoch, arrays, done)
-        if problems:
-            raise StoreCorruptError(str(problems[0]))
-        return EpochTargets(
-            epoch=epoch,
-            values=arrays.get("topk_values"),
-            indices=arrays["topk_indices"],
-            lse=arrays.get("logsumexp"),
-            fingerprint=arrays["fingerprint"],
-            temperatures=self.spec.temperatures,
-            num_classes=self.spec.num_classes,
-        )
+        members = []
+        for prefix in self._prefixes():
+            arrays = self.read_arrays(epoch, split, prefix)
+            problems = self.shard_problems(split, epoch, arrays, done, prefix)
+            if problems:
+                raise StoreCorruptError(str(problems[0]))
+            members.append(
+                EpochTargets(
+                    epoch=epoch,
+                    values=arrays.get("topk_values"),
+                    indices=arrays["topk_indices"],
+                    lse=arrays.get("logsumexp"),
+                    fingerprint=arrays["fingerprint"],
+                    temperatures=self.spec.temperatures,
+                    num_classes=self.spec.num_classes,
+                )
+            )
+        if len(members) == 1:
+            return members[0]
+        return EnsembleTargets.of(members, list(self.teachers.values()), self.url)
 
-    def read_arrays(self, epoch: int, split: str = "train") -> dict[str, np.ndarray]:
-        """Every stored array of one epoch, unchecked (rows of unfinished shards are zero):
-        pair with `shard_problems` before trusting a value."""
+    def read_arrays(
+        self, epoch: int, split: str = "train", prefix: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every stored array of one epoch (of the first teacher read, or the one whose
+        arrays live at `prefix`), unchecked (rows of unfinished shards are zero): pair with
+        `shard_problems` before trusting a value."""
         self._require_split(split)
-        return {name: self._read(split, name, epoch) for name in self.spec.arrays}
+        return {name: self._read(split, name, epoch, prefix) for name in self.spec.arrays}
 
     def shard_problems(
         self,
@@ -286,24 +316,27 @@ class TargetStore:
         epoch: int,
         arrays: dict[str, np.ndarray] | None = None,
         done: np.ndarray | None = None,
+        prefix: str | None = None,
     ) -> list[ShardProblem]:
         """One per (shard marked done, array) of `epoch` whose bytes differ from the
         checksum recorded when it was written: a lost chunk reads as Zarr's fill value, which
         only this record tells from data. `arrays`, `done`: the epoch's, if already read."""
         self._require_split(split)
+        prefix = self.prefix if prefix is None else prefix
         if arrays is None:
-            arrays = self.read_arrays(epoch, split)
+            arrays = self.read_arrays(epoch, split, prefix)
         if done is None:
-            done = self._read(split, "done", epoch)
-        sums = self._read(split, CHECKSUM, epoch)
+            done = self._read(split, "done", epoch, prefix)
+        sums = self._read(split, CHECKSUM, epoch, prefix)
         length, views = self.spec.layout(split)[0], self.spec.views(split)
         problems = []
         for shard in (int(s) for s in np.flatnonzero(done)):
             rows = slice(shard * length, min((shard + 1) * length, views))
             for a, name in enumerate(self.spec.arrays):
                 if shard_checksum(arrays[name][rows]) != sums[shard, a]:
-                    why = self._why_differs(split, name, epoch, shard, int(sums[shard, a]))
-                    problems.append(ShardProblem(self.url, split, epoch, shard, name, why))
+                    where = f"{prefix}{split}"
+                    why = self._why_differs(where, name, epoch, shard, int(sums[shard, a]))
+                    problems.append(ShardProblem(self.url, where, epoch, shard, name, why))
         return problems
 
     def _why_differs(self, split: str, name: str, epoch: int, shard: int, recorded: int) -> str:
@@ -319,7 +352,11 @@ class TargetStore:
     def done_times(self, split: str = "train") -> np.ndarray:
         """[E, S] Unix time each shard completed (0 where not done)."""
         self._require_split(split)
-        return self._read(split, "done_at", slice(0, self.spec.split_epochs(split)))
+        times = [
+            self._read(split, "done_at", slice(0, self.spec.split_epochs(split)), p)
+            for p in self._prefixes()
+        ]
+        return np.maximum.reduce(times)
 
     def wait_for_epoch(
         self,
@@ -341,7 +378,7 @@ class TargetStore:
             if epoch >= self.spec.split_epochs(split):
                 self.refresh()  # another job may be extending the store to this epoch
             grown = epoch < self.spec.split_epochs(split)
-            done = self._read(split, "done", epoch) if grown else np.zeros(0, bool)
+            done = self._done_row(split, epoch) if grown else np.zeros(0, bool)
             count = int(done.sum()) if grown else -1
             if grown and count == len(done):
                 return
@@ -376,7 +413,7 @@ class TargetStore:
         result = future.result() if future is not None else self.read_epoch(epoch, split)
         if prefetch is not None and (
             prefetch >= self.spec.split_epochs(split)  # not (yet) in a growing store
-            or not self._read(split, "done", prefetch).all()
+            or not self._done_row(split, prefetch).all()
         ):
             return result
         if prefetch is not None and (split, prefetch) not in self._pending:
@@ -385,10 +422,11 @@ class TargetStore:
             )
         return result
 
-    def _read(self, split: str, name: str, index) -> np.ndarray:
+    def _read(self, split: str, name: str, index, prefix: str | None = None) -> np.ndarray:
+        prefix = self.prefix if prefix is None else prefix
         try:
             with storage_errors(self.url):
-                return np.asarray(self.group[split][name][index])
+                return np.asarray(self.group[prefix + split][name][index])
         except StoreError:
             raise
         except Exception as exc:  # zarr raises ValueError/RuntimeError on bad checksums or codecs

@@ -31,6 +31,7 @@ from deit_pipe.storage.format import (
     library_versions,
     meta_checksum,
     shard_checksum,
+    teacher_name,
 )
 from deit_pipe.storage.io import (
     atomic_write,
@@ -53,18 +54,22 @@ from deit_pipe.storage.reader import Progress, read_progress
 class StoreWriter:
     """Writes shards of an existing store (see `create_store`)."""
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, teacher: str | None = None):
         self.url, self.storage_options = url, storage_options
         self.group, self.meta, self.spec = open_store(url, "r+", storage_options)
+        self.teacher = teacher or self.spec.teacher_names[0]
+        if self.teacher not in self.spec.teacher_names:
+            raise StoreError(f"{url} holds no teacher {self.teacher!r}")
+        self.prefix = self.spec.prefix(self.teacher)  # where this teacher's arrays live
 
     def progress(self) -> Progress:
-        """Which shards of every split are done, read once."""
-        return read_progress(self.group, self.spec, self.url)
+        """Which shards of every split are done (for this writer's teacher), read once."""
+        return read_progress(self.group, self.spec, self.url, self.prefix)
 
     def mark_undone(self, split: str, epoch: int, shard: int) -> None:
         """Make a damaged shard pending again (its data is rewritten before it is done)."""
         with storage_errors(self.url):
-            self.group[split]["done"][epoch, shard] = False
+            self.group[self.prefix + split]["done"][epoch, shard] = False
 
     def shard_range(self, split: str, shard: int) -> range:
         views, length = self.spec.views(split), self.spec.layout(split)[0]
@@ -108,7 +113,7 @@ class StoreWriter:
         return n
 
     def _write(self, split, epoch, shard, rows, arrays, expected) -> None:
-        spec, group = self.spec, self.group[split]
+        spec, group = self.spec, self.group[self.prefix + split]
         sums = []
         for name, data in arrays.items():
             data = np.asarray(data)
@@ -151,7 +156,9 @@ def create_store(
                 raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
             except StoreCorruptError as exc:
                 raise StoreCorruptError(f"{exc}; pass --overwrite to replace it") from None
-            union = _union(StoreSpec.from_meta(existing), spec)
+            held = StoreSpec.from_meta(existing)
+            _refuse_other_teacher_of_that_name(url, held, spec)
+            union = _union(held, spec)
             differ = _differences(job_identity(existing), job_identity(union.to_meta({})))
             if any(not key.startswith(_GROWS) for key in differ):
                 asked = _differences(job_identity(existing), job_identity(meta))
@@ -162,7 +169,7 @@ def create_store(
                 )
             if differ:
                 _grow(url, existing, union, storage_options)
-            return StoreWriter(url, storage_options)
+            return StoreWriter(url, storage_options, teacher_name(spec.teacher))
     if place.state != "absent":
         clear_store(url, storage_options)  # an empty folder, an interrupted creation, or -o
     else:
@@ -170,22 +177,37 @@ def create_store(
     root = open_group(url, "r+", storage_options)
     with storage_errors(url):
         for split in spec.splits:
-            _create_split(root, split, spec)
+            _create_split(root, split, spec, spec.teacher_names[0])
     write_root(url, {ATTR_KEY: meta}, storage_options)  # last: the store exists from here on
-    return StoreWriter(url, storage_options)
+    return StoreWriter(url, storage_options, teacher_name(spec.teacher))
 
 
-# What a store may gain without becoming another job: training epochs and splits.
-_GROWS = ("plan.epochs", "splits", "dataset.num_samples.", "layout.")
+# What a store may gain without becoming another job: training epochs, splits, teachers.
+_GROWS = ("plan.epochs", "splits", "dataset.num_samples.", "layout.", "more_teachers")
+
+
+def _refuse_other_teacher_of_that_name(url: str, held: StoreSpec, asked: StoreSpec) -> None:
+    name = teacher_name(asked.teacher)
+    if name in held.teacher_names and held.teacher_info(name) != asked.teacher:
+        theirs = held.teacher_info(name)
+        raise StoreMismatchError(
+            f"{url} holds another teacher named {name!r} ({theirs.get('name')}, checkpoint "
+            f"{(theirs.get('checkpoint_sha256') or 'random init')[:12]}); add this one "
+            "under another --teacher-name, or pass --overwrite to replace the store"
+        )
 
 
 def _union(held: StoreSpec, asked: StoreSpec) -> StoreSpec:
-    """`asked`, holding also the epochs and splits `held` holds (its other fields decide
-    whether the two are one job)."""
+    """`asked`, holding also the epochs, splits and teachers `held` holds (its other fields
+    decide whether the two are one job)."""
     splits = tuple(s for s in SPLITS if s in held.splits or s in asked.splits)
     samples = {**held.dataset["num_samples"], **asked.dataset["num_samples"]}
+    name = teacher_name(asked.teacher)
+    added = {} if name in held.teacher_names else {name: asked.teacher}
     return replace(
         asked,
+        teacher=held.teacher,
+        more_teachers={**held.more_teachers, **added},
         epochs=max(held.epochs, asked.epochs),
         splits=splits,
         dataset={**asked.dataset, "num_samples": {s: samples[s] for s in splits}},
@@ -202,12 +224,18 @@ def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | No
     _write_meta(url, {**existing, GROWING: {"epochs": union.epochs}}, storage_options)
     root = open_group(url, "r+", storage_options)
     with storage_errors(url):
-        if union.epochs > held.epochs and "train" in held.splits:
-            for name, (shape, _) in union.array_shapes("train").items():
-                root[f"train/{name}"].resize(shape)
-        for split in union.splits:
-            if split not in held.splits:
-                _create_split(root, split, union)
+        for teacher in union.teacher_names:
+            if teacher not in held.teacher_names:  # a teacher added: all of its splits
+                for split in union.splits:
+                    _create_split(root, split, union, teacher)
+                continue
+            prefix = union.prefix(teacher)
+            if union.epochs > held.epochs and "train" in held.splits:
+                for name, (shape, _) in union.array_shapes("train").items():
+                    root[f"{prefix}train/{name}"].resize(shape)
+            for split in union.splits:
+                if split not in held.splits:
+                    _create_split(root, split, union, teacher)
     meta = union.to_meta(existing["versions"])
     _write_meta(url, {**meta, "created": existing["created"]}, storage_options)  # same store
 
@@ -218,9 +246,10 @@ def _write_meta(url: str, meta: dict, storage_options: dict | None) -> None:
     write_root(url, {ATTR_KEY: {**body, "checksum": meta_checksum(body)}}, storage_options)
 
 
-def _create_split(root: zarr.Group, split: str, spec: StoreSpec) -> None:
+def _create_split(root: zarr.Group, split: str, spec: StoreSpec, teacher: str) -> None:
     shard, chunk = spec.layout(split)
-    group = root.create_group(split, overwrite=True)  # a growth may have begun it
+    # overwrite: an interrupted growth may have begun it
+    group = root.create_group(spec.prefix(teacher) + split, overwrite=True)
     for name, (shape, dtype) in spec.array_shapes(split).items():
         tail = shape[2:]
         if name in spec.arrays:  # V-indexed: one task owns whole shard objects of each

@@ -25,6 +25,7 @@ class TrainConfig:
     out: str
     store: str | None = None  # offline distillation: plan + targets from the store
     storage_options: dict | None = None  # fsspec options for the store (never written out)
+    teacher_name: str | None = None  # the store's teacher(s): A, or an ensemble A,B / A=0.7,B=0.3
     data: str | None = None  # dataset (required without a store)
     teacher: TeacherConfig | None = None  # online distillation (comparison, tests)
     recipe: dict | None = None  # Recipe.to_dict(), when not read from a store

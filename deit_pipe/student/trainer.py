@@ -108,7 +108,7 @@ def setup_distributed(device: str) -> Context:
 def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
-        store = TargetStore(cfg.store, cfg.storage_options)
+        store = TargetStore(cfg.store, cfg.storage_options, cfg.teacher_name)
         spec = store.spec.dataset["spec"]
         if cfg.data and cfg.data != spec:
             log.info("dataset %s given; the store was made from %s", cfg.data, spec)
@@ -125,6 +125,8 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
                 "hard): soft distillation needs --targets soft; use --distill hard or none"
             )
         return Recipe.from_dict(store.spec.plan), source, store
+    if cfg.teacher_name:
+        raise DeitPipeError("--teacher-name picks the teacher(s) of a store: give --store")
     if not cfg.data:
         raise DeitPipeError(
             "train needs --store STORE, or --data SPEC (with --teacher for online distillation)"
