@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune bench-ensemble clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ table3 table4: $(STAMP)
 
 bench-finetune: $(STAMP)
 	$(BIN)/python benchmarks/finetune_bench.py
+
+# One teacher or a two-teacher ensemble (one store), DeiT⚗ students, 3 seeds.
+bench-ensemble: $(STAMP)
+	$(BIN)/python benchmarks/ensemble_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
