@@ -40,15 +40,7 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
             f"{info['dataset']['spec']} · {info['dataset']['num_classes']} classes · "
             f"fingerprint {info['dataset']['fingerprint'][:12]}",
         ),
-        *(
-            (
-                "teacher",
-                f"{name} · {t.get('name')} · checkpoint "
-                f"{(t.get('checkpoint_sha256') or 'random init')[:12]} · "
-                f"{len(info['epochs_complete_by_teacher'][name])}/{info['epochs']} epochs",
-            )
-            for name, t in info["teachers"].items()
-        ),
+        *(("teacher", _teacher_row(info, name, t)) for name, t in info["teachers"].items()),
         (
             "plan",
             f"seed {info['plan'].get('seed')} · repeats {info['plan'].get('repeats')} · "
@@ -81,6 +73,17 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     console.print(table, highlight=False)
+
+
+def _teacher_row(info: dict, name: str, teacher: dict) -> str:
+    """`NAME (model) · checkpoint SHA`, and each teacher's complete epochs when there are
+    several."""
+    model = "" if name == teacher.get("name") else f" ({teacher.get('name')})"
+    row = f"{name}{model} · checkpoint {(teacher.get('checkpoint_sha256') or 'random init')[:12]}"
+    if len(info["teachers"]) > 1:
+        complete = len(info["epochs_complete_by_teacher"][name])
+        row += f" · {complete}/{info['epochs']} epochs complete"
+    return row
 
 
 def parse_epoch_range(text: str | None) -> tuple[int, int] | None:
