@@ -6,6 +6,7 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import zarr
@@ -320,7 +321,7 @@ def test_one_loader_worker_serves_every_epoch_and_changes_nothing(
 
     def item_with_pid(self, item):
         views = original_item(self, item)
-        return {**views, "pid": torch.full_like(views["slot"], os.getpid())}
+        return {**views, "pid": np.full(len(views["slot"]), os.getpid(), dtype=np.int64)}
 
     def step_recording_pid(tr, batch, plan):
         pids.setdefault(int(batch["epoch"][0]), set()).update(batch["pid"].tolist())
