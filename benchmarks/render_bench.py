@@ -115,6 +115,14 @@ def _timed(fn, views: int) -> float:
     return 1000 * (time.perf_counter() - start) / views
 
 
+def timm_view(transform, paths: list[Path], view_plan, slot: int) -> torch.Tensor:
+    """Slot `slot`'s view made by timm's transform, drawing from the view's own seeded
+    generators as the replay does (so both sides pay for the same RandAugment ops)."""
+    img = Image.open(paths[int(view_plan.sample[slot])]).convert("RGB")
+    with seeded_rngs(int(view_plan.view_seed[slot])):
+        return transform(img)
+
+
 def pairwise(replay, timm_uint8, paths: list[Path], rounds: int) -> tuple[float, float]:
     """P7 timed pair by pair: timm's prefetcher form and deit-pipe's replay take turns on
     each pair of views (the same images and draws), whoever goes first alternating, so a
@@ -131,10 +139,9 @@ def pairwise(replay, timm_uint8, paths: list[Path], rounds: int) -> tuple[float,
                 if side == "ours":
                     items.append(replay[(epoch, p)])
                 else:
-                    for s in view_plan.pair_slots(p):
-                        img = Image.open(paths[int(view_plan.sample[s])]).convert("RGB")
-                        with seeded_rngs(int(view_plan.view_seed[s])):
-                            images.append(timm_uint8(img))
+                    images += [
+                        timm_view(timm_uint8, paths, view_plan, s) for s in view_plan.pair_slots(p)
+                    ]
                 took[side] = time.perf_counter() - start
             ours, theirs = ours + took["ours"], theirs + took["timm"]
             ratios.append(took["ours"] / took["timm"])
@@ -182,12 +189,7 @@ def run_bench(images: int = 48, rounds: int = 20) -> dict:
             """timm's prefetcher form drawing what the replayed views draw (each view's
             seeded generators), so both sides pay for the same RandAugment ops."""
             view_plan = replay.epoch_plan(state["epoch"])
-            images = []
-            for s in range(n):
-                img = Image.open(paths[int(view_plan.sample[s])]).convert("RGB")
-                with seeded_rngs(int(view_plan.view_seed[s])):
-                    images.append((timm_uint8(img), 0))
-            fast_collate(images)
+            fast_collate([(timm_view(timm_uint8, paths, view_plan, s), 0) for s in range(n)])
 
         # Each round renders another epoch: a view's cost depends on its RandAugment ops
         # (a rotate costs 40× a posterize), so every case averages over many draws.

@@ -24,7 +24,7 @@ from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
-from deit_pipe.storage.ensemble import valid_teacher_name
+from deit_pipe.storage.format import valid_teacher_name
 from deit_pipe.storage.io import file_system
 from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
 from deit_pipe.teacher import build_teacher, check_normalization
@@ -307,7 +307,8 @@ def precompute(
     spec, source = store_spec(job, request)
     refuse_unusable(job.url, probe(job.url, job.storage_options))
     # Everything for a job that may remove or redo any shard; its own epochs otherwise.
-    claim = request.resolved().claim(job.store_teacher)
+    asked = request.resolved()
+    claim = asked.claim(job.store_teacher)
     if overwrite or repair:  # repair reads the whole store too
         claim = Claim(val=True, teacher=None if overwrite else job.store_teacher)
     with ExitStack() as held:
@@ -323,7 +324,7 @@ def precompute(
                 for split, epoch, shard in damaged:
                     log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
                     writer.mark_undone(split, epoch, shard)
-            tasks = pending(writer, None if repair else request.resolved())
+            tasks = pending(writer, None if repair else asked)
         # The store's lock is free again: jobs on other epochs may now start beside this one.
         if on_plan:
             on_plan(tasks, writer)

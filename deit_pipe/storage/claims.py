@@ -10,7 +10,6 @@ its lease expired) is removed. `--overwrite` and `--repair` claim everything.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ def take_claim(
         other = Claim.parse(name)
         if other is None:
             continue
-        probe = WriterLock(url, "a check", name=name, storage_options=storage_options)
+        probe = WriterLock(url, "a check", name=name, storage_options=storage_options, remove=True)
         try:
             probe.__enter__()
         except LockedError as exc:
@@ -96,10 +95,7 @@ def take_claim(
                     exc.holder,
                 ) from None
             continue
-        probe.release()  # a dead job's claim: gone with it
-        if is_local(url):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(probe.path)
+        probe.release()  # a dead job's claim, taken: releasing it removes it
     lock = WriterLock(
         url, purpose, name=claim.name, what=f"{claim} in this store",
         storage_options=storage_options, remove=True,

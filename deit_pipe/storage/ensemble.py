@@ -13,7 +13,6 @@ predictions); for top-1-only stores, the weighted vote (ties: the lowest class i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,14 +56,6 @@ def teacher_choice(teachers: dict[str, float]) -> str:
     return ",".join(f"{name}={w:.6g}" for name, w in teachers.items())
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def valid_teacher_name(name: str) -> bool:
-    """A teacher name is a folder name in the store: letters, digits, `_`, `.`, `-`."""
-    return bool(_NAME.match(name))
-
-
 @dataclass
 class EnsembleTargets:
     """The weighted ensemble of several teachers' epoch slices (`EpochTargets`)."""
@@ -104,10 +95,11 @@ class EnsembleTargets:
         n, c = len(slots), self.num_classes
         out = np.zeros((n, c))
         for member, w in zip(self.members, self.weights, strict=True):
-            top, ids, tail = (t.numpy().astype(np.float64) for t in member.soft_parts(slots, tau))
+            top = member.topk_probs(slots, tau)
             k = top.shape[1]
-            part = np.repeat((tail / (c - k) if c > k else np.zeros(n))[:, None], c, axis=1)
-            np.put_along_axis(part, ids.astype(np.int64), top, axis=1)
+            tail = np.clip(1.0 - top.sum(axis=1), 0.0, 1.0) / (c - k) if c > k else np.zeros(n)
+            part = np.repeat(tail[:, None], c, axis=1)
+            np.put_along_axis(part, member.indices[slots].astype(np.int64), top, axis=1)
             out += w * part
         return out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -206,6 +207,11 @@ class StoreSpec:
 def teacher_name(teacher: dict) -> str:
     """A teacher's name in a store: the one given (`--teacher-name`), else its model's."""
     return str(teacher.get("label") or teacher.get("name"))
+
+
+def valid_teacher_name(name: str) -> bool:
+    """A teacher name is a folder name in the store: letters, digits, `_`, `.`, `-`."""
+    return bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name))
 
 
 def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[int, int]:

@@ -21,8 +21,15 @@ def summarize(store: TargetStore) -> dict:
     bytes_on_disk = int(fs.du(base))
     array_bytes = sum(int(fs.du(f"{base}/{s}")) for s in spec.splits)
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
-    # `done` is one object per (epoch, shard): read each split's once (on S3, E·S requests).
-    done = store.progress().done
+    # `done` is one object per (epoch, shard): read each teacher's once (on S3, E·S requests).
+    by_teacher = {
+        name: read_progress(store.group, spec, store.url, spec.prefix(name)).done
+        for name in spec.teacher_names
+    }
+    done = {
+        split: np.logical_and.reduce([by_teacher[t][split] for t in store.teachers])
+        for split in spec.splits
+    }
     missing = {s: [(int(e), int(sh)) for e, sh in np.argwhere(~d)] for s, d in done.items()}
     complete = (
         [int(e) for e in np.flatnonzero(done["train"].all(axis=1))] if "train" in done else []
@@ -47,7 +54,10 @@ def summarize(store: TargetStore) -> dict:
         | {"num_classes": spec.num_classes},
         "teacher": spec.teacher,
         "teachers": {name: spec.teacher_info(name) for name in spec.teacher_names},
-        "epochs_complete_by_teacher": _complete_by_teacher(store),
+        "epochs_complete_by_teacher": {
+            name: [int(e) for e in np.flatnonzero(d["train"].all(axis=1))] if "train" in d else []
+            for name, d in by_teacher.items()
+        },
         "plan": spec.plan,
         "k": spec.k,
         "temperatures": list(spec.temperatures),
@@ -120,13 +130,3 @@ def _skipped(store: TargetStore) -> list[dict]:
         return store.skipped().to_pylist()
     except StoreIncompleteError:
         return []
-
-
-def _complete_by_teacher(store: TargetStore) -> dict[str, list[int]]:
-    if "train" not in store.spec.splits:
-        return {name: [] for name in store.spec.teacher_names}
-    out = {}
-    for name in store.spec.teacher_names:
-        done = read_progress(store.group, store.spec, store.url, store.spec.prefix(name))
-        out[name] = [int(e) for e in np.flatnonzero(done.done["train"].all(axis=1))]
-    return out
