@@ -80,6 +80,38 @@ def test_two_range_jobs_at_once_make_the_one_job_store(tmp_path, four):
     assert not list(url.glob(".deit-pipe.lock.*"))  # claims are gone with their jobs
 
 
+def test_inspect_of_a_store_being_filled_counts_its_bytes(tmp_path, four):
+    """Writers rename temporary files into place (zarr's `*.partial`, our atomic writes):
+    sizing the store while they do must not fail on a file listed a moment before."""
+    import shutil
+    import threading
+    import uuid
+
+    from deit_pipe.storage.inspect import summarize
+
+    url = tmp_path / "s.zarr"
+    shutil.copytree(four, url)
+    stop = threading.Event()
+
+    def write_like_zarr() -> None:
+        target = url / "train" / "logsumexp" / "c" / "scratch"
+        while not stop.is_set():
+            partial = target.with_suffix(f".{uuid.uuid4().hex}.partial")
+            partial.write_bytes(b"x" * 64)
+            partial.replace(target)
+
+    writer = threading.Thread(target=write_like_zarr)
+    writer.start()
+    store = TargetStore(str(url))
+    try:  # `fs.du` failed on ≈6% of sizings like these
+        sizes = [summarize(store)["bytes_on_disk"] for _ in range(30)]
+    finally:
+        stop.set()
+        writer.join()
+        store.close()
+    assert min(sizes) > 0
+
+
 def test_a_job_on_epochs_being_filled_is_refused_naming_the_filler(tmp_path, four):
     import shutil
 
