@@ -111,7 +111,7 @@ def audit(
         check_run_against_store(run, store)
     dev = resolve_device(device)
     val = store.read_epoch(0, "val")
-    source = run_source(runs[0]) if runs else None
+    source = run_source(runs[0], storage_options=storage_options) if runs else None
     labels = source.split("val").labels
     num_classes = store.spec.num_classes
     if store.spec.targets == "soft":

@@ -130,7 +130,8 @@ def build_recipe(source, opts: dict):
 
 
 def storage_options_option(fn):
-    """`--storage-options JSON` (or DEIT_PIPE_STORAGE_OPTIONS) for commands that open a store."""
+    """`--storage-options JSON` (or DEIT_PIPE_STORAGE_OPTIONS) for commands that open a store
+    or a dataset: they apply to whichever of the two is behind a URL."""
 
     def parse(ctx, param, value):
         from deit_pipe.storage.io import parse_storage_options
@@ -142,7 +143,7 @@ def storage_options_option(fn):
         envvar="DEIT_PIPE_STORAGE_OPTIONS",
         default=None,
         callback=parse,
-        help="fsspec options for an object-store URL, as JSON, e.g. "
+        help="fsspec options for an object-store URL (the store's or the dataset's), as JSON, e.g. "
         '\'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\' '
         "[env: DEIT_PIPE_STORAGE_OPTIONS; credentials also from AWS_*/GOOGLE_* variables].",
     )(fn)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from deit_pipe.cli import build_recipe, console, main, recipe_options
+from deit_pipe.cli import build_recipe, console, main, recipe_options, storage_options_option
 
 
 @main.command()
@@ -17,12 +17,13 @@ from deit_pipe.cli import build_recipe, console, main, recipe_options
 @click.option("--workers", type=int, default=8, show_default=True, help="Decoding threads.")
 @click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def scan(data: str, workers: int, skip_bad: bool, as_json: bool) -> None:
-    """Decode every file of a dataset up front and list the unreadable ones."""
+@storage_options_option
+def scan(data: str, workers: int, skip_bad: bool, as_json: bool, storage_options) -> None:
+    """Decode every image of a dataset up front and list the unreadable ones."""
     from deit_pipe.data import open_source
     from deit_pipe.data import scan as scan_source
 
-    source = open_source(data)
+    source = open_source(data, storage_options=storage_options)
     report = scan_source(source, workers)
     if as_json:
         click.echo(
@@ -57,13 +58,14 @@ def scan(data: str, workers: int, skip_bad: bool, as_json: bool) -> None:
     "--out", type=click.Path(path_type=Path), default=Path("views.png"), show_default=True
 )
 @recipe_options
-def views(data: str, epoch: int, count: int, out: Path, **opts) -> None:
+@storage_options_option
+def views(data: str, epoch: int, count: int, out: Path, storage_options, **opts) -> None:
     """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
     from deit_pipe.data import open_source
     from deit_pipe.data.plan import MIX_NAMES
     from deit_pipe.data.preview import save_view_grid
 
-    source = open_source(data)
+    source = open_source(data, storage_options=storage_options)
     recipe = build_recipe(source, opts)
     epoch_plan = recipe.epoch_plan(epoch, len(source.split("train")))
     save_view_grid(source, epoch_plan, recipe.view, count, out)

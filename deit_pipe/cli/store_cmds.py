@@ -330,7 +330,7 @@ def precompute(
     if (epochs is None) == (epochs_range is None):
         raise click.UsageError("give --epochs N or --epochs-range A:B (one of them)")
     first, epochs = epochs_range or (0, epochs)
-    source = open_checked(data, skip_bad=skip_bad)
+    source = open_checked(data, skip_bad=skip_bad, storage_options=storage_options)
     recipe = build_recipe(source, opts)
     job = Job(
         url=url,

@@ -154,7 +154,8 @@ def train(**opts) -> None:
     teacher_args.append(opts.pop("teacher_random_init"))
     recipe, config_file = None, opts.pop("config_file")
     if opts["store"] is None and opts["data"] is not None:
-        recipe = build_recipe(open_source(opts["data"]), dict(opts)).to_dict()
+        source = open_source(opts["data"], storage_options=opts["storage_options"])
+        recipe = build_recipe(source, dict(opts)).to_dict()
     elif opts["store"] is None and config_file is None:
         raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")
     preset = opts.pop("recipe")
@@ -281,13 +282,21 @@ def _relaunch_torchrun(nproc: int) -> None:
     help="Evaluate at this size [default: the run's]; a ViT's position embeddings are resampled.",
 )
 @click.option("--json", "as_json", is_flag=True)
+@storage_options_option
 def eval_cmd(
-    checkpoint: Path, data: str | None, ema: bool, input_size: int | None, as_json: bool
+    checkpoint: Path,
+    data: str | None,
+    ema: bool,
+    input_size: int | None,
+    as_json: bool,
+    storage_options: dict | None,
 ) -> None:
     """Top-1/top-5 of every head of a checkpoint on clean val views."""
     from deit_pipe.student.runs import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, data, ema=ema, input_size=input_size)
+    result = evaluate_checkpoint(
+        checkpoint, data, ema=ema, input_size=input_size, storage_options=storage_options
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -1,11 +1,11 @@
-"""Up-front check of every image file of a source, in parallel threads (decoding frees the GIL)."""
+"""Up-front check of every image of a source, in parallel threads (decoding frees the GIL)."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from deit_pipe.data.sources import SPLITS, Source, load_image, open_source
+from deit_pipe.data.sources import SPLITS, Source, open_source
 from deit_pipe.errors import DataError
 
 
@@ -13,7 +13,7 @@ from deit_pipe.errors import DataError
 class ScanReport:
     spec: str
     checked: int = 0
-    bad: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (sample name, reason)
 
     @property
     def ok(self) -> bool:
@@ -21,32 +21,36 @@ class ScanReport:
 
 
 def scan(source: Source, workers: int = 8) -> ScanReport:
-    """Decode every file of every split; collect the unreadable ones instead of stopping."""
+    """Decode every stored image (files, Parquet rows, tar members) of every split; collect
+    the unreadable ones instead of stopping. In-memory arrays need no check."""
     report = ScanReport(source.spec)
-    if source.root is None:
-        return report
-    paths = [p for name in SPLITS if name in source.splits for p in source.split(name).paths or []]
+    splits = [source.split(s) for s in SPLITS if s in source.splits]
+    items = [(split, i) for split in splits if split.paths is not None for i in range(len(split))]
 
-    def check(relpath: str) -> tuple[str, str] | None:
+    def check(item) -> tuple[str, str] | None:
+        split, index = item
         try:
-            load_image(source.root, relpath)
+            split.load(index)
         except DataError as exc:
-            return relpath, str(exc)
+            return split.paths[index], str(exc)
         return None
 
+    # In order: neighbours share a Parquet row group, which each shard split caches.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(check, paths))
-    report.checked = len(paths)
+        results = list(pool.map(check, items))
+    report.checked = len(items)
     report.bad = [r for r in results if r is not None]
     return report
 
 
-def open_checked(spec: str, skip_bad: bool = False, workers: int = 8) -> Source:
-    """Open a source; with `skip_bad`, scan it and exclude (and record) unreadable files."""
-    source = open_source(spec)
+def open_checked(
+    spec: str, skip_bad: bool = False, workers: int = 8, storage_options: dict | None = None
+) -> Source:
+    """Open a source; with `skip_bad`, scan it and exclude (and record) unreadable images."""
+    source = open_source(spec, storage_options=storage_options)
     if not skip_bad:
         return source
     report = scan(source, workers)
     if report.ok:
         return source
-    return open_source(spec, skip=dict(report.bad))
+    return open_source(spec, skip=dict(report.bad), storage_options=storage_options)

@@ -1,39 +1,27 @@
 """Dataset sources: images by index, labels, a stable class list and a fingerprint.
 
-`open_source("digits" | "fake:N[:SIZE]" | "imagefolder:ROOT" | "cifar10:ROOT" | "cifar100:ROOT")`
-returns a `Source` whose `split("train" | "val")` gives a `Split`. A `Split` is picklable so
-DataLoader workers and dask tasks can carry it.
+`open_source(SPEC)` with SPEC one of `digits`, `fake:N[:SIZE]`, `imagefolder:ROOT_OR_URL`,
+`parquet:ROOT_OR_URL`, `wds:ROOT_OR_URL`, `cifar10:ROOT`, `cifar100:ROOT` returns a `Source`
+whose `split("train" | "val")` gives a `Split`. A `Split` is picklable so DataLoader workers
+and dask tasks can carry it; URLs (s3://, gs://, …) open with `storage_options`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from deit_pipe.data.files import Root, decode_image, is_url
+from deit_pipe.data.split import Split
 from deit_pipe.errors import DataError
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class Split(ABC):
-    """One split of a source: `len`, `labels`, `load(i)` → RGB PIL image."""
-
-    labels: np.ndarray
-    paths: list[str] | None = None  # relative to the source root, where files exist
-    sizes: list[int] | None = None  # bytes per file, where files exist
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @abstractmethod
-    def load(self, index: int) -> Image.Image: ...
 
 
 class ArraySplit(Split):
@@ -46,11 +34,14 @@ class ArraySplit(Split):
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index], mode="RGB")
 
+    def identity(self, h) -> None:
+        h.update(np.ascontiguousarray(self.images).tobytes())
+
 
 class FileSplit(Split):
-    """Image files under a root; every path is checked to stay inside it."""
+    """Image files under a root, a folder or a URL; every path is checked to stay inside it."""
 
-    def __init__(self, root: Path, paths: list[str], labels: list[int], sizes: list[int]):
+    def __init__(self, root: Path | Root, paths: list[str], labels: list[int], sizes: list[int]):
         self.root = root
         self.paths = paths
         self.sizes = sizes
@@ -58,9 +49,17 @@ class FileSplit(Split):
         self._real_root: str | None = None  # resolved once per process, on first load
 
     def load(self, index: int) -> Image.Image:
+        if isinstance(self.root, Root):  # behind a URL: one GET per image
+            data = self.root.read(self.paths[index])
+            return decode_image(data, f"{self.root.location}/{self.paths[index]}")
         if self._real_root is None:
             self._real_root = os.path.realpath(self.root)
         return load_image(self.root, self.paths[index], self._real_root)
+
+    def identity(self, h) -> None:
+        # Relative paths and sizes: a copy in another folder or a bucket is the same dataset.
+        for path, size in zip(self.paths, self.sizes, strict=True):
+            h.update(f"{path}\0{size}\n".encode())
 
     def __getstate__(self) -> dict:
         # Another host may mount the root elsewhere: each process resolves it itself.
@@ -85,6 +84,9 @@ class FakeSplit(Split):
         pixels = np.clip(base * 255 + noise, 0, 255).astype(np.uint8)
         return Image.fromarray(pixels, mode="RGB")
 
+    def identity(self, h) -> None:
+        h.update(f"fake:{len(self)}:{self.size}:{self.tag}".encode())
+
 
 @dataclass
 class Source:
@@ -98,6 +100,7 @@ class Source:
     default_hflip: float = 0.5
     default_recipe: str = "deit"  # the preset for this kind of data (see data.recipe)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
@@ -109,21 +112,18 @@ class Source:
         return len(self.classes)
 
     def fingerprint(self) -> str:
-        """Hash of classes, and per split the relative paths, labels and file sizes (or pixels)."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update("\n".join(self.classes).encode())
-        for name in sorted(self.splits):
-            split = self.splits[name]
-            h.update(name.encode())
-            h.update(split.labels.tobytes())
-            if split.paths is not None:
-                for path, size in zip(split.paths, split.sizes or [], strict=True):
-                    h.update(f"{path}\0{size}\n".encode())
-            elif isinstance(split, ArraySplit):
-                h.update(np.ascontiguousarray(split.images).tobytes())
-            elif isinstance(split, FakeSplit):
-                h.update(f"fake:{len(split)}:{split.size}:{split.tag}".encode())
-        return h.hexdigest()
+        """Hash of the classes and, per split, the labels and what identifies its images
+        (`Split.identity`): never where the dataset lives, so a moved copy is the same."""
+        if self._fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update("\n".join(self.classes).encode())
+            for name in sorted(self.splits):
+                split = self.splits[name]
+                h.update(name.encode())
+                h.update(split.labels.tobytes())
+                split.identity(h)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
 
 def load_image(root: Path, relpath: str, real_root: str | None = None) -> Image.Image:
@@ -148,23 +148,44 @@ def resolve_inside(root: Path, relpath: str, real_root: str | None = None) -> st
     return path
 
 
-def open_source(spec: str, *, skip: dict[str, str] | None = None, download: bool = False) -> Source:
-    """Open a dataset from its spec; `skip` maps relative paths to exclude → why.
+def open_source(
+    spec: str,
+    *,
+    skip: dict[str, str] | None = None,
+    download: bool = False,
+    storage_options: dict | None = None,
+) -> Source:
+    """Open a dataset from its spec; `skip` maps sample names (relative paths, `SHARD:KEY`)
+    to exclude → why. `storage_options` are fsspec's, for a URL root (as for stores).
 
     Nothing is fetched from the network unless `download` is set (CIFAR only).
     """
     kind, _, arg = spec.partition(":")
+    arg = arg.removeprefix("file://")
     if kind == "digits" and not arg:
         return _digits(spec)
     if kind == "fake":
         return _fake(spec, arg)
+    if kind == "imagefolder" and arg and is_url(arg):
+        return _imagefolder_url(spec, Root(arg, storage_options), skip or {})
     if kind == "imagefolder" and arg:
         return _imagefolder(spec, Path(arg).expanduser(), skip or {})
+    if kind in ("parquet", "wds") and arg:
+        from deit_pipe.data.parquet import open_parquet
+        from deit_pipe.data.webdataset import open_webdataset
+
+        opener = open_parquet if kind == "parquet" else open_webdataset
+        location = arg if is_url(arg) else str(Path(arg).expanduser())
+        if not is_url(arg) and not Path(location.partition("?")[0]).is_dir():
+            raise DataError(f"dataset root not found: {location.partition('?')[0]}")
+        classes, splits, _ = opener(location, skip or {}, storage_options)
+        local = None if is_url(arg) else Path(location.partition("?")[0])
+        return Source(spec, classes, splits, root=local, skipped=sorted((skip or {}).items()))
     if kind in ("cifar10", "cifar100") and arg:
         return _cifar(spec, kind, Path(arg).expanduser(), download)
     raise DataError(
         f"unknown dataset spec {spec!r}: use digits, fake:N[:SIZE], imagefolder:ROOT, "
-        "cifar10:ROOT or cifar100:ROOT"
+        "parquet:ROOT, wds:ROOT (a ROOT may be a URL), cifar10:ROOT or cifar100:ROOT"
     )
 
 
@@ -284,6 +305,40 @@ def _imagefolder(spec: str, root: Path, skip: dict[str, str]) -> Source:
         splits[name] = FileSplit(root, paths, labels, sizes)
     skipped = sorted(skip.items())
     return Source(spec, classes, splits, root=root, skipped=skipped)
+
+
+def _imagefolder_url(spec: str, root: Root, skip: dict[str, str]) -> Source:
+    """An imagefolder behind a URL: the same layout, listed once (with sizes) per split."""
+    try:
+        if not root.fs.isdir(root.path("train")):
+            raise DataError(f"missing train folder: {root.location}/train")
+        per_split = {s: _url_class_files(root, s) for s in SPLITS if root.fs.isdir(root.path(s))}
+    except (OSError, ValueError) as exc:  # a backend's own errors: no bucket, no access
+        raise DataError(f"cannot list {root.location}: {exc}") from None
+    classes = list(per_split["train"])
+    unknown = sorted(set(per_split.get("val", {})) - set(classes))
+    if unknown:
+        raise DataError(f"val class not in train: {root.location}/val/{unknown[0]}")
+    splits: dict[str, Split] = {}
+    for name, files in per_split.items():
+        kept = [(label, p, n) for label, c in enumerate(classes) for p, n in files.get(c, [])]
+        kept = [(label, p, n) for label, p, n in kept if p not in skip]
+        labels, paths, sizes = (list(x) for x in zip(*kept, strict=True)) if kept else ([],) * 3
+        splits[name] = FileSplit(root, paths, labels, sizes)
+    return Source(spec, classes, splits, skipped=sorted(skip.items()))
+
+
+def _url_class_files(root: Root, split: str) -> dict[str, list[tuple[str, int]]]:
+    base = root.path(split)
+    found: dict[str, list[tuple[str, int]]] = {}
+    for path, info in sorted(root.fs.find(base, detail=True).items()):
+        rel = path[len(root.path()) + 1 :]
+        parts = rel.split("/")
+        if len(parts) >= 3 and rel.lower().endswith(IMAGE_EXTENSIONS):
+            found.setdefault(parts[1], []).append((rel, int(info["size"])))
+    if not found:
+        raise DataError(f"no class folders with images in {root.location}/{split}")
+    return dict(sorted(found.items()))
 
 
 def _cifar(spec: str, kind: str, root: Path, download: bool) -> Source:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from deit_pipe.data import Source, collate_views, open_checked, stored_views
+from deit_pipe.data import Source, collate_views, stored_views
 from deit_pipe.pipeline.request import StoreRequest
-from deit_pipe.pipeline.tasks import Job, task_device
+from deit_pipe.pipeline.tasks import Job, job_source, task_device
 from deit_pipe.teacher import build_teacher, teacher_logits
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
@@ -93,7 +93,7 @@ def render_throughput(job: Job, source: Source, pairs: int = 8) -> float:
 def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None) -> Cost:
     """Views, store size and teacher time of a job, writing nothing."""
     r = request.resolved()
-    source = open_checked(job.data, skip_bad=job.skip_bad)
+    source = job_source(job)
     epochs = r.epochs - r.first_epoch
     views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in r.splits}
     size = job.recipe.view.input_size

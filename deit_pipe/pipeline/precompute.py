@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deit_pipe.data import Source, open_checked
+from deit_pipe.data import Source
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
 from deit_pipe.pipeline.request import StoreRequest
-from deit_pipe.pipeline.tasks import Job, TaskResult, run_task
+from deit_pipe.pipeline.tasks import Job, TaskResult, job_source, run_task
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
 from deit_pipe.storage.format import valid_teacher_name
@@ -56,7 +56,7 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
         f"--epochs-range {request.first_epoch}:{request.epochs} is empty: its start must be "
         "below its end",
     )
-    source = open_checked(job.data, skip_bad=job.skip_bad)
+    source = job_source(job)
     recipe = job.recipe
     check(
         valid_teacher_name(job.store_teacher),

@@ -37,9 +37,9 @@ def render_items(source: Source, recipe_json: str, split: str, epoch: int, items
     return collate_views([dataset[i] for i in items])
 
 
-def _start_renderer(data: str, skip_bad: bool) -> None:
+def _start_renderer(data: str, skip_bad: bool, storage_options: dict | None) -> None:
     torch.set_num_threads(1)  # as DataLoader workers: N renderers must not oversubscribe
-    _STATE.update(source=open_checked(data, skip_bad=skip_bad))
+    _STATE.update(source=open_checked(data, skip_bad=skip_bad, storage_options=storage_options))
 
 
 def _render_chunk(chunk: tuple) -> dict:
@@ -49,10 +49,13 @@ def _render_chunk(chunk: tuple) -> dict:
 class RenderPool:
     """N render processes for one dataset, kept for the life of this process."""
 
-    def __init__(self, data: str, skip_bad: bool, workers: int):
+    def __init__(
+        self, data: str, skip_bad: bool, workers: int, storage_options: dict | None = None
+    ):
         context = torch_mp.get_context("fork")
         self.workers = workers
-        self.pool = context.Pool(workers, initializer=_start_renderer, initargs=(data, skip_bad))
+        start = (data, skip_bad, storage_options)
+        self.pool = context.Pool(workers, initializer=_start_renderer, initargs=start)
         atexit.register(self.pool.terminate)
 
     @property

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deit_pipe.data import finish, open_checked
+from deit_pipe.data import Source, finish, open_checked
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.render import RenderPool, shard_batches
 from deit_pipe.storage import StoreWriter
@@ -65,7 +65,13 @@ def _cached(key: tuple, make):
 def render_pool(job: Job) -> RenderPool:
     """This process's render processes for the job's dataset (made once, then reused)."""
     key = ("render-pool", job.data, job.skip_bad, job.loader_workers)
-    return _cached(key, lambda: RenderPool(job.data, job.skip_bad, job.loader_workers))
+    options = job.storage_options
+    return _cached(key, lambda: RenderPool(job.data, job.skip_bad, job.loader_workers, options))
+
+
+def job_source(job: Job) -> Source:
+    """The job's dataset (a URL root opens with the job's storage options, as its store)."""
+    return open_checked(job.data, skip_bad=job.skip_bad, storage_options=job.storage_options)
 
 
 def task_device(job: Job) -> torch.device:
@@ -105,9 +111,7 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
         torch.set_num_threads(job.threads)
     # Cheap to open, and a cached writer could hold metadata another job has since grown.
     writer = StoreWriter(job.url, job.storage_options, teacher=job.store_teacher)
-    source = _cached(
-        ("source", job.data, job.skip_bad), lambda: open_checked(job.data, skip_bad=job.skip_bad)
-    )
+    source = _cached(("source", job.data, job.skip_bad), lambda: job_source(job))
     rows = writer.shard_range(split, shard)
     device = task_device(job)
     model = _teacher(job, writer.spec.num_classes, device)

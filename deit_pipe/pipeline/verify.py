@@ -93,7 +93,9 @@ def verify(
     store = TargetStore(url, storage_options)
     spec = store.spec
     skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
-    source = open_source(data or spec.dataset["spec"], skip=skipped)
+    source = open_source(
+        data or spec.dataset["spec"], skip=skipped, storage_options=storage_options
+    )
     report = VerifyReport(
         url=url,
         dataset_matches=source.fingerprint() == spec.dataset["fingerprint"],

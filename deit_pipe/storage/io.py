@@ -137,7 +137,9 @@ def open_group(url: str, mode: str, storage_options: dict | None = None) -> zarr
     with storage_errors(url):
         _probe_bucket(url, storage_options)
         try:
-            return zarr.open_group(url, mode=mode, storage_options=storage_options)
+            # Options are for URLs: a local store beside a dataset on S3 takes none.
+            options = None if is_local(url) else storage_options
+            return zarr.open_group(url, mode=mode, storage_options=options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
             if _missing_bucket(exc):
                 raise

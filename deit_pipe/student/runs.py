@@ -87,9 +87,9 @@ def load_run(path: Path | str) -> Run:
     return Run(ckpt.parent, load_checkpoint(ckpt))
 
 
-def run_source(run: Run, spec: str | None = None) -> Source:
+def run_source(run: Run, spec: str | None = None, storage_options: dict | None = None) -> Source:
     """The run's dataset (or `spec`), refused if its classes differ from the run's."""
-    source = open_source(spec or run.config["dataset"])
+    source = open_source(spec or run.config["dataset"], storage_options=storage_options)
     if source.classes != run.config["classes"]:
         raise DeitPipeError(
             f"{spec or run.config['dataset']} has classes {source.classes[:5]}…; "
@@ -104,11 +104,12 @@ def evaluate_checkpoint(
     ema: bool = False,
     device: str = "auto",
     input_size: int | None = None,
+    storage_options: dict | None = None,
 ) -> dict:
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`."""
     run = load_run(checkpoint)
     dev = resolve_device(device)
-    source = run_source(run, spec)
+    source = run_source(run, spec, storage_options)
     size = input_size or run.input_size
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
     view = replace(run.recipe.view, input_size=size)

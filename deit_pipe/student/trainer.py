@@ -113,7 +113,8 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
         if cfg.data and cfg.data != spec:
             log.info("dataset %s given; the store was made from %s", cfg.data, spec)
         skipped = store.skipped().to_pylist()  # exclude exactly the files the teacher skipped
-        source = open_source(cfg.data or spec, skip={r["path"]: r["reason"] for r in skipped})
+        skip = {r["path"]: r["reason"] for r in skipped}
+        source = open_source(cfg.data or spec, skip=skip, storage_options=cfg.storage_options)
         store.check_run(  # epochs and completeness once the schedule is resolved
             dataset_fingerprint=source.fingerprint(),
             plan=cfg.recipe if cfg.recipe else None,
@@ -133,7 +134,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
         )
     if cfg.follow:
         raise DeitPipeError("--follow follows a store that is being filled: give --store")
-    source = open_checked(cfg.data)
+    source = open_checked(cfg.data, storage_options=cfg.storage_options)
     if cfg.recipe:
         return Recipe.from_dict(cfg.recipe), source, None
     return Recipe(view=ViewConfig.for_source(source)), source, None

@@ -1,0 +1,168 @@
+"""`parquet:ROOT_OR_URL`: image datasets as Parquet shards, as the Hugging Face Hub keeps them.
+
+Layouts: `ROOT/data/{train,validation,val}-*.parquet` (the Hub's) or `ROOT/{train,val}/*.parquet`.
+The image column (a struct holding `bytes`, or plain binary) and the integer label column are
+found by type; `parquet:ROOT?image=COL&label=COL` names them. Class names come from the
+Hub's `huggingface` schema metadata (a ClassLabel's names), else they are the label ids.
+
+Replay reads samples in the plan's order, which is random: a sample costs one read of its
+row group's image column, kept in a small per-process cache (`CACHE` bytes). Shards written
+with small row groups (the Hub uses 100 images) keep that read small.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from deit_pipe.data.files import Root
+from deit_pipe.data.split import ShardSplit
+from deit_pipe.errors import DataError
+
+CACHE = 64 << 20  # per process: a few row groups of ImageNet-sized JPEGs
+LAYOUTS = {"train": ("data/train-*.parquet", "train/*.parquet"),
+           "val": ("data/validation-*.parquet", "data/val-*.parquet", "validation/*.parquet",
+                   "val/*.parquet")}  # fmt: skip
+LABEL_NAMES = ("label", "labels", "cls", "class", "target")
+
+
+def parse_spec(arg: str) -> tuple[str, dict[str, str]]:
+    """`ROOT?image=COL&label=COL` → (ROOT, {"image": COL, "label": COL})."""
+    location, _, query = arg.partition("?")
+    columns = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if key not in ("image", "label") or not eq or not value:
+            raise DataError(f"bad parquet option {part!r}: use ?image=COLUMN&label=COLUMN")
+        columns[key] = value
+    return location, columns
+
+
+def split_files(root: Root) -> dict[str, list[str]]:
+    """Each split's shards, relative to the root, in name order (the first layout found)."""
+    found = {}
+    for split, patterns in LAYOUTS.items():
+        for pattern in patterns:
+            paths = sorted(root.fs.glob(root.path(pattern)))
+            if paths:
+                found[split] = [p[len(root.path()) + 1 :] for p in paths]
+                break
+    if "train" not in found:
+        raise DataError(
+            f"no training shards under {root.location}: expected data/train-*.parquet "
+            "(the Hugging Face layout) or train/*.parquet"
+        )
+    return found
+
+
+def _columns(schema, asked: dict[str, str], where: str) -> tuple[str, str]:
+    import pyarrow as pa
+
+    def is_image(t) -> bool:
+        binary = pa.types.is_binary(t) or pa.types.is_large_binary(t)
+        return binary or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
+
+    images = [f.name for f in schema if is_image(f.type)]
+    ints = [f.name for f in schema if pa.types.is_integer(f.type)]
+    image = asked.get("image") or (
+        images[0] if len(images) == 1 else next((n for n in images if n in ("image", "img")), None)
+    )
+    label = asked.get("label") or (
+        ints[0] if len(ints) == 1 else next((n for n in LABEL_NAMES if n in ints), None)
+    )
+    for role, name, fit in (("image", image, images), ("label", label, ints)):
+        if name is None or name not in fit:
+            kinds = "binary or {bytes, path}" if role == "image" else "integer"
+            raise DataError(
+                f"{where}: no {role} column ({kinds}) "
+                + (f"named {name!r}" if name else f"among {', '.join(schema.names)}")
+                + f"; name it with ?{role}=COLUMN"
+            )
+    return image, label  # fmt: skip
+
+
+def class_names(schema, label: str) -> list[str] | None:
+    """The ClassLabel names the Hub writes in the schema's `huggingface` metadata."""
+    meta = (schema.metadata or {}).get(b"huggingface")
+    try:
+        feature = json.loads(meta)["info"]["features"][label] if meta else {}
+    except (ValueError, KeyError, TypeError):
+        return None
+    names = feature.get("names") if isinstance(feature, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+class ParquetSplit(ShardSplit):
+    """The samples of one split's shards, by index: (shard, row group, row) → image."""
+
+    def __init__(self, root: Root, files: list[str], columns: dict, skip: dict, where: str):
+        import pyarrow.parquet as pq
+
+        self.files = files
+        names, labels, groups, row = [], [], [], 0  # groups: (shard, row group, first row)
+        for f, rel in enumerate(files):
+            try:
+                shard = pq.ParquetFile(root.open(rel))
+                if f == 0:
+                    self.image, self.label = _columns(shard.schema_arrow, columns, where)
+                    self.classes = class_names(shard.schema_arrow, self.label)
+                labels.append(shard.read(columns=[self.label]).column(0).to_numpy(False))
+            except (OSError, ValueError, KeyError) as exc:  # pyarrow raises OSError/ValueError
+                raise DataError(f"unreadable Parquet shard {root.location}/{rel}: {exc}") from None
+            meta = shard.metadata
+            for g in range(meta.num_row_groups):
+                groups.append((f, g, row))
+                row += meta.row_group(g).num_rows
+            names += [f"{rel}:{r}" for r in range(meta.num_rows)]
+        self.groups = np.array(groups, dtype=np.int64).reshape(-1, 3)
+        super().__init__(root, names, np.concatenate(labels), skip)
+
+    def raw(self, index: int) -> bytes:
+        row = int(self.rows[index])
+        g = int(np.searchsorted(self.groups[:, 2], row, side="right")) - 1
+        value = self._group(g)[row - int(self.groups[g, 2])].as_py()
+        data = value.get("bytes") if isinstance(value, dict) else value
+        if not data:
+            raise DataError(f"unreadable image {self.root.location}/{self.paths[index]}: no bytes")
+        return data
+
+    def _group(self, g: int):
+        """Row group `g`'s image column, through this process's cache."""
+        import pyarrow.parquet as pq
+
+        if self._fresh():
+            self._cache, self._lock = OrderedDict(), threading.Lock()
+        with self._lock:  # `scan` reads from threads
+            if g in self._cache:
+                self._cache.move_to_end(g)
+                return self._cache[g]
+            f, rg, _ = (int(x) for x in self.groups[g])
+            try:
+                shard = pq.ParquetFile(self.root.open(self.files[f]))
+                column = shard.read_row_group(rg, columns=[self.image]).column(0)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot read {self.files[f]} row group {rg}: {exc}") from None
+            self._cache[g] = column
+            while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > CACHE:
+                self._cache.popitem(last=False)
+            return column
+
+
+def open_parquet(arg: str, skip: dict, storage_options: dict | None):
+    """(classes, {split: ParquetSplit}, root) of `parquet:ARG`."""
+    location, columns = parse_spec(arg)
+    root = Root(location, storage_options)
+    splits = {
+        name: ParquetSplit(root, files, columns, skip, f"{location}/{files[0]}")
+        for name, files in split_files(root).items()
+    }
+    named = splits["train"].classes
+    count = max(int(s.labels.max(initial=-1)) for s in splits.values()) + 1
+    if named is not None and count > len(named):
+        raise DataError(
+            f"{location}: label {count - 1} but the metadata names {len(named)} classes"
+        )
+    return named or [str(c) for c in range(count)], splits, root

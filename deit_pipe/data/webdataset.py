@@ -1,0 +1,135 @@
+"""`wds:ROOT_OR_URL`: WebDataset tar shards `{train,val}-*.tar`, read by random access.
+
+A sample is the members sharing a key (the member name up to the first dot of its file
+name): an image (`.jpg`, `.jpeg`, `.png`, `.webp`) and `.cls`, an integer label. Replay
+needs sample `i` in any order, so each shard is indexed once — every image member's offset
+and size, and every label — and the index is cached on this machine under the shard's
+identity (path, size, modification time or ETag): a changed shard is indexed again.
+Class names come from `ROOT/classes.txt` (one per line) where present, else they are the ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from deit_pipe.data.files import Root
+from deit_pipe.data.split import ShardSplit
+from deit_pipe.errors import DataError
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+PATTERNS = {"train": "train-*.tar", "val": "val-*.tar"}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("DEIT_PIPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deit-pipe"
+    )
+    return Path(base) / "tar-index"
+
+
+def index_shard(root: Root, rel: str) -> dict:
+    """{key, member, offset, size, label} lists of one shard's samples, in tar order."""
+    path = root.path(rel)
+    identity = json.dumps([root.location, rel, str(root.fs.ukey(path))]).encode()
+    cached = cache_dir() / f"{hashlib.blake2b(identity, digest_size=16).hexdigest()}.json"
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):
+        pass
+    index = _read_index(root, rel)
+    try:  # a cache we cannot write only costs the next open another indexing pass
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(index))
+        partial.replace(cached)
+    except OSError as exc:
+        log.warning("cannot cache the index of %s: %s", rel, exc)
+    return index
+
+
+def _read_index(root: Root, rel: str) -> dict:
+    images: dict[str, tuple[str, int, int]] = {}
+    labels: dict[str, int] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(fileobj=root.open(rel), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, name = member.name.rpartition("/")
+                stem, _, ext = name.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                if ext.lower() in IMAGE_EXTS and key not in images:
+                    images[key] = (member.name, member.offset_data, member.size)
+                    order.append(key)
+                elif ext.lower() == "cls":
+                    text = tar.extractfile(member).read().decode(errors="replace").strip()
+                    try:
+                        labels[key] = int(text)
+                    except ValueError:
+                        raise DataError(
+                            f"{root.location}/{rel}:{key}.cls holds {text[:20]!r}, not an "
+                            "integer label"
+                        ) from None
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"unreadable tar shard {root.location}/{rel}: {exc}") from None
+    unlabelled = [k for k in order if k not in labels]
+    if unlabelled:
+        raise DataError(f"{root.location}/{rel}:{unlabelled[0]} has an image but no .cls label")
+    return {
+        "key": order,
+        "member": [images[k][0] for k in order],
+        "offset": [images[k][1] for k in order],
+        "size": [images[k][2] for k in order],
+        "label": [labels[k] for k in order],
+    }
+
+
+class TarSplit(ShardSplit):
+    """The samples of one split's tar shards, by index: (shard, offset, size) → image."""
+
+    def __init__(self, root: Root, files: list[str], skip: dict):
+        self.files = files
+        names, labels, shard, offset, size = [], [], [], [], []
+        for f, rel in enumerate(files):
+            index = index_shard(root, rel)
+            names += [f"{rel}:{m}" for m in index["member"]]
+            labels += index["label"]
+            shard += [f] * len(index["key"])
+            offset += index["offset"]
+            size += index["size"]
+        self.where = np.array([shard, offset, size], dtype=np.int64).T.reshape(-1, 3)
+        super().__init__(root, names, np.array(labels, dtype=np.int64), skip, sizes=size)
+
+    def raw(self, index: int) -> bytes:
+        f, offset, size = (int(x) for x in self.where[self.rows[index]])
+        return self.root.read(self.files[f], offset, offset + size)
+
+
+def open_webdataset(location: str, skip: dict, storage_options: dict | None):
+    """(classes, {split: TarSplit}, root) of `wds:LOCATION`."""
+    root = Root(location, storage_options)
+    splits = {}
+    for name, pattern in PATTERNS.items():
+        files = sorted(p[len(root.path()) + 1 :] for p in root.fs.glob(root.path(pattern)))
+        if files:
+            splits[name] = TarSplit(root, files, skip)
+    if "train" not in splits:
+        raise DataError(f"no training shards under {location}: expected train-*.tar")
+    count = max(int(s.labels.max(initial=-1)) for s in splits.values()) + 1
+    try:
+        named = root.read("classes.txt").decode().split("\n")
+        named = [n.strip() for n in named if n.strip()]
+    except DataError:
+        named = None
+    if named is not None and count > len(named):
+        raise DataError(f"{location}: label {count - 1} but classes.txt names {len(named)}")
+    return named or [str(c) for c in range(count)], splits, root

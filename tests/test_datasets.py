@@ -1,0 +1,138 @@
+"""Datasets where users keep them: Parquet (the Hub's layout) and WebDataset shards, local or
+behind a URL, read by random access and identified by content."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from deit_pipe.data import open_source, scan
+from deit_pipe.errors import DataError
+from deit_pipe.storage import TargetStore
+from tests.cli_utils import invoke, one_line
+from tests.conftest import write_parquet, write_wds
+
+PRE = ["precompute", "--teacher", "regnety_002", "--random-init", "--epochs", "1"]
+PRE += ["--input-size", "32", "--workers", "0", "--top-k", "3", "--repeats", "1"]
+TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
+TINY += ["--num-heads", "2", "--epochs", "1", "--batch-size", "8"]
+
+
+@pytest.fixture
+def layouts(imagefolder, tmp_path, monkeypatch) -> dict[str, str]:
+    """One dataset (the `imagefolder` fixture's 24 images) in each layout, as specs."""
+    monkeypatch.setenv("DEIT_PIPE_CACHE", str(tmp_path / "cache"))
+    write_parquet(imagefolder, tmp_path / "pq")
+    write_wds(imagefolder, tmp_path / "wds")
+    return {
+        "imagefolder": f"imagefolder:{imagefolder}",
+        "parquet": f"parquet:{tmp_path / 'pq'}",
+        "wds": f"wds:{tmp_path / 'wds'}",
+    }
+
+
+def test_three_layouts_hold_the_same_samples_and_make_the_same_views(layouts, tmp_path):
+    sources = {kind: open_source(spec) for kind, spec in layouts.items()}
+    reference = sources["imagefolder"]
+    assert sources["parquet"].classes == reference.classes  # the Hub's ClassLabel names
+    for split in ("train", "val"):
+        a = reference.split(split)
+        for kind in ("parquet", "wds"):
+            b = sources[kind].split(split)
+            assert b.labels.tolist() == a.labels.tolist(), kind
+            for i in range(len(a)):
+                assert np.array_equal(np.asarray(a.load(i)), np.asarray(b.load(i))), (kind, i)
+    fingerprints = {}
+    for kind, spec in layouts.items():
+        url = tmp_path / f"{kind}.zarr"
+        assert invoke(*PRE, "--data", spec, "--out", url).exit_code == 0
+        store = TargetStore(str(url))
+        fingerprints[kind] = {s: store.read_arrays(0, s)["fingerprint"] for s in ("train", "val")}
+    for kind in ("parquet", "wds"):
+        for split, stored in fingerprints[kind].items():
+            assert np.array_equal(stored, fingerprints["imagefolder"][split]), (kind, split)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "wds"])
+def test_precompute_train_audit_from_shards(layouts, tmp_path, kind):
+    store, run = tmp_path / "s.zarr", tmp_path / "run"
+    assert invoke(*PRE, "--data", layouts[kind], "--out", store).exit_code == 0
+    trained = invoke("train", "--store", store, "--out", run, *TINY, "--distill", "hard")
+    assert trained.exit_code == 0, trained.output
+    audit = invoke("audit", "--store", store, "--run", run, "--out", tmp_path / "audit")
+    assert audit.exit_code == 0, audit.output
+    assert (tmp_path / "audit" / "agreement.json").exists()
+
+
+def test_a_moved_copy_is_the_same_dataset_and_a_changed_image_is_not(layouts, tmp_path):
+    store = tmp_path / "s.zarr"
+    assert invoke(*PRE, "--data", layouts["wds"], "--out", store).exit_code == 0
+    moved = tmp_path / "elsewhere"
+    shutil.move(layouts["wds"].removeprefix("wds:"), moved)
+    checked = invoke("verify", store, "--data", f"wds:{moved}", "--all", "--workers", "0")
+    assert checked.exit_code == 0, checked.output
+    # The first image (hashed into the dataset's identity) rewritten with other pixels.
+    shard = moved / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first = open_source(f"wds:{moved}").split("train").raw(1)
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            data = first if member.name == "000000.jpg" else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    refused = invoke("verify", store, "--data", f"wds:{moved}", "--workers", "0")
+    assert refused.exit_code != 0 and "dataset" in refused.output.lower(), refused.output
+
+
+@pytest.mark.parametrize("kind", ["parquet", "wds"])
+def test_a_corrupt_sample_is_named_by_shard_and_key_and_skipped(layouts, tmp_path, kind):
+    broken = tmp_path / "broken"
+    root = layouts[kind].partition(":")[2]
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        path = broken / "data" / "train-00000-of-00002.parquet"
+        shutil.copytree(root, broken)
+        table = pq.read_table(path)
+        images = table.column("image").to_pylist()
+        images[2] = {"bytes": b"not a jpeg", "path": "2.jpg"}
+        table = table.set_column(0, "image", [images])
+        pq.write_table(table, path, row_group_size=4)
+        name = "data/train-00000-of-00002.parquet:2"
+    else:
+        shutil.copytree(root, broken)
+        with tarfile.open(broken / "train-000001.tar") as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        with tarfile.open(broken / "train-000001.tar", "w") as tar:
+            for member, data in members:
+                data = b"not a jpeg" if member.name == "000010.jpg" else data
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+        name = "train-000001.tar:000010.jpg"
+    spec = f"{kind}:{broken}"
+    assert [path for path, _ in scan(open_source(spec)).bad] == [name]
+    failed = invoke(*PRE, "--data", spec, "--out", tmp_path / "a.zarr")
+    assert failed.exit_code == 1 and failed.output.splitlines()[-1].endswith(
+        f"{name}: not an image format Pillow reads"
+    ), failed.output
+    skipped = invoke(*PRE, "--data", spec, "--out", tmp_path / "b.zarr", "--skip-bad")
+    assert skipped.exit_code == 0, skipped.output
+    assert TargetStore(str(tmp_path / "b.zarr")).skipped().to_pylist()[0]["path"] == name
+
+
+def test_shards_that_cannot_be_read_are_one_line(tmp_path, layouts):
+    with pytest.raises(DataError, match="no training shards"):
+        open_source(f"parquet:{tmp_path}")
+    wds = tmp_path / "w"
+    shutil.copytree(layouts["wds"].removeprefix("wds:"), wds)
+    (wds / "train-000001.tar").write_bytes(b"\0" * 100 + b"x" * 1000)
+    one_line(invoke("scan", "--data", f"wds:{wds}"), "train-000001.tar")
+    one_line(
+        invoke("scan", "--data", f"parquet:{layouts['parquet'].partition(':')[2]}?label=nope"),
+        "nope",
+    )
