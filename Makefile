@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune bench-ensemble clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune bench-ensemble bench-data clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,9 @@ bench-finetune: $(STAMP)
 # One teacher or a two-teacher ensemble (one store), DeiT⚗ students, 3 seeds.
 bench-ensemble: $(STAMP)
 	$(BIN)/python benchmarks/ensemble_bench.py
+
+bench-data: $(STAMP)
+	$(BIN)/python benchmarks/data_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

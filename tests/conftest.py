@@ -53,6 +53,8 @@ def write_parquet(root: Path, out: Path, shards: int = 2, row_group: int = 4) ->
     features = {"image": {"_type": "Image"}, "label": {"names": classes, "_type": "ClassLabel"}}
     meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
     for split, name in (("train", "train"), ("val", "validation")):
+        if not (root / split).is_dir():
+            continue
         samples = imagefolder_samples(root, split)
         parts = np.array_split(np.arange(len(samples)), shards)
         for i, part in enumerate(parts):
@@ -68,6 +70,8 @@ def write_wds(root: Path, out: Path, shards: int = 2) -> None:
     import tarfile
 
     for split in ("train", "val"):
+        if not (root / split).is_dir():
+            continue
         samples = imagefolder_samples(root, split)
         for i, part in enumerate(np.array_split(np.arange(len(samples)), shards)):
             out.mkdir(parents=True, exist_ok=True)

@@ -191,3 +191,40 @@ def test_storage_failures_are_one_clear_line(s3, case, message):
         assert result.exit_code == 1, result.output
         line = result.output.strip()
         assert line.startswith("error:") and "\n" not in line and message in line, line
+
+
+def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp_path):
+    from tests.conftest import write_parquet
+
+    local = tmp_path / "pq"
+    write_parquet(imagefolder, local)
+    fs = s3fs.S3FileSystem(**s3, skip_instance_cache=True)
+    fs.put(str(local), "stores/data/pq", recursive=True)
+    fs.put(str(imagefolder), "stores/data/imgs", recursive=True)
+    opts = json.dumps(s3)
+    pre = ["precompute", "--teacher", "regnety_002", "--random-init", "--epochs", "1"]
+    pre += ["--input-size", "32", "--top-k", "3", "--repeats", "1", "--workers", "0"]
+    made = {}
+    for name, spec in [
+        ("local", f"parquet:{local}"),
+        ("parquet", "parquet:s3://stores/data/pq"),
+        ("imagefolder", "imagefolder:s3://stores/data/imgs"),
+    ]:
+        store = tmp_path / f"{name}.zarr"  # a local store beside data on S3
+        run = CliRunner().invoke(
+            main, [*pre, "--data", spec, "--out", str(store), "--storage-options", opts]
+        )
+        assert run.exit_code == 0, run.output
+        made[name] = TargetStore(str(store)).read_arrays(0, "train")["fingerprint"]
+    assert (made["parquet"] == made["local"]).all() and (made["imagefolder"] == made["local"]).all()
+    student = tmp_path / "student"
+    trained = CliRunner().invoke(
+        main,
+        [
+            "train", "--store", str(tmp_path / "parquet.zarr"), "--out", str(student),
+            *("--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"),
+            *("--num-heads", "2", "--epochs", "1", "--batch-size", "8", "--device", "cpu"),
+        ],
+        env={"DEIT_PIPE_STORAGE_OPTIONS": opts},
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
