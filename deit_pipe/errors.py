@@ -77,6 +77,33 @@ class CheckpointError(DeitPipeError):
     """A checkpoint is missing, unreadable or does not belong to this run."""
 
 
+CREDENTIALS_HINT = (
+    'check the credentials (--storage-options \'{"key": …, "secret": …}\' or '
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
+)
+
+
+def caused_by(exc: BaseException, *names: str, kinds: tuple = ()) -> bool:
+    """Whether `exc` or an exception behind it is one of `kinds` or has one of `names` in its
+    class name (backends' own exception types, without importing optional backends)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kinds) or any(n in type(seen).__name__ for n in names):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def backend_problem(exc: BaseException) -> str | None:
+    """What an object store's failure means to the user (credentials, an endpoint out of
+    reach), or None for other failures."""
+    if caused_by(exc, "Credential"):  # botocore's NoCredentialsError, PartialCredentialsError
+        return f"{exc}; {CREDENTIALS_HINT}"
+    if caused_by(exc, "Connect", "Timeout", kinds=(ConnectionError, TimeoutError)):
+        return f"cannot reach the storage endpoint ({exc})"
+    return None
+
+
 def check(ok: bool, message: str) -> None:
     """Raise ConfigError(message) unless `ok`: argument checks that read as the rule."""
     if not ok:

@@ -186,11 +186,16 @@ def test_storage_failures_are_one_clear_line(s3, case, message):
             **s3["client_kwargs"],
             "endpoint_url": f"http://127.0.0.1:{_free_port()}",
         }
-    for args in (["inspect", url], _precompute_args(url, opts)[:-2]):
+    data = message if case != "missing bucket" else "bucket does not exist"
+    for args, needle in (
+        (["inspect", url], message),
+        (_precompute_args(url, opts)[:-2], message),
+        (["scan", "--data", f"parquet:{url.removesuffix('/digits.zarr')}/pq"], data),
+    ):
         result = CliRunner().invoke(main, [*args, "--storage-options", json.dumps(opts)])
         assert result.exit_code == 1, result.output
         line = result.output.strip()
-        assert line.startswith("error:") and "\n" not in line and message in line, line
+        assert line.startswith("error:") and "\n" not in line and needle in line, line
 
 
 def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp_path):
@@ -217,6 +222,15 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
         assert run.exit_code == 0, run.output
         made[name] = TargetStore(str(store)).read_arrays(0, "train")["fingerprint"]
     assert (made["parquet"] == made["local"]).all() and (made["imagefolder"] == made["local"]).all()
+    # The same dataset wherever it lives: its identity is its content.
+    from deit_pipe.data import open_source
+
+    for local_spec, remote in [
+        (f"parquet:{local}", "parquet:s3://stores/data/pq"),
+        (f"imagefolder:{imagefolder}", "imagefolder:s3://stores/data/imgs"),
+    ]:
+        here, there = open_source(local_spec), open_source(remote, storage_options=s3)
+        assert here.fingerprint() == there.fingerprint()
     student = tmp_path / "student"
     trained = CliRunner().invoke(
         main,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 
 from PIL import Image, UnidentifiedImageError
 
-from deit_pipe.errors import DataError
+from deit_pipe.errors import CREDENTIALS_HINT, DataError, DeitPipeError, backend_problem
 
 BLOCK = 4 << 20  # bytes per remote read-ahead block: one request fetches several JPEGs
 
@@ -31,6 +33,26 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x…>"): say what it means.
         why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
         raise DataError(f"unreadable image {name}: {why}") from None
+
+
+@contextmanager
+def data_errors(location: str) -> Iterator[None]:
+    """A storage backend's failure while listing or reading a dataset, as one line naming it."""
+    try:
+        yield
+    except DeitPipeError:
+        raise
+    except ImportError as exc:
+        raise DataError(f"{location}: {exc} (pip install 'deit-pipe[s3]' or '[gcs]')") from None
+    except PermissionError as exc:
+        raise DataError(f"{location}: access denied ({exc}); {CREDENTIALS_HINT}") from None
+    except FileNotFoundError as exc:
+        raise DataError(f"{location}: not found ({exc})") from None
+    except Exception as exc:
+        problem = backend_problem(exc)
+        if problem is None and not isinstance(exc, OSError | ValueError):
+            raise
+        raise DataError(f"{location}: {problem or exc}") from None
 
 
 def is_url(location: str) -> bool:
@@ -50,10 +72,8 @@ class Root:
         if self._pid != os.getpid():  # first use in this process (or after a fork)
             import fsspec
 
-            try:
+            with data_errors(self.location):
                 fs, path = fsspec.core.url_to_fs(self.location, **(self.storage_options or {}))
-            except (ImportError, ValueError) as exc:
-                raise DataError(f"cannot open {self.location}: {exc}") from None
             self._fs, self._path, self._pid = fs, path.rstrip("/"), os.getpid()
             self._open: dict[str, object] = {}
         return self._fs
@@ -71,14 +91,10 @@ class Root:
 
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes [start, end) of a file (all of it by default): one range request remotely."""
-        try:
+        with data_errors(f"{self.location}/{rel}"):
             if start is None:
                 return self.fs.cat_file(self.path(rel))
             return self._handle(rel).pread(start, end)
-        except FileNotFoundError:
-            raise DataError(f"missing file {self.location}/{rel}") from None
-        except OSError as exc:
-            raise DataError(f"cannot read {self.location}/{rel}: {exc}") from None
 
     def open(self, rel: str):
         """A seekable binary file, kept open for this process (Parquet and tar shards)."""
@@ -87,7 +103,8 @@ class Root:
     def _handle(self, rel: str) -> _Handle:
         self.fs  # noqa: B018 — a fork drops the parent's handles
         if rel not in self._open:
-            self._open[rel] = _Handle(self.fs, self.path(rel), self.local)
+            with data_errors(f"{self.location}/{rel}"):
+                self._open[rel] = _Handle(self.fs, self.path(rel), self.local)
         return self._open[rel]
 
     def __getstate__(self) -> dict:

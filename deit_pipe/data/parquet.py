@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from deit_pipe.data.files import Root
+from deit_pipe.data.files import Root, data_errors
 from deit_pipe.data.split import ShardSplit
 from deit_pipe.errors import DataError
 
@@ -140,11 +140,9 @@ class ParquetSplit(ShardSplit):
                 self._cache.move_to_end(g)
                 return self._cache[g]
             f, rg, _ = (int(x) for x in self.groups[g])
-            try:
+            with data_errors(f"{self.root.location}/{self.files[f]} row group {rg}"):
                 shard = pq.ParquetFile(self.root.open(self.files[f]))
                 column = shard.read_row_group(rg, columns=[self.image]).column(0)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"cannot read {self.files[f]} row group {rg}: {exc}") from None
             self._cache[g] = column
             while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > CACHE:
                 self._cache.popitem(last=False)

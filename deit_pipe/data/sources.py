@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deit_pipe.data.files import Root, decode_image, is_url
+from deit_pipe.data.files import Root, data_errors, decode_image, is_url
 from deit_pipe.data.split import Split
 from deit_pipe.errors import DataError
 
@@ -167,7 +167,8 @@ def open_source(
     if kind == "fake":
         return _fake(spec, arg)
     if kind == "imagefolder" and arg and is_url(arg):
-        return _imagefolder_url(spec, Root(arg, storage_options), skip or {})
+        with data_errors(arg):
+            return _imagefolder_url(spec, Root(arg, storage_options), skip or {})
     if kind == "imagefolder" and arg:
         return _imagefolder(spec, Path(arg).expanduser(), skip or {})
     if kind in ("parquet", "wds") and arg:
@@ -178,7 +179,8 @@ def open_source(
         location = arg if is_url(arg) else str(Path(arg).expanduser())
         if not is_url(arg) and not Path(location.partition("?")[0]).is_dir():
             raise DataError(f"dataset root not found: {location.partition('?')[0]}")
-        classes, splits, _ = opener(location, skip or {}, storage_options)
+        with data_errors(location.partition("?")[0]):
+            classes, splits, _ = opener(location, skip or {}, storage_options)
         local = None if is_url(arg) else Path(location.partition("?")[0])
         return Source(spec, classes, splits, root=local, skipped=sorted((skip or {}).items()))
     if kind in ("cifar10", "cifar100") and arg:
@@ -309,12 +311,9 @@ def _imagefolder(spec: str, root: Path, skip: dict[str, str]) -> Source:
 
 def _imagefolder_url(spec: str, root: Root, skip: dict[str, str]) -> Source:
     """An imagefolder behind a URL: the same layout, listed once (with sizes) per split."""
-    try:
-        if not root.fs.isdir(root.path("train")):
-            raise DataError(f"missing train folder: {root.location}/train")
-        per_split = {s: _url_class_files(root, s) for s in SPLITS if root.fs.isdir(root.path(s))}
-    except (OSError, ValueError) as exc:  # a backend's own errors: no bucket, no access
-        raise DataError(f"cannot list {root.location}: {exc}") from None
+    if not root.fs.isdir(root.path("train")):
+        raise DataError(f"missing train folder: {root.location}/train")
+    per_split = {s: _url_class_files(root, s) for s in SPLITS if root.fs.isdir(root.path(s))}
     classes = list(per_split["train"])
     unknown = sorted(set(per_split.get("val", {})) - set(classes))
     if unknown:

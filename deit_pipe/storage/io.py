@@ -19,6 +19,7 @@ import zarr
 
 from deit_pipe.data.recipe import PLAN_VERSION
 from deit_pipe.errors import (
+    CREDENTIALS_HINT,
     DeitPipeError,
     StoreAccessError,
     StoreCorruptError,
@@ -26,6 +27,7 @@ from deit_pipe.errors import (
     StoreFormatError,
     StoreIncompleteError,
     StoreNotFoundError,
+    backend_problem,
 )
 from deit_pipe.outputs import write_atomic
 from deit_pipe.storage.format import (
@@ -37,10 +39,6 @@ from deit_pipe.storage.format import (
 )
 
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
-_CREDENTIALS_HINT = (
-    'check the credentials (--storage-options \'{"key": …, "secret": …}\' or '
-    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
-)
 
 
 def parse_storage_options(text: str | None) -> dict | None:
@@ -54,17 +52,6 @@ def parse_storage_options(text: str | None) -> dict | None:
     if not isinstance(value, dict):
         raise StoreError(f"--storage-options must be a JSON object, got {type(value).__name__}")
     return value
-
-
-def _caused_by(exc: BaseException, *names: str, kinds: tuple = ()) -> bool:
-    """Whether `exc` or an exception behind it is one of `kinds` or has one of `names` in its
-    class name (backends' own exception types, without importing optional backends)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kinds) or any(n in type(seen).__name__ for n in names):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def is_local(url: str) -> bool:
@@ -98,7 +85,7 @@ def storage_errors(url: str) -> Iterator[None]:
             raise StoreAccessError(
                 f"{url}: permission denied on {where}; check its owner and write permissions"
             ) from None
-        raise StoreAccessError(f"{url}: access denied ({exc}); {_CREDENTIALS_HINT}") from None
+        raise StoreAccessError(f"{url}: access denied ({exc}); {CREDENTIALS_HINT}") from None
     except OSError as exc:
         if exc.errno in _WRITE_ERRORS:
             where = f" ({exc.filename})" if exc.filename else ""
@@ -123,11 +110,8 @@ def storage_errors(url: str) -> Iterator[None]:
 
 
 def _backend_error(url: str, exc: BaseException) -> StoreAccessError | None:
-    if _caused_by(exc, "Credential"):  # botocore's NoCredentialsError, PartialCredentialsError
-        return StoreAccessError(f"{url}: {exc}; {_CREDENTIALS_HINT}")
-    if _caused_by(exc, "Connect", "Timeout", kinds=(ConnectionError, TimeoutError)):
-        return StoreAccessError(f"{url}: cannot reach the storage endpoint ({exc})")
-    return None
+    problem = backend_problem(exc)
+    return None if problem is None else StoreAccessError(f"{url}: {problem}")
 
 
 def open_group(url: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
