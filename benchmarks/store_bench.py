@@ -49,7 +49,7 @@ def spec_for(views: int, classes: int, epochs: int, **options) -> StoreSpec:
             "num_samples": {"train": views},
         },
         teacher={"name": "synthetic"},
-        plan={"plan_version": PLAN_VERSION, "seed": 0},
+        recipe={"plan_version": PLAN_VERSION, "seed": 0},
         epochs=epochs,
         splits=("train",),
         **options,

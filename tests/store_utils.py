@@ -20,7 +20,7 @@ def make_spec(
             "num_samples": {"train": train, "val": val},
         },
         teacher={"name": "test-teacher", "checkpoint_sha256": None, "num_classes": classes},
-        plan={"plan_version": PLAN_VERSION, "seed": 0, "repeats": 3, "input_size": 32},
+        recipe={"plan_version": PLAN_VERSION, "seed": 0, "repeats": 3, "input_size": 32},
         epochs=epochs,
         k=k,
         temperatures=temperatures,

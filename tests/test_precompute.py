@@ -118,7 +118,7 @@ def test_a_worker_killed_mid_task_is_survived(tmp_path, reference, monkeypatch):
 
 def test_stored_logits_match_the_teacher_on_independently_rendered_views(reference):
     store = TargetStore(str(reference))
-    recipe = Recipe.from_dict(store.spec.plan)
+    recipe = Recipe.from_dict(store.spec.recipe)
     teacher, _ = build_teacher(TEACHER, 10)
     pairs = stored_views(open_source("digits"), recipe, "train", 0)
     targets = store.read_epoch(0)

@@ -84,7 +84,7 @@ def test_a_store_is_made_only_where_nothing_of_anyone_else_is(tmp_path, monkeypa
     one_line(invoke(*PRE, "--out", empty, "--seed", "1", "--overwrite"), "mine.txt")
     (empty / "mine.txt").unlink()
     assert invoke(*PRE, "--out", empty, "--seed", "1", "--overwrite").exit_code == 0
-    assert TargetStore(str(empty)).spec.plan["seed"] == 1
+    assert TargetStore(str(empty)).spec.recipe["seed"] == 1
 
 
 def test_a_damaged_root_is_refused_and_an_interrupted_creation_finished(tmp_path, reference):

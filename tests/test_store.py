@@ -135,11 +135,11 @@ def test_refusals_each_name_what_differs(tmp_path):
     url = str(tmp_path / "r.zarr")
     fill_all(url, make_spec())
     store = TargetStore(url)
-    store.check_run(dataset_fingerprint="f" * 32, plan=make_spec().plan, epochs=2)
+    store.check_run(dataset_fingerprint="f" * 32, recipe=make_spec().recipe, epochs=2)
     with pytest.raises(StoreMismatchError, match="made for dataset fake:test"):
         store.check_run(dataset_fingerprint="0" * 32)
     with pytest.raises(StoreMismatchError, match="input_size = 32 in the store, 64 here"):
-        store.check_run(plan={**make_spec().plan, "input_size": 64})
+        store.check_run(recipe={**make_spec().recipe, "input_size": 64})
     with pytest.raises(StoreIncompleteError, match="holds 2 training epochs but this run needs 5"):
         store.check_run(epochs=5)
     store.check_run(epochs=5, cycle_epochs=True)

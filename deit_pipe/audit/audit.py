@@ -178,7 +178,7 @@ def train_view_agreement(
     if not complete or count <= 0:
         return {}
     epochs = sorted({complete[0], complete[-1]})
-    recipe = Recipe.from_dict(store.spec.plan)  # the teacher's views, whatever the run used
+    recipe = Recipe.from_dict(store.spec.recipe)  # the teacher's views, whatever the run used
     if recipe.view.input_size != run.recipe.view.input_size:
         return {
             "skipped": f"run input size {run.recipe.view.input_size} ≠ store's "

@@ -42,9 +42,9 @@ def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
         ),
         *(("teacher", _teacher_row(info, name, t)) for name, t in info["teachers"].items()),
         (
-            "plan",
-            f"seed {info['plan'].get('seed')} · repeats {info['plan'].get('repeats')} · "
-            f"input {info['plan'].get('input_size')}",
+            "recipe",
+            f"seed {info['recipe'].get('seed')} · repeats {info['recipe'].get('repeats')} · "
+            f"input {info['recipe'].get('input_size')}",
         ),
         (
             "targets",

@@ -41,7 +41,7 @@ def save_view_grid(
         title = f"#{slot} {label}" if op == "none" else f"#{slot} {label}·{lam:.2f}+{other}\n{op}"
         ax.imshow(img)
         ax.set_title(title, fontsize=7)
-    fig.suptitle(f"{source.spec} epoch {epoch_plan.epoch}: slots 0–{len(images) - 1}", fontsize=9)
+    fig.suptitle(f"{source.data} epoch {epoch_plan.epoch}: slots 0–{len(images) - 1}", fontsize=9)
     fig.tight_layout()
     make_dir(out.parent, "folder for the picture")
     fig.savefig(out, dpi=100)

@@ -11,7 +11,7 @@ from deit_pipe.errors import DataError
 
 @dataclass
 class ScanReport:
-    spec: str
+    data: str
     checked: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)  # (sample name, reason)
 
@@ -23,7 +23,7 @@ class ScanReport:
 def scan(source: Source, workers: int = 8) -> ScanReport:
     """Decode every stored image (files, Parquet rows, tar members) of every split; collect
     the unreadable ones instead of stopping. In-memory arrays need no check."""
-    report = ScanReport(source.spec)
+    report = ScanReport(source.data)
     splits = [source.split(s) for s in SPLITS if s in source.splits]
     items = [(split, i) for split in splits if split.paths is not None for i in range(len(split))]
 
@@ -44,13 +44,13 @@ def scan(source: Source, workers: int = 8) -> ScanReport:
 
 
 def open_checked(
-    spec: str, skip_bad: bool = False, workers: int = 8, storage_options: dict | None = None
+    data: str, skip_bad: bool = False, workers: int = 8, storage_options: dict | None = None
 ) -> Source:
     """Open a source; with `skip_bad`, scan it and exclude (and record) unreadable images."""
-    source = open_source(spec, storage_options=storage_options)
+    source = open_source(data, storage_options=storage_options)
     if not skip_bad:
         return source
     report = scan(source, workers)
     if report.ok:
         return source
-    return open_source(spec, skip=dict(report.bad), storage_options=storage_options)
+    return open_source(data, skip=dict(report.bad), storage_options=storage_options)

@@ -90,9 +90,10 @@ class FakeSplit(Split):
 
 @dataclass
 class Source:
-    """A dataset: its spec, classes, splits, defaults for rendering, and skipped files."""
+    """A dataset: its spec (`data`, as `--data` gave it), classes, splits, defaults for
+    rendering, and skipped files."""
 
-    spec: str
+    data: str
     classes: list[str]
     splits: dict[str, Split]
     root: Path | None = None
@@ -104,7 +105,7 @@ class Source:
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
-            raise DataError(f"{self.spec} has no split {name!r} (has: {', '.join(self.splits)})")
+            raise DataError(f"{self.data} has no split {name!r} (has: {', '.join(self.splits)})")
         return self.splits[name]
 
     @property
@@ -149,28 +150,29 @@ def resolve_inside(root: Path, relpath: str, real_root: str | None = None) -> st
 
 
 def open_source(
-    spec: str,
+    data: str,
     *,
     skip: dict[str, str] | None = None,
     download: bool = False,
     storage_options: dict | None = None,
 ) -> Source:
-    """Open a dataset from its spec; `skip` maps sample names (relative paths, `SHARD:KEY`)
-    to exclude → why. `storage_options` are fsspec's, for a URL root (as for stores).
+    """Open a dataset from its spec (`--data`); `skip` maps sample names (relative paths,
+    `SHARD:KEY`) to exclude → why. `storage_options` are fsspec's, for a URL root (as for
+    stores).
 
     Nothing is fetched from the network unless `download` is set (CIFAR only).
     """
-    kind, _, arg = spec.partition(":")
+    kind, _, arg = data.partition(":")
     arg = arg.removeprefix("file://")
     if kind == "digits" and not arg:
-        return _digits(spec)
+        return _digits(data)
     if kind == "fake":
-        return _fake(spec, arg)
+        return _fake(data, arg)
     if kind == "imagefolder" and arg and is_url(arg):
         with data_errors(arg):
-            return _imagefolder_url(spec, Root(arg, storage_options), skip or {})
+            return _imagefolder_url(data, Root(arg, storage_options), skip or {})
     if kind == "imagefolder" and arg:
-        return _imagefolder(spec, Path(arg).expanduser(), skip or {})
+        return _imagefolder(data, Path(arg).expanduser(), skip or {})
     if kind in ("parquet", "wds") and arg:
         from deit_pipe.data.parquet import open_parquet
         from deit_pipe.data.webdataset import open_webdataset
@@ -182,16 +184,16 @@ def open_source(
         with data_errors(location.partition("?")[0]):
             classes, splits, _ = opener(location, skip or {}, storage_options)
         local = None if is_url(arg) else Path(location.partition("?")[0])
-        return Source(spec, classes, splits, root=local, skipped=sorted((skip or {}).items()))
+        return Source(data, classes, splits, root=local, skipped=sorted((skip or {}).items()))
     if kind in ("cifar10", "cifar100") and arg:
-        return _cifar(spec, kind, Path(arg).expanduser(), download)
+        return _cifar(data, kind, Path(arg).expanduser(), download)
     raise DataError(
-        f"unknown dataset spec {spec!r}: use digits, fake:N[:SIZE], imagefolder:ROOT, "
+        f"unknown dataset spec {data!r}: use digits, fake:N[:SIZE], imagefolder:ROOT, "
         "parquet:ROOT, wds:ROOT (a ROOT may be a URL), cifar10:ROOT or cifar100:ROOT"
     )
 
 
-def _digits(spec: str, size: int = 32) -> Source:
+def _digits(data: str, size: int = 32) -> Source:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -217,11 +219,11 @@ def _digits(spec: str, size: int = 32) -> Source:
     # Digits are not mirror-symmetric: flipping would teach the wrong thing.
     classes = [str(c) for c in range(10)]
     return Source(
-        spec, classes, splits, default_input_size=size, default_hflip=0.0, default_recipe="small"
+        data, classes, splits, default_input_size=size, default_hflip=0.0, default_recipe="small"
     )
 
 
-def _fake(spec: str, arg: str) -> Source:
+def _fake(data: str, arg: str) -> Source:
     parts = arg.split(":") if arg else []
     try:
         count = int(parts[0])
@@ -230,14 +232,14 @@ def _fake(spec: str, arg: str) -> Source:
             raise ValueError
     except (ValueError, IndexError):
         raise DataError(
-            f"bad fake spec {spec!r}: use fake:N[:SIZE] with N >= 2, SIZE >= 8"
+            f"bad fake spec {data!r}: use fake:N[:SIZE] with N >= 2, SIZE >= 8"
         ) from None
     classes = [f"class{c}" for c in range(10)]
     splits = {
         "train": FakeSplit(count, size, len(classes), tag=0),
         "val": FakeSplit(max(count // 5, 1), size, len(classes), tag=1),
     }
-    return Source(spec, classes, splits, default_input_size=size)
+    return Source(data, classes, splits, default_input_size=size)
 
 
 def _class_files(split_dir: Path) -> dict[str, list[str]]:
@@ -278,7 +280,7 @@ def _walk_within(class_dir: Path) -> list[str]:
     return found
 
 
-def _imagefolder(spec: str, root: Path, skip: dict[str, str]) -> Source:
+def _imagefolder(data: str, root: Path, skip: dict[str, str]) -> Source:
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}")
     train_dir = root / "train"
@@ -306,10 +308,10 @@ def _imagefolder(spec: str, root: Path, skip: dict[str, str]) -> Source:
         sizes = [os.path.getsize(root / p) for p in paths]
         splits[name] = FileSplit(root, paths, labels, sizes)
     skipped = sorted(skip.items())
-    return Source(spec, classes, splits, root=root, skipped=skipped)
+    return Source(data, classes, splits, root=root, skipped=skipped)
 
 
-def _imagefolder_url(spec: str, root: Root, skip: dict[str, str]) -> Source:
+def _imagefolder_url(data: str, root: Root, skip: dict[str, str]) -> Source:
     """An imagefolder behind a URL: the same layout, listed once (with sizes) per split."""
     if not root.fs.isdir(root.path("train")):
         raise DataError(f"missing train folder: {root.location}/train")
@@ -324,7 +326,7 @@ def _imagefolder_url(spec: str, root: Root, skip: dict[str, str]) -> Source:
         kept = [(label, p, n) for label, p, n in kept if p not in skip]
         labels, paths, sizes = (list(x) for x in zip(*kept, strict=True)) if kept else ([],) * 3
         splits[name] = FileSplit(root, paths, labels, sizes)
-    return Source(spec, classes, splits, skipped=sorted(skip.items()))
+    return Source(data, classes, splits, skipped=sorted(skip.items()))
 
 
 def _url_class_files(root: Root, split: str) -> dict[str, list[tuple[str, int]]]:
@@ -340,7 +342,7 @@ def _url_class_files(root: Root, split: str) -> dict[str, list[tuple[str, int]]]
     return dict(sorted(found.items()))
 
 
-def _cifar(spec: str, kind: str, root: Path, download: bool) -> Source:
+def _cifar(data: str, kind: str, root: Path, download: bool) -> Source:
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
@@ -359,5 +361,5 @@ def _cifar(spec: str, kind: str, root: Path, download: bool) -> Source:
         "val": ArraySplit(np.asarray(val.data), np.asarray(val.targets)),
     }
     return Source(
-        spec, list(train.classes), splits, root=root, default_input_size=32, default_recipe="small"
+        data, list(train.classes), splits, root=root, default_input_size=32, default_recipe="small"
     )

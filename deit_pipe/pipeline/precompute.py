@@ -69,13 +69,13 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
     r = request.resolved()
     spec = StoreSpec(
         dataset={
-            "spec": source.spec,
+            "spec": source.data,
             "fingerprint": source.fingerprint(),
             "classes": source.classes,
             "num_samples": {s: len(source.split(s)) for s in r.splits},
         },
         teacher=teacher,
-        plan=job.recipe.to_dict(),
+        recipe=job.recipe.to_dict(),
         epochs=r.epochs,
         splits=r.splits,
         k=r.k,

@@ -24,7 +24,7 @@ _STATE: dict = {}  # this process's dataset for the (recipe, split, epoch) it re
 
 
 def _dataset(source: Source, recipe_json: str, split: str, epoch: int):
-    key = (source.spec, recipe_json, split, epoch)
+    key = (source.data, recipe_json, split, epoch)
     if _STATE.get("key") != key:  # one epoch's plan at a time: 300 cached plans would not fit
         recipe = Recipe.from_dict(json.loads(recipe_json))
         _STATE.update(key=key, dataset=stored_views(source, recipe, split, epoch))

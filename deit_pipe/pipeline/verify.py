@@ -101,7 +101,7 @@ def verify(
         dataset_matches=source.fingerprint() == spec.dataset["fingerprint"],
         version_drift=version_drift(store.meta.get("versions", {})),
     )
-    recipe = Recipe.from_dict(spec.plan)
+    recipe = Recipe.from_dict(spec.recipe)
     units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
     per_unit = sample if sample is not None else max(-(-DEFAULT_TOTAL // len(units)), 2)
     done = store.progress().done
@@ -109,7 +109,7 @@ def verify(
     for split, epoch in units:
         if len(source.split(split)) != spec.views(split):
             raise DataError(
-                f"{source.spec} {split} has {len(source.split(split))} images; the store "
+                f"{source.data} {split} has {len(source.split(split))} images; the store "
                 f"was made from {spec.views(split)}: it is another dataset"
             )
         check = EpochCheck(split, epoch)

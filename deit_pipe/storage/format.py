@@ -56,7 +56,7 @@ class StoreSpec:
 
     dataset: dict  # spec, fingerprint, classes, num_samples {split: n}
     teacher: dict  # name, checkpoint_sha256, num_classes, input_size, mean, std
-    plan: dict  # seed, repeats, input_size, transform, mix, ra_block
+    recipe: dict  # metadata key "plan": seed, repeats, input_size, transform, mix, ra_block
     epochs: int  # training epochs stored
     splits: tuple[str, ...] = SPLITS
     k: int = 10
@@ -167,7 +167,7 @@ class StoreSpec:
             "versions": versions,
             "dataset": self.dataset,
             "teacher": self.teacher,
-            "plan": {**self.plan, "epochs": self.epochs},
+            "plan": {**self.recipe, "epochs": self.epochs},
             "splits": list(self.splits),
             "k": self.k,
             "temperatures": list(self.temperatures),
@@ -186,11 +186,11 @@ class StoreSpec:
 
     @classmethod
     def from_meta(cls, meta: dict) -> StoreSpec:
-        plan = {k: v for k, v in meta["plan"].items() if k != "epochs"}
+        recipe = {k: v for k, v in meta["plan"].items() if k != "epochs"}
         return cls(
             dataset=meta["dataset"],
             teacher=meta["teacher"],
-            plan=plan,
+            recipe=recipe,
             epochs=int(meta["plan"]["epochs"]),
             splits=tuple(meta["splits"]),
             k=int(meta["k"]),

@@ -58,7 +58,7 @@ def summarize(store: TargetStore) -> dict:
             name: [int(e) for e in np.flatnonzero(d["train"].all(axis=1))] if "train" in d else []
             for name, d in by_teacher.items()
         },
-        "plan": spec.plan,
+        "recipe": spec.recipe,
         "k": spec.k,
         "temperatures": list(spec.temperatures),
         "value_dtype": spec.value_dtype,

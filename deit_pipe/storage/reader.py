@@ -208,7 +208,7 @@ class TargetStore:
         self,
         *,
         dataset_fingerprint: str | None = None,
-        plan: dict | None = None,
+        recipe: dict | None = None,
         epochs: int | None = None,
         cycle_epochs: bool = False,
         follow: bool = False,
@@ -226,17 +226,17 @@ class TargetStore:
                 f"{self.url} was made for dataset {theirs['spec']} (fingerprint "
                 f"{theirs['fingerprint'][:12]}), not this one ({dataset_fingerprint[:12]})"
             )
-        if plan is not None:
+        if recipe is not None:
             differ = [
                 k
-                for k in sorted(set(plan) | set(self.spec.plan))
-                if plan.get(k) != self.spec.plan.get(k)
+                for k in sorted(set(recipe) | set(self.spec.recipe))
+                if recipe.get(k) != self.spec.recipe.get(k)
             ]
             if differ:
                 k = differ[0]
                 raise StoreMismatchError(
-                    f"{self.url} plan differs from this run in {', '.join(differ)}: "
-                    f"{k} = {self.spec.plan.get(k)!r} in the store, {plan.get(k)!r} here"
+                    f"{self.url} recipe differs from this run's in {', '.join(differ)}: "
+                    f"{k} = {self.spec.recipe.get(k)!r} in the store, {recipe.get(k)!r} here"
                 )
         stored = self.spec.epochs
         if epochs is not None and epochs > stored and not (cycle_epochs or follow):

@@ -87,12 +87,12 @@ def load_run(path: Path | str) -> Run:
     return Run(ckpt.parent, load_checkpoint(ckpt))
 
 
-def run_source(run: Run, spec: str | None = None, storage_options: dict | None = None) -> Source:
-    """The run's dataset (or `spec`), refused if its classes differ from the run's."""
-    source = open_source(spec or run.config["dataset"], storage_options=storage_options)
+def run_source(run: Run, data: str | None = None, storage_options: dict | None = None) -> Source:
+    """The run's dataset (or `data`), refused if its classes differ from the run's."""
+    source = open_source(data or run.config["dataset"], storage_options=storage_options)
     if source.classes != run.config["classes"]:
         raise DeitPipeError(
-            f"{spec or run.config['dataset']} has classes {source.classes[:5]}…; "
+            f"{data or run.config['dataset']} has classes {source.classes[:5]}…; "
             f"run {run.path} was trained on {run.config['classes'][:5]}…"
         )
     return source
@@ -100,7 +100,7 @@ def run_source(run: Run, spec: str | None = None, storage_options: dict | None =
 
 def evaluate_checkpoint(
     checkpoint: Path | str,
-    spec: str | None = None,
+    data: str | None = None,
     ema: bool = False,
     device: str = "auto",
     input_size: int | None = None,
@@ -109,14 +109,14 @@ def evaluate_checkpoint(
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`."""
     run = load_run(checkpoint)
     dev = resolve_device(device)
-    source = run_source(run, spec, storage_options)
+    source = run_source(run, data, storage_options)
     size = input_size or run.input_size
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
     view = replace(run.recipe.view, input_size=size)
     result = evaluate(model, source.split("val"), view, device=dev)
     return {
         "checkpoint": str(checkpoint),
-        "data": source.spec,
+        "data": source.data,
         "step": run.checkpoint["step"],
         "input_size": size,
         "heads": result,

@@ -60,13 +60,13 @@ class StoredTeacher:
         store: TargetStore,
         tau: float,
         split: Split,
-        spec: str,
+        data: str,
         *,
         cycle_epochs: bool = False,
         soft: bool = True,
         device: torch.device = torch.device("cpu"),
     ):
-        self.store, self.tau, self.split, self.spec = store, tau, split, spec
+        self.store, self.tau, self.split, self.data = store, tau, split, data
         self.cycle_epochs, self.want_soft, self.device = cycle_epochs, soft, device
         self.current: EpochTargets | None = None
         self.plan: EpochPlan | None = None
@@ -100,7 +100,7 @@ class StoredTeacher:
     def _mismatch(self, slot: int, count: int) -> str:
         sample = int(self.plan.sample[slot])
         paths = self.split.paths
-        file = paths[sample] if paths is not None else f"sample {sample} of {self.spec}"
+        file = paths[sample] if paths is not None else f"sample {sample} of {self.data}"
         drift = version_drift(self.store.meta.get("versions", {}))
         return (
             f"replayed view differs from the stored one at slot {slot} of epoch "

@@ -109,15 +109,15 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
         store = TargetStore(cfg.store, cfg.storage_options, cfg.teacher_name)
-        spec = store.spec.dataset["spec"]
-        if cfg.data and cfg.data != spec:
-            log.info("dataset %s given; the store was made from %s", cfg.data, spec)
+        made_from = store.spec.dataset["spec"]
+        if cfg.data and cfg.data != made_from:
+            log.info("dataset %s given; the store was made from %s", cfg.data, made_from)
         skipped = store.skipped().to_pylist()  # exclude exactly the files the teacher skipped
         skip = {r["path"]: r["reason"] for r in skipped}
-        source = open_source(cfg.data or spec, skip=skip, storage_options=cfg.storage_options)
+        source = open_source(cfg.data or made_from, skip=skip, storage_options=cfg.storage_options)
         store.check_run(  # epochs and completeness once the schedule is resolved
             dataset_fingerprint=source.fingerprint(),
-            plan=cfg.recipe if cfg.recipe else None,
+            recipe=cfg.recipe if cfg.recipe else None,
             follow=True,
         )
         if cfg.distill == "soft" and store.spec.targets == "hard":
@@ -125,7 +125,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
                 f"{store.url} holds the teacher's top-1 class only (precompute --targets "
                 "hard): soft distillation needs --targets soft; use --distill hard or none"
             )
-        return Recipe.from_dict(store.spec.plan), source, store
+        return Recipe.from_dict(store.spec.recipe), source, store
     if cfg.teacher_name:
         raise DeitPipeError("--teacher-name picks the teacher(s) of a store: give --store")
     if not cfg.data:
@@ -187,7 +187,7 @@ def build_teacher_targets(cfg: TrainConfig, ctx: Context, source: Source, store)
             store,
             cfg.tau,
             source.split("train"),
-            source.spec,
+            source.data,
             cycle_epochs=cfg.cycle_epochs,
             soft=cfg.distill == "soft",
             device=ctx.device,
@@ -285,7 +285,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         "recipe": recipe.to_dict(),
         "num_classes": source.num_classes,
         "classes": source.classes,
-        "dataset": source.spec,
+        "dataset": source.data,
         "dataset_fingerprint": source.fingerprint(),
         "world_size": ctx.world_size,
         "steps_per_epoch": per_epoch,
