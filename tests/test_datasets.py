@@ -136,3 +136,23 @@ def test_shards_that_cannot_be_read_are_one_line(tmp_path, layouts):
         invoke("scan", "--data", f"parquet:{layouts['parquet'].partition(':')[2]}?label=nope"),
         "nope",
     )
+
+
+def test_a_changed_image_the_identity_does_not_hash_is_caught_by_the_replay(layouts, tmp_path):
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "s.zarr"
+    assert invoke(*PRE, "--data", layouts["parquet"], "--out", store).exit_code == 0
+    root = tmp_path / "copy"
+    shutil.copytree(layouts["parquet"].removeprefix("parquet:"), root)
+    path = root / "data" / "train-00000-of-00002.parquet"
+    table = pq.read_table(path)
+    images = table.column("image").to_pylist()
+    images[1]["bytes"] = images[3]["bytes"]  # row 1: not among the images hashed
+    pq.write_table(table.set_column(0, "image", [images]), path, row_group_size=4)
+    assert (
+        open_source(f"parquet:{root}").fingerprint()
+        == open_source(layouts["parquet"]).fingerprint()
+    )
+    refused = invoke("verify", store, "--data", f"parquet:{root}", "--all", "--workers", "0")
+    assert refused.exit_code == 1 and "data/train-00000-of-00002.parquet:1" in refused.output

@@ -12,6 +12,7 @@ import sys
 import time
 
 import boto3
+import numpy as np
 import pytest
 import s3fs
 from click.testing import CliRunner
@@ -231,6 +232,18 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
     ]:
         here, there = open_source(local_spec), open_source(remote, storage_options=s3)
         assert here.fingerprint() == there.fingerprint()
+    # Forked loader workers open their own clients (the parent's already read).
+    import torch
+
+    train = there.split("train")
+    loader = torch.utils.data.DataLoader(
+        range(len(train)), batch_size=None, num_workers=2, multiprocessing_context="fork",
+        collate_fn=lambda i: np.asarray(train.load(i)),
+    )  # fmt: skip
+    forked = list(loader)
+    assert all(
+        np.array_equal(a, np.asarray(here.split("train").load(i))) for i, a in enumerate(forked)
+    )
     student = tmp_path / "student"
     trained = CliRunner().invoke(
         main,
