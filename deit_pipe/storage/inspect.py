@@ -34,17 +34,7 @@ def summarize(store: TargetStore) -> dict:
     complete = (
         [int(e) for e in np.flatnonzero(done["train"].all(axis=1))] if "train" in done else []
     )
-    tau = 1.0 if 1.0 in spec.temperatures or not spec.temperatures else spec.temperatures[0]
-    mass_split = (
-        "train" if complete else ("val" if "val" in spec.splits and not missing["val"] else None)
-    )
-    mass = None
-    if mass_split is not None and spec.targets == "soft":
-        mass = float(
-            store.read_epoch(complete[0] if mass_split == "train" else 0, mass_split)
-            .topk_mass(tau)
-            .mean()
-        )
+    tau, mass = _topk_mass(store, complete, missing)
     return {
         "url": store.url,
         "format_version": FORMAT_VERSION,
@@ -82,6 +72,22 @@ def summarize(store: TargetStore) -> dict:
             for claim, holder in running_jobs(store.url, store.storage_options)
         ],
     }
+
+
+def _topk_mass(
+    store: TargetStore, complete: list[int], missing: dict
+) -> tuple[float, float | None]:
+    """(τ, mean top-k probability mass at τ) over the first complete epoch, or val; the mass
+    is None where nothing complete holds soft targets."""
+    spec = store.spec
+    tau = 1.0 if 1.0 in spec.temperatures or not spec.temperatures else spec.temperatures[0]
+    split = (
+        "train" if complete else ("val" if "val" in spec.splits and not missing["val"] else None)
+    )
+    if split is None or spec.targets != "soft":
+        return tau, None
+    targets = store.read_epoch(complete[0] if split == "train" else 0, split)
+    return tau, float(targets.topk_mass(tau).mean())
 
 
 def progress(
