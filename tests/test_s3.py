@@ -187,6 +187,7 @@ def test_storage_failures_are_one_clear_line(s3, case, message):
             **s3["client_kwargs"],
             "endpoint_url": f"http://127.0.0.1:{_free_port()}",
         }
+        opts["config_kwargs"] = {"retries": {"max_attempts": 1}}  # botocore's, not the verdict
     data = message if case != "missing bucket" else "bucket does not exist"
     for args, needle in (
         (["inspect", url], message),
