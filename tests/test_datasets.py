@@ -156,3 +156,19 @@ def test_a_changed_image_the_identity_does_not_hash_is_caught_by_the_replay(layo
     )
     refused = invoke("verify", store, "--data", f"parquet:{root}", "--all", "--workers", "0")
     assert refused.exit_code == 1 and "data/train-00000-of-00002.parquet:1" in refused.output
+
+
+@pytest.mark.parametrize(("label", "needle"), [(-1, "negative label at"), (7, "label 7 but")])
+def test_labels_a_split_cannot_train_on_are_one_line(layouts, tmp_path, label, needle):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "labels"
+    shutil.copytree(layouts["parquet"].removeprefix("parquet:"), root)
+    path = root / "data" / "validation-00000-of-00002.parquet"
+    table = pq.read_table(path)
+    labels = table.column("label").to_pylist()
+    labels[0] = label
+    table = table.set_column(1, "label", pa.array(labels, pa.int64()))
+    pq.write_table(table, path)
+    one_line(invoke("scan", "--data", f"parquet:{root}"), needle)
