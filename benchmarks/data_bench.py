@@ -1,7 +1,7 @@
 """Loader views/s per worker at 224² by where the dataset lives (`make bench-data`).
 
 One process renders the DeiT recipe's training pairs in the plan's (random) order, as a
-DataLoader worker does, from the same 256 ImageNet-sized JPEGs kept as a local imagefolder,
+DataLoader worker does, from the same 400 ImageNet-sized JPEGs kept as a local imagefolder,
 local WebDataset tars, local Parquet (the Hub's 100-image row groups, and 16-image ones), and
 Parquet and an imagefolder behind a local S3 server (moto). At ImageNet scale the dataset is
 far bigger than a worker's row-group cache, so the Parquet rows are timed with the cache
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from deit_pipe.data.dataset import PairDataset  # noqa: E402
 from deit_pipe.data.recipe import PRESETS  # noqa: E402
 from tests.conftest import write_parquet, write_wds  # noqa: E402
 
-IMAGES, PAIRS, ROUNDS = 256, 96, 3
+IMAGES, PAIRS, ROUNDS = 400, 198, 3
 TITLE = "## Loader views/s per worker by dataset layout (`make bench-data`)"
 
 
@@ -105,6 +106,7 @@ def main() -> None:
                 results[name] = max(results.get(name, 0.0), rate)
     finally:
         server.kill()
+        shutil.rmtree(work, ignore_errors=True)
     base, m = results["imagefolder, local"], machine()
     lines = [
         TITLE,
