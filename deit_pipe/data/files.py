@@ -59,23 +59,39 @@ def is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
-class Root:
+class PerProcess:
+    """State a process opens for itself (clients, open files, caches): its attributes start
+    with `_`, are never pickled, and are opened again after a fork (`_fresh`)."""
+
+    _pid = -1
+
+    def _fresh(self) -> bool:
+        """Whether this process must open its own state (first use, or after a fork)."""
+        if self._pid == os.getpid():
+            return False
+        self._pid = os.getpid()
+        return True
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class Root(PerProcess):
     """The folder or URL prefix a dataset's files live under; paths below are relative."""
 
     def __init__(self, location: str, storage_options: dict | None = None):
         self.location = location.rstrip("/") or location
         self.storage_options = storage_options if is_url(location) else None
-        self._pid = -1
 
     @property
     def fs(self):
-        if self._pid != os.getpid():  # first use in this process (or after a fork)
+        if self._fresh():
             import fsspec
 
             with data_errors(self.location):
                 fs, path = fsspec.core.url_to_fs(self.location, **(self.storage_options or {}))
-            self._fs, self._path, self._pid = fs, path.rstrip("/"), os.getpid()
-            self._open: dict[str, object] = {}
+            self._fs, self._path = fs, path.rstrip("/")
+            self._open: dict[str, _Handle] = {}
         return self._fs
 
     @cached_property
@@ -88,6 +104,14 @@ class Root:
         if rel.startswith("/") or ".." in rel.split("/"):
             raise DataError(f"path escapes the dataset root {self.location}: {rel}")
         return f"{self._path}/{rel}" if rel else self._path
+
+    def relative(self, path: str) -> str:
+        """A backend path below the root, relative to it."""
+        return path[len(self.path()) + 1 :]
+
+    def glob(self, pattern: str) -> list[str]:
+        """The files matching `pattern` (relative to the root), relative and sorted."""
+        return sorted(self.relative(p) for p in self.fs.glob(self.path(pattern)))
 
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes [start, end) of a file (all of it by default): one range request remotely."""
@@ -106,10 +130,6 @@ class Root:
             with data_errors(f"{self.location}/{rel}"):
                 self._open[rel] = _Handle(self.fs, self.path(rel), self.local)
         return self._open[rel]
-
-    def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        return {**state, "_pid": -1}
 
 
 class _Handle:

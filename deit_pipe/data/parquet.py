@@ -19,7 +19,7 @@ from collections import OrderedDict
 import numpy as np
 
 from deit_pipe.data.files import Root, data_errors
-from deit_pipe.data.split import ShardSplit
+from deit_pipe.data.split import ShardSplit, class_list
 from deit_pipe.errors import DataError
 
 CACHE = 64 << 20  # per process: a few row groups of ImageNet-sized JPEGs
@@ -46,10 +46,10 @@ def split_files(root: Root) -> dict[str, list[str]]:
     found = {}
     for split, patterns in LAYOUTS.items():
         for pattern in patterns:
-            paths = sorted(root.fs.glob(root.path(pattern)))
-            if paths:
-                found[split] = [p[len(root.path()) + 1 :] for p in paths]
+            found[split] = root.glob(pattern)
+            if found[split]:
                 break
+    found = {split: files for split, files in found.items() if files}
     if "train" not in found:
         raise DataError(
             f"no training shards under {root.location}: expected data/train-*.parquet "
@@ -99,13 +99,11 @@ class ParquetSplit(ShardSplit):
     """The samples of one split's shards, by index: (shard, row group, row) → image."""
 
     def __init__(self, root: Root, files: list[str], columns: dict, skip: dict, where: str):
-        import pyarrow.parquet as pq
-
-        self.files = files
+        self.root, self.files = root, files
         names, labels, groups, row = [], [], [], 0  # groups: (shard, row group, first row)
         for f, rel in enumerate(files):
             try:
-                shard = pq.ParquetFile(root.open(rel))
+                shard = self._shard(f)
                 if f == 0:
                     self.image, self.label = _columns(shard.schema_arrow, columns, where)
                     self.classes = class_names(shard.schema_arrow, self.label)
@@ -129,20 +127,30 @@ class ParquetSplit(ShardSplit):
             raise DataError(f"unreadable image {self.root.location}/{self.paths[index]}: no bytes")
         return data
 
-    def _group(self, g: int):
-        """Row group `g`'s image column, through this process's cache."""
+    def _open_state(self) -> None:
+        """This process's open shards and row-group cache (made again after a fork)."""
+        if self._fresh():
+            self._cache, self._lock, self._shards = OrderedDict(), threading.Lock(), {}
+
+    def _shard(self, f: int):
+        """Shard `f` opened once per process: its footer is parsed once, not per read."""
         import pyarrow.parquet as pq
 
-        if self._fresh():
-            self._cache, self._lock = OrderedDict(), threading.Lock()
+        self._open_state()
+        if f not in self._shards:
+            self._shards[f] = pq.ParquetFile(self.root.open(self.files[f]))
+        return self._shards[f]
+
+    def _group(self, g: int):
+        """Row group `g`'s image column, through this process's cache."""
+        self._open_state()
         with self._lock:  # `scan` reads from threads
             if g in self._cache:
                 self._cache.move_to_end(g)
                 return self._cache[g]
             f, rg, _ = (int(x) for x in self.groups[g])
             with data_errors(f"{self.root.location}/{self.files[f]} row group {rg}"):
-                shard = pq.ParquetFile(self.root.open(self.files[f]))
-                column = shard.read_row_group(rg, columns=[self.image]).column(0)
+                column = self._shard(f).read_row_group(rg, columns=[self.image]).column(0)
             self._cache[g] = column
             while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > CACHE:
                 self._cache.popitem(last=False)
@@ -150,17 +158,11 @@ class ParquetSplit(ShardSplit):
 
 
 def open_parquet(arg: str, skip: dict, storage_options: dict | None):
-    """(classes, {split: ParquetSplit}, root) of `parquet:ARG`."""
+    """(classes, {split: ParquetSplit}) of `parquet:ARG`."""
     location, columns = parse_spec(arg)
     root = Root(location, storage_options)
     splits = {
         name: ParquetSplit(root, files, columns, skip, f"{location}/{files[0]}")
         for name, files in split_files(root).items()
     }
-    named = splits["train"].classes
-    count = max(int(s.labels.max(initial=-1)) for s in splits.values()) + 1
-    if named is not None and count > len(named):
-        raise DataError(
-            f"{location}: label {count - 1} but the metadata names {len(named)} classes"
-        )
-    return named or [str(c) for c in range(count)], splits, root
+    return class_list(splits["train"].classes, splits, location, "the metadata"), splits

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deit_pipe.data.files import Root, data_errors, decode_image, is_url
+from deit_pipe.data.files import PerProcess, Root, data_errors, decode_image, is_url
 from deit_pipe.data.split import Split
 from deit_pipe.errors import DataError
 
@@ -38,15 +38,17 @@ class ArraySplit(Split):
         h.update(np.ascontiguousarray(self.images).tobytes())
 
 
-class FileSplit(Split):
+class FileSplit(PerProcess, Split):
     """Image files under a root, a folder or a URL; every path is checked to stay inside it."""
+
+    # The root resolved once per process, on first load: another host may mount it elsewhere.
+    _real_root: str | None = None
 
     def __init__(self, root: Path | Root, paths: list[str], labels: list[int], sizes: list[int]):
         self.root = root
         self.paths = paths
         self.sizes = sizes
         self.labels = np.asarray(labels, dtype=np.int64)
-        self._real_root: str | None = None  # resolved once per process, on first load
 
     def load(self, index: int) -> Image.Image:
         if isinstance(self.root, Root):  # behind a URL: one GET per image
@@ -60,10 +62,6 @@ class FileSplit(Split):
         # Relative paths and sizes: a copy in another folder or a bucket is the same dataset.
         for path, size in zip(self.paths, self.sizes, strict=True):
             h.update(f"{path}\0{size}\n".encode())
-
-    def __getstate__(self) -> dict:
-        # Another host may mount the root elsewhere: each process resolves it itself.
-        return {**self.__dict__, "_real_root": None}
 
 
 class FakeSplit(Split):
@@ -96,7 +94,6 @@ class Source:
     data: str
     classes: list[str]
     splits: dict[str, Split]
-    root: Path | None = None
     default_input_size: int = 224
     default_hflip: float = 0.5
     default_recipe: str = "deit"  # the preset for this kind of data (see data.recipe)
@@ -179,12 +176,12 @@ def open_source(
 
         opener = open_parquet if kind == "parquet" else open_webdataset
         location = arg if is_url(arg) else str(Path(arg).expanduser())
-        if not is_url(arg) and not Path(location.partition("?")[0]).is_dir():
-            raise DataError(f"dataset root not found: {location.partition('?')[0]}")
-        with data_errors(location.partition("?")[0]):
-            classes, splits, _ = opener(location, skip or {}, storage_options)
-        local = None if is_url(arg) else Path(location.partition("?")[0])
-        return Source(data, classes, splits, root=local, skipped=sorted((skip or {}).items()))
+        where = location.partition("?")[0]  # the root, without Parquet's column options
+        if not is_url(arg) and not Path(where).is_dir():
+            raise DataError(f"dataset root not found: {where}")
+        with data_errors(where):
+            classes, splits = opener(location, skip or {}, storage_options)
+        return Source(data, classes, splits, skipped=sorted((skip or {}).items()))
     if kind in ("cifar10", "cifar100") and arg:
         return _cifar(data, kind, Path(arg).expanduser(), download)
     raise DataError(
@@ -308,7 +305,7 @@ def _imagefolder(data: str, root: Path, skip: dict[str, str]) -> Source:
         sizes = [os.path.getsize(root / p) for p in paths]
         splits[name] = FileSplit(root, paths, labels, sizes)
     skipped = sorted(skip.items())
-    return Source(data, classes, splits, root=root, skipped=skipped)
+    return Source(data, classes, splits, skipped=skipped)
 
 
 def _imagefolder_url(data: str, root: Root, skip: dict[str, str]) -> Source:
@@ -330,10 +327,9 @@ def _imagefolder_url(data: str, root: Root, skip: dict[str, str]) -> Source:
 
 
 def _url_class_files(root: Root, split: str) -> dict[str, list[tuple[str, int]]]:
-    base = root.path(split)
     found: dict[str, list[tuple[str, int]]] = {}
-    for path, info in sorted(root.fs.find(base, detail=True).items()):
-        rel = path[len(root.path()) + 1 :]
+    for path, info in sorted(root.fs.find(root.path(split), detail=True).items()):
+        rel = root.relative(path)
         parts = rel.split("/")
         if len(parts) >= 3 and rel.lower().endswith(IMAGE_EXTENSIONS):
             found.setdefault(parts[1], []).append((rel, int(info["size"])))
@@ -360,6 +356,4 @@ def _cifar(data: str, kind: str, root: Path, download: bool) -> Source:
         "train": ArraySplit(np.asarray(train.data), np.asarray(train.targets)),
         "val": ArraySplit(np.asarray(val.data), np.asarray(val.targets)),
     }
-    return Source(
-        data, list(train.classes), splits, root=root, default_input_size=32, default_recipe="small"
-    )
+    return Source(data, list(train.classes), splits, default_input_size=32, default_recipe="small")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 
 import numpy as np
 from PIL import Image
 
-from deit_pipe.data.files import Root, decode_image
+from deit_pipe.data.files import PerProcess, Root, decode_image
 from deit_pipe.errors import DataError
 
 IDENTITY_SAMPLES = 8  # encoded images hashed into a sharded split's identity (see `identity`)
@@ -32,7 +31,7 @@ class Split(ABC):
         """Feed what identifies this split's images (beyond its labels) into hash `h`."""
 
 
-class ShardSplit(Split):
+class ShardSplit(PerProcess, Split):
     """Samples stored inside shard files (Parquet, tar), possibly remote, named `SHARD:KEY`.
 
     `rows` maps a sample to its place among all the shards' samples, so skipping bad ones
@@ -49,7 +48,6 @@ class ShardSplit(Split):
         self.paths = [names[i] for i in self.rows]
         self.labels = np.asarray(labels, dtype=np.int64)[self.rows]
         self.sizes = None if sizes is None else [int(sizes[i]) for i in self.rows]
-        self._pid = -1
         if len(self.labels) and self.labels.min() < 0:
             bad = self.paths[int(np.argmin(self.labels))]
             raise DataError(f"negative label at {root.location}/{bad} (an unlabelled split?)")
@@ -69,16 +67,15 @@ class ShardSplit(Split):
         h.update(f"{len(self)}\n".encode())
         if self.sizes is not None:
             h.update(np.asarray(self.sizes, dtype=np.int64).tobytes())
-        for index in np.unique(np.linspace(0, len(self) - 1, IDENTITY_SAMPLES).astype(int)):
-            if len(self):
-                h.update(self.raw(int(index)))
+        spread = np.linspace(0, len(self) - 1, IDENTITY_SAMPLES) if len(self) else []
+        for index in np.unique(np.asarray(spread, dtype=int)):
+            h.update(self.raw(int(index)))
 
-    def _fresh(self) -> bool:
-        """Whether this process must open its own state (first use, or after a fork)."""
-        if self._pid == os.getpid():
-            return False
-        self._pid = os.getpid()
-        return True
 
-    def __getstate__(self) -> dict:
-        return {**{k: v for k, v in self.__dict__.items() if not k.startswith("_")}, "_pid": -1}
+def class_list(named: list[str] | None, splits: dict, location: str, namer: str) -> list[str]:
+    """A sharded source's classes: the names its files give (`namer` says which file),
+    refused if a label lies past them, else the label ids 0…max."""
+    count = max(int(s.labels.max(initial=-1)) for s in splits.values()) + 1
+    if named is not None and count > len(named):
+        raise DataError(f"{location}: label {count - 1} but {namer} names {len(named)} classes")
+    return named or [str(c) for c in range(count)]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deit_pipe.data.files import Root
-from deit_pipe.data.split import ShardSplit
+from deit_pipe.data.split import ShardSplit, class_list
 from deit_pipe.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -115,21 +115,17 @@ class TarSplit(ShardSplit):
 
 
 def open_webdataset(location: str, skip: dict, storage_options: dict | None):
-    """(classes, {split: TarSplit}, root) of `wds:LOCATION`."""
+    """(classes, {split: TarSplit}) of `wds:LOCATION`."""
     root = Root(location, storage_options)
     splits = {}
     for name, pattern in PATTERNS.items():
-        files = sorted(p[len(root.path()) + 1 :] for p in root.fs.glob(root.path(pattern)))
+        files = root.glob(pattern)
         if files:
             splits[name] = TarSplit(root, files, skip)
     if "train" not in splits:
         raise DataError(f"no training shards under {location}: expected train-*.tar")
-    count = max(int(s.labels.max(initial=-1)) for s in splits.values()) + 1
     try:
-        named = root.read("classes.txt").decode().split("\n")
-        named = [n.strip() for n in named if n.strip()]
+        named = [n.strip() for n in root.read("classes.txt").decode().splitlines() if n.strip()]
     except DataError:
         named = None
-    if named is not None and count > len(named):
-        raise DataError(f"{location}: label {count - 1} but classes.txt names {len(named)}")
-    return named or [str(c) for c in range(count)], splits, root
+    return class_list(named, splits, location, "classes.txt"), splits

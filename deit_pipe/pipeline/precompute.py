@@ -25,7 +25,7 @@ from deit_pipe.pipeline.tasks import Job, TaskResult, job_source, run_task
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
 from deit_pipe.storage.format import valid_teacher_name
-from deit_pipe.storage.io import bytes_under, file_system
+from deit_pipe.storage.io import file_sizes, file_system
 from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
 from deit_pipe.teacher import build_teacher, check_normalization
 
@@ -159,7 +159,7 @@ def run(
                 progress(result)
     seconds = time.perf_counter() - start
     fs, base = file_system(job.url, job.storage_options)
-    return Summary(len(tasks), views, seconds, bytes_under(fs, base))
+    return Summary(len(tasks), views, seconds, sum(file_sizes(fs, base).values()))
 
 
 def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_fn):

@@ -9,7 +9,7 @@ import numpy as np
 from deit_pipe.errors import StoreIncompleteError
 from deit_pipe.storage.claims import running_jobs
 from deit_pipe.storage.format import FORMAT_VERSION
-from deit_pipe.storage.io import bytes_under, file_system
+from deit_pipe.storage.io import file_sizes, file_system
 from deit_pipe.storage.lock import describe
 from deit_pipe.storage.reader import TargetStore, read_progress
 
@@ -18,8 +18,9 @@ def summarize(store: TargetStore) -> dict:
     """JSON-ready summary used by `deit-pipe inspect`."""
     spec = store.spec
     fs, base = file_system(store.url, store.storage_options)
-    bytes_on_disk = bytes_under(fs, base)
-    array_bytes = sum(bytes_under(fs, f"{base}/{s}") for s in spec.splits)
+    sizes = file_sizes(fs, base)  # one listing (on S3, requests per thousand objects)
+    bytes_on_disk = sum(sizes.values())
+    array_bytes = sum(n for path, n in sizes.items() if path.split("/", 1)[0] in spec.splits)
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
     # `done` is one object per (epoch, shard): read each teacher's once (on S3, E·S requests).
     by_teacher = {

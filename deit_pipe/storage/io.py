@@ -241,12 +241,17 @@ def file_system(
     return fs, path.rstrip("/")
 
 
-def bytes_under(fs: fsspec.AbstractFileSystem, path: str) -> int:
-    """Bytes of the files under `path`, read from one listing. A store being filled holds
-    writers' temporary files that are renamed away between a listing and a later stat
-    (`fs.du` stats each file after listing, and fails on them); a listing skips them."""
+def file_sizes(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
+    """Bytes of each file under `path` (by path relative to it), read from one listing. A
+    store being filled holds writers' temporary files that are renamed away between a listing
+    and a later stat (`fs.du` stats each file after listing, and fails on them); a listing
+    skips them."""
     found = fs.find(path, detail=True)
-    return sum(int(info.get("size") or 0) for info in found.values() if info["type"] == "file")
+    return {
+        name.removeprefix(path + "/"): int(info.get("size") or 0)
+        for name, info in found.items()
+        if info["type"] == "file"
+    }
 
 
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
