@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every check that needs CUDA, in one run for a borrowed GPU machine with torch already
+# installed (python3): the finishing test (CUDA bytes == CPU bytes), the CUDA smoke run of
+# precompute → train → audit, and `make bench-gpu`. Usage: benchmarks/gpu_check.sh OUTDIR
+# Each step is time-boxed so that one slow step still leaves the others' results in OUTDIR.
+set -uo pipefail
+O=${1:?usage: gpu_check.sh OUTDIR}
+mkdir -p "$O"
+export PYTHONUNBUFFERED=1 DEIT_PIPE="python3 -m deit_pipe"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$O/device.txt"
+python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" \
+  | tee -a "$O/device.txt"
+timeout 120 python3 -m pytest -q -rA -p no:cacheprovider tests/test_portability.py \
+  2>&1 | tee "$O/portability.log"
+timeout 120 python3 benchmarks/finish_bench.py 2>&1 | tee "$O/finish.log"
+timeout 240 benchmarks/gpu_smoke.sh /tmp/gpu-smoke 2>&1 | tee "$O/smoke.log"
+timeout ${BENCH_S:-240} python3 benchmarks/scale_bench.py --gpu --batch 256 --steps 20 \
+  --warmup 5 --loader-workers 8 2>&1 | tee "$O/bench.log"
+cp benchmarks/scale_gpu.json BENCHMARKS.md "$O/" 2>/dev/null
+true
