@@ -2,20 +2,28 @@
 
 1. a small RegNetY teacher trained with its own light recipe (digits are 8×8 scans: the
    full DeiT augmentation leaves a small convnet weak, and digits must not be flipped),
-2. its targets precomputed on dask (2 local workers) over the students' views and val, with
-   the `small` recipe preset (DeiT's augmentation, crops of ≥ 35%, one view per image),
-3. two students of the same size from the store, same seed and views: the ViT baseline (no
-   distillation token, no teacher) and DeiT⚗ with hard distillation through its token,
+2. its targets precomputed on dask (2 local workers) for 20 epochs of the students' views
+   and val, with the `small` recipe preset (DeiT's augmentation, crops of ≥ 35%, one view
+   per image),
+3. two students of the same size from the store, same seed and views, trained side by side
+   for 60 epochs that replay the 20 stored ones three times (`--cycle-epochs`): the ViT
+   baseline (no distillation token, no teacher) and DeiT⚗ with hard distillation through
+   its token,
 4. the agreement audit, and a summary with top-1/top-5, precision/recall/F1 and AUC per head.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from deit_pipe.audit import audit, classifier_label
 from deit_pipe.data import MixConfig, ViewConfig, open_source
@@ -43,6 +51,7 @@ class DemoConfig:
     out: str = "runs/demo"
     teacher_epochs: int = 15
     student_epochs: int = 60
+    store_epochs: int = 20  # the students replay stored epoch e mod 20 (--cycle-epochs)
     batch_size: int = 64
     eval_every: int = 5
     workers: int = 2  # dask workers for the precompute
@@ -50,7 +59,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, out: str) -> DemoConfig:
-        return cls(out=out, teacher_epochs=2, student_epochs=2, eval_every=1)
+        return cls(out=out, teacher_epochs=2, student_epochs=2, store_epochs=1, eval_every=1)
 
 
 def teacher_recipe(source) -> Recipe:
@@ -109,9 +118,26 @@ def student_config(out: Path, url: str, name: str, cfg: DemoConfig) -> TrainConf
         warmup_epochs=min(5, cfg.student_epochs / 4),
         batch_size=cfg.batch_size,
         eval_every=cfg.eval_every,
+        cycle_epochs=cfg.store_epochs < cfg.student_epochs,
         seed=cfg.seed,
         device="cpu",
     )
+
+
+def _train_alone(cfg: TrainConfig, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return train(cfg)
+
+
+def train_side_by_side(configs: list[TrainConfig]) -> list[dict]:
+    """Train independent runs at once, one forked process each, sharing the cores: a small
+    student's step cannot keep two cores busy (its views are rendered between steps), two
+    students can. Falls back to one after another where fork is unavailable."""
+    threads = max(1, (os.cpu_count() or 1) // len(configs))
+    if len(configs) == 1 or "fork" not in mp.get_all_start_methods():
+        return [train(c) for c in configs]
+    with ProcessPoolExecutor(len(configs), mp_context=mp.get_context("fork")) as pool:
+        return list(pool.map(_train_alone, configs, [threads] * len(configs)))
 
 
 def demo_outputs() -> tuple[str, ...]:
@@ -134,17 +160,16 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
 
     log(f"1/4 training the teacher (regnety_002, {cfg.teacher_epochs} epochs)")
     timed("teacher", train_teacher, out / "teacher", cfg)
-    epochs, workers = cfg.student_epochs, cfg.workers
-    log(f"2/4 precomputing targets for {epochs} epochs + val on dask ({workers} workers)")
+    epochs, stored = cfg.student_epochs, cfg.store_epochs
+    log(f"2/4 precomputing targets for {stored} epochs + val on dask ({cfg.workers} workers)")
     url = str(out / "teacher.zarr")
     job = store_job(url, out / "teacher" / "checkpoint.pt")
-    request = StoreRequest(epochs=cfg.student_epochs)
+    request = StoreRequest(epochs=stored)
     timed("precompute", precompute, job, request, workers=cfg.workers)
-    run_dirs = {}
-    for i, name in enumerate(STUDENTS):
-        log(f"3/4 training student {i + 1}/2: {name} ({cfg.student_epochs} epochs)")
-        run_dirs[name] = out / demo_outputs()[2 + i]
-        timed(f"student {name}", train, student_config(run_dirs[name], url, name, cfg))
+    run_dirs = {name: out / demo_outputs()[2 + i] for i, name in enumerate(STUDENTS)}
+    log(f"3/4 training the students side by side: {', '.join(STUDENTS)} ({epochs} epochs)")
+    configs = [student_config(run_dirs[name], url, name, cfg) for name in STUDENTS]
+    timed("students", train_side_by_side, configs)
     log("4/4 auditing teacher-student agreement")
     report = timed("audit", audit, url, list(run_dirs.values()), out / "audit", device="cpu")
     summary = summarize_demo(cfg, out, url, run_dirs, report, seconds)

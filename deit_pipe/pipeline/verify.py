@@ -73,6 +73,21 @@ class VerifyReport:
         return {**asdict(self), **totals}
 
 
+def _plan_checks(store, source, units, done, count, seed) -> list[tuple[EpochCheck, np.ndarray]]:
+    """Per (split, epoch): its check and the rows to re-render (`count` of them, or all)."""
+    jobs = []
+    for split, epoch in units:
+        if len(source.split(split)) != store.spec.views(split):
+            raise DataError(
+                f"{source.data} {split} has {len(source.split(split))} images; the store "
+                f"was made from {store.spec.views(split)}: it is another dataset"
+            )
+        check = EpochCheck(split, epoch)
+        rows = _checked_rows(store, done[split][epoch], split, epoch, count, seed, check)
+        jobs.append((check, rows))
+    return jobs
+
+
 def verify(
     url: str,
     *,
@@ -105,18 +120,8 @@ def verify(
     units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
     per_unit = sample if sample is not None else max(-(-DEFAULT_TOTAL // len(units)), 2)
     done = store.progress().done
-    jobs = []
-    for split, epoch in units:
-        if len(source.split(split)) != spec.views(split):
-            raise DataError(
-                f"{source.data} {split} has {len(source.split(split))} images; the store "
-                f"was made from {spec.views(split)}: it is another dataset"
-            )
-        check = EpochCheck(split, epoch)
-        report.epochs.append(check)
-        count = None if all_views else per_unit
-        rows = _checked_rows(store, done[split][epoch], split, epoch, count, seed, check)
-        jobs.append((check, rows))
+    jobs = _plan_checks(store, source, units, done, None if all_views else per_unit, seed)
+    report.epochs = [check for check, _ in jobs]
     total, rendered = sum(_views_in(store.spec, c.split, r) for c, r in jobs), 0
     for check, rows in jobs:
         arrays = store.read_arrays(check.epoch, check.split)

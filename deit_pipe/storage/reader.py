@@ -174,6 +174,7 @@ class TargetStore:
         self.prefix = self.spec.prefix(next(iter(self.teachers)))
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
+        self._cycle_noted = False
 
     @property
     def identity(self) -> dict:
@@ -267,7 +268,10 @@ class TargetStore:
                 f"{self.url} has no epoch {epoch} (holds {stored}); "
                 "pass --cycle-epochs to reuse epoch e mod E"
             )
-        log.warning("epoch %d replays stored epoch %d (--cycle-epochs)", epoch, epoch % stored)
+        if not self._cycle_noted:  # once per run, not per epoch
+            self._cycle_noted = True
+            msg = "training epochs %d and on replay stored epoch e mod %d (--cycle-epochs)"
+            log.warning(msg, stored, stored)
         return epoch % stored
 
     def read_epoch(self, epoch: int, split: str = "train") -> EpochTargets | EnsembleTargets:
