@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke table3 table4 bench-finetune bench-ensemble bench-data clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,11 @@ bench-gpu: $(STAMP)
 # Every stage on CUDA over digits (a CUDA machine only).
 gpu-smoke: $(STAMP)
 	PATH=$(BIN):$$PATH benchmarks/gpu_smoke.sh runs/gpu-smoke
+
+# Every CUDA check in one run (a borrowed GPU machine): portability tests, finishing bytes,
+# the smoke run and bench-gpu; logs in runs/gpu-check.
+gpu-check: $(STAMP)
+	PATH=$(BIN):$$PATH benchmarks/gpu_check.sh runs/gpu-check
 
 # Tables 3 and 4 come from the same runs: one script writes both.
 table3 table4: $(STAMP)
