@@ -114,8 +114,8 @@ def test_a_worker_killed_mid_task_is_survived(tmp_path, reference, monkeypatch):
     writer = prepare_store(job, StoreRequest(epochs=1, shard_views=256))
     run(job, pending(writer), workers=2, task_fn=putils.die_once)
     assert_same_store(url, reference)
-    # dask's default MALLOC_TRIM_THRESHOLD_ pins glibc's mmap threshold: every tensor over
-    # 128 KiB would be mapped and unmapped per op (a third more CPU, mostly in the kernel)
+    # dask's default MALLOC_TRIM_THRESHOLD_ pins glibc's mmap threshold (twice the kernel
+    # time in a precompute: see _run_dask); OMP_NUM_THREADS follows --threads-per-worker
     settings = json.loads((tmp_path / "died").read_text())
     assert settings == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
 

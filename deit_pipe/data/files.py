@@ -56,6 +56,7 @@ def data_errors(location: str) -> Iterator[None]:
 
 
 def is_url(location: str) -> bool:
+    """An object-store URL (s3://, gs://, …), not a path or file:// URL on this machine."""
     return "://" in location and not location.startswith("file://")
 
 

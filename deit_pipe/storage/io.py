@@ -17,6 +17,7 @@ import fsspec
 import fsspec.implementations.local
 import zarr
 
+from deit_pipe.data.files import is_url
 from deit_pipe.data.recipe import PLAN_VERSION
 from deit_pipe.errors import (
     CREDENTIALS_HINT,
@@ -56,7 +57,7 @@ def parse_storage_options(text: str | None) -> dict | None:
 
 def is_local(url: str) -> bool:
     """A path on this machine's file system (or a file:// URL), not an object store."""
-    return "://" not in url or url.startswith("file://")
+    return not is_url(url)
 
 
 # OS errors a local write meets, as what the user should do about them.
