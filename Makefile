@@ -9,10 +9,11 @@ STAMP := $(VENV)/.deit-pipe-installed
 setup: $(STAMP)
 
 # torch/torchvision are pinned first so pip takes them from the machine's local wheels.
-$(STAMP): pyproject.toml
+# constraints.txt pins the releases that decide a view's bytes (Pillow, timm).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 test: $(STAMP)

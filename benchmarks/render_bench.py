@@ -7,7 +7,7 @@ the host, the rest on the GPU), each with decode and timm's batch collation
 (`fast_collate` for uint8, as its loader does); deit-pipe's train
 replay (`ReplayDataset` items + `collate_views`: render, erasing draws, fingerprint) and its
 precompute render (`render_items`, the shard path). deit-pipe's replay is then taken apart:
-decode, the seeded RNG set-up, the Pillow ops, the fingerprint, the collation.
+decode, the parameter draws, the Pillow ops, the fingerprint, the collation.
 
 The loader-cores table uses timm's published training throughput
 (results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv in huggingface/pytorch-image-models).
@@ -37,11 +37,12 @@ from report import record_section  # noqa: E402
 from deit_pipe.data import collate_views, open_source  # noqa: E402
 from deit_pipe.data.dataset import ReplayDataset  # noqa: E402
 from deit_pipe.data.recipe import PRESETS  # noqa: E402
+from deit_pipe.data.reference import timm_seeded  # noqa: E402
+from deit_pipe.data.viewparams import ViewDrawer  # noqa: E402
 from deit_pipe.data.views import (  # noqa: E402
     _patch_posterize,
+    apply_host,
     fingerprint,
-    hwc,
-    seeded_rngs,
     train_transform,
 )
 from deit_pipe.pipeline.render import _dataset as epoch_views  # noqa: E402
@@ -119,7 +120,7 @@ def timm_view(transform, paths: list[Path], view_plan, slot: int) -> torch.Tenso
     """Slot `slot`'s view made by timm's transform, drawing from the view's own seeded
     generators as the replay does (so both sides pay for the same RandAugment ops)."""
     img = Image.open(paths[int(view_plan.sample[slot])]).convert("RGB")
-    with seeded_rngs(int(view_plan.view_seed[slot])):
+    with timm_seeded(int(view_plan.view_seed[slot])):
         return transform(img)
 
 
@@ -201,17 +202,17 @@ def run_bench(images: int = 48, rounds: int = 20) -> dict:
         def precompute_render():
             render_items(source, recipe_json, "train", state["epoch"], list(range(pairs)))
 
-        def rng_setup():
-            for seed in range(n):
-                with seeded_rngs(seed):
-                    pass
+        drawer = ViewDrawer(tf)
+
+        def draws():
+            for i, img in enumerate(decoded):
+                drawer.draw(state["epoch"] * n + i, *img.size)
 
         def pillow_ops():
             for i, img in enumerate(decoded):
-                with seeded_rngs(state["epoch"] * n + i):
-                    tf(img)
+                apply_host(img, drawer.draw(state["epoch"] * n + i, *img.size)[0])
 
-        pixels = [hwc(tf(img)) for img in decoded]
+        pixels = [apply_host(img, drawer.draw(i, *img.size)[0]) for i, img in enumerate(decoded)]
         params = np.zeros(20, np.uint32)
 
         def hashing():
@@ -230,8 +231,8 @@ def run_bench(images: int = 48, rounds: int = 20) -> dict:
             PAIRED: timm_paired,
             "deit-pipe train replay": replay_views,
             "deit-pipe precompute render": precompute_render,
-            "  seeded RNG set-up": rng_setup,
-            "  Pillow ops (decoded image in)": pillow_ops,
+            "  parameter draws": draws,
+            "  draws + Pillow ops (decoded image in)": pillow_ops,
             "  fingerprint (xxh3)": hashing,
             "  collate": collate,
         }

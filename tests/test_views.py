@@ -25,6 +25,7 @@ from deit_pipe.data import (
 )
 from deit_pipe.data.dataset import EvalDataset
 from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
+from deit_pipe.data.viewparams import ViewDrawer
 from deit_pipe.data.views import erasing_boxes
 
 CFG = ViewConfig(input_size=32, hflip=0.0)
@@ -92,16 +93,16 @@ def test_render_restores_caller_rng_state():
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     before = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    render(img, 12345, tf, CFG)
-    render(img, 2**64 - 1, tf, CFG)
+    render(img, 12345, ViewDrawer(tf), CFG)
+    render(img, 2**64 - 1, ViewDrawer(tf), CFG)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == before
 
 
 def test_render_depends_only_on_the_seed():
     img = open_source("digits").split("train").load(3)
-    (a, boxes), (b, _) = (render(img, 99, train_transform(CFG), CFG) for _ in range(2))
+    (a, boxes), (b, _) = (render(img, 99, ViewDrawer(train_transform(CFG)), CFG) for _ in range(2))
     assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == (32, 32, 3)
-    other, _ = render(img, 100, train_transform(CFG), CFG)
+    other, _ = render(img, 100, ViewDrawer(train_transform(CFG)), CFG)
     assert fingerprint(a, boxes) == fingerprint(b, boxes) != fingerprint(other, boxes)
     assert fingerprint(a, boxes) != fingerprint(a, boxes + 1)  # parameters count too
 
@@ -191,7 +192,7 @@ def test_posterize_to_zero_bits_gives_black_not_an_error():
     # Many views under the real recipe never raise.
     pixels = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
     for seed in range(600):
-        render(pixels, seed, tf, CFG)
+        render(pixels, seed, ViewDrawer(tf), CFG)
 
 
 def test_eval_views_are_clean_and_deterministic():
@@ -229,7 +230,7 @@ def test_render_never_touches_the_global_python_and_numpy_rngs():
     tf = train_transform(ViewConfig(input_size=32))
     py, npy = random.getstate(), np.random.get_state()
     for seed in range(50):
-        render(img, seed, tf, CFG)
+        render(img, seed, ViewDrawer(tf), CFG)
     assert random.getstate() == py
     assert all(
         np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
@@ -250,20 +251,17 @@ def test_erasing_noise_is_one_function_on_numpy_and_torch_lanes():
 
 
 def test_randaugment_draws_its_ops_uniformly_from_the_view_generator():
-    """timm's RandAugment picks its ops with `np.random.choice`; inside a render that is the
+    """timm's RandAugment picks its ops with `np.random.choice`; deit-pipe draws them from the
     view's own generator: uniform over the ops, reproducible per seed, distinct across seeds."""
-    from deit_pipe.data.views import seeded_rngs
-
-    ra = next(t for t in train_transform(CFG).transforms if isinstance(t, timm_aa.RandAugment))
-    counts = np.zeros(len(ra.ops))
-    picks = []
+    tf = train_transform(CFG)
+    ra = next(t for t in tf.transforms if isinstance(t, timm_aa.RandAugment))
+    names = [op.name for op in ra.ops]
+    drawer, counts, picks = ViewDrawer(tf), np.zeros(len(names)), []
     for seed in range(3000):
-        with seeded_rngs(seed):
-            chosen = timm_aa.np.random.choice(len(ra.ops), ra.num_layers, replace=True)
-        counts[chosen] += 1
-        picks.append(tuple(chosen))
-    expected = 3000 * ra.num_layers / len(ra.ops)
+        ops = drawer.draw(seed, 32, 32)[0].ops
+        for op in ops:
+            counts[names.index(op.name)] += 1
+        picks.append(ops)
+    expected = 3000 * ra.num_layers * 0.5 / len(names)  # each picked op applies with p=0.5
     assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
-    with seeded_rngs(7):
-        again = tuple(timm_aa.np.random.choice(len(ra.ops), ra.num_layers, replace=True))
-    assert again == picks[7] and len(set(picks)) > 150
+    assert drawer.draw(7, 32, 32)[0].ops == picks[7] and len(set(picks)) > 150

@@ -19,6 +19,7 @@ from deit_pipe.data.finish import mix_params
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.data.sources import Source, Split
+from deit_pipe.data.viewparams import ViewDrawer
 from deit_pipe.data.views import (
     ViewConfig,
     eval_transform,
@@ -34,7 +35,7 @@ class PairDataset(Dataset):
 
     def __init__(self, split: Split, epoch_plan: EpochPlan, cfg: ViewConfig):
         self.split, self.plan, self.cfg = split, epoch_plan, cfg
-        self.transform = train_transform(cfg)
+        self.drawer = ViewDrawer(train_transform(cfg))
 
     def __len__(self) -> int:
         return self.plan.num_pairs
@@ -43,7 +44,7 @@ class PairDataset(Dataset):
         slots = list(self.plan.pair_slots(pair))
         seeds = [int(self.plan.view_seed[s]) for s in slots]
         rendered = [
-            render(self.split.load(int(self.plan.sample[s])), seed, self.transform, self.cfg)
+            render(self.split.load(int(self.plan.sample[s])), seed, self.drawer, self.cfg)
             for s, seed in zip(slots, seeds, strict=True)
         ]
         mix = _NO_MIX  # a lone last slot (odd epoch) has no partner to mix with

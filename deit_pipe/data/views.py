@@ -1,11 +1,11 @@
 """View rendering on the host: a training view is a pure function of (image, view seed, config).
 
-`render` runs the Pillow stage of timm's training transform (crop, flip, RandAugment or
-color jitter) in timm's prefetcher form — uint8, kept in Pillow's HWC layout — with
-private `random`/NumPy generators and torch's CPU generator seeded from the view seed, and
-draws the view's random erasing boxes from the same generator as timm's `RandomErasing`
-would. Everything after — to float, normalize, erasing noise, mixup/cutmix — is `finish`,
-batched on the device that consumes the views. `fingerprint` hashes exactly what decides
+`render` draws a view's parameters from its seed (`viewparams`, in timm's order) and runs
+the Pillow stage of timm's training transform with them (crop, flip, RandAugment or color
+jitter) in timm's prefetcher form — uint8, kept in Pillow's HWC layout — then draws the
+view's random erasing boxes from the same generator as timm's `RandomErasing` would.
+Everything after — to float, normalize, erasing noise, mixup/cutmix — is `finish`, batched
+on the device that consumes the views. `fingerprint` hashes exactly what decides
 a finished view (its uint8 bytes and its finishing parameters), so the student proves it
 replays the pixels the teacher saw without finishing anything on the host.
 """
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,18 +23,14 @@ import xxhash
 from PIL import Image
 from timm.data import auto_augment as timm_aa
 from timm.data import create_transform
-from timm.data import transforms as timm_transforms
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.transforms import transforms as tv_transforms
+from torchvision.transforms import functional as F
 
 from deit_pipe.data.sources import Source
+from deit_pipe.data.viewparams import AugMix, AugOp, ViewDrawer, ViewParams
 from deit_pipe.errors import check
 
 Transform = Callable[[Image.Image], torch.Tensor]
-_TAG_NUMPY = 0x5EED_A7  # the NumPy stream of a view seed
-# Renders patch module attributes (below); one render at a time per process.
-_RNG_LOCK = threading.RLock()
-
 
 _AA_POLICIES = ("original", "originalr", "v0", "v0r", "3a")  # timm auto_augment_policy
 
@@ -156,90 +150,67 @@ def _patch_posterize(policy: object) -> None:
             op.aug_fn = _posterize
 
 
-class _ViewNumpyRandom:
-    """What timm's auto-augment draws from `np.random` (`choice`, `randint`, `dirichlet`,
-    `beta`), from a PCG64 generator of the view seed made on first use: a `RandomState`
-    costs 0.17 ms to seed, a `Generator` 0.01 ms, and most views draw once."""
-
-    def __init__(self, seed: int):
-        self.seed, self._gen = seed, None
-
-    @property
-    def gen(self) -> np.random.Generator:
-        if self._gen is None:
-            self._gen = np.random.Generator(np.random.PCG64([self.seed, _TAG_NUMPY]))
-        return self._gen
-
-    def choice(self, *args, **kwargs):
-        return self.gen.choice(*args, **kwargs)
-
-    def randint(self, low: int, high: int | None = None, size=None):
-        return self.gen.integers(low, high, size=size)
-
-    def dirichlet(self, alpha, size=None):
-        return self.gen.dirichlet(alpha, size=size)
-
-    def beta(self, a: float, b: float, size=None):
-        return self.gen.beta(a, b, size=size)
+# timm's aug_fns by op name, with Pillow-proof posterize; a drawn GaussianBlurRand is a blur.
+_HOST_OPS = {**timm_aa.NAME_TO_OP, "GaussianBlur": timm_aa.gaussian_blur}
+for _name, _fn in timm_aa.NAME_TO_OP.items():
+    if _fn is timm_aa.posterize:
+        _HOST_OPS[_name] = _posterize
 
 
-class _NumpyWithOwnRandom:
-    """numpy, except that `.random` is the view's own generator (for timm's `np.random.*`)."""
-
-    def __init__(self, random: _ViewNumpyRandom):
-        self.random = random
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(np, name)
+def _apply_ops(img: Image.Image, ops: tuple[AugOp, ...]) -> Image.Image:
+    for op in ops:
+        fill = op.fill if len(op.fill) > 1 else op.fill[0]
+        img = _HOST_OPS[op.name](img, *op.args, fillcolor=fill, resample=op.resample)
+    return img
 
 
-# Modules whose transforms draw from `random.*` / `np.random.*`. They get private, seeded
-# generators during a render: other threads of the process (dask's event loop, for one)
-# also draw from the global `random`, and a single draw between seeding and use would
-# silently change a view.
-_PY_RANDOM_USERS = (timm_transforms, timm_aa, tv_transforms)
-_NP_RANDOM_USERS = (timm_aa, timm_transforms)
+_JITTER = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
 
 
-@contextmanager
-def seeded_rngs(seed: int) -> Iterator[random.Random]:
-    """Give the transforms RNGs seeded from a 64-bit seed; leave every caller RNG as it was.
+def _apply_augmix(img: Image.Image, mix: AugMix) -> Image.Image:
+    """timm's `AugMixAugment._apply_basic`/`_apply_blended` with the drawn chains."""
+    weights = np.array(mix.weights, dtype=np.float32)
+    m = np.float32(mix.m)
+    if mix.blended:
+        orig = img.copy()
+        ws = timm_aa.AugMixAugment._calc_blended_weights(None, weights, m)
+        for w, chain in zip(ws, mix.chains, strict=True):
+            img = Image.blend(img, _apply_ops(orig, chain), w)
+        return img
+    mixed = np.zeros_like(img, dtype=np.float32)
+    for w, chain in zip(weights, mix.chains, strict=True):
+        mixed += w * np.asarray(_apply_ops(img, chain), dtype=np.float32)
+    np.clip(mixed, 0, 255.0, out=mixed)
+    return Image.blend(img, Image.fromarray(mixed.astype(np.uint8)), m)
 
-    `random` and `np.random` users get private generators (the process-wide ones are never
-    touched) and the context yields the `random.Random` for draws of our own; torch's CPU
-    generator is seeded and restored (not `torch.manual_seed`, which would also reseed the
-    CUDA generators of a training process).
-    """
-    seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
-    gen = torch.random.default_generator
-    py_rng = random.Random(seed)
-    np_rng = _NumpyWithOwnRandom(_ViewNumpyRandom(seed))
-    with _RNG_LOCK:
-        saved = [(m, "random", m.random) for m in _PY_RANDOM_USERS]
-        saved += [(m, "np", m.np) for m in _NP_RANDOM_USERS]
-        torch_state = gen.get_state()
-        try:
-            for m in _PY_RANDOM_USERS:
-                m.random = py_rng
-            for m in _NP_RANDOM_USERS:
-                m.np = np_rng
-            gen.manual_seed(seed)
-            yield py_rng
-        finally:
-            for module, name, value in saved:
-                setattr(module, name, value)
-            gen.set_state(torch_state)
+
+def apply_host(img: Image.Image, p: ViewParams) -> torch.Tensor:
+    """The Pillow stage of a view with drawn parameters, exactly as timm's transform renders
+    it (torchvision's `resized_crop` is a crop then a resize): uint8 HWC."""
+    top, left, h, w = p.crop
+    img = img.crop((left, top, left + w, top + h)).resize(p.size[::-1], p.interpolation)
+    if p.hflip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if p.vflip:
+        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    img = _apply_ops(img, p.ops)
+    if p.augmix is not None:
+        img = _apply_augmix(img, p.augmix)
+    for fn, factor in p.jitter:
+        img = _JITTER[fn](img, factor)
+    pixels = np.array(img, dtype=np.uint8)
+    return torch.from_numpy(pixels if pixels.ndim == 3 else pixels[:, :, None])
 
 
 def render(
-    img: Image.Image, view_seed: int, transform: Transform, cfg: ViewConfig
+    img: Image.Image, view_seed: int, drawer: ViewDrawer, cfg: ViewConfig
 ) -> tuple[torch.Tensor, np.ndarray]:
     """One augmented view before finishing: uint8 HWC pixels (Pillow's layout, which is
-    channels-last NCHW once batched and permuted) and its erasing boxes."""
-    with seeded_rngs(view_seed) as rng:
-        pixels = hwc(transform(img))
-        boxes = erasing_boxes(rng, cfg, pixels.shape[0], pixels.shape[1])
-    return pixels, boxes
+    channels-last NCHW once batched and permuted) and its erasing boxes, drawn after the
+    transform's own parameters from the same generator, as timm's RandomErasing would."""
+    params, rng = drawer.draw(view_seed, *img.size)
+    pixels = apply_host(img, params)
+    return pixels, erasing_boxes(rng, cfg, pixels.shape[0], pixels.shape[1])
 
 
 def hwc(chw: torch.Tensor) -> torch.Tensor:

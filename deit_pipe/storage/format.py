@@ -255,7 +255,10 @@ def shard_checksum(data: np.ndarray) -> int:
 
 
 def library_versions() -> dict[str, str]:
+    """The versions that decide a view's bytes (Pillow and the libjpeg-turbo it decodes
+    with, timm's draws, torchvision's crop) or a store's, recorded in its metadata."""
     import PIL
+    from PIL import features
     import timm
     import torch
     import torchvision
@@ -268,17 +271,19 @@ def library_versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
         "PIL": PIL.__version__,
+        "libjpeg_turbo": features.version("libjpeg_turbo") or "none",
         "zarr": zarr.__version__,
         "deit_pipe": deit_pipe.__version__,
     }
 
 
 def version_drift(stored: dict[str, str]) -> dict[str, str]:
-    """`library: "store's → here"` for the libraries whose versions differ from a store's."""
+    """`library: "store's → here"` for the libraries whose versions differ from a store's
+    (a library an older store did not record is not a difference it can name)."""
     return {
-        k: f"{stored.get(k)} → {v}"
+        k: f"{stored[k]} → {v}"
         for k, v in library_versions().items()
-        if k != "deit_pipe" and stored.get(k) != v
+        if k != "deit_pipe" and k in stored and stored[k] != v
     }
 
 
