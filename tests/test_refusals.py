@@ -154,3 +154,58 @@ def test_a_local_permission_error_names_the_path_not_credentials(tmp_path):
     assert "permission denied" in str(info.value) and "credentials" not in str(info.value)
     with pytest.raises(StoreAccessError, match="credentials"), storage_errors("s3://b/s.zarr"):
         raise PermissionError(13, "Forbidden")
+
+
+def test_views_refuses_bad_values_and_replaces_a_file_only_when_forced(tmp_path):
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my own picture")
+    views = ["views", "--data", "fake:40", "--count", "2"]
+    for args, needle in [
+        (["--count", "0"], "--count must be between 1 and 512, got 0"),
+        (["--epoch", "-1"], "--epoch must be ≥ 0, got -1"),
+        (["--out", tmp_path / "x.txt"], "x.txt: the picture is written as .png"),
+        (["--out", mine], f"{mine} exists: pass --force"),
+        (["--out", tmp_path / "dir.png", "--force"], "is a directory"),
+    ]:
+        (tmp_path / "dir.png").mkdir(exist_ok=True)
+        one_line(invoke(*views, "--out", tmp_path / "new.png", *args), needle)
+    assert mine.read_bytes() == b"my own picture" and not (tmp_path / "new.png").exists()
+    assert invoke(*views, "--out", tmp_path / "new.png").exit_code == 0
+    assert invoke(*views, "--out", mine, "--force").exit_code == 0
+    assert mine.read_bytes().startswith(b"\x89PNG")
+
+
+def test_audit_replaces_only_a_report_it_marked_unless_forced(tmp_path, store):
+    run = tmp_path / "run"
+    train = ["train", "--store", store, "--out", run, *TINY, "--epochs", "1", "--batch-size", "16"]
+    assert invoke(*train, "--max-steps", "1").exit_code == 0
+    users = tmp_path / "docs"
+    users.mkdir()
+    (users / "report.md").write_text("my report")  # only a name the audit writes too
+    audit = ["audit", "--store", store, "--run", run, "--train-views", "0", "--out"]
+    one_line(invoke(*audit, users), "report.md, which deit-pipe did not mark", "--force")
+    assert [p.name for p in users.iterdir()] == ["report.md"]
+    assert (users / "report.md").read_text() == "my report"
+    assert invoke(*audit, tmp_path / "a").exit_code == 0
+    assert invoke(*audit, tmp_path / "a").exit_code == 0  # its own earlier report: replaced
+    assert invoke(*audit, users, "--force").exit_code == 0
+    assert (users / "report.md").read_text() != "my report"
+
+
+def test_a_demo_rerun_never_removes_a_users_file_inside_its_folders(tmp_path):
+    from deit_pipe.outputs import mark_output
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")  # a demo's name, in a folder no demo marked
+    one_line(invoke("demo", "--out", old, "--quick"), "summary.json", "--force")
+    demo = tmp_path / "demo"
+    (demo / "teacher.zarr" / "train").mkdir(parents=True)
+    (demo / "teacher.zarr" / "train" / "NOTES.txt").write_text("mine")
+    (demo / "audit").mkdir()
+    mark_output(demo, "demo")
+    one_line(invoke("demo", "--out", demo, "--quick"), "teacher.zarr/train/NOTES.txt")
+    (demo / "audit" / "notes.md").write_text("mine")
+    one_line(invoke("demo", "--out", demo, "--quick", "--force"), "notes.md")
+    assert (demo / "teacher.zarr" / "train" / "NOTES.txt").read_text() == "mine"
+    assert (old / "summary.json").read_text() == "{}"
