@@ -60,6 +60,17 @@ def test_bad_precompute_values_create_nothing(tmp_path, args, needle):
         (["--batch-size", "-4"], "--batch-size must be ≥ 2"),
         (["--batch-size", "9"], "--batch-size must be even"),
         (["--lr", "-1"], "--lr must be > 0"),
+        (["--lr", "nan"], "--lr must be > 0 and ≤ 10, got nan"),
+        (["--lr", "inf"], "--lr must be > 0 and ≤ 10, got inf"),
+        (["--lr", "1e30"], "--lr must be > 0 and ≤ 10, got 1e+30"),
+        (["--min-lr", "inf"], "--min-lr must be in [0, 10], got inf"),
+        (["--warmup-lr", "-1"], "--warmup-lr must be in [0, 10], got -1"),
+        (["--warmup-epochs", "inf"], "--warmup-epochs must be in [0, 100000], got inf"),
+        (["--weight-decay", "nan"], "--weight-decay must be in [0, 10], got nan"),
+        (["--clip-grad", "inf"], "--clip-grad must be finite and > 0, got inf"),
+        (["--smoothing", "nan"], "--smoothing must be in [0, 1], got nan"),
+        (["--tau", "inf"], "--tau must be > 0 and ≤ 100, got inf"),
+        (["--epochs", "1000000000000"], "--epochs must be ≤ 100000"),
         (["--eval-every", "0"], "--eval-every must be ≥ 1"),
         (["--tau", "0"], "--tau must be > 0"),
         (["--drop-path", "2"], "--drop-path must be in [0, 1]"),
@@ -209,3 +220,66 @@ def test_a_demo_rerun_never_removes_a_users_file_inside_its_folders(tmp_path):
     one_line(invoke("demo", "--out", demo, "--quick", "--force"), "notes.md")
     assert (demo / "teacher.zarr" / "train" / "NOTES.txt").read_text() == "mine"
     assert (old / "summary.json").read_text() == "{}"
+
+
+def test_a_config_json_with_a_bad_value_or_an_unknown_key_is_refused_naming_it(tmp_path, store):
+    import json
+
+    config = tmp_path / "config.json"
+    run = ["train", "--config", config, "--out", tmp_path / "run"]
+    for doc, needle in [
+        ({"distill": "hard", "store": str(store), "lr": "fast"}, "key 'lr' must be a number"),
+        ({"distill": "hard", "store": str(store), "epochs": 1.5}, "'epochs' must be a whole"),
+        ({"distill": "hard", "learning_rate": 0.1, "lr_typo": 1}, "unknown key 'learning_rate'"),
+        ({"distill": "hard", "teacher": {"name": "x"}}, "key 'teacher' is malformed"),
+    ]:
+        config.write_text(json.dumps(doc))
+        one_line(invoke(*run), f"--config {config}", needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad norm", "weights"])
+def test_a_diverged_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, store, monkeypatch, poison
+):
+    """A NaN loss read back at step 3, an infinite gradient norm there (--clip-grad), or
+    weights made NaN by step 4's update while its loss was still finite: the run stops with
+    one line, exit 1, and the step-2 checkpoint stays."""
+    import deit_pipe.student.train as train_module
+    from deit_pipe.student.checkpoint import load_checkpoint
+
+    original = train_module.train_step
+
+    def poisoned(tr, batch, epoch_plan):
+        values = original(tr, batch, epoch_plan)
+        if poison == "loss" and tr.step == 2:  # the third step
+            values["loss"] = values["loss"] * float("nan")
+        if poison == "weights" and tr.step == 3:  # the fourth, whose end saves
+            next(tr.model.parameters()).data.fill_(float("nan"))
+        return values
+
+    clip = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def clip_poisoned(parameters, max_norm):
+        calls.append(1)
+        norm = clip(parameters, max_norm)
+        return norm * float("inf") if len(calls) == 3 else norm
+
+    monkeypatch.setattr(train_module, "train_step", poisoned)
+    if poison == "grad norm":
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_poisoned)
+    out = tmp_path / "run"
+    result = invoke("train", "--store", store, "--out", out, *TINY, "--batch-size", "16",
+                    "--epochs", "3", "--cycle-epochs", "--clip-grad", "1")  # fmt: skip
+    step = 4 if poison == "weights" else 3
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output  # after the progress
+    assert "Traceback" not in result.output and result.output.rstrip().endswith(errors[0])
+    assert f"training diverged at step {step} (epoch 1)" in errors[0], errors[0]
+    assert "the last good checkpoint (step 2) is kept" in errors[0]
+    said = {"loss": "loss is nan", "grad norm": "grad norm is inf", "weights": "weights are no"}
+    assert said[poison] in errors[0], errors[0]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
