@@ -26,13 +26,22 @@ from pathlib import Path
 import torch
 
 from deit_pipe.audit import audit, classifier_label
+from deit_pipe.audit.audit import AUDIT_FILES
 from deit_pipe.data import MixConfig, ViewConfig, open_source
 from deit_pipe.data.recipe import PRESETS, Recipe
-from deit_pipe.outputs import check_output_dir, make_dir, replace_owned
+from deit_pipe.outputs import (
+    check_output_dir,
+    check_replace,
+    make_dir,
+    mark_output,
+    replace_owned,
+)
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
 from deit_pipe.storage import TargetStore, summarize
+from deit_pipe.storage.place import refuse_foreign, store_paths, store_teachers
+from deit_pipe.student.rundir import RUN_FILES
 from deit_pipe.student.runs import load_run
 from deit_pipe.student.train import TrainConfig, train
 from deit_pipe.teacher import TeacherConfig
@@ -146,10 +155,29 @@ def demo_outputs() -> tuple[str, ...]:
     return ("teacher", "teacher.zarr", *runs, "audit", "summary.json")
 
 
-def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> dict:
+def check_earlier_demo(out: Path, force: bool) -> None:
+    """A rerun removes an earlier demo's entries whole: refuse first if the folder is not
+    marked as a demo's (unless `force`), or if a user put anything into those entries."""
+    check_replace(out, demo_outputs(), "demo", force)
+    runs = demo_outputs()[:1] + demo_outputs()[2:-2]  # the teacher's and the students'
+    for name in runs:
+        if (out / name).is_dir():
+            check_output_dir(out / name, RUN_FILES, "run")
+    if (out / "audit").is_dir():
+        check_output_dir(out / "audit", AUDIT_FILES, "audit report")
+    store = str(out / "teacher.zarr")
+    if (out / "teacher.zarr").is_dir():
+        refuse_foreign(store, store_paths(store, store_teachers(store))[2], "the demo reruns")
+
+
+def run_demo(
+    cfg: DemoConfig, log: Callable[[str], None] = lambda _: None, *, force: bool = False
+) -> dict:
     out = check_output_dir(cfg.out, demo_outputs(), "demo").resolve()
+    check_earlier_demo(out, force)
     replace_owned(out, demo_outputs())
     make_dir(out, "demo folder")
+    mark_output(out, "demo")
     seconds: dict[str, float] = {}
 
     def timed(stage: str, fn, *args, **kwargs):

@@ -73,6 +73,10 @@ class InitFromError(DeitPipeError):
     """The `--init-from` source is missing or cannot initialise this student."""
 
 
+class DivergedError(DeitPipeError):
+    """Training produced a non-finite loss, gradient norm or weight; the run stopped."""
+
+
 class CheckpointError(DeitPipeError):
     """A checkpoint is missing, unreadable or does not belong to this run."""
 

@@ -3,11 +3,17 @@
 A command writes into a directory that does not exist, is empty, or holds nothing but the
 entries that command itself writes (a previous output of the same kind, which it replaces).
 Anything else — a user's folder, another tool's files — is refused in one line and left as it
-is. `--out ""` (the current directory, to most tools) is refused too.
+is. `--out ""` (the current directory, to most tools) is refused too. A folder that holds
+only entries of those names is replaced only if deit-pipe marked it as its own output
+(`OUTPUT_MARK`), or with `--force`: a user's folder that happens to hold a `report.md` is not.
+
+A single file a command writes (`views --out`) never replaces an existing file unless
+`--force` is given: a file carries no mark of who wrote it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +25,8 @@ from deit_pipe.errors import OutputPathError
 
 # storage.lock writes it (and `.deit-pipe.lock.CLAIM` files); never counted as a user's file
 LOCK_NAME = ".deit-pipe.lock"
+# In an output folder deit-pipe made: {"what": "audit report"} (a rerun may replace it).
+OUTPUT_MARK = ".deit-pipe.output"
 # What an interrupted `write_atomic` may leave behind: `.NAME.HEX.tmp`.
 _TEMP = re.compile(r"^\.[^/]+\.[0-9a-f]{8}\.tmp$")
 
@@ -63,7 +71,7 @@ def check_output_dir(path: Path | str, owned: Iterable[str], what: str) -> Path:
             f"{path} is a file, not a directory: choose a new path for the {what}"
         )
     if path.is_dir():
-        foreign = [e for e in entries(path) if e not in set(owned)]
+        foreign = [e for e in entries(path) if e not in {*owned, OUTPUT_MARK}]
         if foreign:
             shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
             raise OutputPathError(
@@ -72,6 +80,65 @@ def check_output_dir(path: Path | str, owned: Iterable[str], what: str) -> Path:
                 "another path (nothing was changed)"
             )
     return path
+
+
+def check_replace(path: Path, owned: Iterable[str], what: str, force: bool) -> None:
+    """Refuse to replace `owned` entries in a folder deit-pipe did not mark as its `what`
+    (`check_output_dir` has refused anything else already), unless `force`."""
+    present = [e for e in entries(path) if e in set(owned)] if path.is_dir() else []
+    if present and not force and marked(path) != what:
+        shown = ", ".join(present[:3]) + (", …" if len(present) > 3 else "")
+        raise OutputPathError(
+            f"{path} holds {shown}, which deit-pipe did not mark as its own {what} (no "
+            f"{OUTPUT_MARK}): pass --force to replace them, or choose another path "
+            "(nothing was changed)"
+        )
+
+
+def marked(path: Path) -> str | None:
+    """What deit-pipe marked `path` as (`mark_output`), or None."""
+    try:
+        return str(json.loads((path / OUTPUT_MARK).read_text())["what"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mark_output(path: Path, what: str) -> None:
+    """Mark a folder deit-pipe (re)made as its `what`, so a rerun may replace its entries."""
+    write_atomic(path / OUTPUT_MARK, json.dumps({"what": what}).encode())
+
+
+def check_output_file(path: Path | str, what: str, suffixes: tuple[str, ...], force: bool) -> Path:
+    """`path` as a Path, if a `what` may be written there: a name ending in one of `suffixes`
+    (the format follows it), and no existing file unless `force` (never a folder)."""
+    text = str(path)
+    if not text.strip():
+        raise OutputPathError(f"the {what} path is empty: name a file")
+    path = Path(text).expanduser()
+    if path.suffix.lower() not in suffixes:
+        raise OutputPathError(
+            f"{path}: the {what} is written as {', '.join(suffixes)} (the name's extension "
+            "says which): name the file so"
+        )
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a directory: name a file for the {what}")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise OutputPathError(
+            f"{path} exists: pass --force to replace it, or choose another path "
+            "(nothing was changed)"
+        )
+    return path
+
+
+def write_output(path: Path, data: bytes, what: str) -> None:
+    """`write_atomic` for a user-named output: a failure (a full disk, a read-only folder)
+    is one line, and the old file, if any, stays."""
+    try:
+        make_dir(path.parent, f"folder for the {what}")
+        write_atomic(path, data)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputPathError(f"cannot write the {what} {path}: {reason}") from None
 
 
 def replace_owned(path: Path, owned: Iterable[str]) -> None:

@@ -60,6 +60,17 @@ def test_bad_precompute_values_create_nothing(tmp_path, args, needle):
         (["--batch-size", "-4"], "--batch-size must be ≥ 2"),
         (["--batch-size", "9"], "--batch-size must be even"),
         (["--lr", "-1"], "--lr must be > 0"),
+        (["--lr", "nan"], "--lr must be > 0 and ≤ 10, got nan"),
+        (["--lr", "inf"], "--lr must be > 0 and ≤ 10, got inf"),
+        (["--lr", "1e30"], "--lr must be > 0 and ≤ 10, got 1e+30"),
+        (["--min-lr", "inf"], "--min-lr must be in [0, 10], got inf"),
+        (["--warmup-lr", "-1"], "--warmup-lr must be in [0, 10], got -1"),
+        (["--warmup-epochs", "inf"], "--warmup-epochs must be in [0, 100000], got inf"),
+        (["--weight-decay", "nan"], "--weight-decay must be in [0, 10], got nan"),
+        (["--clip-grad", "inf"], "--clip-grad must be finite and > 0, got inf"),
+        (["--smoothing", "nan"], "--smoothing must be in [0, 1], got nan"),
+        (["--tau", "inf"], "--tau must be > 0 and ≤ 100, got inf"),
+        (["--epochs", "1000000000000"], "--epochs must be ≤ 100000"),
         (["--eval-every", "0"], "--eval-every must be ≥ 1"),
         (["--tau", "0"], "--tau must be > 0"),
         (["--drop-path", "2"], "--drop-path must be in [0, 1]"),
@@ -154,3 +165,121 @@ def test_a_local_permission_error_names_the_path_not_credentials(tmp_path):
     assert "permission denied" in str(info.value) and "credentials" not in str(info.value)
     with pytest.raises(StoreAccessError, match="credentials"), storage_errors("s3://b/s.zarr"):
         raise PermissionError(13, "Forbidden")
+
+
+def test_views_refuses_bad_values_and_replaces_a_file_only_when_forced(tmp_path):
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my own picture")
+    views = ["views", "--data", "fake:40", "--count", "2"]
+    for args, needle in [
+        (["--count", "0"], "--count must be between 1 and 512, got 0"),
+        (["--epoch", "-1"], "--epoch must be ≥ 0, got -1"),
+        (["--out", tmp_path / "x.txt"], "x.txt: the picture is written as .png"),
+        (["--out", mine], f"{mine} exists: pass --force"),
+        (["--out", tmp_path / "dir.png", "--force"], "is a directory"),
+    ]:
+        (tmp_path / "dir.png").mkdir(exist_ok=True)
+        one_line(invoke(*views, "--out", tmp_path / "new.png", *args), needle)
+    assert mine.read_bytes() == b"my own picture" and not (tmp_path / "new.png").exists()
+    assert invoke(*views, "--out", tmp_path / "new.png").exit_code == 0
+    assert invoke(*views, "--out", mine, "--force").exit_code == 0
+    assert mine.read_bytes().startswith(b"\x89PNG")
+
+
+def test_audit_replaces_only_a_report_it_marked_unless_forced(tmp_path, store):
+    run = tmp_path / "run"
+    train = ["train", "--store", store, "--out", run, *TINY, "--epochs", "1", "--batch-size", "16"]
+    assert invoke(*train, "--max-steps", "1").exit_code == 0
+    users = tmp_path / "docs"
+    users.mkdir()
+    (users / "report.md").write_text("my report")  # only a name the audit writes too
+    audit = ["audit", "--store", store, "--run", run, "--train-views", "0", "--out"]
+    one_line(invoke(*audit, users), "report.md, which deit-pipe did not mark", "--force")
+    assert [p.name for p in users.iterdir()] == ["report.md"]
+    assert (users / "report.md").read_text() == "my report"
+    assert invoke(*audit, tmp_path / "a").exit_code == 0
+    assert invoke(*audit, tmp_path / "a").exit_code == 0  # its own earlier report: replaced
+    assert invoke(*audit, users, "--force").exit_code == 0
+    assert (users / "report.md").read_text() != "my report"
+
+
+def test_a_demo_rerun_never_removes_a_users_file_inside_its_folders(tmp_path):
+    from deit_pipe.outputs import mark_output
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")  # a demo's name, in a folder no demo marked
+    one_line(invoke("demo", "--out", old, "--quick"), "summary.json", "--force")
+    demo = tmp_path / "demo"
+    (demo / "teacher.zarr" / "train").mkdir(parents=True)
+    (demo / "teacher.zarr" / "train" / "NOTES.txt").write_text("mine")
+    (demo / "audit").mkdir()
+    mark_output(demo, "demo")
+    one_line(invoke("demo", "--out", demo, "--quick"), "teacher.zarr/train/NOTES.txt")
+    (demo / "audit" / "notes.md").write_text("mine")
+    one_line(invoke("demo", "--out", demo, "--quick", "--force"), "notes.md")
+    assert (demo / "teacher.zarr" / "train" / "NOTES.txt").read_text() == "mine"
+    assert (old / "summary.json").read_text() == "{}"
+
+
+def test_a_config_json_with_a_bad_value_or_an_unknown_key_is_refused_naming_it(tmp_path, store):
+    import json
+
+    config = tmp_path / "config.json"
+    run = ["train", "--config", config, "--out", tmp_path / "run"]
+    for doc, needle in [
+        ({"distill": "hard", "store": str(store), "lr": "fast"}, "key 'lr' must be a number"),
+        ({"distill": "hard", "store": str(store), "epochs": 1.5}, "'epochs' must be a whole"),
+        ({"distill": "hard", "learning_rate": 0.1, "lr_typo": 1}, "unknown key 'learning_rate'"),
+        ({"distill": "hard", "teacher": {"name": "x"}}, "key 'teacher' is malformed"),
+    ]:
+        config.write_text(json.dumps(doc))
+        one_line(invoke(*run), f"--config {config}", needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad norm", "weights"])
+def test_a_diverged_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, store, monkeypatch, poison
+):
+    """A NaN loss read back at step 3, an infinite gradient norm there (--clip-grad), or
+    weights made NaN by step 4's update while its loss was still finite: the run stops with
+    one line, exit 1, and the step-2 checkpoint stays."""
+    import deit_pipe.student.train as train_module
+    from deit_pipe.student.checkpoint import load_checkpoint
+
+    original = train_module.train_step
+
+    def poisoned(tr, batch, epoch_plan):
+        values = original(tr, batch, epoch_plan)
+        if poison == "loss" and tr.step == 2:  # the third step
+            values["loss"] = values["loss"] * float("nan")
+        if poison == "weights" and tr.step == 3:  # the fourth, whose end saves
+            next(tr.model.parameters()).data.fill_(float("nan"))
+        return values
+
+    clip = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def clip_poisoned(parameters, max_norm):
+        calls.append(1)
+        norm = clip(parameters, max_norm)
+        return norm * float("inf") if len(calls) == 3 else norm
+
+    monkeypatch.setattr(train_module, "train_step", poisoned)
+    if poison == "grad norm":
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_poisoned)
+    out = tmp_path / "run"
+    result = invoke("train", "--store", store, "--out", out, *TINY, "--batch-size", "16",
+                    "--epochs", "3", "--cycle-epochs", "--clip-grad", "1")  # fmt: skip
+    step = 4 if poison == "weights" else 3
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output  # after the progress
+    assert "Traceback" not in result.output and result.output.rstrip().endswith(errors[0])
+    assert f"training diverged at step {step} (epoch 1)" in errors[0], errors[0]
+    assert "the last good checkpoint (step 2) is kept" in errors[0]
+    said = {"loss": "loss is nan", "grad norm": "grad norm is inf", "weights": "weights are no"}
+    assert said[poison] in errors[0], errors[0]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deit_pipe.errors import LockedError, StoreCorruptError
+from deit_pipe.errors import LockedError, OutputPathError, StoreCorruptError
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.lock import WriterLock
 from tests.cli_utils import invoke, one_line
@@ -85,6 +85,63 @@ def test_a_store_is_made_only_where_nothing_of_anyone_else_is(tmp_path, monkeypa
     (empty / "mine.txt").unlink()
     assert invoke(*PRE, "--out", empty, "--seed", "1", "--overwrite").exit_code == 0
     assert TargetStore(str(empty)).spec.recipe["seed"] == 1
+
+
+def test_overwrite_removes_only_what_the_store_format_lists(tmp_path, reference):
+    import shutil
+
+    from deit_pipe.storage.format import CREATING_KEY
+    from deit_pipe.storage.place import store_paths, write_root
+
+    url = tmp_path / "k.zarr"
+    shutil.copytree(reference, url)
+    add_b = [*PRE, "--out", url, "--teacher-name", "B", "--split", "val"]
+    assert invoke(*add_b).exit_code == 0
+    assert store_paths(str(url), ["B"])[2] == []  # all a two-teacher store holds is listed
+    (url / "train" / "NOTES.txt").write_text("notes")  # below the root: checked too now
+    (url / "teachers" / "mybackup").mkdir()
+    before = tree(url)
+    again = [*PRE, "--out", url, "--seed", "1", "--overwrite"]
+    one_line(invoke(*again), f"{url}/teachers/mybackup was not written", "1 more")
+    assert tree(url) == before and (url / "teachers" / "mybackup").is_dir()
+
+    c_notes = url / "teachers" / "C" / "val" / "NOTES.txt"  # where a new teacher's arrays go
+    c_notes.parent.mkdir(parents=True)
+    c_notes.write_text("mine")
+    one_line(invoke(*add_b[:-4], "--teacher-name", "C", "--split", "val"), "C/val/NOTES.txt")
+    assert tree(url) == {**before, "teachers/C/val/NOTES.txt": b"mine"}
+
+    shutil.rmtree(url / "teachers" / "C")
+    saved = tree(url)
+    write_root(str(url), {CREATING_KEY: {"since": "then", "teachers": ["B"]}})  # interrupted
+    one_line(invoke(*PRE, "--out", url), "teachers/mybackup was not written", "1 more")
+    assert {k: v for k, v in tree(url).items() if k != "zarr.json"} == {
+        k: v for k, v in saved.items() if k != "zarr.json"
+    }
+
+    (url / "train" / "NOTES.txt").unlink()
+    (url / "teachers" / "mybackup").rmdir()
+    assert invoke(*again).exit_code == 0  # then only the store's own entries go
+    assert not (url / "teachers").exists()
+    assert TargetStore(str(url)).spec.teacher_names == ["regnety_002"]
+
+
+def test_overwrite_on_an_object_store_keeps_a_users_object():
+    import fsspec
+
+    from deit_pipe.storage.writer import create_store
+    from tests.store_utils import fill_all, make_spec
+
+    url, fs = "memory://ow/s.zarr", fsspec.filesystem("memory")
+    fill_all(url, make_spec())
+    fs.pipe_file("/ow/s.zarr/train/topk_values/c/NOTES.txt", b"mine")
+    with pytest.raises(OutputPathError, match="train/topk_values/c/NOTES.txt was not written"):
+        create_store(url, make_spec(k=4), overwrite=True)
+    assert fs.cat_file("/ow/s.zarr/train/topk_values/c/NOTES.txt") == b"mine"
+    assert TargetStore(url).spec.k == 5
+    fs.rm("/ow/s.zarr/train/topk_values/c/NOTES.txt")
+    create_store(url, make_spec(k=4), overwrite=True)
+    assert TargetStore(url).spec.k == 4 and len(TargetStore(url).progress().missing()) == 8
 
 
 def test_a_damaged_root_is_refused_and_an_interrupted_creation_finished(tmp_path, reference):

@@ -20,8 +20,8 @@ from deit_pipe.audit.plots import agreement_heatmap, training_curves
 from deit_pipe.data import collate_views, finish, mismatches, stored_views
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import DeitPipeError, ReplayError
-from deit_pipe.outputs import check_output_dir, make_dir
+from deit_pipe.errors import DeitPipeError, OutputPathError, ReplayError
+from deit_pipe.outputs import check_output_dir, check_replace, make_dir, mark_output
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.models import heads
@@ -94,8 +94,10 @@ def audit(
     device: str = "auto",
     storage_options: dict | None = None,
     teacher: str | None = None,
+    force: bool = False,
 ) -> AuditResult:
     out = check_output_dir(out, AUDIT_FILES, "audit report")
+    check_replace(out, AUDIT_FILES, "audit report", force)  # a user's report.md is theirs
     if not run_paths:
         raise DeitPipeError("audit needs at least one --run")
     runs = [load_run(p) for p in run_paths]
@@ -143,8 +145,18 @@ def audit(
 
 
 def write_outputs(result: AuditResult, out: Path, runs: list[Run], store, ema: bool) -> None:
-    """The heatmap, the curves, `agreement.json` and `report.md` (paths into `result.files`)."""
+    """The heatmap, the curves, `agreement.json` and `report.md` (paths into `result.files`),
+    in a folder marked as an audit report's; a full disk or a read-only folder is one line."""
     make_dir(out, "audit report folder")
+    try:
+        mark_output(out, "audit report")
+        _write_outputs(result, out, runs, store, ema)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputPathError(f"cannot write the audit report into {out}: {reason}") from None
+
+
+def _write_outputs(result: AuditResult, out: Path, runs: list[Run], store, ema: bool) -> None:
     named = dict(zip(_names(runs), runs, strict=True))
     files = result.files
     files["agreement.png"] = agreement_heatmap(

@@ -21,7 +21,15 @@ from deit_pipe.cli import console, main, storage_options_option
     type=click.Path(path_type=Path),
     help="Run directory (repeat for several).",
 )
-@click.option("--out", required=True, type=click.Path(), help="Report directory (new or empty).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Report directory: new, empty, or an earlier audit report (whose files it replaces).",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace report files in a folder deit-pipe did not mark."
+)
 @click.option("--ema", is_flag=True, help="Audit the runs' EMA weights.")
 @click.option(
     "--train-views",
@@ -41,6 +49,7 @@ def audit_cmd(
     store: str,
     runs: tuple[Path, ...],
     out: str,
+    force: bool,
     ema: bool,
     train_views: int,
     teacher_name: str | None,
@@ -57,6 +66,7 @@ def audit_cmd(
         train_views=train_views,
         storage_options=storage_options,
         teacher=teacher_name,
+        force=force,
     )
     n = len(result.classifiers)
     table = Table(
@@ -91,12 +101,15 @@ def audit_cmd(
     help="Demo folder: new, empty, or an earlier demo (whose files it replaces).",
 )
 @click.option("--quick", is_flag=True, help="A smaller variant (< 2 minutes), for tests.")
-def demo(out: str, quick: bool) -> None:
+@click.option(
+    "--force", is_flag=True, help="Replace demo files in a folder deit-pipe did not mark."
+)
+def demo(out: str, quick: bool, force: bool) -> None:
     """The whole method end to end on the digits set: teacher, store, two students, audit."""
     from deit_pipe.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick(out) if quick else DemoConfig(out=out)
-    summary = run_demo(cfg, log=lambda msg: console.print(f"[bold]{msg}[/bold]"))
+    summary = run_demo(cfg, log=lambda msg: console.print(f"[bold]{msg}[/bold]"), force=force)
     columns = ("top-1", "top-5", "prec.", "recall", "F1", "AUC", "≠ teacher")
     table = Table("val, 360 images", *columns, title="deit-pipe demo on digits")
     for name, heads in summary["classifiers"].items():

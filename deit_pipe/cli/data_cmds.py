@@ -55,16 +55,24 @@ def scan(data: str, workers: int, skip_bad: bool, as_json: bool, storage_options
 @click.option("--epoch", type=int, default=0, show_default=True)
 @click.option("--count", type=int, default=32, show_default=True, help="Slots to show.")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("views.png"), show_default=True
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("views.png"),
+    show_default=True,
+    help="The picture: .png, .jpg, .pdf or .svg (a new file, unless --force).",
 )
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @recipe_options
 @storage_options_option
-def views(data: str, epoch: int, count: int, out: Path, storage_options, **opts) -> None:
+def views(
+    data: str, epoch: int, count: int, out: Path, force: bool, storage_options, **opts
+) -> None:
     """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
     from deit_pipe.data import open_source
     from deit_pipe.data.plan import MIX_NAMES
-    from deit_pipe.data.preview import save_view_grid
+    from deit_pipe.data.preview import check_view_request, save_view_grid
 
+    out = check_view_request(out, epoch, count, force)
     source = open_source(data, storage_options=storage_options)
     recipe = build_recipe(source, opts)
     epoch_plan = recipe.epoch_plan(epoch, len(source.split("train")))

@@ -92,6 +92,8 @@ def plan(
     """The slot table of `epoch`: V = num_samples slots, pairs (2p, 2p+1)."""
     if num_samples < 1:
         raise PlanError(f"cannot plan an epoch of {num_samples} samples")
+    if epoch < 0:  # SeedSequence would fail on it with a traceback
+        raise PlanError(f"epochs are numbered from 0, got {epoch}")
     if repeats < 1:
         raise PlanError(f"repeats must be >= 1, got {repeats}")
     mix = mix or MixConfig()

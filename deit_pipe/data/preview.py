@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,27 @@ from deit_pipe.data.finish import finish
 from deit_pipe.data.plan import MIX_NAMES, EpochPlan
 from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
-from deit_pipe.outputs import make_dir
+from deit_pipe.errors import check
+from deit_pipe.outputs import check_output_file, write_output
+
+PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # matplotlib writes each
+MAX_SLOTS = 512  # 64 rows of 8: a figure of 12,000 pixels is already taller than useful
+
+
+def check_view_request(out: Path | str, epoch: int, count: int, force: bool) -> Path:
+    """The picture's path, if `views --out/--epoch/--count/--force` ask for one that can be
+    made; checked before the dataset is opened or anything rendered."""
+    check(epoch >= 0, f"--epoch must be ≥ 0, got {epoch}")
+    check(1 <= count <= MAX_SLOTS, f"--count must be between 1 and {MAX_SLOTS}, got {count}")
+    return check_output_file(out, "picture", PICTURE_FORMATS, force)
 
 
 def save_view_grid(
     source: Source, epoch_plan: EpochPlan, cfg: ViewConfig, count: int, out: Path, cols: int = 8
 ) -> Path:
-    """Render slots [0, count) (whole pairs) and save them as an annotated PNG grid."""
+    """Render slots [0, count) (whole pairs) and save them as an annotated grid (the format
+    follows `out`'s extension); `out` is replaced whole or not at all."""
+    check(1 <= count <= MAX_SLOTS, f"--count must be between 1 and {MAX_SLOTS}, got {count}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,9 +58,10 @@ def save_view_grid(
         ax.set_title(title, fontsize=7)
     fig.suptitle(f"{source.data} epoch {epoch_plan.epoch}: slots 0–{len(images) - 1}", fontsize=9)
     fig.tight_layout()
-    make_dir(out.parent, "folder for the picture")
-    fig.savefig(out, dpi=100)
+    picture = io.BytesIO()
+    fig.savefig(picture, dpi=100, format=out.suffix.lower().lstrip(".").replace("jpg", "jpeg"))
     plt.close(fig)
+    write_output(out, picture.getvalue(), "picture")
     return out
 
 

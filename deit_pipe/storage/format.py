@@ -26,6 +26,7 @@ import json
 import math
 import re
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,8 +47,16 @@ MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.parquet"
 DEFAULT_SHARD_VIEWS = 65536
 DEFAULT_CHUNK_VIEWS = 4096
+CELLS = (CHECKSUM, "done", "done_at")  # the per-(epoch, shard) arrays of every split
+ZARR_META = "zarr.json"  # every group's and array's Zarr v3 metadata document
+TEACHERS = "teachers"  # the folder of the teachers added later: `teachers/NAME/<split>/…`
 # What deit-pipe writes at a store's root; `--overwrite` refuses a store holding anything else.
-STORE_ENTRIES = ("zarr.json", *SPLITS, "teachers", MANIFEST, SKIPPED)
+STORE_ENTRIES = (ZARR_META, *SPLITS, TEACHERS, MANIFEST, SKIPPED)
+# A chunk or shard object, `c/` then one index per dimension (Zarr v3's default key
+# encoding), or a folder on its way.
+_CHUNK_KEY = re.compile(r"^c(/\d+){0,3}$")
+# What zarr's local store writes before renaming it over a key (left behind by a kill).
+_ZARR_TEMP = re.compile(r"^(\d+|zarr)\.[0-9a-f]{32}\.partial$")
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,42 @@ def teacher_name(teacher: dict) -> str:
 def valid_teacher_name(name: str) -> bool:
     """A teacher name is a folder name in the store: letters, digits, `_`, `.`, `-`."""
     return bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name))
+
+
+def is_format_path(path: str, teachers: Collection[str] = ()) -> bool:
+    """Whether `path` (below a store's root, `/`-separated, a file or a folder) is something
+    this format writes: the root's files, the split groups of the first teacher and of the
+    `teachers` named, their arrays (`array_shapes`), their Zarr metadata and chunks. What
+    `--overwrite` may remove; anything else is a user's and is never removed.
+
+    Leaves out the root's lock and claim files (`outputs.is_ours`), which a running job holds.
+    """
+    parts = path.split("/")
+    if parts[0] == TEACHERS:  # teachers/, teachers/NAME/, then as a split of the root
+        if parts[1:] in ([], [ZARR_META]):
+            return True
+        if parts[1] not in teachers:
+            return False
+        parts = parts[2:]
+        if parts in ([], [ZARR_META]):
+            return True
+    elif len(parts) == 1:
+        return parts[0] in STORE_ENTRIES or bool(_ZARR_TEMP.match(parts[0]))
+    if parts[0] not in SPLITS:
+        return False
+    if len(parts) == 1 or (len(parts) == 2 and _is_meta(parts[1])):
+        return True
+    if parts[1] not in (*ARRAYS, *CELLS):
+        return False
+    rest = "/".join(parts[2:])  # below an array: its metadata, its chunk folders and objects
+    if rest == "" or _is_meta(rest) or _CHUNK_KEY.match(rest):
+        return True
+    folder, _, name = rest.rpartition("/")
+    return bool(_CHUNK_KEY.match(folder) and _ZARR_TEMP.match(name))
+
+
+def _is_meta(name: str) -> bool:
+    return name == ZARR_META or bool(_ZARR_TEMP.match(name))
 
 
 def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[int, int]:

@@ -1,5 +1,9 @@
 """Where a store may be made, and what `--overwrite` may remove: never what deit-pipe did not write.
 
+Before a store is cleared (or grown into a folder that exists), every path below its root is
+classified: what the format writes (`format.is_format_path`) may go, anything else — a
+user's notes in `train/`, a backup folder in `teachers/` — refuses the job, naming it.
+
 A store is created only at a path that does not exist or is an empty directory. An existing
 path is classified before anything is written: a deit-pipe store (its metadata says so), one
 whose creation was interrupted (the root carries the `deit_pipe_creating` marker, written
@@ -20,7 +24,12 @@ from datetime import UTC, datetime
 
 from deit_pipe.errors import LockedError, OutputPathError, StoreCorruptError
 from deit_pipe.outputs import is_ours
-from deit_pipe.storage.format import ATTR_KEY, CREATING_KEY, STORE_ENTRIES
+from deit_pipe.storage.format import (
+    ATTR_KEY,
+    CREATING_KEY,
+    GROWING,
+    is_format_path,
+)
 from deit_pipe.storage.io import atomic_write, file_system, is_local, storage_errors
 from deit_pipe.storage.lock import WriterLock
 
@@ -30,11 +39,6 @@ class Place:
     state: str  # absent | empty | store | creating | damaged | foreign | file
     entries: tuple[str, ...] = ()  # names at the root, ours excluded (lock, temp files)
     reason: str = ""
-
-    @property
-    def foreign(self) -> list[str]:
-        """Root entries deit-pipe does not write."""
-        return [e for e in self.entries if e not in STORE_ENTRIES]
 
 
 def probe(url: str, storage_options: dict | None = None) -> Place:
@@ -81,12 +85,63 @@ def refuse_unusable(url: str, place: Place) -> None:
         )
 
 
-def refuse_foreign_entries(url: str, place: Place) -> None:
-    """`--overwrite` replaces a store only when it holds nothing but what deit-pipe wrote."""
-    if place.foreign:
+def store_teachers(url: str, storage_options: dict | None = None) -> list[str]:
+    """The added teachers a store's root names, whose folders under `teachers/` are its own:
+    those its metadata lists, one a growth was adding when it stopped (`GROWING`), and those
+    an interrupted clear was removing (`CREATING_KEY`). Read as written, unverified: it only
+    decides what may be removed, and an edited name could only keep more."""
+    fs, base = file_system(url, storage_options)
+    with storage_errors(url):
+        try:
+            attrs = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes") or {}
+        except (FileNotFoundError, ValueError, AttributeError):
+            return []
+    meta = attrs.get(ATTR_KEY) if isinstance(attrs.get(ATTR_KEY), dict) else {}
+    names = list(meta.get("more_teachers") or {})
+    for stamp in (meta.get(GROWING), attrs.get(CREATING_KEY)):
+        if isinstance(stamp, dict):
+            names += [str(n) for n in stamp.get("teachers") or []]
+    return names
+
+
+def store_paths(
+    url: str, teachers: list[str], storage_options: dict | None = None, under: str = ""
+) -> tuple[list[str], list[str], list[str]]:
+    """(files, folders, foreign) below a store's root (or its folder `under`), as paths
+    relative to the root: the files and folders the format writes (`is_format_path`), and
+    the topmost paths it does not — a user's, never removed. The root's lock and claim
+    files are in none of them (jobs hold them)."""
+    fs, base = file_system(url, storage_options)
+    top = f"{base}/{under}".rstrip("/")
+    with storage_errors(url):
+        if not fs.exists(top):
+            return [], [], []
+        found = fs.find(top, withdirs=True, detail=True)
+    files, folders, foreign = [], [], []
+    for path in sorted(found):
+        rel = path[len(base) + 1 :]
+        if not rel or ("/" not in rel and is_ours(rel)):
+            continue
+        parents = rel.split("/")
+        if set(foreign) & {"/".join(parents[:i]) for i in range(1, len(parents))}:
+            continue  # inside a foreign folder already named
+        if not is_format_path(rel, teachers):
+            foreign.append(rel)
+        elif found[path]["type"] == "directory":
+            folders.append(rel)
+        else:
+            files.append(rel)
+    return files, folders, foreign
+
+
+def refuse_foreign(url: str, foreign: list[str], before: str = "the store is replaced") -> None:
+    """One line naming the first path below a store that deit-pipe did not write, and how
+    many others there are."""
+    if foreign:
+        more = f" (and {len(foreign) - 1} more such path(s))" if len(foreign) > 1 else ""
         raise OutputPathError(
-            f"{url} holds files deit-pipe did not write ({', '.join(place.foreign[:3])}): "
-            "move them away before --overwrite replaces the store (nothing was changed)"
+            f"{url.rstrip('/')}/{foreign[0]} was not written by deit-pipe{more}; move it out "
+            f"of the store before {before} (nothing was changed)"
         )
 
 
@@ -104,15 +159,30 @@ def write_root(url: str, attributes: dict, storage_options: dict | None = None) 
 
 
 def clear_store(url: str, storage_options: dict | None = None) -> None:
-    """Mark the root as being (re)created, then remove the store's own entries — in that
-    order, so an interrupted clear still reads as deit-pipe's and is finished by a rerun."""
-    stamp = {"since": datetime.now(UTC).isoformat(timespec="seconds")}
+    """Remove a store's own entries, and only those, so it can be made anew.
+
+    Everything below the root is classified first; anything the format does not write (a
+    user's notes, a backup folder) refuses the clear before anything is removed. The root is
+    then marked as being (re)created, naming the added teachers whose folders go, so an
+    interrupted clear still reads as deit-pipe's and a rerun finishes it. Locally files are
+    removed one by one and folders only once empty, so a file that appeared meanwhile stays.
+    """
+    teachers = store_teachers(url, storage_options)
+    files, folders, foreign = store_paths(url, teachers, storage_options)
+    refuse_foreign(url, foreign)
+    stamp = {"since": datetime.now(UTC).isoformat(timespec="seconds"), "teachers": teachers}
     write_root(url, {CREATING_KEY: stamp}, storage_options)
     fs, base = file_system(url, storage_options)
     with storage_errors(url):
-        for name in STORE_ENTRIES:
-            if name != "zarr.json" and fs.exists(f"{base}/{name}"):
-                fs.rm(f"{base}/{name}", recursive=True)
+        gone = [f"{base}/{f}" for f in files if f != "zarr.json"]
+        if gone:
+            fs.rm(gone)
+        for folder in sorted(folders, key=lambda f: -f.count("/")):  # the deepest first
+            if is_local(url):
+                os.rmdir(f"{base}/{folder}")  # refuses a folder something appeared in
+            else:  # object stores have no folders; an in-memory one has empty markers
+                with contextlib.suppress(OSError):
+                    fs.rmdir(f"{base}/{folder}")
 
 
 PREPARING = "(preparing the store)"  # a holder's purpose that ends soon: wait for it

@@ -44,8 +44,9 @@ from deit_pipe.storage.io import (
 from deit_pipe.storage.place import (
     clear_store,
     probe,
-    refuse_foreign_entries,
+    refuse_foreign,
     refuse_unusable,
+    store_paths,
     write_root,
 )
 from deit_pipe.storage.reader import Progress, read_progress
@@ -146,30 +147,28 @@ def create_store(
     meta = spec.to_meta(library_versions())
     place = probe(url, storage_options)
     refuse_unusable(url, place)
-    if place.state == "store":
-        if overwrite:
-            refuse_foreign_entries(url, place)
-        else:
-            try:
-                existing = read_meta(open_group(url, "r", storage_options), url)
-            except StoreFormatError as exc:  # an old or edited store is never replaced silently
-                raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
-            except StoreCorruptError as exc:
-                raise StoreCorruptError(f"{exc}; pass --overwrite to replace it") from None
-            held = StoreSpec.from_meta(existing)
-            _refuse_other_teacher_of_that_name(url, held, spec)
-            union = _union(held, spec)
-            differ = _differences(job_identity(existing), job_identity(union.to_meta({})))
-            if any(not key.startswith(_GROWS) for key in differ):
-                asked = _differences(job_identity(existing), job_identity(meta))
-                raise StoreMismatchError(
-                    f"{url} holds a different job (differs in "
-                    f"{', '.join(k for k in asked if not k.startswith(_GROWS))}); "
-                    "pass --overwrite to replace it"
-                )
-            if differ:
-                _grow(url, existing, union, storage_options)
-            return StoreWriter(url, storage_options, teacher_name(spec.teacher))
+    # With overwrite, `clear_store` below refuses anything deit-pipe did not write.
+    if place.state == "store" and not overwrite:
+        try:
+            existing = read_meta(open_group(url, "r", storage_options), url)
+        except StoreFormatError as exc:  # an old or edited store is never replaced silently
+            raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
+        except StoreCorruptError as exc:
+            raise StoreCorruptError(f"{exc}; pass --overwrite to replace it") from None
+        held = StoreSpec.from_meta(existing)
+        _refuse_other_teacher_of_that_name(url, held, spec)
+        union = _union(held, spec)
+        differ = _differences(job_identity(existing), job_identity(union.to_meta({})))
+        if any(not key.startswith(_GROWS) for key in differ):
+            asked = _differences(job_identity(existing), job_identity(meta))
+            raise StoreMismatchError(
+                f"{url} holds a different job (differs in "
+                f"{', '.join(k for k in asked if not k.startswith(_GROWS))}); "
+                "pass --overwrite to replace it"
+            )
+        if differ:
+            _grow(url, existing, union, storage_options)
+        return StoreWriter(url, storage_options, teacher_name(spec.teacher))
     if place.state != "absent":
         clear_store(url, storage_options)  # an empty folder, an interrupted creation, or -o
     else:
@@ -221,21 +220,30 @@ def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | No
     the store as it was, its arrays perhaps longer (as far as its metadata allows), which a
     rerun finishes."""
     held = StoreSpec.from_meta(existing)
-    _write_meta(url, {**existing, GROWING: {"epochs": union.epochs}}, storage_options)
+    added = [t for t in union.teacher_names if t not in held.teacher_names]
+    made = [  # (teacher, split) groups the growth creates: all of an added teacher's splits
+        (t, split)
+        for t in union.teacher_names
+        for split in union.splits
+        if t in added or split not in held.splits
+    ]
+    # Zarr's create_group(overwrite=True) empties what is there (an interrupted growth's
+    # groups): refuse first if a user put anything there.
+    for t, split in made:
+        group = union.prefix(t) + split
+        foreign = store_paths(url, union.teacher_names, storage_options, group)[2]
+        refuse_foreign(url, foreign, f"deit-pipe makes {group} there")
+    growing = {"epochs": union.epochs, "teachers": added}  # whose folders are the store's
+    _write_meta(url, {**existing, GROWING: growing}, storage_options)
     root = open_group(url, "r+", storage_options)
     with storage_errors(url):
-        for teacher in union.teacher_names:
-            if teacher not in held.teacher_names:  # a teacher added: all of its splits
-                for split in union.splits:
-                    _create_split(root, split, union, teacher)
-                continue
+        for teacher in held.teacher_names:
             prefix = union.prefix(teacher)
             if union.epochs > held.epochs and "train" in held.splits:
                 for name, (shape, _) in union.array_shapes("train").items():
                     root[f"{prefix}train/{name}"].resize(shape)
-            for split in union.splits:
-                if split not in held.splits:
-                    _create_split(root, split, union, teacher)
+        for teacher, split in made:
+            _create_split(root, split, union, teacher)
     meta = union.to_meta(existing["versions"])
     _write_meta(url, {**meta, "created": existing["created"]}, storage_options)  # same store
 

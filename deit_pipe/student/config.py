@@ -8,11 +8,12 @@ store's own unless `preset` names another (`data.recipe.PRESETS`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
 from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
-from deit_pipe.errors import DeitPipeError, check
+from deit_pipe.errors import ConfigError, DeitPipeError, check
 from deit_pipe.teacher import TeacherConfig
 
 # (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
@@ -66,6 +67,9 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # first: a config.json's "fast" is no number to compare
+            problem = type_problem(f.name, getattr(self, f.name))
+            check(problem is None, f"{_flag(f.name)} {problem}")
         for name, value, choices in (
             ("distill", self.distill, DISTILL),
             ("kl_reduction", self.kl_reduction, KL_REDUCTIONS),
@@ -81,7 +85,9 @@ class TrainConfig:
         self._check_values()
 
     def _check_values(self) -> None:
-        """Every number in range, before anything is built or written (one line each)."""
+        """Every number in range, before anything is built or written (one line each): a
+        non-finite or absurd hyper-parameter would only make a run diverge, after the run
+        directory and a checkpoint exist."""
         check(bool(str(self.out).strip()), "--out is empty: name a directory for the run")
         at_least = {
             "epochs": 1,
@@ -97,16 +103,20 @@ class TrainConfig:
             value = getattr(self, name)
             check(value is None or value >= low, f"{_flag(name)} must be ≥ {low}, got {value}")
         check(self.batch_size % 2 == 0, f"--batch-size must be even (pairs), got {self.batch_size}")
-        positive = ("lr", "tau", "follow_timeout", "clip_grad")
-        for name in positive:
+        check(
+            self.follow_timeout is None or self.follow_timeout > 0,  # inf: wait for ever
+            f"--follow-timeout must be > 0, got {self.follow_timeout}",
+        )
+        check(
+            self.epochs is None or self.epochs <= MAX_EPOCHS,
+            f"--epochs must be ≤ {MAX_EPOCHS}, got {self.epochs}",
+        )
+        for name, (low, low_allowed, high) in RANGES.items():
             value = getattr(self, name)
-            check(value is None or value > 0, f"{_flag(name)} must be > 0, got {value}")
-        for name in ("min_lr", "warmup_lr", "warmup_epochs", "weight_decay"):
-            value = getattr(self, name)
-            check(value is None or value >= 0, f"{_flag(name)} must be ≥ 0, got {value}")
-        for name in ("alpha", "drop_path", "smoothing", "teacher_smoothing", "ema_decay"):
-            value = getattr(self, name)
-            check(value is None or 0 <= value <= 1, f"{_flag(name)} must be in [0, 1], got {value}")
+            if value is not None and not _in_range(value, low, low_allowed, high):
+                raise ConfigError(
+                    f"{_flag(name)} must be {_range_text(low, low_allowed, high)}, got {value}"
+                )
 
     def resolved(self, preset: str) -> TrainConfig:
         """A copy with every unset schedule field taken from `self.preset or preset`."""
@@ -122,6 +132,65 @@ class TrainConfig:
         return d
 
 
+MAX_LR = 10.0  # per 512 images: 20,000× DeiT's 5e-4; AdamW at such rates only diverges
+MAX_EPOCHS = 100_000
+# Field: (lowest, whether the lowest itself is allowed, highest); every one must be finite.
+RANGES: dict[str, tuple[float, bool, float]] = {
+    "lr": (0.0, False, MAX_LR),
+    "min_lr": (0.0, True, MAX_LR),
+    "warmup_lr": (0.0, True, MAX_LR),
+    "warmup_epochs": (0.0, True, MAX_EPOCHS),
+    "weight_decay": (0.0, True, 10.0),  # decoupled: lr·wd shrinks the weights each step
+    "tau": (0.0, False, 100.0),  # beyond, soft targets are uniform to float precision
+    "clip_grad": (0.0, False, math.inf),
+    "alpha": (0.0, True, 1.0),
+    "drop_path": (0.0, True, 1.0),
+    "smoothing": (0.0, True, 1.0),
+    "teacher_smoothing": (0.0, True, 1.0),
+    "ema_decay": (0.0, True, 1.0),
+}
+
+
+def _in_range(value: float, low: float, low_allowed: bool, high: float) -> bool:
+    return (
+        math.isfinite(value) and (value > low or (low_allowed and value == low)) and (value <= high)
+    )
+
+
+def _range_text(low: float, low_allowed: bool, high: float) -> str:
+    if math.isinf(high):
+        return f"finite and > {low:g}"
+    return f"in [{low:g}, {high:g}]" if low_allowed else f"> {low:g} and ≤ {high:g}"
+
+
+# A field's annotation → the Python types its value may have (`bool` is never a number).
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "dict": (dict,),
+}
+_NOUNS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
+def type_problem(name: str, value: object) -> str | None:
+    """What is wrong with the type of `value` for field `name` ("must be a number, got
+    'fast'"), or None. Values from a `config.json` come with no type checking of their own."""
+    kinds = [k.strip() for k in {f.name: f.type for f in fields(TrainConfig)}[name].split("|")]
+    if value is None:
+        return None if "None" in kinds else "must be set"
+    for kind in kinds:
+        allowed = _KINDS.get(kind)
+        if allowed is None and kind != "None":
+            return None  # a class (TeacherConfig): checked where it is built
+        is_number = kind in ("int", "float")
+        if allowed and isinstance(value, allowed) and not (is_number and isinstance(value, bool)):
+            return None
+    wanted = next(k for k in kinds if k != "None")
+    return f"must be {_NOUNS.get(wanted, 'a ' + wanted)}, got {value!r}"
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -129,6 +198,20 @@ def _flag(name: str) -> str:
 # Saved in RUN/config.json but not repeated by `--config`: where this run goes and how it
 # reaches its store (credentials are never saved).
 NOT_REPEATED = ("out", "resume", "storage_options")
+# What `train` records in RUN/config.json beside TrainConfig's fields (`trainer.run_info`).
+RUN_RECORD = (
+    "recipe",
+    "num_classes",
+    "classes",
+    "dataset",
+    "dataset_fingerprint",
+    "world_size",
+    "steps_per_epoch",
+    "distilled_model",
+    "lr_scaled",
+    "store_identity",
+    "init_from",
+)
 
 
 def repeat_config(path: str, current: TrainConfig, given: set[str]) -> TrainConfig:
@@ -143,11 +226,26 @@ def repeat_config(path: str, current: TrainConfig, given: set[str]) -> TrainConf
         raise DeitPipeError(f"--config {path}: cannot read a run's config.json ({exc})") from None
     if not isinstance(saved, dict) or "distill" not in saved:
         raise DeitPipeError(f"--config {path} is not a deit-pipe run's config.json")
-    names = {f.name for f in fields(TrainConfig)} - set(NOT_REPEATED)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(saved) - known - set(RUN_RECORD))
+    if unknown:  # a typo ("learning_rate") would otherwise be ignored without a word
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ConfigError(
+            f"--config {path}: unknown key {unknown[0]!r}{more}; a run's config.json holds "
+            "TrainConfig's fields and what train records beside them: remove or rename it"
+        )
+    for key in sorted(known & set(saved)):
+        problem = type_problem(key, saved[key])
+        check(problem is None, f"--config {path}: key {key!r} {problem}")
+    names = known - set(NOT_REPEATED)
     base = {k: saved[k] for k in names if k in saved}
     if isinstance(base.get("teacher"), dict):
         t = base["teacher"]
-        base["teacher"] = TeacherConfig(**{**t, "model_kwargs": tuple(t["model_kwargs"].items())})
+        try:
+            kwargs = tuple(t["model_kwargs"].items())
+            base["teacher"] = TeacherConfig(**{**t, "model_kwargs": kwargs})
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"--config {path}: key 'teacher' is malformed ({exc})") from None
     if base.get("store"):
         base["recipe"] = None  # the store's recipe rules a store run
     for name in given & names:

@@ -10,6 +10,7 @@ step never waits for the device: losses are read back every `log_every` steps.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from deit_pipe.data import collate_views, finish
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
+from deit_pipe.errors import DivergedError
 from deit_pipe.outputs import make_dir, write_atomic
 from deit_pipe.storage.lock import WriterLock
 from deit_pipe.student.checkpoint import save_checkpoint
@@ -179,11 +181,13 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     loss, terms = tr.criterion(outputs, targets, soft, hard)
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if tr.cfg.clip_grad:
-        torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.cfg.clip_grad)
+    watched = {"loss": loss.detach(), **terms}
+    if tr.cfg.clip_grad:  # the norm is computed anyway: watched, read back with the loss
+        norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.cfg.clip_grad)
+        watched["grad_norm"] = norm.detach().float()
     tr.optimizer.step()
     slots_sum = torch.tensor(float(slots.sum()), dtype=torch.float64, device=dev)
-    return {"loss": loss.detach(), **terms, "slots_sum": slots_sum}
+    return {**watched, "slots_sum": slots_sum}  # the slot sum last: it is summed, not averaged
 
 
 def flush_steps(tr: Trainer, pending: list, metrics: MetricsWriter, report) -> None:
@@ -197,11 +201,30 @@ def flush_steps(tr: Trainer, pending: list, metrics: MetricsWriter, report) -> N
     if tr.ctx.world_size > 1:
         dist.all_reduce(values)
         values[:, :-1] /= tr.ctx.world_size
-    for (info, _), row in zip(pending, values.cpu().tolist(), strict=True):
+    rows = values.cpu().tolist()
+    steps = [info for info, _ in pending]
+    pending.clear()
+    for info, row in zip(steps, rows, strict=True):
         record = {**dict(zip(names, row, strict=True)), **info}
         metrics.write(record)
         report({**record, "total_steps": tr.total_steps})
-    pending.clear()
+        for name in ("loss", "grad_norm"):  # every rank sees the same all-reduced values
+            if name in record and not math.isfinite(record[name]):
+                raise diverged(tr, f"the {name.replace('_', ' ')} is {record[name]}", info)
+
+
+def diverged(tr: Trainer, what: str, info: dict) -> DivergedError:
+    """The one line a diverged run stops with: where, and which checkpoint is kept."""
+    kept = (
+        f"the last good checkpoint (step {tr.saved_step}) is kept in {tr.out / 'checkpoint.pt'}"
+        if tr.saved_step is not None
+        else "no checkpoint was written"
+    )
+    return DivergedError(
+        f"training diverged at step {info['step']} (epoch {info['epoch']}): {what}; {kept}; "
+        f"lower --lr{'' if tr.cfg.clip_grad else ' (or set --clip-grad)'} and train again "
+        "into a new --out"
+    )
 
 
 def end_epoch(tr: Trainer, epoch: int, metrics: MetricsWriter, report) -> dict | None:
@@ -235,6 +258,13 @@ def evaluate_heads(tr: Trainer) -> dict:
 
 
 def save(tr: Trainer) -> None:
+    """Write OUT/checkpoint.pt (rank 0), never from non-finite weights: a loss can still be
+    finite at the step whose update made them so. Every rank checks (same weights under
+    DDP), so all stop together."""
+    weights = [*tr.model.parameters(), *(tr.ema.module.parameters() if tr.ema else ())]
+    if not bool(torch.stack([torch.isfinite(p).all() for p in weights]).all()):
+        info = {"step": tr.step, "epoch": max(tr.step - 1, 0) // tr.per_epoch}
+        raise diverged(tr, "the weights are no longer finite", info)
     if not tr.ctx.main:
         return
     save_checkpoint(
@@ -250,3 +280,4 @@ def save(tr: Trainer) -> None:
             "store_identity": tr.run_info["store_identity"],
         },
     )
+    tr.saved_step = tr.step

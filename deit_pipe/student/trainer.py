@@ -68,6 +68,7 @@ class Trainer:
     total_steps: int
     run_info: dict
     step: int = 0
+    saved_step: int | None = None  # the step of OUT/checkpoint.pt, once there is one
 
     @property
     def out(self) -> Path:
@@ -235,7 +236,7 @@ def resume(tr: Trainer) -> None:
     tr.scheduler.load_state_dict(state["scheduler"])
     if tr.ema is not None and state.get("ema") is not None:
         tr.ema.module.load_state_dict(state["ema"])
-    tr.step = int(state["step"])
+    tr.step = tr.saved_step = int(state["step"])
     log.info("resuming at step %d", tr.step)
 
 
