@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from deit_pipe.data.device_render import DeviceView, defer
 from deit_pipe.data.finish import mix_params
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
@@ -23,19 +24,25 @@ from deit_pipe.data.viewparams import ViewDrawer
 from deit_pipe.data.views import (
     ViewConfig,
     eval_transform,
-    fingerprint,
     hwc,
     render,
     train_transform,
+    view_fingerprint,
 )
+
+RENDER_MODES = ("host", "device")  # who runs a training view's Pillow stage (same bytes)
 
 
 class PairDataset(Dataset):
-    """Mixed training views of one epoch, a pair of slots per item."""
+    """Mixed training views of one epoch, a pair of slots per item. With `render="device"`
+    an item carries its views' source crops and parameters, for `device_render.realize`."""
 
-    def __init__(self, split: Split, epoch_plan: EpochPlan, cfg: ViewConfig):
+    def __init__(self, split: Split, epoch_plan: EpochPlan, cfg: ViewConfig, render: str = "host"):
+        if render not in RENDER_MODES:
+            raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
         self.split, self.plan, self.cfg = split, epoch_plan, cfg
         self.drawer = ViewDrawer(train_transform(cfg))
+        self._render = defer if render == "device" else _render_host
 
     def __len__(self) -> int:
         return self.plan.num_pairs
@@ -44,7 +51,7 @@ class PairDataset(Dataset):
         slots = list(self.plan.pair_slots(pair))
         seeds = [int(self.plan.view_seed[s]) for s in slots]
         rendered = [
-            render(self.split.load(int(self.plan.sample[s])), seed, self.drawer, self.cfg)
+            self._render(self.split.load(int(self.plan.sample[s])), seed, self.drawer, self.cfg)
             for s, seed in zip(slots, seeds, strict=True)
         ]
         mix = _NO_MIX  # a lone last slot (odd epoch) has no partner to mix with
@@ -70,37 +77,45 @@ class EvalDataset(Dataset):
 
 
 _NO_MIX = mix_params(0, 1.0, (0, 0, 0, 0))
+_render_host = render
 
 
 def _item(rendered, slots: list[int], seeds: list[int], mix) -> dict:
     """Rendered views and everything `finish` needs, fingerprinted together. The pixels stay
-    one tensor per view and the rest NumPy, so `collate_views` copies each view once."""
+    one tensor per view and the rest NumPy, so `collate_views` copies each view once. A view
+    left to the device (`render="device"`) carries its source crop and parameters instead of
+    pixels; `device_render.realize` renders and fingerprints it on the consuming device."""
     op, lams, box = mix
     seed_bits = np.array(seeds, dtype="<u8")
-    # Each view hashes its pixels, then its erasing boxes, the pair's mix and its seed.
-    mix_bytes = np.array([op], "<u4").tobytes() + lams.tobytes() + box.tobytes()
-    fps = [
-        fingerprint(pixels, boxes.tobytes(), mix_bytes, seed.tobytes())
-        for (pixels, boxes), seed in zip(rendered, seed_bits, strict=True)
-    ]
     n = len(slots)
-    return {
-        "image": [pixels for pixels, _ in rendered],
+    item = {
         "erase": np.stack([boxes for _, boxes in rendered]),
         "seed": seed_bits.view(np.int64),
         "mix": np.full(n, op, dtype=np.int64),
         "lam": np.tile(lams, (n, 1)),
         "box": np.tile(box, (n, 1)),
         "slot": np.array(slots, dtype=np.int64),
-        "fingerprint": np.array(fps, dtype=np.uint64).view(np.int64),
     }
+    if isinstance(rendered[0][0], DeviceView):  # fingerprinted once rendered
+        return {**item, "device_views": [view for view, _ in rendered]}
+    fps = [
+        view_fingerprint(pixels, boxes, op, lams, box, seed)
+        for (pixels, boxes), seed in zip(rendered, seed_bits, strict=True)
+    ]
+    fps = np.array(fps, dtype=np.uint64).view(np.int64)
+    return {**item, "image": [pixels for pixels, _ in rendered], "fingerprint": fps}
 
 
 def collate_views(items: list[dict]) -> dict[str, torch.Tensor]:
-    """A batch of items (1 or 2 views each), concatenated along the view axis."""
-    batch = {"image": torch.stack([view for item in items for view in item["image"]])}
+    """A batch of items (1 or 2 views each), concatenated along the view axis. Views left
+    to the device stay a list (of source crops and parameters) until `realize`."""
+    batch = {}
     for key in items[0]:
-        if key != "image":
+        if key == "image":
+            batch[key] = torch.stack([view for item in items for view in item[key]])
+        elif key == "device_views":
+            batch[key] = [view for item in items for view in item[key]]
+        else:
             batch[key] = torch.from_numpy(np.concatenate([item[key] for item in items]))
     return batch
 
@@ -109,8 +124,10 @@ class ReplayDataset(Dataset):
     """The training views of a run: item (epoch, pair) is pair `pair` of the views training
     epoch `epoch` replays — its own, or stored epoch e mod `cycle` past a store's end."""
 
-    def __init__(self, split: Split, recipe: Recipe, cycle: int | None = None):
-        self.split, self.recipe, self.cycle = split, recipe, cycle
+    def __init__(
+        self, split: Split, recipe: Recipe, cycle: int | None = None, render: str = "host"
+    ):
+        self.split, self.recipe, self.cycle, self.render = split, recipe, cycle, render
         self._epoch, self._pairs = -1, None  # one epoch's dataset at a time, per process
 
     def view_epoch(self, epoch: int) -> int:
@@ -122,7 +139,8 @@ class ReplayDataset(Dataset):
     def _dataset(self, epoch: int) -> PairDataset:
         if epoch != self._epoch:
             plan = self.recipe.epoch_plan(self.view_epoch(epoch), len(self.split))
-            self._epoch, self._pairs = epoch, PairDataset(self.split, plan, self.recipe.view)
+            pairs = PairDataset(self.split, plan, self.recipe.view, self.render)
+            self._epoch, self._pairs = epoch, pairs
         return self._pairs
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
@@ -159,12 +177,14 @@ class RunSampler(Sampler[list[tuple[int, int]]]):
             yield [(epoch, p) for p in range(slots.start // 2, slots.stop // 2)]
 
 
-def stored_views(source: Source, recipe: Recipe, split: str, epoch: int) -> Dataset:
+def stored_views(
+    source: Source, recipe: Recipe, split: str, epoch: int, render: str = "host"
+) -> Dataset:
     """The views a store holds for `split`/`epoch`, as the teacher saw them: the epoch plan's
     mixed training pairs (item p = slots 2p, 2p+1), or the clean val views (item = slot)."""
     data = source.split(split)
     if split == "train":
-        return PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view)
+        return PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view, render)
     return EvalDataset(data, recipe.view)
 
 

@@ -248,3 +248,11 @@ def fingerprint(pixels: torch.Tensor, *params: bytes) -> int:
     for chunk in params:
         h.update(chunk)
     return h.intdigest()
+
+
+def view_fingerprint(pixels, boxes: np.ndarray, op: int, lams, box, seed) -> int:
+    """A view's fingerprint: its pixels, then its erasing boxes, its pair's mix (op as u32,
+    float32 λs, int32 box) and its seed (u64), as bytes."""
+    mix_bytes = np.array([op], "<u4").tobytes() + np.asarray(lams).tobytes()
+    mix_bytes += np.asarray(box).tobytes()
+    return fingerprint(pixels, boxes.tobytes(), mix_bytes, np.asarray(seed, "<u8").tobytes())

@@ -303,11 +303,11 @@ def library_versions() -> dict[str, str]:
     """The versions that decide a view's bytes (Pillow and the libjpeg-turbo it decodes
     with, timm's draws, torchvision's crop) or a store's, recorded in its metadata."""
     import PIL
-    from PIL import features
     import timm
     import torch
     import torchvision
     import zarr
+    from PIL import features
 
     import deit_pipe
 

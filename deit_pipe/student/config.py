@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
+from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS, RENDERS
 from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
 from deit_pipe.errors import ConfigError, DeitPipeError, check
 from deit_pipe.teacher import TeacherConfig
@@ -54,6 +54,7 @@ class TrainConfig:
     ema_decay: float = 0.99996
     seed: int = 0
     loader_workers: int = 0
+    render: str = "auto"  # who renders the training views (RENDERS); the bytes are the same
     ckpt_every: int = 0  # steps; 0 = at epoch end only
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     log_every: int = 1  # steps between loss read-backs (each one waits for the device)
@@ -74,6 +75,7 @@ class TrainConfig:
             ("distill", self.distill, DISTILL),
             ("kl_reduction", self.kl_reduction, KL_REDUCTIONS),
             ("device", self.device, DEVICES),
+            ("render", self.render, RENDERS),
         ):
             if value not in choices:
                 raise DeitPipeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

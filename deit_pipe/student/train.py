@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from deit_pipe.data import collate_views, finish
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
+from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.errors import DivergedError
 from deit_pipe.outputs import make_dir, write_atomic
 from deit_pipe.storage.lock import WriterLock
@@ -84,7 +85,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
 def run_loader(tr: Trainer) -> tuple[ReplayDataset, DataLoader]:
     """One loader for the run, from the resume step to the last (or `max_steps`) step."""
     cycle = tr.store.spec.epochs if tr.store is not None and tr.cfg.cycle_epochs else None
-    dataset = ReplayDataset(tr.source.split("train"), tr.recipe, cycle)
+    tr.render = render_mode(tr.cfg.render, tr.ctx.device)
+    dataset = ReplayDataset(tr.source.split("train"), tr.recipe, cycle, tr.render)
     end = min(tr.total_steps, tr.cfg.max_steps or tr.total_steps)
     sampler = RunSampler(
         len(dataset.split), tr.cfg.batch_size, end, tr.ctx.world_size, tr.ctx.rank, tr.step
@@ -173,6 +175,9 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     targets = mixed_label_targets(
         tr.labels[own], tr.labels[other], lam, tr.source.num_classes, tr.cfg.smoothing
     )
+    if "device_views" in batch:
+        batch = realize(batch, dev)
+        tr.host_rendered += batch["host_rendered"]
     views = finish(batch, tr.recipe.view, dev).contiguous(memory_format=torch.channels_last)
     soft, hard = tr.teacher.targets(slots, batch["fingerprint"].numpy(), views)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -233,7 +238,9 @@ def end_epoch(tr: Trainer, epoch: int, metrics: MetricsWriter, report) -> dict |
     last = tr.step == tr.total_steps
     if (epoch + 1) % tr.cfg.eval_every == 0 or last:
         result = evaluate_heads(tr)
-        record = {"epoch": epoch, "step": tr.step, "eval": result}
+        record = {"epoch": epoch, "step": tr.step, "eval": result, "render": tr.render}
+        if tr.render == "device":  # views whose ops no kernel covers, rendered by Pillow
+            record["host_rendered"] = tr.host_rendered
         metrics.write(record)
         report({**record, "total_steps": tr.total_steps})
     save(tr)

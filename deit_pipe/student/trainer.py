@@ -69,6 +69,8 @@ class Trainer:
     run_info: dict
     step: int = 0
     saved_step: int | None = None  # the step of OUT/checkpoint.pt, once there is one
+    render: str = "host"  # who renders the training views: host (Pillow) or device (kernels)
+    host_rendered: int = 0  # views the device path left to Pillow (ops no kernel covers)
 
     @property
     def out(self) -> Path:

@@ -1,0 +1,188 @@
+"""The host decodes, the device renders: the Pillow stage of a batch of views on the device
+that consumes them, with the same bytes as `views.apply_host`.
+
+A loader worker draws a view's parameters and cuts its crop out of the decoded image (a crop
+inside the image is a copy, no arithmetic: `Image.crop`). The consumer pads the crops of a
+batch into one uint8 tensor, moves it to its device and runs the kernels (`kernels/`):
+the crop's resize, the flips, then the auto-augment ops round by round, each op once for the
+views that drew it. Views whose parameters the kernels do not cover (AugMix, colour jitter,
+blur) are rendered by Pillow in the worker and ride along as pixels; `realize` counts them.
+Fingerprints are taken from the rendered bytes exactly as the host path takes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deit_pipe.choices import RENDERS
+from deit_pipe.data.kernels import affine, enhance, pointops, resample
+from deit_pipe.data.viewparams import AugOp, ViewDrawer, ViewParams
+from deit_pipe.data.views import ViewConfig, apply_host, erasing_boxes, view_fingerprint
+from deit_pipe.errors import DeitPipeError
+
+
+def render_mode(render: str, device: torch.device) -> str:
+    """`--render auto|host|device` for views consumed on `device`: auto is the device on
+    CUDA and the host elsewhere (on a CPU the kernels are slower than Pillow; both paths
+    give the same bytes, so this is only a speed choice)."""
+    if render not in RENDERS:
+        raise DeitPipeError(f"--render must be one of {', '.join(RENDERS)}, got {render!r}")
+    if render == "auto":
+        return "device" if device.type == "cuda" else "host"
+    return render
+
+
+@dataclass
+class DeviceView:
+    """A view handed to the device: its source crop (uint8 HWC) and parameters, or, where
+    `params` is None, its pixels already rendered on the host."""
+
+    pixels: torch.Tensor
+    params: ViewParams | None
+
+
+def defer(
+    img: Image.Image, view_seed: int, drawer: ViewDrawer, cfg: ViewConfig
+) -> tuple[DeviceView, np.ndarray]:
+    """`views.render`'s work up to the Pillow stage: the draws, the erasing boxes (drawn
+    after, from the same generator) and the crop; the rest is left to `render_batch`."""
+    params, rng = drawer.draw(view_seed, *img.size)
+    boxes = erasing_boxes(rng, cfg, *params.size)
+    if not covered(params):
+        return DeviceView(apply_host(img, params), None), boxes
+    top, left, h, w = params.crop
+    crop = np.asarray(img)[top : top + h, left : left + w]
+    return DeviceView(torch.from_numpy(np.array(crop)), params), boxes
+
+
+def _affine(fn):
+    def run(x: torch.Tensor, ops: list[AugOp]) -> torch.Tensor:
+        fill = torch.tensor([affine.fill_color(op.fill) for op in ops], dtype=torch.uint8)
+        return fn(x, [op.args[0] for op in ops], ops[0].resample, fill)
+
+    return run
+
+
+def _translate_rel(fn, axis: int):
+    def run(x: torch.Tensor, ops: list[AugOp]) -> torch.Tensor:
+        pixels = [affine.translate_rel(op.args[0], x.shape[axis]) for op in ops]
+        fill = torch.tensor([affine.fill_color(op.fill) for op in ops], dtype=torch.uint8)
+        return fn(x, pixels, ops[0].resample, fill)
+
+    return run
+
+
+def _arg(fn, convert=lambda a: a):
+    return lambda x, ops: fn(x, [convert(op.args[0]) for op in ops])
+
+
+def _plain(fn):
+    return lambda x, ops: fn(x)
+
+
+_ENHANCE = {"Color": enhance.color, "Contrast": enhance.contrast}
+_ENHANCE |= {"Brightness": enhance.brightness, "Sharpness": enhance.sharpness}
+# Each auto-augment op (by timm name) as a kernel over the views that drew it: (x, ops) → x.
+KERNELS = {
+    "AutoContrast": _plain(pointops.autocontrast),
+    "Equalize": _plain(pointops.equalize),
+    "Invert": _plain(pointops.invert),
+    "SolarizeAdd": _arg(pointops.solarize_add),
+    "Desaturate": _arg(enhance.color, enhance.desaturate_factor),
+    "Rotate": _affine(affine.rotate),
+    "ShearX": _affine(affine.shear_x),
+    "ShearY": _affine(affine.shear_y),
+    "TranslateX": _affine(affine.translate_x),
+    "TranslateY": _affine(affine.translate_y),
+    "TranslateXRel": _translate_rel(affine.translate_x, 2),
+    "TranslateYRel": _translate_rel(affine.translate_y, 1),
+}
+for _suffix in ("", "Increasing", "Original"):
+    KERNELS[f"Posterize{_suffix}"] = _arg(pointops.posterize)
+for _suffix in ("", "Increasing"):
+    KERNELS[f"Solarize{_suffix}"] = _arg(pointops.solarize)
+    KERNELS |= {f"{name}{_suffix}": _arg(fn) for name, fn in _ENHANCE.items()}
+# torchvision's ColorJitter on a PIL image is ImageEnhance too (brightness, contrast,
+# saturation = Color); hue (id 3) goes through Pillow's HSV conversion, left to the host.
+_JITTER = {0: enhance.brightness, 1: enhance.contrast, 2: enhance.color}
+
+
+def covered(p: ViewParams) -> bool:
+    """Whether the kernels render every step of this view (else the host renders it)."""
+    return (
+        p.augmix is None
+        and all(op.name in KERNELS for op in p.ops)
+        and all(fn in _JITTER for fn, _ in p.jitter)
+    )
+
+
+def _rounds(x: torch.Tensor, steps: list[tuple], apply) -> torch.Tensor:
+    """Step k of every view, views grouped by what their step k is (one kernel call a
+    group): `steps[i]` is view i's sequence, `apply(x, key, items)` runs one group."""
+    for k in range(max((len(s) for s in steps), default=0)):
+        groups: dict = {}
+        for i, seq in enumerate(steps):
+            if k < len(seq):
+                groups.setdefault(seq[k][0], []).append((i, seq[k][1]))
+        for key, members in groups.items():
+            index = torch.tensor([i for i, _ in members], device=x.device)
+            x[index] = apply(x[index], key, [item for _, item in members])
+    return x
+
+
+def render_batch(
+    crops: list[torch.Tensor], params: list[ViewParams], device: torch.device
+) -> torch.Tensor:
+    """The Pillow stage of views whose source crops (uint8 HWC, any sizes) and parameters
+    are given, on `device`: uint8 [B, H, W, C], the bytes `apply_host` makes."""
+    taps = [
+        resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
+        for c, p in zip(crops, params, strict=True)
+    ]
+    hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
+    padded = torch.zeros((len(crops), hmax, wmax, crops[0].shape[2]), dtype=torch.uint8)
+    for i, c in enumerate(crops):
+        padded[i, : c.shape[0], : c.shape[1]] = c
+    pin = device.type == "cuda"
+    padded = padded.pin_memory() if pin else padded
+    x = resample.resize_batch(
+        padded.to(device, non_blocking=pin), resample.stack_taps(taps).to(device)
+    )
+    for flag, dim in (("hflip", 2), ("vflip", 1)):
+        flips = [i for i, p in enumerate(params) if getattr(p, flag)]
+        if flips:
+            index = torch.tensor(flips, device=device)
+            x[index] = x[index].flip(dim)
+    ops = [[((op.name, op.resample), op) for op in p.ops] for p in params]
+    x = _rounds(x, ops, lambda xs, key, items: KERNELS[key[0]](xs, items))
+    jitter = [list(p.jitter) for p in params]
+    return _rounds(x, jitter, lambda xs, fn, factors: _JITTER[fn](xs, factors))
+
+
+def realize(batch: dict, device: torch.device) -> dict:
+    """A collated batch of deferred views (`device_views`) rendered on `device`: the batch
+    as the host path collates it (`image` uint8 NHWC, now on the device; `fingerprint`
+    from those bytes), plus `host_rendered`, how many views the kernels did not cover."""
+    views = batch.pop("device_views")
+    todo = [i for i, v in enumerate(views) if v.params is not None]
+    done = [i for i, v in enumerate(views) if v.params is None]
+    size = views[todo[0]].params.size if todo else views[0].pixels.shape[:2]
+    image = torch.empty((len(views), *size, 3), dtype=torch.uint8, device=device)
+    if todo:
+        crops = [views[i].pixels for i in todo]
+        image[todo] = render_batch(crops, [views[i].params for i in todo], device)
+    if done:
+        image[done] = torch.stack([views[i].pixels for i in done]).to(device)
+    host = image.cpu()  # one read-back a batch: the fingerprints hash the rendered bytes
+    erase, mix, lam = batch["erase"].numpy(), batch["mix"].numpy(), batch["lam"].numpy()
+    box, seed = batch["box"].numpy(), batch["seed"].numpy()
+    fps = [
+        view_fingerprint(host[i], erase[i], int(mix[i]), lam[i], box[i], seed[i])
+        for i in range(len(views))
+    ]
+    fps = torch.from_numpy(np.array(fps, dtype=np.uint64).view(np.int64))
+    return {**batch, "image": image, "fingerprint": fps, "host_rendered": len(done)}

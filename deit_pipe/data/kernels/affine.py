@@ -1,0 +1,309 @@
+"""Affine ops of timm's auto-augment (rotate, shear x/y, translate x/y) as batched kernels,
+bit-identical to Pillow's `Image.rotate` / `Image.transform(size, AFFINE, ...)`.
+
+Host side (float64, Python, exactly as Pillow's `Image.py` builds them): the matrices
+(`Image.rotate` with its `angle % 360`, cos/sin rounded to 15 places, centre (w/2, h/2),
+no expand) and the fill colour (`Image.new(mode, size, fillcolor)`; with a fill colour,
+Pillow passes fill=0 so points outside keep it).
+
+Device side mirrors `src/libImaging/Geometry.c`:
+
+- BILINEAR / BICUBIC go through `ImagingGenericTransform` with `affine_transform`:
+  `x' = a0 (x + 0.5) + a1 (y + 0.5) + a2` in double; a point with x' < 0, x' >= W,
+  y' < 0 or y' >= H keeps the fill; else `x' - 0.5` is split into floor and fraction, the
+  neighbours are edge-clamped (the "previous row" rule of `BICUBIC_BODY` equals clamping)
+  and `bilinear_filter32RGB` / `bicubic_filter32RGB` interpolate rows then the column in
+  double with Pillow's exact expression trees; bicubic clamps to 0..255, both truncate.
+  Every rounded double operation is its own eager kernel (no FMA).
+- NEAREST goes through `ImagingTransformAffine`'s own paths: `ImagingScaleAffine` when
+  a1 == a3 == 0 (running sums `xo += a0`, replayed on the host), `affine_fixed` (16.16 fixed
+  point, integer on the device) when the corners fit, else its float running sums (host).
+
+Images are uint8 [n, H, W, C]; matrices float64 [n, 6] on the host; fill uint8 [n, C].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BICUBIC",
+    "BILINEAR",
+    "NEAREST",
+    "fill_color",
+    "rotate",
+    "rotate_matrix",
+    "shear_matrix",
+    "shear_x",
+    "shear_y",
+    "transform_affine",
+    "translate_matrix",
+    "translate_rel",
+    "translate_x",
+    "translate_y",
+]
+
+NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL.Image.Resampling values
+_CHUNK_PIXELS = 1 << 20  # output pixels per chunk: bounds the float64 temporaries
+
+Matrix = tuple[float, float, float, float, float, float]
+Fill = torch.Tensor | Sequence[int] | int | None
+
+
+# ---------------------------------------------------------------- host-side parameters
+
+
+def rotate_matrix(degrees: float, width: int, height: int) -> Matrix:
+    """`Image.rotate(degrees)`'s inverse matrix (expand=False, default centre)."""
+    angle = -math.radians(degrees % 360.0)
+    cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    a, b, d, e = cos, sin, round(-math.sin(angle), 15), cos
+    cx, cy = width / 2, height / 2
+    # Pillow's `transform(-cx, -cy, matrix)` then `+= center`, term by term.
+    c = a * -cx + b * -cy + 0.0
+    f = d * -cx + e * -cy + 0.0
+    return (a, b, c + cx, d, e, f + cy)
+
+
+def shear_matrix(factor: float, axis: str) -> Matrix:
+    """timm's `shear_x` (1, f, 0, 0, 1, 0) or `shear_y` (1, 0, 0, f, 1, 0)."""
+    if axis == "x":
+        return (1.0, factor, 0.0, 0.0, 1.0, 0.0)
+    return (1.0, 0.0, 0.0, factor, 1.0, 0.0)
+
+
+def translate_matrix(dx: float, dy: float) -> Matrix:
+    """timm's `translate_*_abs` / `translate_*_rel`: (1, 0, dx, 0, 1, dy)."""
+    return (1.0, 0.0, dx, 0.0, 1.0, dy)
+
+
+def translate_rel(pct: float, size: int) -> float:
+    """timm's `translate_x_rel` / `translate_y_rel` pixels: `pct * img.size[axis]`."""
+    return pct * size
+
+
+def fill_color(fillcolor: float | Sequence[float] | str | None, mode: str = "RGB") -> tuple:
+    """The pixel `Image.new(mode, size, fillcolor)` paints (an int for RGB is packed
+    0xBBGGRR, a str is a colour name): Pillow itself computes it."""
+    from PIL import Image  # host-only, and only for this one-off conversion
+
+    if isinstance(fillcolor, list):
+        fillcolor = tuple(fillcolor)
+    px = Image.new(mode, (1, 1), fillcolor).getpixel((0, 0))
+    return tuple(px) if isinstance(px, tuple) else (px,)
+
+
+# ---------------------------------------------------------------- batched ops
+
+
+def _fill_tensor(fill: Fill, n: int, c: int, device: torch.device) -> torch.Tensor:
+    if fill is None:
+        fill = 0  # Pillow zeroes the new image
+    t = torch.as_tensor(fill, dtype=torch.uint8).to(device)
+    return t.reshape(-1).expand(c).expand(n, c) if t.numel() in (1, c) else t.reshape(n, c)
+
+
+def transform_affine(
+    imgs: torch.Tensor,
+    matrices: torch.Tensor | np.ndarray | Sequence[Matrix],
+    resample: int = BICUBIC,
+    fill: Fill = None,
+) -> torch.Tensor:
+    """`img.transform(img.size, AFFINE, matrix, resample, fillcolor=fill)` per view.
+
+    `matrices` float64 [n, 6] (host; Pillow's inverse map, output -> input), `resample`
+    one of NEAREST/BILINEAR/BICUBIC for the whole call, `fill` uint8 [n, C], [C] or a
+    scalar (see `fill_color`; None is black).
+    """
+    n, h, w, c = imgs.shape
+    mats = np.asarray(matrices, dtype=np.float64).reshape(n, 6)
+    fills = _fill_tensor(fill, n, c, imgs.device)
+    out = torch.empty_like(imgs)
+    step = max(1, _CHUNK_PIXELS // (h * w))
+    for s in range(0, n, step):
+        sl = slice(s, min(n, s + step))
+        if resample == NEAREST:
+            out[sl] = _nearest(imgs[sl], mats[sl], fills[sl])
+        elif resample in (BILINEAR, BICUBIC):
+            out[sl] = _interpolated(imgs[sl], mats[sl], fills[sl], resample == BICUBIC)
+        else:
+            raise ValueError(f"resample {resample} is not NEAREST, BILINEAR or BICUBIC")
+    return out
+
+
+def rotate(
+    imgs: torch.Tensor, degrees: Sequence[float], resample: int = BICUBIC, fill: Fill = None
+) -> torch.Tensor:
+    """timm's `rotate(img, degrees, resample=, fillcolor=)`, i.e. `Image.rotate`."""
+    _, h, w, _ = imgs.shape
+    return transform_affine(imgs, [rotate_matrix(d, w, h) for d in degrees], resample, fill)
+
+
+def shear_x(
+    imgs: torch.Tensor, factors: Sequence[float], resample: int = BICUBIC, fill: Fill = None
+) -> torch.Tensor:
+    """timm's `shear_x(img, factor, ...)`."""
+    return transform_affine(imgs, [shear_matrix(f, "x") for f in factors], resample, fill)
+
+
+def shear_y(
+    imgs: torch.Tensor, factors: Sequence[float], resample: int = BICUBIC, fill: Fill = None
+) -> torch.Tensor:
+    """timm's `shear_y(img, factor, ...)`."""
+    return transform_affine(imgs, [shear_matrix(f, "y") for f in factors], resample, fill)
+
+
+def translate_x(
+    imgs: torch.Tensor, pixels: Sequence[float], resample: int = BICUBIC, fill: Fill = None
+) -> torch.Tensor:
+    """timm's `translate_x_abs(img, pixels, ...)`; for `translate_x_rel(img, pct)` pass
+    `translate_rel(pct, width)`."""
+    return transform_affine(imgs, [translate_matrix(p, 0.0) for p in pixels], resample, fill)
+
+
+def translate_y(
+    imgs: torch.Tensor, pixels: Sequence[float], resample: int = BICUBIC, fill: Fill = None
+) -> torch.Tensor:
+    """timm's `translate_y_abs(img, pixels, ...)`; for `translate_y_rel(img, pct)` pass
+    `translate_rel(pct, height)`."""
+    return transform_affine(imgs, [translate_matrix(0.0, p) for p in pixels], resample, fill)
+
+
+# ---------------------------------------------------------------- BILINEAR / BICUBIC
+
+
+def _source_coords(mats: torch.Tensor, h: int, w: int, row: int) -> torch.Tensor:
+    """`a[row] * (x + 0.5) + a[row+1] * (y + 0.5) + a[row+2]`, [n, H, W] float64, each
+    product and sum rounded on its own, in C's left-to-right order."""
+    xs = torch.arange(w, dtype=torch.float64, device=mats.device) + 0.5  # exact
+    ys = torch.arange(h, dtype=torch.float64, device=mats.device) + 0.5
+    px = torch.mul(mats[:, row, None], xs)[:, None, :]
+    py = torch.mul(mats[:, row + 1, None], ys)[:, :, None]
+    return torch.add(torch.add(px, py), mats[:, row + 2, None, None])
+
+
+def _split(v: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`v -= 0.5; i = FLOOR(v); d = v - i` (exact); i capped so outside points stay in int64."""
+    v = torch.sub(v, 0.5)
+    fl = torch.floor(v)
+    d = torch.sub(v, fl)
+    return fl.clamp(-4.0, size + 4.0).to(torch.int64), d[:, None]
+
+
+def _taps(i: torch.Tensor, size: int, k: int) -> list[torch.Tensor]:
+    """Edge-clamped neighbour indices i - 1 .. i + 2 (bicubic) or i .. i + 1 (bilinear)."""
+    first = -1 if k == 4 else 0
+    return [(i + (first + j)).clamp(0, size - 1) for j in range(k)]
+
+
+def _cubic(
+    v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor
+) -> torch.Tensor:
+    """Geometry.c's `BICUBIC`: p1 + d (p2 + d (p3 + d p4)), one rounding per operation."""
+    p2 = torch.add(torch.neg(v1), v3)
+    p3 = torch.sub(torch.add(torch.mul(torch.sub(v1, v2), 2.0), v3), v4)
+    p4 = torch.add(torch.sub(torch.add(torch.neg(v1), v2), v3), v4)
+    v = torch.add(p3, torch.mul(d, p4))
+    v = torch.add(p2, torch.mul(d, v))
+    return torch.add(v2, torch.mul(d, v))
+
+
+def _linear(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Geometry.c's `BILINEAR`: a + (b - a) d."""
+    return torch.add(a, torch.mul(torch.sub(b, a), d))
+
+
+def _interpolated(
+    imgs: torch.Tensor, mats_np: np.ndarray, fills: torch.Tensor, cubic: bool
+) -> torch.Tensor:
+    n, h, w, c = imgs.shape
+    mats = torch.from_numpy(mats_np).to(imgs.device)
+    xx, yy = _source_coords(mats, h, w, 0), _source_coords(mats, h, w, 3)
+    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+    ix, dx = _split(xx, w)  # [n, H, W] taps, [n, 1, H, W] fractions
+    iy, dy = _split(yy, h)
+    k = 4 if cubic else 2
+    cols = _taps(ix, w, k)
+    # Planar float64 (exact for uint8): the arithmetic then runs along contiguous W.
+    planes = imgs.permute(0, 3, 1, 2).reshape(n, c, h * w).to(torch.float64)
+    rows = []
+    for ry in _taps(iy, h, k):
+        v = [
+            torch.gather(planes, 2, (ry * w + cx).reshape(n, 1, h * w).expand(n, c, h * w))
+            for cx in cols
+        ]
+        v = [t.reshape(n, c, h, w) for t in v]
+        rows.append(_cubic(*v, dx) if cubic else _linear(*v, dx))
+    v = _cubic(*rows, dy) if cubic else _linear(*rows, dy)
+    # bicubic: <= 0 -> 0, >= 255 -> 255, else (UINT8) truncation; bilinear stays in range.
+    px = v.clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
+    return torch.where(inside[..., None], px, fills.reshape(n, 1, 1, c))
+
+
+# ---------------------------------------------------------------- NEAREST
+
+
+def _coord(v: np.ndarray) -> np.ndarray:
+    """Geometry.c's `COORD`: -1 below zero, else truncation."""
+    return np.where(v < 0.0, -1, np.trunc(np.clip(v, -1.0, 2.0**40))).astype(np.int64)
+
+
+def _running(start: float, step: float, count: int) -> np.ndarray:
+    """`start, start + step, (start + step) + step, ...`: C's `xo += a` running sum."""
+    seq = np.full(count, step, dtype=np.float64)
+    if count:
+        seq[0] = start
+    return np.add.accumulate(seq)  # strictly sequential, one rounding per step
+
+
+def _fits_fixed(a: np.ndarray, w: int, h: int) -> bool:
+    """`check_fixed` at the four corners: 16.16 fixed point can hold the coordinates."""
+    return all(
+        abs(x * a[0] + y * a[1] + a[2]) < 32768.0 and abs(x * a[3] + y * a[4] + a[5]) < 32768.0
+        for x, y in ((0, 0), (w, h), (0, h), (w, 0))
+    )
+
+
+def _nearest_map(a: np.ndarray, h: int, w: int, device: torch.device) -> tuple:
+    """Source column and row of every output pixel ([H, W] int64; out of range = fill)."""
+    a = [float(v) for v in a]
+    if a[1] == 0 and a[3] == 0:  # ImagingScaleAffine
+        sx = _coord(_running(a[2] + a[0] * 0.5, a[0], w))[None, :]
+        sy = _coord(_running(a[5] + a[4] * 0.5, a[4], h))[:, None]
+        sx, sy = np.broadcast_arrays(sx, sy)
+    elif _fits_fixed(np.asarray(a), w, h):  # affine_fixed: exact integers, on the device
+
+        def fix(v: float) -> int:
+            return math.floor(v * 65536.0 + 0.5)
+
+        k0, k1, k3, k4 = fix(a[0]), fix(a[1]), fix(a[3]), fix(a[4])
+        k2, k5 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5), fix(a[5] + a[3] * 0.5 + a[4] * 0.5)
+        x = torch.arange(w, device=device, dtype=torch.int64)[None, :]
+        y = torch.arange(h, device=device, dtype=torch.int64)[:, None]
+        sx = torch.bitwise_right_shift(k2 + y * k1 + x * k0, 16)  # >> 16 floors, like C
+        sy = torch.bitwise_right_shift(k5 + y * k4 + x * k3, 16)
+        return sx, sy
+    else:  # float running sums, row by row (coordinates beyond +-32768)
+        xo = _running(a[2] + a[1] * 0.5 + a[0] * 0.5, a[1], h)
+        yo = _running(a[5] + a[4] * 0.5 + a[3] * 0.5, a[4], h)
+        sx = _coord(np.stack([_running(s, a[0], w) for s in xo]).reshape(h, w))
+        sy = _coord(np.stack([_running(s, a[3], w) for s in yo]).reshape(h, w))
+    return torch.from_numpy(np.ascontiguousarray(sx)).to(device), torch.from_numpy(
+        np.ascontiguousarray(sy)
+    ).to(device)
+
+
+def _nearest(imgs: torch.Tensor, mats: np.ndarray, fills: torch.Tensor) -> torch.Tensor:
+    n, h, w, c = imgs.shape
+    maps = [_nearest_map(m, h, w, imgs.device) for m in mats]
+    sx = torch.stack([m[0] for m in maps])
+    sy = torch.stack([m[1] for m in maps])
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    base = torch.arange(n, device=imgs.device).reshape(n, 1, 1) * (h * w)
+    idx = base + sy.clamp(0, h - 1) * w + sx.clamp(0, w - 1)
+    px = imgs.reshape(n * h * w, c)[idx]
+    return torch.where(inside[..., None], px, fills.reshape(n, 1, 1, c))

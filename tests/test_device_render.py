@@ -1,0 +1,138 @@
+"""The device stage: views rendered by the tensor kernels are the bytes Pillow renders (the
+host path), whatever the recipe, batch or device, and stores made before it still replay."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deit_pipe.data import ViewConfig, collate_views, open_source, stored_views, train_transform
+from deit_pipe.data.dataset import PairDataset
+from deit_pipe.data.device_render import covered, defer, realize
+from deit_pipe.data.plan import MixConfig, plan
+from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.viewparams import ViewDrawer
+from deit_pipe.data.views import apply_host
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+RECIPES = {
+    "deit": dict(input_size=32),
+    "random-interp-vflip": dict(input_size=20, interpolation="random", vflip=0.5),
+    "aa-original-nearest": dict(input_size=16, auto_augment="original", interpolation="nearest"),
+    "aa-v0-bilinear": dict(input_size=16, auto_augment="v0", interpolation="bilinear"),
+    "jitter": dict(input_size=16, auto_augment=None, color_jitter=0.4),
+    "augmix-on-host": dict(input_size=16, auto_augment="augmix-m3-w2"),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_device_views_are_pillows_bytes(name, device):
+    """Random images of assorted sizes (crops touching borders, upscales, thin images that
+    take the centre-crop fallback), one batch per recipe: every byte equal."""
+    cfg = ViewConfig(**RECIPES[name])
+    drawer = ViewDrawer(train_transform(cfg))
+    rng = np.random.default_rng(len(name))
+    items, expected = [], []
+    for seed in range(96):
+        h, w = (int(v) for v in rng.integers(2, 72, 2))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        view, boxes = defer(img, seed, drawer, cfg)
+        expected.append(apply_host(img, drawer.draw(seed, w, h)[0]))
+        items.append(view)
+    dummy = {k: torch.zeros(len(items), *s, dtype=t) for k, s, t in _ITEM_KEYS}
+    batch = realize({**dummy, "device_views": items}, torch.device(device))
+    assert torch.equal(batch["image"].cpu(), torch.stack(expected)), name
+    # AugMix's mixing is not a kernel: those views ride along rendered by Pillow.
+    assert (batch["host_rendered"] == len(items)) == (name == "augmix-on-host")
+    assert all(covered(v.params) for v in items if v.params is not None)
+
+
+_ITEM_KEYS = [
+    ("erase", (1, 4), torch.int32),
+    ("mix", (), torch.int64),
+    ("lam", (2,), torch.float32),
+    ("box", (4,), torch.int32),
+    ("seed", (), torch.int64),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_batch_rendered_on_the_device_is_the_host_batch(device):
+    """Through the dataset: same pixels, same fingerprints, same finishing parameters."""
+    split = open_source("digits").split("train")
+    cfg = ViewConfig(input_size=32, re_count=2)
+    epoch_plan = plan(3, 1, len(split), 3, MixConfig(), 32)
+    host = PairDataset(split, epoch_plan, cfg)
+    dev = PairDataset(split, epoch_plan, cfg, render="device")
+    a = collate_views([host[p] for p in range(24)])
+    b = realize(collate_views([dev[p] for p in range(24)]), torch.device(device))
+    assert torch.equal(a["image"], b["image"].cpu())
+    for key in a:
+        if key != "image":
+            assert torch.equal(a[key], b[key]), key
+
+
+PINNED = json.loads((Path(__file__).parent / "data" / "plan3_fingerprints.json").read_text())
+
+
+@pytest.mark.parametrize("render", ["host", "device"])
+def test_views_made_before_explicit_draws_and_device_rendering_replay(render):
+    """Fingerprints of digits views recorded with the plan-3 renderer at 7a3f7b4 (timm's
+    transform drawing from swapped module RNGs): both paths give them back, bit for bit."""
+    source = open_source("digits")
+    for key, pinned in PINNED.items():
+        _, split, epoch = key.split("/")
+        if split != "train" and render == "device":
+            continue  # eval views are rendered on the host
+        views = stored_views(source, Recipe.from_dict(pinned["recipe"]), split, int(epoch), render)
+        count = 64 if split == "train" else len(pinned["fingerprints"])
+        batch = collate_views([views[i] for i in range(count)])
+        if render == "device":
+            batch = realize(batch, torch.device("cpu"))
+        got = [f"{v & (2**64 - 1):016x}" for v in batch["fingerprint"].tolist()]
+        assert got == pinned["fingerprints"][: len(got)], key
+
+
+def test_training_on_device_rendered_views_replays_the_store_and_changes_nothing(
+    tmp_path, monkeypatch
+):
+    """A store made from host-rendered views: training with --render device replays every
+    view's fingerprint (a mismatch stops the run) and takes the same steps as --render host."""
+    from deit_pipe.pipeline.precompute import precompute
+    from deit_pipe.pipeline.request import StoreRequest
+    from deit_pipe.pipeline.tasks import Job
+    from deit_pipe.student import train as train_module
+    from deit_pipe.student.train import train
+    from tests.test_train import RECIPE, TEACHER, base_cfg, losses
+
+    rendered = []  # batch sizes the device path rendered: proof that it ran
+
+    def counting(batch, device):
+        rendered.append(len(batch["device_views"]))
+        return realize(batch, device)
+
+    monkeypatch.setattr(train_module, "realize", counting)
+    url = str(tmp_path / "s.zarr")
+    job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
+    precompute(job, StoreRequest(epochs=1, k=5, shard_views=512), workers=0)
+    for render in ("host", "device"):
+        train(base_cfg(tmp_path / render, store=url, distill="hard", max_steps=3, render=render))
+    host, device = losses(tmp_path / "host"), losses(tmp_path / "device")
+    assert len(host) == len(device) == 3 and rendered == [128] * 3
+    for a, b in zip(host, device, strict=True):
+        assert (a["loss"], a["slots_sum"]) == (b["loss"], b["slots_sum"])
+
+
+def test_render_mode_auto_is_the_device_on_cuda_only():
+    from deit_pipe.data.device_render import render_mode
+    from deit_pipe.errors import DeitPipeError
+
+    assert render_mode("auto", torch.device("cpu")) == "host"
+    assert render_mode("auto", torch.device("cuda")) == "device"
+    assert render_mode("device", torch.device("cpu")) == "device"
+    with pytest.raises(DeitPipeError, match="--render must be one of auto, host, device"):
+        render_mode("gpu", torch.device("cpu"))
