@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check that needs CUDA, in one run for a borrowed GPU machine with torch already
-# installed (python3): the finishing test (CUDA bytes == CPU bytes), the CUDA smoke run of
+# installed (python3): the finishing and render-kernel tests (CUDA bytes == CPU bytes ==
+# Pillow's), the device stage's ms per view (P7-host), the CUDA smoke run of
 # precompute → train → audit, and `make bench-gpu`. Usage: benchmarks/gpu_check.sh OUTDIR
 # Each step is time-boxed so that one slow step still leaves the others' results in OUTDIR.
 set -uo pipefail
@@ -10,11 +11,15 @@ export PYTHONUNBUFFERED=1 DEIT_PIPE="python3 -m deit_pipe"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$O/device.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" \
   | tee -a "$O/device.txt"
-timeout 120 python3 -m pytest -q -rA -p no:cacheprovider tests/test_portability.py \
+# CUDA bytes == CPU bytes == Pillow's: finishing, the render kernels, the device stage.
+timeout ${TESTS_S:-240} python3 -m pytest -q -rA -p no:cacheprovider tests/test_portability.py \
+  tests/test_kernels_resample.py tests/test_kernels_ops.py tests/test_device_render.py \
   2>&1 | tee "$O/portability.log"
-timeout 120 python3 benchmarks/finish_bench.py 2>&1 | tee "$O/finish.log"
-timeout 240 benchmarks/gpu_smoke.sh /tmp/gpu-smoke 2>&1 | tee "$O/smoke.log"
+timeout ${RENDER_S:-120} python3 benchmarks/device_render_bench.py --images 64 --rounds 5 \
+  2>&1 | tee "$O/device_render.log"
+[ -n "${SKIP_FINISH:-}" ] || timeout 120 python3 benchmarks/finish_bench.py 2>&1 | tee "$O/finish.log"
+timeout ${SMOKE_S:-240} benchmarks/gpu_smoke.sh /tmp/gpu-smoke 2>&1 | tee "$O/smoke.log"
 timeout ${BENCH_S:-240} python3 benchmarks/scale_bench.py --gpu --batch 256 --steps 20 \
   --warmup 5 --loader-workers 8 2>&1 | tee "$O/bench.log"
-cp benchmarks/scale_gpu.json BENCHMARKS.md "$O/" 2>/dev/null
+cp benchmarks/scale_gpu.json benchmarks/device_render.json BENCHMARKS.md "$O/" 2>/dev/null
 true

@@ -7,8 +7,7 @@ exists in one place.
 
 DEVICES = ("auto", "cpu", "cuda")
 # Who runs a view's Pillow stage: Pillow on the loader's host, or exact tensor kernels on the
-# device that consumes the views (same bytes); auto = the device on CUDA, else the host (the
-# kernels run 10-30x slower than Pillow on a CPU: BENCHMARKS.md, P7).
+# device that consumes the views (same bytes); auto = the host for now (`render_mode`).
 RENDERS = ("auto", "host", "device")
 DISTILL = ("none", "soft", "hard")
 KL_REDUCTIONS = ("batchmean", "numel")

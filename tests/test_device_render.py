@@ -112,7 +112,7 @@ def test_training_on_device_rendered_views_replays_the_store_and_changes_nothing
     rendered = []  # batch sizes the device path rendered: proof that it ran
 
     def counting(batch, device):
-        rendered.append(len(batch["device_views"]))
+        rendered.append(batch["device_views"]["count"])
         return realize(batch, device)
 
     monkeypatch.setattr(train_module, "realize", counting)
@@ -127,12 +127,12 @@ def test_training_on_device_rendered_views_replays_the_store_and_changes_nothing
         assert (a["loss"], a["slots_sum"]) == (b["loss"], b["slots_sum"])
 
 
-def test_render_mode_auto_is_the_device_on_cuda_only():
+def test_render_mode_auto_is_the_host_until_the_device_measures_faster():
     from deit_pipe.data.device_render import render_mode
     from deit_pipe.errors import DeitPipeError
 
     assert render_mode("auto", torch.device("cpu")) == "host"
-    assert render_mode("auto", torch.device("cuda")) == "device"
+    assert render_mode("auto", torch.device("cuda")) == "host"
     assert render_mode("device", torch.device("cpu")) == "device"
     with pytest.raises(DeitPipeError, match="--render must be one of auto, host, device"):
         render_mode("gpu", torch.device("cpu"))

@@ -93,8 +93,8 @@ def _train_options(fn):
             type=click.Choice(RENDERS),
             default="auto",
             show_default=True,
-            help="Who renders the views' Pillow stage: Pillow on the host, or exact kernels "
-            "on the training device (same bytes); auto = the device on CUDA.",
+            help="Who renders the views' Pillow stage: Pillow in the loader workers, or exact "
+            "kernels on the training device (same bytes); auto = the host for now.",
         ),
         click.option(
             "--ckpt-every", type=int, default=0, show_default=True, help="Checkpoint every N steps."

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deit_pipe.data.device_render import DeviceView, defer
+from deit_pipe.data.device_render import DeviceView, defer, prepare
 from deit_pipe.data.finish import mix_params
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
@@ -108,13 +108,13 @@ def _item(rendered, slots: list[int], seeds: list[int], mix) -> dict:
 
 def collate_views(items: list[dict]) -> dict[str, torch.Tensor]:
     """A batch of items (1 or 2 views each), concatenated along the view axis. Views left
-    to the device stay a list (of source crops and parameters) until `realize`."""
+    to the device are `prepare`d here (in the loader worker) for `realize`."""
     batch = {}
     for key in items[0]:
         if key == "image":
             batch[key] = torch.stack([view for item in items for view in item[key]])
-        elif key == "device_views":
-            batch[key] = [view for item in items for view in item[key]]
+        elif key == "device_views":  # the host side of device rendering, in the worker
+            batch[key] = prepare([view for item in items for view in item[key]])
         else:
             batch[key] = torch.from_numpy(np.concatenate([item[key] for item in items]))
     return batch

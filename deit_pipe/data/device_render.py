@@ -2,10 +2,11 @@
 that consumes them, with the same bytes as `views.apply_host`.
 
 A loader worker draws a view's parameters and cuts its crop out of the decoded image (a crop
-inside the image is a copy, no arithmetic: `Image.crop`). The consumer pads the crops of a
-batch into one uint8 tensor, moves it to its device and runs the kernels (`kernels/`):
-the crop's resize, the flips, then the auto-augment ops round by round, each op once for the
-views that drew it. Views whose parameters the kernels do not cover (AugMix, colour jitter,
+inside the image is a copy, no arithmetic: `Image.crop`); collating, it pads a batch's crops
+into one uint8 tensor and computes their resize taps on the host in float64 (`prepare`). The
+consumer moves that to its device and runs the kernels (`kernels/`, `realize`): the crop's
+resize, the flips, then the auto-augment ops round by round, each op once for the views
+that drew it. Views whose parameters the kernels do not cover (AugMix, colour jitter,
 blur) are rendered by Pillow in the worker and ride along as pixels; `realize` counts them.
 Fingerprints are taken from the rendered bytes exactly as the host path takes them.
 """
@@ -26,14 +27,15 @@ from deit_pipe.errors import DeitPipeError
 
 
 def render_mode(render: str, device: torch.device) -> str:
-    """`--render auto|host|device` for views consumed on `device`: auto is the device on
-    CUDA and the host elsewhere (on a CPU the kernels are slower than Pillow; both paths
-    give the same bytes, so this is only a speed choice)."""
+    """`--render auto|host|device` for views consumed on `device`. Both paths give the same
+    bytes, so this is only a speed choice, and auto takes the host for now: on a CPU the
+    kernels run 5-30x slower than Pillow, and on an H200 the device path's consumer side
+    measured 1.0 ms a view (BENCHMARKS.md, 2026-12-04), more than a host loader's cores
+    cost, before its host work moved into the loader workers; auto turns to the device on
+    CUDA once `make gpu-check` shows it faster."""
     if render not in RENDERS:
         raise DeitPipeError(f"--render must be one of {', '.join(RENDERS)}, got {render!r}")
-    if render == "auto":
-        return "device" if device.type == "cuda" else "host"
-    return render
+    return "host" if render == "auto" else render
 
 
 @dataclass
@@ -49,14 +51,14 @@ def defer(
     img: Image.Image, view_seed: int, drawer: ViewDrawer, cfg: ViewConfig
 ) -> tuple[DeviceView, np.ndarray]:
     """`views.render`'s work up to the Pillow stage: the draws, the erasing boxes (drawn
-    after, from the same generator) and the crop; the rest is left to `render_batch`."""
+    after, from the same generator) and the crop; `prepare` and `realize` do the rest."""
     params, rng = drawer.draw(view_seed, *img.size)
     boxes = erasing_boxes(rng, cfg, *params.size)
     if not covered(params):
         return DeviceView(apply_host(img, params), None), boxes
     top, left, h, w = params.crop
-    crop = np.asarray(img)[top : top + h, left : left + w]
-    return DeviceView(torch.from_numpy(np.array(crop)), params), boxes
+    crop = np.array(img.crop((left, top, left + w, top + h)))  # the region alone is copied
+    return DeviceView(torch.from_numpy(crop), params), boxes
 
 
 def _affine(fn):
@@ -134,24 +136,40 @@ def _rounds(x: torch.Tensor, steps: list[tuple], apply) -> torch.Tensor:
     return x
 
 
-def render_batch(
-    crops: list[torch.Tensor], params: list[ViewParams], device: torch.device
-) -> torch.Tensor:
-    """The Pillow stage of views whose source crops (uint8 HWC, any sizes) and parameters
-    are given, on `device`: uint8 [B, H, W, C], the bytes `apply_host` makes."""
-    taps = [
-        resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
-        for c, p in zip(crops, params, strict=True)
-    ]
-    hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
-    padded = torch.zeros((len(crops), hmax, wmax, crops[0].shape[2]), dtype=torch.uint8)
-    for i, c in enumerate(crops):
-        padded[i, : c.shape[0], : c.shape[1]] = c
-    pin = device.type == "cuda"
-    padded = padded.pin_memory() if pin else padded
-    x = resample.resize_batch(
-        padded.to(device, non_blocking=pin), resample.stack_taps(taps).to(device)
-    )
+def prepare(views: list[DeviceView]) -> dict:
+    """The host side of a batch of deferred views, done where the batch is collated (in a
+    loader worker, in parallel with the others): the crops padded into one uint8 tensor
+    (each in its top-left corner) and their resize plan, the parameters, and the pixels of
+    the views Pillow rendered. `realize` does the rest on the consuming device."""
+    todo = [i for i, v in enumerate(views) if v.params is not None]
+    done = [i for i, v in enumerate(views) if v.params is None]
+    size = views[todo[0]].params.size if todo else tuple(views[0].pixels.shape[:2])
+    out = {"size": size, "count": len(views), "todo": todo, "done": done}
+    if done:
+        out["ready"] = torch.stack([views[i].pixels for i in done])
+    if todo:
+        crops = [views[i].pixels for i in todo]
+        out["params"] = [views[i].params for i in todo]
+        taps = [
+            resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
+            for c, p in zip(crops, out["params"], strict=True)
+        ]
+        out["plan"] = resample.stack_taps(taps)
+        hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
+        # Not zeroed: padding is read only under zero weights, and x * 0 = 0 for any byte.
+        padded = torch.empty((len(crops), hmax, wmax, crops[0].shape[2]), dtype=torch.uint8)
+        for i, c in enumerate(crops):
+            padded[i, : c.shape[0], : c.shape[1]] = c
+        out["crops"] = padded
+    return out
+
+
+def _render(prepared: dict, device: torch.device) -> torch.Tensor:
+    """The Pillow stage of a prepared batch's kernel views on `device`: resize, flips, then
+    the auto-augment ops and the jitter, round by round."""
+    params = prepared["params"]
+    crops = prepared["crops"].to(device, non_blocking=True)
+    x = resample.resize_batch(crops, prepared["plan"].to(device))
     for flag, dim in (("hflip", 2), ("vflip", 1)):
         flips = [i for i, p in enumerate(params) if getattr(p, flag)]
         if flips:
@@ -164,25 +182,24 @@ def render_batch(
 
 
 def realize(batch: dict, device: torch.device) -> dict:
-    """A collated batch of deferred views (`device_views`) rendered on `device`: the batch
-    as the host path collates it (`image` uint8 NHWC, now on the device; `fingerprint`
-    from those bytes), plus `host_rendered`, how many views the kernels did not cover."""
-    views = batch.pop("device_views")
-    todo = [i for i, v in enumerate(views) if v.params is not None]
-    done = [i for i, v in enumerate(views) if v.params is None]
-    size = views[todo[0]].params.size if todo else views[0].pixels.shape[:2]
-    image = torch.empty((len(views), *size, 3), dtype=torch.uint8, device=device)
+    """A collated batch of deferred views (`device_views`: `prepare`d, or a list of
+    `DeviceView`) rendered on `device`: the batch as the host path collates it (`image`
+    uint8 NHWC, on the device; `fingerprint` from those bytes), plus `host_rendered`, how
+    many views the kernels did not cover."""
+    prepared = batch.pop("device_views")
+    if isinstance(prepared, list):
+        prepared = prepare(prepared)
+    n, todo, done = prepared["count"], prepared["todo"], prepared["done"]
+    image = torch.empty((n, *prepared["size"], 3), dtype=torch.uint8, device=device)
     if todo:
-        crops = [views[i].pixels for i in todo]
-        image[todo] = render_batch(crops, [views[i].params for i in todo], device)
+        image[todo] = _render(prepared, device)
     if done:
-        image[done] = torch.stack([views[i].pixels for i in done]).to(device)
+        image[done] = prepared["ready"].to(device)
     host = image.cpu()  # one read-back a batch: the fingerprints hash the rendered bytes
     erase, mix, lam = batch["erase"].numpy(), batch["mix"].numpy(), batch["lam"].numpy()
     box, seed = batch["box"].numpy(), batch["seed"].numpy()
     fps = [
-        view_fingerprint(host[i], erase[i], int(mix[i]), lam[i], box[i], seed[i])
-        for i in range(len(views))
+        view_fingerprint(host[i], erase[i], int(mix[i]), lam[i], box[i], seed[i]) for i in range(n)
     ]
     fps = torch.from_numpy(np.array(fps, dtype=np.uint64).view(np.int64))
     return {**batch, "image": image, "fingerprint": fps, "host_rendered": len(done)}
