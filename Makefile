@@ -32,6 +32,7 @@ bench: $(STAMP)
 
 bench-render: $(STAMP)
 	$(BIN)/python benchmarks/render_bench.py
+	$(BIN)/python benchmarks/device_render_bench.py
 
 bench-cli: $(STAMP)
 	$(BIN)/python benchmarks/cli_bench.py

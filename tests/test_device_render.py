@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, collate_views, open_source, stored_views, train_transform
 from deit_pipe.data.dataset import PairDataset
 from deit_pipe.data.device_render import covered, defer, realize
@@ -119,6 +121,12 @@ def test_training_on_device_rendered_views_replays_the_store_and_changes_nothing
     url = str(tmp_path / "s.zarr")
     job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
     precompute(job, StoreRequest(epochs=1, k=5, shard_views=512), workers=0)
+    # verify re-renders through the kernels, as the run below will: every checked view equal
+    checked = CliRunner().invoke(
+        main, ["verify", url, "--render", "device", "--sample", "200", "--workers", "0"]
+    )
+    assert checked.exit_code == 0, checked.output
+    assert "OK: 400 views re-rendered" in checked.output and "0 differ" in checked.output
     for render in ("host", "device"):
         train(base_cfg(tmp_path / render, store=url, distill="hard", max_steps=3, render=render))
     host, device = losses(tmp_path / "host"), losses(tmp_path / "device")

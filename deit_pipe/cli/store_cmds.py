@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from deit_pipe.choices import DEVICES, TARGETS, VALUE_DTYPES
+from deit_pipe.choices import DEVICES, RENDERS, TARGETS, VALUE_DTYPES
 from deit_pipe.cli import (
     build_recipe,
     console,
@@ -396,9 +396,20 @@ def precompute(
 @click.option(
     "--workers", type=int, default=2, show_default=True, help="DataLoader rendering processes."
 )
+@click.option(
+    "--render",
+    type=click.Choice(RENDERS),
+    default="auto",
+    show_default=True,
+    help="Re-render the training views with Pillow (host) or with the kernels on --device, "
+    "as `train --render device` would: check a store before training that way.",
+)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option
-def verify(store, data, sample, all_views, workers, as_json, storage_options) -> None:
+def verify(
+    store, data, sample, all_views, workers, render, device, as_json, storage_options
+) -> None:
     """Re-render stored views on this machine and compare fingerprints (no teacher runs).
 
     Exit status 0 when every checked view matches, 1 otherwise.
@@ -424,6 +435,8 @@ def verify(store, data, sample, all_views, workers, as_json, storage_options) ->
             all_views=all_views,
             workers=workers,
             storage_options=storage_options,
+            render=render,
+            device=device,
             progress=None if as_json else show,
         )
     if as_json:

@@ -16,7 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
+from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
+from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import version_drift
@@ -98,12 +100,17 @@ def verify(
     seed: int = 0,
     storage_options: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    render: str = "host",
+    device: str = "auto",
 ) -> VerifyReport:
     """Re-render `sample` views per stored epoch (and val), or all of them, and compare.
 
     `data` points at the dataset where it lives on this machine (default: the store's spec).
-    `progress(done, total)` is called after each batch.
+    `progress(done, total)` is called after each batch. `render="device"` renders the
+    training views with the kernels on `device`, as `train --render device` would.
     """
+    target = resolve_device(device)
+    render = render_mode(render, target)
     start = time.perf_counter()
     store = TargetStore(url, storage_options)
     spec = store.spec
@@ -131,7 +138,9 @@ def verify(
             check.split, check.epoch, arrays, done[check.split][check.epoch]
         )
         check.damaged = [str(p) for p in problems] + _other_teachers(store, check, arrays)
-        for views in _render(source, recipe, check, rows, workers):
+        for views in _render(source, recipe, check, rows, workers, render):
+            if "device_views" in views:
+                views = realize(views, target)
             rendered += len(views["slot"])
             _compare(arrays["fingerprint"], source, recipe, check, views)
             if progress:
@@ -189,8 +198,10 @@ def _views_in(spec, split: str, rows: np.ndarray) -> int:
     return 2 * len(rows) - int(bool(lone))
 
 
-def _render(source: Source, recipe: Recipe, check: EpochCheck, rows: np.ndarray, workers: int):
-    dataset = stored_views(source, recipe, check.split, check.epoch)
+def _render(
+    source: Source, recipe: Recipe, check: EpochCheck, rows: np.ndarray, workers: int, render: str
+):
+    dataset = stored_views(source, recipe, check.split, check.epoch, render)
     loader = DataLoader(
         Subset(dataset, rows.tolist()),
         batch_size=32 if check.split == "train" else 64,  # pairs, or single views
