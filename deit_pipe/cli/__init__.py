@@ -129,6 +129,21 @@ def build_recipe(source, opts: dict):
     return preset.recipe(source, seed=opts["seed"], **fields)
 
 
+def render_option(fn):
+    """`--render auto|host|device`: who runs the training views' Pillow stage (the bytes are
+    the same either way; `data.device_render.render_mode` resolves auto)."""
+    from deit_pipe.choices import RENDERS
+
+    return click.option(
+        "--render",
+        type=click.Choice(RENDERS),
+        default="auto",
+        show_default=True,
+        help="Pillow in the loader workers (host) or exact kernels on the device that "
+        "consumes the views (device); the same bytes. auto = the host for now.",
+    )(fn)
+
+
 def storage_options_option(fn):
     """`--storage-options JSON` (or DEIT_PIPE_STORAGE_OPTIONS) for commands that open a store
     or a dataset: they apply to whichever of the two is behind a URL."""

@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from deit_pipe.choices import DEVICES, RENDERS, TARGETS, VALUE_DTYPES
+from deit_pipe.choices import DEVICES, TARGETS, VALUE_DTYPES
 from deit_pipe.cli import (
     build_recipe,
     console,
     main,
     progress_bar,
     recipe_options,
+    render_option,
     storage_options_option,
     teacher_config,
 )
@@ -396,14 +397,7 @@ def precompute(
 @click.option(
     "--workers", type=int, default=2, show_default=True, help="DataLoader rendering processes."
 )
-@click.option(
-    "--render",
-    type=click.Choice(RENDERS),
-    default="auto",
-    show_default=True,
-    help="Re-render the training views with Pillow (host) or with the kernels on --device, "
-    "as `train --render device` would: check a store before training that way.",
-)
+@render_option
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option

@@ -18,6 +18,7 @@ from deit_pipe.cli import (
     main,
     progress_bar,
     recipe_options,
+    render_option,
     storage_options_option,
     teacher_config,
 )
@@ -25,7 +26,7 @@ from deit_pipe.cli import (
 
 def _train_options(fn):
     """`train`'s own options; every unset one is resolved by `TrainConfig`."""
-    from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS, RENDERS
+    from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
 
     preset = "[default: the recipe preset's]"
     options = [
@@ -88,14 +89,7 @@ def _train_options(fn):
             "--train-seed", type=int, default=0, show_default=True, help="Init and drop-path seed."
         ),
         click.option("--loader-workers", type=int, default=0, show_default=True),
-        click.option(
-            "--render",
-            type=click.Choice(RENDERS),
-            default="auto",
-            show_default=True,
-            help="Who renders the views' Pillow stage: Pillow in the loader workers, or exact "
-            "kernels on the training device (same bytes); auto = the host for now.",
-        ),
+        render_option,
         click.option(
             "--ckpt-every", type=int, default=0, show_default=True, help="Checkpoint every N steps."
         ),
