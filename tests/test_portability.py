@@ -18,27 +18,31 @@ from deit_pipe.errors import StoreFormatError, StoreMismatchError
 from deit_pipe.storage import FORMAT_VERSION, TargetStore, create_store
 from tests.store_utils import fill_all, make_spec
 
-# Renders and finishes the first pairs of epoch 0 with the DeiT recipe, erasing raised so
+# Renders (with Pillow, or with the device kernels on the CPU) and finishes the first pairs
+# of epoch 0 with the DeiT recipe, erasing raised so
 # most views are erased (up to twice, per-pixel noise), every pair mixed; prints, per view,
 # its fingerprint and a hash of its finished float32 bytes.
 RENDER = """
 import hashlib, json, sys, torch
 from deit_pipe.data import *
-spec, pairs = sys.argv[1], int(sys.argv[2])
+from deit_pipe.data.device_render import realize
+spec, pairs, render = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 src = open_source(spec); split = src.split("train")
 cfg = ViewConfig.for_source(src, re_prob=0.5, re_count=2, re_mode="pixel")
-ds = PairDataset(split, plan(0, 0, len(split), 3, MixConfig(), cfg.input_size), cfg)
+ds = PairDataset(split, plan(0, 0, len(split), 3, MixConfig(), cfg.input_size), cfg, render)
 batch = collate_views([ds[p] for p in range(pairs)])
+if render == "device":
+    batch = realize(batch, torch.device("cpu"))
 views = finish(batch, cfg, torch.device("cpu")).numpy()
 digest = [hashlib.blake2b(v.tobytes(), digest_size=8).hexdigest() for v in views]
 print(json.dumps([batch["fingerprint"].tolist(), digest, int((batch["erase"][..., 2] > 0).sum())]))
 """
 
 
-def _fingerprints(spec: str, pairs: int, capability: str) -> list:
+def _fingerprints(spec: str, pairs: int, capability: str, render: str = "host") -> list:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     out = subprocess.run(
-        [sys.executable, "-c", RENDER, spec, str(pairs)],
+        [sys.executable, "-c", RENDER, spec, str(pairs), render],
         env=env,
         capture_output=True,
         text=True,
@@ -47,16 +51,23 @@ def _fingerprints(spec: str, pairs: int, capability: str) -> list:
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("spec,pairs", [("digits", 160), ("fake:32:256", 16)])
-def test_views_are_bit_identical_under_every_cpu_capability(spec, pairs):
+@pytest.mark.parametrize(
+    "spec,pairs,render",
+    [("digits", 160, "host"), ("fake:32:256", 16, "host"), ("fake:32:256", 8, "device")],
+)
+def test_views_are_bit_identical_under_every_cpu_capability(spec, pairs, render):
     """Rendered and finished views (normalize, erasing noise, mixup/cutmix): torch's
-    `normal_` and any fused or approximate kernel would round differently per ISA."""
-    runs = {cap: _fingerprints(spec, pairs, cap) for cap in ("default", "avx2", "avx512")}
+    `normal_` and any fused or approximate kernel would round differently per ISA. The
+    device kernels, run on the CPU, give the host's bytes under every capability too."""
+    caps = ("default", "avx2", "avx512")
+    runs = {cap: _fingerprints(spec, pairs, cap, render) for cap in caps}
     fingerprints, finished, erased = runs["default"]
     assert len(set(fingerprints)) == len(set(finished)) == 2 * pairs  # the check has teeth
     assert erased >= pairs // 2
     assert runs["avx2"] == runs["default"]
     assert runs["avx512"] == runs["default"]
+    if render == "device":
+        assert _fingerprints(spec, pairs, "default", "host") == runs["default"]
 
 
 def test_erasing_noise_is_standard_normal_shaped_and_exact():
