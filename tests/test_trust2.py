@@ -1,0 +1,54 @@
+"""Issue 32, second slice: one dataset rule for every reader, complete datasets, checked
+checkpoints, limits before allocation, one-line errors. Each: the reproducer, then the
+one-line refusal, then nothing lost."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.cli_utils import invoke, one_line
+
+TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
+TINY += ["--num-heads", "2"]
+
+
+def pre(data: str) -> list:
+    return ["precompute", "--data", data, "--teacher", "regnety_002", "--random-init",
+            "--epochs", "1", "--batch-size", "32", "--workers", "0", "--recipe", "small",
+            "--input-size", "32", "--top-k", "3"]  # fmt: skip
+
+
+@pytest.fixture
+def trained(imagefolder, tmp_path) -> tuple[Path, Path, Path]:
+    """(dataset root, store, run): an imagefolder store with val, and a one-step run."""
+    store, run = tmp_path / "s.zarr", tmp_path / "run"
+    done = invoke(*pre(f"imagefolder:{imagefolder}"), "--out", store)
+    assert done.exit_code == 0, done.output
+    train = ["train", "--store", store, "--out", run, *TINY, "--epochs", "1"]
+    done = invoke(*train, "--batch-size", "6", "--max-steps", "1")
+    assert done.exit_code == 0, done.output
+    return imagefolder, store, run
+
+
+def replace_same_size(path: Path) -> None:
+    """Another picture in the same number of bytes (a flat JPEG, padded after its end
+    marker, which decoders ignore): the dataset identity (paths, sizes) stays the same."""
+    size = path.stat().st_size
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(path, format="JPEG")
+    data = path.read_bytes()
+    assert len(data) < size
+    path.write_bytes(data + bytes(size - len(data)))
+
+
+def test_audit_and_eval_refuse_a_val_image_replaced_after_precompute(trained, tmp_path):
+    root, store, run = trained
+    assert invoke("eval", "--checkpoint", run).exit_code == 0
+    replace_same_size(root / "val" / "dog" / "v1.jpg")
+    out = tmp_path / "audit"
+    audit = ["audit", "--store", store, "--run", run, "--train-views", "0", "--out", out]
+    one_line(invoke(*audit), "not the dataset", "dog/v1.jpg", "differs")
+    assert not out.exists()
+    one_line(invoke("eval", "--checkpoint", run), "not the dataset", "dog/v1.jpg")
+
