@@ -87,3 +87,44 @@ def test_a_flipped_checkpoint_byte_is_refused_by_eval_audit_and_resume(trained, 
     state.pop("checksum")
     torch.save(state, checkpoint)
     assert invoke("eval", "--checkpoint", run).exit_code == 0
+
+
+PRE_DIGITS = ["precompute", "--data", "digits", "--teacher", "regnety_002", "--random-init"]
+PRE_DIGITS += ["--out", "s.zarr", "--epochs", "1", "--workers", "0"]
+HUGE = str(10**12)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ([*PRE_DIGITS, "--input-size", "100000", "--dry-run"], "--input-size must be in [8, 4096]"),
+        ([*PRE_DIGITS, "--batch-size", HUGE, "--dry-run"], "--batch-size"),
+        ([*PRE_DIGITS, "--input-size", "4096", "--batch-size", "65536", "--dry-run"], "GiB"),
+        ([*PRE_DIGITS[:-4], "--workers", "0", "--epochs", HUGE, "--dry-run"], "--epochs"),
+        ([*PRE_DIGITS, "--shard-views", str(2**30), "--dry-run"], "--shard-views must be ≤"),
+        ([*PRE_DIGITS, "--loader-workers", "100000"], "--loader-workers must be ≤"),
+        (["train", "--store", "none.zarr", "--out", "run", "--img-size", "100000"], "--img-size"),
+        (["train", "--store", "none.zarr", "--out", "run", "--batch-size", HUGE], "--batch-size"),
+        (["views", "--data", "digits", "--input-size", "100000"], "--input-size"),
+        (["views", "--data", "digits", "--epoch", HUGE], "--epoch"),
+        (["verify", "none.zarr", "--sample", "-1"], "--sample"),
+        (["verify", "none.zarr", "--workers", "-1"], "--workers"),
+        (["verify", "none.zarr", "--workers", "100000"], "--workers"),
+        (["scan", "--data", "digits", "--workers", "0"], "--workers"),
+        (
+            ["audit", "--store", "none.zarr", "--run", "r", "--out", "a", "--train-views", "-1"],
+            "--train-views",
+        ),  # fmt: skip
+        (
+            ["scan", "--data", "digits", "--storage-options", '{"client_kwargs":5}'],
+            "--storage-options 'client_kwargs' must be a JSON object, got 5",
+        ),  # fmt: skip
+        (["verify", "none.zarr", "--storage-options", '{"config_kwargs":[1]}'], "config_kwargs"),
+    ],
+)
+def test_numbers_that_size_allocations_are_bounded_in_one_line(tmp_path, monkeypatch, args, needle):
+    """Each is refused before anything is allocated or created (the dry run of
+    --input-size 100000 took 23.6 GB before)."""
+    monkeypatch.chdir(tmp_path)
+    one_line(invoke(*args), needle)
+    assert list(tmp_path.iterdir()) == []

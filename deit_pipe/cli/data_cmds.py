@@ -10,11 +10,18 @@ import click
 from rich.table import Table
 
 from deit_pipe.cli import build_recipe, console, main, recipe_options, storage_options_option
+from deit_pipe.limits import MAX_WORKERS
 
 
 @main.command()
 @click.option("--data", required=True, help="Dataset spec (digits, imagefolder:ROOT, …).")
-@click.option("--workers", type=int, default=8, show_default=True, help="Decoding threads.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    default=8,
+    show_default=True,
+    help="Decoding threads.",
+)
 @click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option
