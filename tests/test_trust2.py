@@ -128,3 +128,56 @@ def test_numbers_that_size_allocations_are_bounded_in_one_line(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     one_line(invoke(*args), needle)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hub_parquet_set_with_a_missing_numbered_shard_is_refused_naming_it(
+    imagefolder, tmp_path
+):
+    from tests.conftest import write_parquet
+
+    out = tmp_path / "pq"
+    write_parquet(imagefolder, out, shards=2)
+    assert invoke("scan", "--data", f"parquet:{out}").exit_code == 0
+    (out / "data" / "train-00001-of-00002.parquet").unlink()
+    kept = sorted(p.name for p in (out / "data").iterdir())
+    one_line(invoke("scan", "--data", f"parquet:{out}"), "train-00001-of-00002.parquet is missing")
+    store = tmp_path / "s.zarr"
+    one_line(invoke(*pre(f"parquet:{out}"), "--out", store), "train-00001-of-00002.parquet")
+    assert not store.exists() and sorted(p.name for p in (out / "data").iterdir()) == kept
+
+
+def test_files_a_source_does_not_read_are_counted_and_named_in_scan_and_the_log(
+    imagefolder, tmp_path, monkeypatch, caplog
+):
+    import io
+    import json
+    import tarfile
+
+    from deit_pipe.data import open_source
+    from tests.conftest import write_wds
+
+    (imagefolder / "train" / "cat" / "x.gif").write_bytes(b"GIF89a")
+    (imagefolder / "train" / "cat" / ".DS_Store").write_bytes(b"")  # hidden: no data
+    result = invoke("scan", "--data", f"imagefolder:{imagefolder}")
+    assert result.exit_code == 0 and "1 ignored" in result.output
+    assert "train/cat/x.gif: unsupported extension .gif" in result.output
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # opened twice, said once
+            open_source(f"imagefolder:{imagefolder}")
+    assert sum("x.gif" in r.getMessage() for r in caplog.records) == 1
+
+    monkeypatch.setenv("DEIT_PIPE_CACHE", str(tmp_path / "cache"))
+    for name in ("x.gif", ".DS_Store"):  # the tar is made of the images only
+        (imagefolder / "train" / "cat" / name).unlink()
+    wds = tmp_path / "wds"
+    write_wds(imagefolder, wds)
+    with tarfile.open(wds / "train-000000.tar", "a") as tar:  # a second image for key 000000
+        member = tarfile.TarInfo("000000.png")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"\x89PNG"))
+    result = invoke("scan", "--data", f"wds:{wds}", "--json")
+    assert result.exit_code == 0, result.output
+    ignored = json.loads(result.output)["ignored"]
+    assert ignored == [
+        {"path": "train-000000.tar:000000.png", "reason": "repeats an earlier image's key"}
+    ]
