@@ -45,6 +45,8 @@ def replace_same_size(path: Path) -> None:
 def test_audit_and_eval_refuse_a_val_image_replaced_after_precompute(trained, tmp_path):
     root, store, run = trained
     assert invoke("eval", "--checkpoint", run).exit_code == 0
+    big = invoke("eval", "--checkpoint", run, "--input-size", "100000")  # no 30 GB ViT first
+    one_line(big, "--input-size must be in [8, 4096], got 100000")
     replace_same_size(root / "val" / "dog" / "v1.jpg")
     out = tmp_path / "audit"
     audit = ["audit", "--store", store, "--run", run, "--train-views", "0", "--out", out]

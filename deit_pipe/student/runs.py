@@ -151,13 +151,13 @@ def evaluate_checkpoint(
 ) -> dict:
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`."""
     run = load_run(checkpoint)
+    size = input_size or run.input_size
+    view = replace(run.recipe.view, input_size=size)  # checks the size before a model is made
     dev = resolve_device(device)
     source = (
         run_source(run, data, storage_options) if data else checked_source(run, storage_options)
     )
-    size = input_size or run.input_size
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
-    view = replace(run.recipe.view, input_size=size)
     result = evaluate(model, source.split("val"), view, device=dev)
     return {
         "checkpoint": str(checkpoint),
