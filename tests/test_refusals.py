@@ -173,7 +173,7 @@ def test_views_refuses_bad_values_and_replaces_a_file_only_when_forced(tmp_path)
     views = ["views", "--data", "fake:40", "--count", "2"]
     for args, needle in [
         (["--count", "0"], "--count must be between 1 and 512, got 0"),
-        (["--epoch", "-1"], "--epoch must be ≥ 0, got -1"),
+        (["--epoch", "-1"], "--epoch must be in [0, 100000), got -1"),
         (["--out", tmp_path / "x.txt"], "x.txt: the picture is written as .png"),
         (["--out", mine], f"{mine} exists: pass --force"),
         (["--out", tmp_path / "dir.png", "--force"], "is a directory"),

@@ -25,7 +25,7 @@ from deit_pipe.outputs import check_output_dir, check_replace, make_dir, mark_ou
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.models import heads
-from deit_pipe.student.runs import Run, load_run, run_source
+from deit_pipe.student.runs import Run, load_run, store_source
 
 HEAD_LABELS = {"cls": "cls head", "dist": "dist head", "avg": "cls+dist"}
 
@@ -113,7 +113,8 @@ def audit(
         check_run_against_store(run, store)
     dev = resolve_device(device)
     val = store.read_epoch(0, "val")
-    source = run_source(runs[0], storage_options=storage_options) if runs else None
+    # The val pixels scored below against the stored teacher answers: the store's own.
+    source = store_source(runs[0], store, storage_options)
     labels = source.split("val").labels
     num_classes = store.spec.num_classes
     if store.spec.targets == "soft":

@@ -33,7 +33,7 @@ from deit_pipe.cli import console, main, storage_options_option
 @click.option("--ema", is_flag=True, help="Audit the runs' EMA weights.")
 @click.option(
     "--train-views",
-    type=int,
+    type=click.IntRange(min=0),
     default=512,
     show_default=True,
     help="Replayed training views for teacher agreement (0 = skip).",

@@ -10,11 +10,18 @@ import click
 from rich.table import Table
 
 from deit_pipe.cli import build_recipe, console, main, recipe_options, storage_options_option
+from deit_pipe.limits import MAX_WORKERS
 
 
 @main.command()
 @click.option("--data", required=True, help="Dataset spec (digits, imagefolder:ROOT, …).")
-@click.option("--workers", type=int, default=8, show_default=True, help="Decoding threads.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    default=8,
+    show_default=True,
+    help="Decoding threads.",
+)
 @click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option
@@ -32,13 +39,20 @@ def scan(data: str, workers: int, skip_bad: bool, as_json: bool, storage_options
                     "spec": data,
                     "checked": report.checked,
                     "bad": [{"path": p, "reason": r} for p, r in report.bad],
+                    "ignored": [{"path": p, "reason": r} for p, r in report.ignored],
                 }
             )
         )
     else:
-        console.print(f"{data}: {report.checked} files checked, {len(report.bad)} unreadable")
+        console.print(
+            f"{data}: {report.checked} files checked, {len(report.bad)} unreadable, "
+            f"{len(report.ignored)} ignored",
+            highlight=False,
+        )
         for path, reason in report.bad:
             console.print(f"  [red]bad[/red] {path}: {reason}", highlight=False)
+        for path, reason in report.ignored:  # not part of the dataset: say so, not an error
+            console.print(f"  [yellow]ignored[/yellow] {path}: {reason}", highlight=False)
         if report.bad and skip_bad:
             console.print("--skip-bad: these files will be excluded and recorded in the manifest")
     if report.bad and not skip_bad:

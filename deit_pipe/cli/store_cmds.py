@@ -19,6 +19,7 @@ from deit_pipe.cli import (
     storage_options_option,
     teacher_config,
 )
+from deit_pipe.limits import MAX_BATCH, MAX_EPOCHS, MAX_WORKERS
 
 
 @main.command()
@@ -196,7 +197,7 @@ class ShardProgress:
 @click.option("--out", "url", required=True, help="Store path or fsspec URL.")
 @click.option(
     "--epochs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_EPOCHS),
     default=None,
     help="Training epochs to precompute (a store holding fewer grows to this many).",
 )
@@ -260,7 +261,7 @@ class ShardProgress:
 )
 @click.option("--pretrained", is_flag=True, help="timm hub weights for --teacher (network).")
 @click.option("--random-init", is_flag=True, help="Seeded random teacher (tests/benchmarks).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True)
 @click.option(
     "--loader-workers",
     type=click.IntRange(min=0),
@@ -270,7 +271,7 @@ class ShardProgress:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_WORKERS),
     default=None,
     help="Local dask worker processes [default: one per GPU, else 1]; 0 = no dask.",
 )
@@ -389,13 +390,17 @@ def precompute(
 @click.option("--data", default=None, help="The dataset on this machine [default: the store's].")
 @click.option(
     "--sample",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Views to re-render per stored epoch and for val [default: 4,096 in all, spread].",
 )
 @click.option("--all", "all_views", is_flag=True, help="Re-render every stored view.")
 @click.option(
-    "--workers", type=int, default=2, show_default=True, help="DataLoader rendering processes."
+    "--workers",
+    type=click.IntRange(0, MAX_WORKERS),
+    default=2,
+    show_default=True,
+    help="DataLoader rendering processes.",
 )
 @render_option
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)

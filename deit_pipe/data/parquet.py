@@ -13,6 +13,7 @@ with small row groups (the Hub uses 100 images) keep that read small.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 
@@ -41,6 +42,28 @@ def parse_spec(arg: str) -> tuple[str, dict[str, str]]:
     return location, columns
 
 
+NUMBERED = re.compile(r"^(?P<stem>.*)-(?P<i>\d+)-of-(?P<n>\d+)\.parquet$")
+
+
+def check_complete(root: Root, files: list[str]) -> None:
+    """Refuse a split whose shards are numbered `NAME-00000-of-0000N.parquet` (the Hub's
+    names) with some of the N absent: an interrupted download would train on part of it."""
+    sets: dict[tuple[str, int, int], set[int]] = {}
+    for rel in files:
+        m = NUMBERED.match(rel)
+        if m:
+            key = (m["stem"], len(m["i"]), int(m["n"]))
+            sets.setdefault(key, set()).add(int(m["i"]))
+    for (stem, width, count), present in sorted(sets.items()):
+        missing = [i for i in range(count) if i not in present]
+        if missing:
+            first = f"{stem}-{missing[0]:0{width}d}-of-{count:0{width}d}.parquet"
+            raise DataError(
+                f"{root.location}/{first} is missing: {len(missing)} of the {count} shards "
+                f"{stem}-*-of-{count:0{width}d} are absent (an incomplete download?)"
+            )
+
+
 def split_files(root: Root) -> dict[str, list[str]]:
     """Each split's shards, relative to the root, in name order (the first layout found)."""
     found = {}
@@ -50,6 +73,8 @@ def split_files(root: Root) -> dict[str, list[str]]:
             if found[split]:
                 break
     found = {split: files for split, files in found.items() if files}
+    for files in found.values():
+        check_complete(root, files)
     if "train" not in found:
         raise DataError(
             f"no training shards under {root.location}: expected data/train-*.parquet "

@@ -14,6 +14,7 @@ from deit_pipe.data.plan import MIX_NAMES, EpochPlan
 from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
 from deit_pipe.errors import check
+from deit_pipe.limits import MAX_EPOCHS
 from deit_pipe.outputs import check_output_file, write_output
 
 PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # matplotlib writes each
@@ -23,7 +24,7 @@ MAX_SLOTS = 512  # 64 rows of 8: a figure of 12,000 pixels is already taller tha
 def check_view_request(out: Path | str, epoch: int, count: int, force: bool) -> Path:
     """The picture's path, if `views --out/--epoch/--count/--force` ask for one that can be
     made; checked before the dataset is opened or anything rendered."""
-    check(epoch >= 0, f"--epoch must be ≥ 0, got {epoch}")
+    check(0 <= epoch < MAX_EPOCHS, f"--epoch must be in [0, {MAX_EPOCHS}), got {epoch}")
     check(1 <= count <= MAX_SLOTS, f"--count must be between 1 and {MAX_SLOTS}, got {count}")
     return check_output_file(out, "picture", PICTURE_FORMATS, force)
 

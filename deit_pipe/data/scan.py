@@ -14,6 +14,7 @@ class ScanReport:
     data: str
     checked: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)  # (sample name, reason)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # not read: `Source.ignored`
 
     @property
     def ok(self) -> bool:
@@ -23,7 +24,7 @@ class ScanReport:
 def scan(source: Source, workers: int = 8) -> ScanReport:
     """Decode every stored image (files, Parquet rows, tar members) of every split; collect
     the unreadable ones instead of stopping. In-memory arrays need no check."""
-    report = ScanReport(source.data)
+    report = ScanReport(source.data, ignored=list(source.ignored))
     splits = [source.split(s) for s in SPLITS if s in source.splits]
     items = [(split, i) for split in splits if split.paths is not None for i in range(len(split))]
 

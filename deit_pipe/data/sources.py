@@ -9,6 +9,7 @@ and dask tasks can carry it; URLs (s3://, gs://, …) open with `storage_options
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from deit_pipe.data.files import PerProcess, Root, data_errors, decode_image, is
 from deit_pipe.data.split import Split
 from deit_pipe.errors import DataError
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -98,6 +100,9 @@ class Source:
     default_hflip: float = 0.5
     default_recipe: str = "deit"  # the preset for this kind of data (see data.recipe)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    # Files the source does not read (unsupported extensions, a tar's repeated keys):
+    # (name, why), counted and named in the log and in `scan`, never dropped unsaid.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def split(self, name: str) -> Split:
@@ -167,9 +172,9 @@ def open_source(
         return _fake(data, arg)
     if kind == "imagefolder" and arg and is_url(arg):
         with data_errors(arg):
-            return _imagefolder_url(data, Root(arg, storage_options), skip or {})
+            return note_ignored(_imagefolder_url(data, Root(arg, storage_options), skip or {}))
     if kind == "imagefolder" and arg:
-        return _imagefolder(data, Path(arg).expanduser(), skip or {})
+        return note_ignored(_imagefolder(data, Path(arg).expanduser(), skip or {}))
     if kind in ("parquet", "wds") and arg:
         from deit_pipe.data.parquet import open_parquet
         from deit_pipe.data.webdataset import open_webdataset
@@ -181,7 +186,9 @@ def open_source(
             raise DataError(f"dataset root not found: {where}")
         with data_errors(where):
             classes, splits = opener(location, skip or {}, storage_options)
-        return Source(data, classes, splits, skipped=sorted((skip or {}).items()))
+        ignored = [i for split in splits.values() for i in getattr(split, "ignored", [])]
+        skipped = sorted((skip or {}).items())
+        return note_ignored(Source(data, classes, splits, skipped=skipped, ignored=ignored))
     if kind in ("cifar10", "cifar100") and arg:
         return _cifar(data, kind, Path(arg).expanduser(), download)
     raise DataError(
@@ -239,21 +246,46 @@ def _fake(data: str, arg: str) -> Source:
     return Source(data, classes, splits, default_input_size=size)
 
 
-def _class_files(split_dir: Path) -> dict[str, list[str]]:
+def _class_files(
+    split_dir: Path, ignored: list[tuple[str, str]] | None = None
+) -> dict[str, list[str]]:
+    """Each class folder's image files (relative to the root); any other file but a hidden
+    one is appended to `ignored` with why."""
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if not classes:
         raise DataError(f"no class folders in {split_dir}")
     files: dict[str, list[str]] = {}
     for name in classes:
-        found = sorted(
-            str(Path(path).relative_to(split_dir.parent))
-            for path in _walk_within(split_dir / name)
-            if path.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        found = []
+        for path in sorted(_walk_within(split_dir / name)):
+            rel = str(Path(path).relative_to(split_dir.parent))
+            if path.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(rel)
+            elif ignored is not None and not os.path.basename(path).startswith("."):
+                ignored.append((rel, unsupported(rel)))  # hidden files (.DS_Store) are no data
         if not found:
             raise DataError(f"empty class folder (no image files): {split_dir / name}")
         files[name] = found
     return files
+
+
+def unsupported(rel: str) -> str:
+    ext = os.path.splitext(rel)[1].lower()
+    return f"unsupported extension {ext}" if ext else "no image extension"
+
+
+def note_ignored(source: Source) -> Source:
+    """Say once per process and dataset how many files the source does not read, naming
+    them (up to 5): a .gif left out, or a tar's repeated key, changes what is trained on."""
+    if source.ignored and source.data not in _noted:
+        _noted.add(source.data)
+        names = ", ".join(f"{n} ({why})" for n, why in source.ignored[:5])
+        more = f" and {len(source.ignored) - 5} more" if len(source.ignored) > 5 else ""
+        log.warning("%s: %d file(s) ignored: %s%s", source.data, len(source.ignored), names, more)
+    return source
+
+
+_noted: set[str] = set()
 
 
 def _walk_within(class_dir: Path) -> list[str]:
@@ -283,11 +315,12 @@ def _imagefolder(data: str, root: Path, skip: dict[str, str]) -> Source:
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(f"missing train folder: {train_dir} (expected ROOT/train/<class>/*)")
-    train_files = _class_files(train_dir)
+    ignored: list[tuple[str, str]] = []
+    train_files = _class_files(train_dir, ignored)
     classes = list(train_files)
     per_split = {"train": train_files}
     if (root / "val").is_dir():
-        val_files = _class_files(root / "val")
+        val_files = _class_files(root / "val", ignored)
         unknown = sorted(set(val_files) - set(classes))
         if unknown:
             raise DataError(f"val class not in train: {root / 'val' / unknown[0]}")
@@ -305,14 +338,17 @@ def _imagefolder(data: str, root: Path, skip: dict[str, str]) -> Source:
         sizes = [os.path.getsize(root / p) for p in paths]
         splits[name] = FileSplit(root, paths, labels, sizes)
     skipped = sorted(skip.items())
-    return Source(data, classes, splits, skipped=skipped)
+    return Source(data, classes, splits, skipped=skipped, ignored=ignored)
 
 
 def _imagefolder_url(data: str, root: Root, skip: dict[str, str]) -> Source:
     """An imagefolder behind a URL: the same layout, listed once (with sizes) per split."""
     if not root.fs.isdir(root.path("train")):
         raise DataError(f"missing train folder: {root.location}/train")
-    per_split = {s: _url_class_files(root, s) for s in SPLITS if root.fs.isdir(root.path(s))}
+    ignored: list[tuple[str, str]] = []
+    per_split = {
+        s: _url_class_files(root, s, ignored) for s in SPLITS if root.fs.isdir(root.path(s))
+    }
     classes = list(per_split["train"])
     unknown = sorted(set(per_split.get("val", {})) - set(classes))
     if unknown:
@@ -323,16 +359,20 @@ def _imagefolder_url(data: str, root: Root, skip: dict[str, str]) -> Source:
         kept = [(label, p, n) for label, p, n in kept if p not in skip]
         labels, paths, sizes = (list(x) for x in zip(*kept, strict=True)) if kept else ([],) * 3
         splits[name] = FileSplit(root, paths, labels, sizes)
-    return Source(data, classes, splits, skipped=sorted(skip.items()))
+    return Source(data, classes, splits, skipped=sorted(skip.items()), ignored=ignored)
 
 
-def _url_class_files(root: Root, split: str) -> dict[str, list[tuple[str, int]]]:
+def _url_class_files(
+    root: Root, split: str, ignored: list[tuple[str, str]]
+) -> dict[str, list[tuple[str, int]]]:
     found: dict[str, list[tuple[str, int]]] = {}
     for path, info in sorted(root.fs.find(root.path(split), detail=True).items()):
         rel = root.relative(path)
         parts = rel.split("/")
         if len(parts) >= 3 and rel.lower().endswith(IMAGE_EXTENSIONS):
             found.setdefault(parts[1], []).append((rel, int(info["size"])))
+        elif len(parts) >= 3 and not parts[-1].startswith("."):
+            ignored.append((rel, unsupported(rel)))
     if not found:
         raise DataError(f"no class folders with images in {root.location}/{split}")
     return dict(sorted(found.items()))

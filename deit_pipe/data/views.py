@@ -29,6 +29,7 @@ from torchvision.transforms import functional as F
 from deit_pipe.data.sources import Source
 from deit_pipe.data.viewparams import AugMix, AugOp, ViewDrawer, ViewParams
 from deit_pipe.errors import check
+from deit_pipe.limits import MAX_INPUT_SIZE
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -55,7 +56,10 @@ class ViewConfig:
     crop_pct: float = 0.875
 
     def __post_init__(self) -> None:
-        check(self.input_size >= 8, f"--input-size must be at least 8, got {self.input_size}")
+        check(
+            8 <= self.input_size <= MAX_INPUT_SIZE,
+            f"--input-size must be in [8, {MAX_INPUT_SIZE}], got {self.input_size}",
+        )
         lo, hi = self.scale
         check(0 < lo <= hi <= 1, f"--scale-min must be in (0, 1], got {lo:g}")
         for flag, p in (("--hflip", self.hflip), ("vflip", self.vflip), ("--reprob", self.re_prob)):

@@ -38,7 +38,8 @@ def cache_dir() -> Path:
 def index_shard(root: Root, rel: str) -> dict:
     """{key, member, offset, size, label} lists of one shard's samples, in tar order."""
     path = root.path(rel)
-    identity = json.dumps([root.location, rel, str(root.fs.ukey(path))]).encode()
+    # "2": indexes record repeated keys since; older cached ones are made again.
+    identity = json.dumps([root.location, rel, str(root.fs.ukey(path)), 2]).encode()
     cached = cache_dir() / f"{hashlib.blake2b(identity, digest_size=16).hexdigest()}.json"
     try:
         return json.loads(cached.read_text())
@@ -59,6 +60,7 @@ def _read_index(root: Root, rel: str) -> dict:
     images: dict[str, tuple[str, int, int]] = {}
     labels: dict[str, int] = {}
     order: list[str] = []
+    repeated: list[str] = []
     try:
         with tarfile.open(fileobj=root.open(rel), mode="r:") as tar:
             for member in tar:
@@ -67,7 +69,9 @@ def _read_index(root: Root, rel: str) -> dict:
                 folder, _, name = member.name.rpartition("/")
                 stem, _, ext = name.partition(".")
                 key = f"{folder}/{stem}" if folder else stem
-                if ext.lower() in IMAGE_EXTS and key not in images:
+                if ext.lower() in IMAGE_EXTS and key in images:
+                    repeated.append(member.name)  # the first one with the key is the sample
+                elif ext.lower() in IMAGE_EXTS:
                     images[key] = (member.name, member.offset_data, member.size)
                     order.append(key)
                 elif ext.lower() == "cls":
@@ -90,6 +94,7 @@ def _read_index(root: Root, rel: str) -> dict:
         "offset": [images[k][1] for k in order],
         "size": [images[k][2] for k in order],
         "label": [labels[k] for k in order],
+        "repeated": repeated,
     }
 
 
@@ -98,9 +103,13 @@ class TarSplit(ShardSplit):
 
     def __init__(self, root: Root, files: list[str], skip: dict):
         self.files = files
+        self.ignored: list[tuple[str, str]] = []  # (SHARD:MEMBER, why): `Source.ignored`
         names, labels, shard, offset, size = [], [], [], [], []
         for f, rel in enumerate(files):
             index = index_shard(root, rel)
+            self.ignored += [
+                (f"{rel}:{m}", "repeats an earlier image's key") for m in index["repeated"]
+            ]
             names += [f"{rel}:{m}" for m in index["member"]]
             labels += index["label"]
             shard += [f] * len(index["key"])

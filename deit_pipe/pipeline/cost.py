@@ -92,6 +92,9 @@ def render_throughput(job: Job, source: Source, pairs: int = 8) -> float:
 
 def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None) -> Cost:
     """Views, store size and teacher time of a job, writing nothing."""
+    from deit_pipe.pipeline.precompute import check_job
+
+    check_job(job, request)  # before the measurement allocates a batch
     r = request.resolved()
     source = job_source(job)
     epochs = r.epochs - r.first_epoch

@@ -20,6 +20,14 @@ import torch
 from deit_pipe.data import Source
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
+from deit_pipe.limits import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_SHARD_VIEWS,
+    MAX_WORKERS,
+    check_at_most,
+    check_batch_fits,
+)
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, job_source, run_task
 from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
@@ -45,17 +53,29 @@ class Summary:
         return self.views / self.seconds if self.seconds else 0.0
 
 
-def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
-    """Check dataset, teacher, plan and store options agree, writing nothing; the spec of the
-    store they make, and the opened dataset."""
+def check_job(job: Job, request: StoreRequest) -> None:
+    """Every number of the job in range, before a teacher, a batch or a store is made (the
+    dry run's measurement allocates a batch too)."""
     check(job.batch_size >= 1, f"--batch-size must be at least 1, got {job.batch_size}")
+    check_at_most(job.batch_size, MAX_BATCH, "--batch-size")
     check(job.loader_workers >= 0, f"--loader-workers must be ≥ 0, got {job.loader_workers}")
+    check_at_most(job.loader_workers, MAX_WORKERS, "--loader-workers")
     check(job.threads >= 1, f"--threads-per-worker must be at least 1, got {job.threads}")
+    check_at_most(job.threads, MAX_WORKERS, "--threads-per-worker")
     check(
         0 <= request.first_epoch < request.epochs,
         f"--epochs-range {request.first_epoch}:{request.epochs} is empty: its start must be "
         "below its end",
     )
+    check_at_most(request.epochs, MAX_EPOCHS, "--epochs")
+    check_at_most(request.shard_views, MAX_SHARD_VIEWS, "--shard-views")
+    check_batch_fits(job.batch_size, job.recipe.view.input_size)
+
+
+def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
+    """Check dataset, teacher, plan and store options agree, writing nothing; the spec of the
+    store they make, and the opened dataset."""
+    check_job(job, request)
     source = job_source(job)
     recipe = job.recipe
     check(
@@ -310,6 +330,7 @@ def precompute(
     that differ.
     """
     check(workers is None or workers >= 0, f"--workers must be ≥ 0, got {workers}")
+    check_at_most(workers, MAX_WORKERS, "--workers")
     if scheduler is None:  # an existing cluster's workers have their own devices
         resolve_device(job.device)
     spec, source = store_spec(job, request)

@@ -19,7 +19,7 @@ from deit_pipe.data import Source, collate_views, mismatches, open_source, store
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import DataError
+from deit_pipe.errors import DataError, StoreMismatchError
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import version_drift
 
@@ -236,3 +236,27 @@ def _describe(source: Source, recipe: Recipe, check: EpochCheck, slot: int) -> d
     if partner != slot and epoch_plan.mix_op[slot // 2]:
         found["mixed_with"] = name(int(epoch_plan.sample[partner]))
     return found
+
+
+def check_dataset(store: TargetStore, source: Source, split: str = "val", workers: int = 0) -> None:
+    """Refuse, in one line naming the first changed file, a dataset that is not the one the
+    store's `split` was computed from: the identity `train` checks (classes, labels, files
+    and sizes), then every stored view of the split re-rendered and compared by fingerprint,
+    as `verify --all` does, since a same-size replaced image keeps the identity. Readers that
+    score stored teacher answers against these pixels (`audit`, `eval`) call it first."""
+    store.check_run(dataset_fingerprint=source.fingerprint(), follow=True)
+    if split not in store.spec.splits:
+        return
+    # The image count first, then every view of the split's shards marked done.
+    [(check, rows)] = _plan_checks(store, source, [(split, 0)], store.progress().done, None, 0)
+    stored = store.read_arrays(0, split)["fingerprint"]
+    recipe = Recipe.from_dict(store.spec.recipe)
+    for views in _render(source, recipe, check, rows, workers, "host"):
+        _compare(stored, source, recipe, check, views)
+    if check.mismatches:
+        first = check.first_mismatch or {}
+        raise StoreMismatchError(
+            f"{source.data} is not the dataset {store.url} was made from: {split} image "
+            f"{first.get('file')} differs from the one the teacher saw ({check.mismatches} "
+            f"of {check.checked} {split} views differ); restore it or precompute again"
+        )

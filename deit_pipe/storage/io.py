@@ -52,6 +52,13 @@ def parse_storage_options(text: str | None) -> dict | None:
         raise StoreError(f"--storage-options is not valid JSON ({exc.msg} at {exc.pos})") from None
     if not isinstance(value, dict):
         raise StoreError(f"--storage-options must be a JSON object, got {type(value).__name__}")
+    # fsspec passes every *_kwargs value on as keyword arguments (client_kwargs,
+    # config_kwargs, s3_additional_kwargs): anything but an object fails deep in a backend.
+    for key, item in value.items():
+        if key.endswith("kwargs") and not isinstance(item, dict):
+            raise StoreError(
+                f"--storage-options {key!r} must be a JSON object, got {json.dumps(item)}"
+            )
     return value
 
 

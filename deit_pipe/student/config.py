@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS, RENDERS
 from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
 from deit_pipe.errors import ConfigError, DeitPipeError, check
+from deit_pipe.limits import MAX_BATCH, MAX_EPOCHS, MAX_INPUT_SIZE, MAX_WORKERS, check_at_most
 from deit_pipe.teacher import TeacherConfig
 
 # (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
@@ -113,6 +114,15 @@ class TrainConfig:
             self.epochs is None or self.epochs <= MAX_EPOCHS,
             f"--epochs must be ≤ {MAX_EPOCHS}, got {self.epochs}",
         )
+        # Numbers that size an allocation: bounded before the model or a batch is made.
+        check_at_most(self.batch_size, MAX_BATCH, "--batch-size")
+        check_at_most(self.eval_batch_size, MAX_BATCH, _flag("eval_batch_size"))
+        check_at_most(self.loader_workers, MAX_WORKERS, "--loader-workers")
+        size = self.model_overrides.get("img_size")
+        check(
+            size is None or (isinstance(size, int) and 8 <= size <= MAX_INPUT_SIZE),
+            f"--img-size must be in [8, {MAX_INPUT_SIZE}], got {size}",
+        )
         for name, (low, low_allowed, high) in RANGES.items():
             value = getattr(self, name)
             if value is not None and not _in_range(value, low, low_allowed, high):
@@ -135,7 +145,6 @@ class TrainConfig:
 
 
 MAX_LR = 10.0  # per 512 images: 20,000× DeiT's 5e-4; AdamW at such rates only diverges
-MAX_EPOCHS = 100_000
 # Field: (lowest, whether the lowest itself is allowed, highest); every one must be finite.
 RANGES: dict[str, tuple[float, bool, float]] = {
     "lr": (0.0, False, MAX_LR),

@@ -25,6 +25,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from deit_pipe.errors import InitFromError
+from deit_pipe.student.checkpoint import check_checksum
 from deit_pipe.weights import load_weights_file, sha256_file, state_dict_of
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def load_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
     obj = load_weights_file(path, "--init-from file")
     info = {"source": str(path), "sha256": sha256_file(path)}
     if isinstance(obj, dict) and {"model", "config", "step"} <= set(obj):
+        obj = check_checksum(obj, path)  # a run's checkpoint: its checksum too
         return dict(obj["model"]), {**info, "kind": "deit-pipe run", "run_config": obj["config"]}
     return state_dict_of(obj, path, "--init-from file"), {**info, "kind": "model file"}
 

@@ -10,7 +10,8 @@ import torch
 from deit_pipe.data import Source, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import DeitPipeError, StoreError, StoreMismatchError
+from deit_pipe.storage import TargetStore
 from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.evaluate import evaluate
 from deit_pipe.student.init_from import fit_state_dict
@@ -87,13 +88,55 @@ def load_run(path: Path | str) -> Run:
     return Run(ckpt.parent, load_checkpoint(ckpt))
 
 
-def run_source(run: Run, data: str | None = None, storage_options: dict | None = None) -> Source:
-    """The run's dataset (or `data`), refused if its classes differ from the run's."""
-    source = open_source(data or run.config["dataset"], storage_options=storage_options)
+def run_source(
+    run: Run,
+    data: str | None = None,
+    storage_options: dict | None = None,
+    skip: dict[str, str] | None = None,
+) -> Source:
+    """The run's dataset (or `data`), refused if its classes differ from the run's. `skip`:
+    the files the store's teacher skipped, which training excluded too."""
+    source = open_source(data or run.config["dataset"], skip=skip, storage_options=storage_options)
     if source.classes != run.config["classes"]:
         raise DeitPipeError(
             f"{data or run.config['dataset']} has classes {source.classes[:5]}…; "
             f"run {run.path} was trained on {run.config['classes'][:5]}…"
+        )
+    return source
+
+
+def store_source(run: Run, store: TargetStore, storage_options: dict | None = None) -> Source:
+    """The run's dataset as `store` holds it (its skipped files excluded), refused in one
+    line unless it is the one the store's teacher saw (`verify.check_dataset`)."""
+    from deit_pipe.pipeline.verify import check_dataset
+
+    skip = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
+    source = run_source(run, storage_options=storage_options, skip=skip)
+    check_dataset(store, source)
+    return source
+
+
+def checked_source(run: Run, storage_options: dict | None = None) -> Source:
+    """The run's own dataset, checked against the store the run trained from where that
+    store can still be opened, else against the dataset identity the run recorded."""
+    url = (run.config.get("store_identity") or {}).get("url")
+    if url:
+        try:
+            store = TargetStore(url, storage_options)
+        except StoreError:  # moved or gone: the run's own record is all there is to check
+            pass
+        else:
+            try:
+                return store_source(run, store, storage_options)
+            finally:
+                store.close()
+    source = run_source(run, storage_options=storage_options)
+    recorded = run.config.get("dataset_fingerprint")
+    if recorded and source.fingerprint() != recorded:
+        raise StoreMismatchError(
+            f"{source.data} is not the dataset run {run.path} was trained on (fingerprint "
+            f"{source.fingerprint()[:12]}, the run recorded {recorded[:12]}); "
+            "pass --data SPEC to evaluate on it anyway"
         )
     return source
 
@@ -108,11 +151,13 @@ def evaluate_checkpoint(
 ) -> dict:
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`."""
     run = load_run(checkpoint)
-    dev = resolve_device(device)
-    source = run_source(run, data, storage_options)
     size = input_size or run.input_size
+    view = replace(run.recipe.view, input_size=size)  # checks the size before a model is made
+    dev = resolve_device(device)
+    source = (
+        run_source(run, data, storage_options) if data else checked_source(run, storage_options)
+    )
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
-    view = replace(run.recipe.view, input_size=size)
     result = evaluate(model, source.split("val"), view, device=dev)
     return {
         "checkpoint": str(checkpoint),
