@@ -18,10 +18,18 @@ from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.runs import evaluate_checkpoint, load_run
+from deit_pipe.student.tblog import scalars
 from deit_pipe.student.train import TrainConfig, train
 from deit_pipe.teacher import TeacherConfig
 from tests.cli_utils import invoke, one_line
 
+try:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    HAS_TB = True
+except ImportError:  # the `test` extra installs it; elsewhere the TensorBoard tests skip
+    HAS_TB = False
+needs_tb = pytest.mark.skipif(not HAS_TB, reason="tensorboard is not installed (test extra)")
 TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
 IMAGES = 48  # val images the fresh process classifies
 # A fresh interpreter with timm alone: the folder must carry everything (no deit_pipe).
@@ -62,6 +70,7 @@ def audited(tmp_path_factory):
         warmup_epochs=0.2,
         ema=True,
         ema_decay=0.9,
+        tensorboard=HAS_TB,
     )
     train(cfg)
     report = root / "audit"
@@ -172,3 +181,42 @@ def test_refusals(audited, tmp_path):
     # A rerun over its own output replaces it.
     assert invoke("export", run, "--out", tmp_path / "again").exit_code == 0
     assert invoke("export", run, "--out", tmp_path / "again", "--head", "cls").exit_code == 0
+
+
+def events(run) -> dict[str, dict[int, float]]:
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
+
+
+@needs_tb
+def test_tensorboard_mirrors_metrics_jsonl(audited):
+    run, report = audited
+    logged = events(run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected: dict[str, dict[int, float]] = {}
+    for record in records:
+        for tag, value in scalars(record).items():
+            expected.setdefault(tag, {})[record["step"]] = value
+    assert {"train/loss", "train/lr", "train/img_s", "eval/avg/top1", "eval/ema_dist/top5"} <= set(
+        expected
+    )
+    train_tags = {t: v for t, v in logged.items() if not t.startswith("audit")}
+    assert set(train_tags) == set(expected)
+    for tag, by_step in expected.items():  # event files hold float32
+        assert train_tags[tag] == {s: float(np.float32(v)) for s, v in by_step.items()}, tag
+    # `audit` added its agreement at the checkpoint's step, as agreement.json has it
+    doc = json.loads((report / "agreement.json").read_text())
+    step = load_run(run).checkpoint["step"]
+    for head, label in (("cls", "cls head"), ("avg", "cls+dist")):
+        top1 = doc["metrics"][f"deit_tiny⚗ hard / {label}"]["top1"]
+        assert logged[f"audit/{head}/top1"] == {step: float(np.float32(top1))}
+    agree = doc["train_view_agreement"]["deit_tiny⚗ hard"]["dist"]
+    assert logged["audit/dist/train_view_agreement"] == {step: float(np.float32(agree))}
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
+    result = invoke("train", "--data", "digits", "--out", tmp_path / "run", "--tensorboard")
+    one_line(result, "--tensorboard needs the tensorboard package")
+    assert not (tmp_path / "run").exists()
