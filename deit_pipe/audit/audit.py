@@ -27,7 +27,7 @@ from deit_pipe.student.card import audit_summary
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.models import heads
 from deit_pipe.student.runs import Run, load_run, run_source
-from deit_pipe.student.tblog import add_audit
+from deit_pipe.student.tblog import TB_DIR, add_audit
 
 HEAD_LABELS = {"cls": "cls head", "dist": "dist head", "avg": "cls+dist"}
 
@@ -144,7 +144,8 @@ def audit(
     write_outputs(result, out, runs, store, ema)
     store.close()
     for run in runs:  # the agreement beside the run's curves, for a run with RUN/tb
-        add_audit(run.path, run.checkpoint["step"], audit_summary(out, run, ema), ema)
+        if (run.path / TB_DIR).is_dir():
+            add_audit(run.path, run.checkpoint["step"], audit_summary(out, run, ema), ema)
     return result
 
 
