@@ -23,3 +23,5 @@ PRESET_SUMMARIES = {
     "finetune": "DeiT's ↑resolution fine-tuning (`--finetune`): the DeiT views at the new size, "
     "lr 5e-6 constant after warmup, weight decay 1e-8, 30 epochs",
 }
+# The head an exported student's forward returns: cls+dist averaged (timm's eval), or one.
+EXPORT_HEADS = ("avg", "cls", "dist")

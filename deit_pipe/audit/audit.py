@@ -23,9 +23,11 @@ from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, OutputPathError, ReplayError
 from deit_pipe.outputs import check_output_dir, check_replace, make_dir, mark_output
 from deit_pipe.storage import TargetStore
+from deit_pipe.student.card import audit_summary
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.models import heads
 from deit_pipe.student.runs import Run, load_run, store_source
+from deit_pipe.student.tblog import TB_DIR, add_audit
 
 HEAD_LABELS = {"cls": "cls head", "dist": "dist head", "avg": "cls+dist"}
 
@@ -142,6 +144,9 @@ def audit(
     result = AuditResult(names, matrix, metrics, train_agreement, {})
     write_outputs(result, out, runs, store, ema)
     store.close()
+    for run in runs:  # the agreement beside the run's curves, for a run with RUN/tb
+        if (run.path / TB_DIR).is_dir():
+            add_audit(run.path, run.checkpoint["step"], audit_summary(out, run, ema), ema)
     return result
 
 

@@ -217,4 +217,10 @@ def progress_bar(unit: str):
 
 
 # Register the commands (each module adds its commands to `main`).
-from deit_pipe.cli import audit_cmds, data_cmds, store_cmds, train_cmds  # noqa: E402, F401
+from deit_pipe.cli import (  # noqa: E402, F401
+    audit_cmds,
+    data_cmds,
+    export_cmds,
+    store_cmds,
+    train_cmds,
+)

@@ -101,6 +101,12 @@ def _train_options(fn):
             show_default=True,
             help="Steps between loss read-backs (each waits for the device).",
         ),
+        click.option(
+            "--tensorboard",
+            is_flag=True,
+            help="Also write metrics.jsonl's scalars as TensorBoard events under OUT/tb "
+            "(needs the tensorboard extra).",
+        ),
         click.option("--compile", "compile_model", is_flag=True, help="torch.compile the student."),
         click.option(
             "--cycle-epochs", is_flag=True, help="Reuse stored epoch e mod E past the end."

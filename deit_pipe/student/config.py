@@ -59,6 +59,7 @@ class TrainConfig:
     ckpt_every: int = 0  # steps; 0 = at epoch end only
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     log_every: int = 1  # steps between loss read-backs (each one waits for the device)
+    tensorboard: bool = False  # mirror metrics.jsonl's scalars into RUN/tb (event files)
     cycle_epochs: bool = False
     follow: bool = False  # train on a store still being filled: wait for each epoch's shards
     follow_timeout: float = 1800.0  # seconds without a new shard before giving up

@@ -15,7 +15,7 @@ from pathlib import Path
 from deit_pipe.errors import ConfigError, OutputPathError
 from deit_pipe.outputs import check_output_dir, entries, write_atomic
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt.tmp")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "tb")
 # Settings a resume may change: how the run is executed, watched or stopped, not what it learns.
 RESUMABLE = {
     "out",
@@ -23,6 +23,7 @@ RESUMABLE = {
     "max_steps",
     "loader_workers",
     "log_every",
+    "tensorboard",
     "ckpt_every",
     "eval_every",
     "eval_batch_size",

@@ -27,6 +27,7 @@ from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.errors import DivergedError
 from deit_pipe.outputs import make_dir, write_atomic
 from deit_pipe.storage.lock import WriterLock
+from deit_pipe.student import tblog
 from deit_pipe.student.checkpoint import save_checkpoint
 from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.evaluate import evaluate
@@ -44,23 +45,31 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class MetricsWriter:
-    """`metrics.jsonl` (rank 0): a line per step, and per evaluated epoch."""
+    """`metrics.jsonl` (rank 0): a line per step, and per evaluated epoch; with `tb`, the
+    same scalars as TensorBoard events."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, tb=None):
         self.file = path.open("a") if path is not None else None
+        self.tb = tb
 
     def write(self, record: dict) -> None:
         if self.file:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.tb is not None:
+            tblog.write_record(self.tb, record)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Train; returns the last evaluation. Writes config.json, metrics.jsonl, checkpoint.pt."""
+    if cfg.tensorboard:
+        tblog.require()
     tr = build_trainer(cfg)
     with ExitStack() as held:
         if tr.ctx.main:  # rank 0 writes the run directory, and holds it while it does
@@ -68,7 +77,10 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             held.enter_context(WriterLock(str(tr.out), "train", what="this run directory"))
             truncate_metrics(tr.out, tr.step)
             write_atomic(tr.out / "config.json", json.dumps(tr.run_info, indent=2).encode())
-        metrics = MetricsWriter(tr.out / "metrics.jsonl" if tr.ctx.main else None)
+        tb = None
+        if tr.ctx.main and cfg.tensorboard:
+            tb = tblog.open_writer(tr.out, purge_step=tr.step)
+        metrics = MetricsWriter(tr.out / "metrics.jsonl" if tr.ctx.main else None, tb)
         report = progress if tr.ctx.main and progress else (lambda _: None)
         try:
             result = run_loop(tr, metrics, report)
