@@ -99,14 +99,16 @@ def test_views_made_before_explicit_draws_and_device_rendering_replay(render):
         assert got == pinned["fingerprints"][: len(got)], key
 
 
-def test_training_on_device_rendered_views_replays_the_store_and_changes_nothing(
-    tmp_path, monkeypatch
-):
-    """A store made from host-rendered views: training with --render device replays every
-    view's fingerprint (a mismatch stops the run) and takes the same steps as --render host."""
+def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_path, monkeypatch):
+    """The precompute with --render device (two render processes) writes the store the host
+    path writes; verify and training with --render device replay every view's fingerprint
+    (a mismatch stops the run) and take the same steps as --render host."""
+    from dataclasses import replace
+
     from deit_pipe.pipeline.precompute import precompute
     from deit_pipe.pipeline.request import StoreRequest
     from deit_pipe.pipeline.tasks import Job
+    from deit_pipe.storage import TargetStore
     from deit_pipe.student import train as train_module
     from deit_pipe.student.train import train
     from tests.test_train import RECIPE, TEACHER, base_cfg, losses
@@ -120,7 +122,16 @@ def test_training_on_device_rendered_views_replays_the_store_and_changes_nothing
     monkeypatch.setattr(train_module, "realize", counting)
     url = str(tmp_path / "s.zarr")
     job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
-    precompute(job, StoreRequest(epochs=1, k=5, shard_views=512), workers=0)
+    request = StoreRequest(epochs=1, k=5, shard_views=512)
+    precompute(job, request, workers=0)
+    # The teacher's views rendered by the kernels in two render processes: the same store.
+    twin = str(tmp_path / "twin.zarr")
+    precompute(replace(job, url=twin, render="device", loader_workers=2), request, workers=0)
+    ours, theirs = (
+        TargetStore(url).read_arrays(0, "train"),
+        TargetStore(twin).read_arrays(0, "train"),
+    )
+    assert all(np.array_equal(ours[k], theirs[k]) for k in ours) and len(ours) == 4
     # verify re-renders through the kernels, as the run below will: every checked view equal
     checked = CliRunner().invoke(
         main, ["verify", url, "--render", "device", "--sample", "200", "--workers", "0"]

@@ -290,6 +290,7 @@ class ShardProgress:
     is_flag=True,
     help="Re-check every finished shard against its checksums; recompute damaged ones.",
 )
+@render_option
 @storage_options_option
 @recipe_options
 def precompute(
@@ -317,6 +318,7 @@ def precompute(
     compile_teacher,
     overwrite,
     repair,
+    render,
     storage_options,
     targets,
     dry_run,
@@ -344,6 +346,7 @@ def precompute(
         loader_workers=loader_workers,
         threads=threads_per_worker,
         device=device,
+        render=render,
         compile=compile_teacher,
         storage_options=storage_options,
         teacher_name=teacher_name,

@@ -23,17 +23,20 @@ from deit_pipe.data.recipe import Recipe
 _STATE: dict = {}  # this process's dataset for the (recipe, split, epoch) it renders now
 
 
-def _dataset(source: Source, recipe_json: str, split: str, epoch: int):
-    key = (source.data, recipe_json, split, epoch)
+def _dataset(source: Source, recipe_json: str, split: str, epoch: int, render: str = "host"):
+    key = (source.data, recipe_json, split, epoch, render)
     if _STATE.get("key") != key:  # one epoch's plan at a time: 300 cached plans would not fit
         recipe = Recipe.from_dict(json.loads(recipe_json))
-        _STATE.update(key=key, dataset=stored_views(source, recipe, split, epoch))
+        _STATE.update(key=key, dataset=stored_views(source, recipe, split, epoch, render))
     return _STATE["dataset"]
 
 
-def render_items(source: Source, recipe_json: str, split: str, epoch: int, items) -> dict:
-    """Items (train: pairs, val: samples) rendered and collated, in order."""
-    dataset = _dataset(source, recipe_json, split, epoch)
+def render_items(
+    source: Source, recipe_json: str, split: str, epoch: int, items, render: str = "host"
+) -> dict:
+    """Items (train: pairs, val: samples) rendered and collated, in order (with
+    `render="device"`, training views are prepared for `device_render.realize`)."""
+    dataset = _dataset(source, recipe_json, split, epoch, render)
     return collate_views([dataset[i] for i in items])
 
 
@@ -85,6 +88,7 @@ def shard_batches(
     rows: range,
     batch_size: int,
     pool: RenderPool | None = None,
+    render: str = "host",
 ) -> Iterator[dict]:
     """The rendered views of one shard (`rows` of the split), batch by batch, in slot order."""
     if split == "train":  # a pair renders two slots; shards never split a pair
@@ -93,7 +97,7 @@ def shard_batches(
         items, per_batch = rows, batch_size
     recipe_json = json.dumps(recipe.to_dict(), sort_keys=True)
     chunks = [
-        (recipe_json, split, epoch, list(items[i : i + per_batch]))
+        (recipe_json, split, epoch, list(items[i : i + per_batch]), render)
         for i in range(0, len(items), per_batch)
     ]
     if pool is None:

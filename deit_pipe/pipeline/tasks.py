@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from deit_pipe.data import Source, finish, open_checked
+from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.render import RenderPool, shard_batches
 from deit_pipe.storage import StoreWriter
@@ -36,6 +37,7 @@ class Job:
     loader_workers: int = 0
     threads: int = 1
     device: str = "auto"  # auto | cpu | cuda
+    render: str = "auto"  # who renders the training views: host | device (same bytes)
     compile: bool = False  # torch.compile the teacher
     storage_options: dict | None = field(default=None, hash=False)
     teacher_name: str | None = None  # its name in the store [default: the model's]
@@ -116,13 +118,16 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     device = task_device(job)
     model = _teacher(job, writer.spec.num_classes, device)
     pool = render_pool(job) if job.loader_workers else None
-    batches = shard_batches(source, job.recipe, split, epoch, rows, job.batch_size, pool)
+    render = render_mode(job.render, device)
+    batches = shard_batches(source, job.recipe, split, epoch, rows, job.batch_size, pool, render)
     values, indices, lse, fps, slots = [], [], [], [], []
     forward = 0.0
     k, temps = writer.spec.k, writer.spec.temperatures
     for batch in batches:
         t0 = time.perf_counter()
-        if device.type == "cuda":  # uint8: a quarter of float32's host→device traffic
+        if "device_views" in batch:  # the Pillow stage on the teacher's device
+            batch = realize(batch, device)
+        elif device.type == "cuda":  # uint8: a quarter of float32's host→device traffic
             batch["image"] = batch["image"].pin_memory()
         logits = teacher_logits(model, finish(batch, job.recipe.view, device), device)
         top = logits.topk(k, dim=1, sorted=True)
