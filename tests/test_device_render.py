@@ -144,6 +144,16 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
     assert len(host) == len(device) == 3 and rendered == [128] * 3
     for a, b in zip(host, device, strict=True):
         assert (a["loss"], a["slots_sum"]) == (b["loss"], b["slots_sum"])
+    # audit's replayed training views (fingerprints checked) give the host path's agreement
+    reports = {}
+    for render in ("host", "device"):
+        out = tmp_path / f"audit-{render}"
+        args = ["audit", "--store", url, "--run", str(tmp_path / "device"), "--out", str(out)]
+        done = CliRunner().invoke(main, [*args, "--train-views", "64", "--render", render])
+        assert done.exit_code == 0, done.output
+        reports[render] = json.loads((out / "agreement.json").read_text())
+    assert reports["host"]["train_view_agreement"] == reports["device"]["train_view_agreement"]
+    assert next(iter(reports["device"]["train_view_agreement"].values()))["views"] > 0
 
 
 def test_render_mode_auto_is_the_host_until_the_device_measures_faster():

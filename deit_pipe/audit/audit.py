@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from deit_pipe.audit.agreement import classifier_metrics, disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap, training_curves
 from deit_pipe.data import collate_views, finish, mismatches, stored_views
+from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, OutputPathError, ReplayError
@@ -97,6 +98,7 @@ def audit(
     storage_options: dict | None = None,
     teacher: str | None = None,
     force: bool = False,
+    render: str = "auto",
 ) -> AuditResult:
     out = check_output_dir(out, AUDIT_FILES, "audit report")
     check_replace(out, AUDIT_FILES, "audit report", force)  # a user's report.md is theirs
@@ -114,6 +116,7 @@ def audit(
     for run in runs:
         check_run_against_store(run, store)
     dev = resolve_device(device)
+    render = render_mode(render, dev)
     val = store.read_epoch(0, "val")
     # The val pixels scored below against the stored teacher answers: the store's own.
     source = store_source(runs[0], store, storage_options)
@@ -139,7 +142,9 @@ def audit(
             probs = torch.softmax(values, dim=1).numpy()
             predictions[label] = probs.argmax(axis=1)
             metrics[label] = classifier_metrics(probs, labels, num_classes)
-        train_agreement[name] = train_view_agreement(model, run, store, source, train_views, dev)
+        train_agreement[name] = train_view_agreement(
+            model, run, store, source, train_views, dev, render
+        )
     names, matrix = disagreement_matrix(predictions)
     result = AuditResult(names, matrix, metrics, train_agreement, {})
     write_outputs(result, out, runs, store, ema)
@@ -189,7 +194,13 @@ def _write_outputs(result: AuditResult, out: Path, runs: list[Run], store, ema: 
 
 @torch.inference_mode()
 def train_view_agreement(
-    model, run: Run, store: TargetStore, source, count: int, device: torch.device
+    model,
+    run: Run,
+    store: TargetStore,
+    source,
+    count: int,
+    device: torch.device,
+    render: str = "host",
 ) -> dict:
     """Student top-1 (every head) vs the stored teacher top-1 on replayed training views."""
     complete = store.progress().complete_epochs("train")
@@ -206,7 +217,7 @@ def train_view_agreement(
     seen = 0
     for epoch in epochs:
         targets = store.read_epoch(epoch)
-        dataset = stored_views(source, recipe, "train", epoch)
+        dataset = stored_views(source, recipe, "train", epoch, render)
         plan = dataset.plan
         rng = np.random.default_rng([epoch, 0xA0D17])
         pairs = np.sort(
@@ -220,6 +231,8 @@ def train_view_agreement(
             collate_fn=collate_views,
         )
         for batch in loader:
+            if "device_views" in batch:
+                batch = realize(batch, device)
             slots = batch["slot"].numpy()
             if len(mismatches(targets.fingerprint, slots, batch["fingerprint"].numpy())):
                 raise ReplayError(

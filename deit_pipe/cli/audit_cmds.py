@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from deit_pipe.cli import console, main, storage_options_option
+from deit_pipe.cli import console, main, render_option, storage_options_option
 
 
 @main.command(name="audit")
@@ -44,6 +44,7 @@ from deit_pipe.cli import console, main, storage_options_option
     help="The store's teacher(s) to compare with: A, or an ensemble A,B / A=0.7,B=0.3 "
     "[default: the first run's]; a store of several teachers also shows each alone.",
 )
+@render_option
 @storage_options_option
 def audit_cmd(
     store: str,
@@ -53,6 +54,7 @@ def audit_cmd(
     ema: bool,
     train_views: int,
     teacher_name: str | None,
+    render: str,
     storage_options: dict | None,
 ) -> None:
     """Teacher–student agreement on val (paper Table 4) and on replayed training views."""
@@ -67,6 +69,7 @@ def audit_cmd(
         storage_options=storage_options,
         teacher=teacher_name,
         force=force,
+        render=render,
     )
     n = len(result.classifiers)
     table = Table(
