@@ -84,12 +84,11 @@ PINNED = json.loads((Path(__file__).parent / "data" / "plan3_fingerprints.json")
 @pytest.mark.parametrize("render", ["host", "device"])
 def test_views_made_before_explicit_draws_and_device_rendering_replay(render):
     """Fingerprints of digits views recorded with the plan-3 renderer at 7a3f7b4 (timm's
-    transform drawing from swapped module RNGs): both paths give them back, bit for bit."""
+    transform drawing from swapped module RNGs), training and eval views: both paths give
+    them back, bit for bit."""
     source = open_source("digits")
     for key, pinned in PINNED.items():
         _, split, epoch = key.split("/")
-        if split != "train" and render == "device":
-            continue  # eval views are rendered on the host
         views = stored_views(source, Recipe.from_dict(pinned["recipe"]), split, int(epoch), render)
         count = 64 if split == "train" else len(pinned["fingerprints"])
         batch = collate_views([views[i] for i in range(count)])
@@ -154,6 +153,38 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
         reports[render] = json.loads((out / "agreement.json").read_text())
     assert reports["host"]["train_view_agreement"] == reports["device"]["train_view_agreement"]
     assert next(iter(reports["device"]["train_view_agreement"].values()))["views"] > 0
+    # eval's clean views through the kernels: the same numbers
+    scores = [
+        CliRunner()
+        .invoke(
+            main, ["eval", "--checkpoint", str(tmp_path / "device"), "--json", "--render", render]
+        )
+        .output
+        for render in ("host", "device")
+    ]
+    assert json.loads(scores[0])["heads"] == json.loads(scores[1])["heads"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_eval_views_on_the_device_are_timms_eval_views(interpolation, device):
+    """timm's eval transform (resize the shorter side to input/crop_pct, centre crop) on
+    images of assorted sizes and aspect ratios, including ones smaller than the view."""
+    from deit_pipe.data.device_render import defer_eval
+    from deit_pipe.data.views import eval_transform
+
+    cfg = ViewConfig(input_size=24, interpolation=interpolation, crop_pct=0.9)
+    rng = np.random.default_rng(5)
+    views, expected = [], []
+    for _ in range(48):
+        h, w = (int(v) for v in rng.integers(3, 90, 2))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        views.append(defer_eval(img, cfg))
+        expected.append(eval_transform(cfg)(img).permute(1, 2, 0))
+    dummy = {k: torch.zeros(len(views), *s, dtype=t) for k, s, t in _ITEM_KEYS}
+    batch = realize({**dummy, "device_views": views}, torch.device(device))
+    assert torch.equal(batch["image"].cpu(), torch.stack(expected))
+    assert batch["host_rendered"] == 0
 
 
 def test_render_mode_auto_is_the_host_until_the_device_measures_faster():

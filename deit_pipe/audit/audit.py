@@ -136,7 +136,7 @@ def audit(
     train_agreement = {}
     for name, run in zip(_names(runs), runs, strict=True):
         model = run.model(ema).to(dev, memory_format=torch.channels_last)
-        logits = predict(model, source.split("val"), run.recipe.view, device=dev)
+        logits = predict(model, source.split("val"), run.recipe.view, device=dev, render=render)
         for head, values in logits.items():
             label = classifier_label(name, head, len(logits))
             probs = torch.softmax(values, dim=1).numpy()

@@ -290,6 +290,7 @@ def _relaunch_torchrun(nproc: int) -> None:
     help="Evaluate at this size [default: the run's]; a ViT's position embeddings are resampled.",
 )
 @click.option("--json", "as_json", is_flag=True)
+@render_option
 @storage_options_option
 def eval_cmd(
     checkpoint: Path,
@@ -297,13 +298,19 @@ def eval_cmd(
     ema: bool,
     input_size: int | None,
     as_json: bool,
+    render: str,
     storage_options: dict | None,
 ) -> None:
     """Top-1/top-5 of every head of a checkpoint on clean val views."""
     from deit_pipe.student.runs import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        checkpoint, data, ema=ema, input_size=input_size, storage_options=storage_options
+        checkpoint,
+        data,
+        ema=ema,
+        input_size=input_size,
+        storage_options=storage_options,
+        render=render,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deit_pipe.data.device_render import DeviceView, defer, prepare
+from deit_pipe.data.device_render import DeviceView, defer, defer_eval, prepare
 from deit_pipe.data.finish import mix_params
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
@@ -61,19 +61,24 @@ class PairDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    """Clean eval views (resize + center crop), one per sample, in index order."""
+    """Clean eval views (resize + center crop), one per sample, in index order; with
+    `render="device"` each item carries its image and resize taps for `realize`."""
 
-    def __init__(self, split: Split, cfg: ViewConfig):
-        self.split, self.cfg = split, cfg
+    def __init__(self, split: Split, cfg: ViewConfig, render: str = "host"):
+        if render not in RENDER_MODES:
+            raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
+        self.split, self.cfg, self.render = split, cfg, render
         self.transform = eval_transform(cfg)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict:
-        pixels = hwc(self.transform(self.split.load(index)))
+        img = self.split.load(index)
+        device = self.render == "device"
+        view = defer_eval(img, self.cfg) if device else hwc(self.transform(img))
         boxes = np.zeros((self.cfg.re_count, 4), dtype=np.int32)  # eval views are not erased
-        return _item([(pixels, boxes)], [index], [0], _NO_MIX)
+        return _item([(view, boxes)], [index], [0], _NO_MIX)
 
 
 _NO_MIX = mix_params(0, 1.0, (0, 0, 0, 0))
@@ -185,7 +190,7 @@ def stored_views(
     data = source.split(split)
     if split == "train":
         return PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view, render)
-    return EvalDataset(data, recipe.view)
+    return EvalDataset(data, recipe.view, render)
 
 
 def mismatches(stored: np.ndarray, slots, fingerprints) -> np.ndarray:

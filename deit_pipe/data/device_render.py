@@ -13,6 +13,7 @@ Fingerprints are taken from the rendered bytes exactly as the host path takes th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,13 @@ from PIL import Image
 from deit_pipe.choices import RENDERS
 from deit_pipe.data.kernels import affine, enhance, pointops, resample
 from deit_pipe.data.viewparams import AugOp, ViewDrawer, ViewParams
-from deit_pipe.data.views import ViewConfig, apply_host, erasing_boxes, view_fingerprint
+from deit_pipe.data.views import (
+    ViewConfig,
+    apply_host,
+    erasing_boxes,
+    eval_transform,
+    view_fingerprint,
+)
 from deit_pipe.errors import DeitPipeError
 
 
@@ -45,6 +52,7 @@ class DeviceView:
 
     pixels: torch.Tensor
     params: ViewParams | None
+    taps: resample.ViewTaps | None = None  # its resize, where not `params`' crop's (eval)
 
 
 def defer(
@@ -59,6 +67,27 @@ def defer(
     top, left, h, w = params.crop
     crop = np.array(img.crop((left, top, left + w, top + h)))  # the region alone is copied
     return DeviceView(torch.from_numpy(crop), params), boxes
+
+
+_EVAL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_EVAL_FILTERS["nearest"] = Image.Resampling.NEAREST
+
+
+def defer_eval(img: Image.Image, cfg: ViewConfig) -> DeviceView:
+    """An eval view left to the device: timm's eval transform (torchvision `Resize` of the
+    shorter side to floor(input / crop_pct), then `CenterCrop`) as resize taps of the whole
+    image. A filter the eval path has no kernel for renders on the host."""
+    size = cfg.input_size
+    resample_filter = _EVAL_FILTERS.get(cfg.interpolation)
+    if resample_filter is None:
+        return DeviceView(eval_transform(cfg)(img).permute(1, 2, 0).contiguous(), None)
+    taps = resample.eval_taps(
+        img.size, math.floor(size / cfg.crop_pct), (size, size), int(resample_filter)
+    )
+    params = ViewParams(
+        (0, 0, img.height, img.width), (size, size), int(resample_filter), False, False
+    )
+    return DeviceView(torch.from_numpy(np.array(img)), params, taps)
 
 
 def _affine(fn):
@@ -151,8 +180,9 @@ def prepare(views: list[DeviceView]) -> dict:
         crops = [views[i].pixels for i in todo]
         out["params"] = [views[i].params for i in todo]
         taps = [
-            resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
-            for c, p in zip(crops, out["params"], strict=True)
+            views[i].taps
+            or resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
+            for i, c, p in zip(todo, crops, out["params"], strict=True)
         ]
         out["plan"] = resample.stack_taps(taps)
         hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)

@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import EvalDataset, Split, ViewConfig, collate_views, finish
+from deit_pipe.data.device_render import realize
 from deit_pipe.student.models import heads
 
 
@@ -20,11 +21,13 @@ def predict(
     device: torch.device = torch.device("cpu"),
     indices=None,
     workers: int = 0,
+    render: str = "host",
 ) -> dict[str, torch.Tensor]:
-    """float32 logits per head for the clean views of `split` (or of `indices`), in order."""
+    """float32 logits per head for the clean views of `split` (or of `indices`), in order,
+    rendered by Pillow (`render="host"`) or by the kernels on `device` (the same bytes)."""
     was_training = model.training
     model.eval()
-    dataset = EvalDataset(split, view)
+    dataset = EvalDataset(split, view, render)
     if indices is not None:
         dataset = Subset(dataset, indices)
     loader = DataLoader(
@@ -32,6 +35,8 @@ def predict(
     )
     out: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
+        if "device_views" in batch:
+            batch = realize(batch, device)
         x = finish(batch, view, device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = heads(model, x)
@@ -57,7 +62,7 @@ def evaluate(
     **predict_kw,
 ) -> dict[str, dict[str, float]]:
     """Top-1/top-5 (fractions) per head; ranks evaluate interleaved shares and sum counts.
-    `predict_kw`: `predict`'s batch_size and device."""
+    `predict_kw`: `predict`'s batch_size, device and render."""
     indices = list(range(rank, len(split), world_size))
     logits = predict(model, split, view, indices=indices, **predict_kw)
     device = predict_kw.get("device", torch.device("cpu"))

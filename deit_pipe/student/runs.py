@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from deit_pipe.data import Source, open_source
+from deit_pipe.data.device_render import render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreError, StoreMismatchError
@@ -148,8 +149,10 @@ def evaluate_checkpoint(
     device: str = "auto",
     input_size: int | None = None,
     storage_options: dict | None = None,
+    render: str = "auto",
 ) -> dict:
-    """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`."""
+    """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`,
+    rendered by Pillow or by the kernels on the device (`render`; the same bytes)."""
     run = load_run(checkpoint)
     size = input_size or run.input_size
     view = replace(run.recipe.view, input_size=size)  # checks the size before a model is made
@@ -158,7 +161,8 @@ def evaluate_checkpoint(
         run_source(run, data, storage_options) if data else checked_source(run, storage_options)
     )
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
-    result = evaluate(model, source.split("val"), view, device=dev)
+    render = render_mode(render, dev)
+    result = evaluate(model, source.split("val"), view, device=dev, render=render)
     return {
         "checkpoint": str(checkpoint),
         "data": source.data,

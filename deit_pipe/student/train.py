@@ -265,6 +265,7 @@ def evaluate_heads(tr: Trainer) -> dict:
     kw = dict(
         batch_size=tr.cfg.eval_batch_size,
         device=tr.ctx.device,
+        render=tr.render,
         rank=tr.ctx.rank,
         world_size=tr.ctx.world_size,
     )
