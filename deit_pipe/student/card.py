@@ -77,6 +77,7 @@ def render_card(run: Run, result: ExportResult) -> str:
         f"A DeiT student trained with deit-pipe: the {weights} of run `{run.path.name}` at step "
         f"{result.step}; its forward returns the **{HEAD_LABELS[result.head]}** logits.",
         "",
+        *_rearranged(result.head),
         "```python",
         "import timm",
         "from timm.data import create_transform, resolve_data_config",
@@ -127,3 +128,18 @@ def render_card(run: Run, result: ExportResult) -> str:
         lines.append(f"\nThe teacher's own val top-1: {_num(a['teacher']['top1'])}.")
     lines += ["", "## Training curves", "", "![curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def _rearranged(head: str) -> list[str]:
+    """What a single-head export did to the weights: timm's distilled ViT averages its two
+    heads at eval, so that head was doubled and the other zeroed (exact in floating point).
+    Fine-tuning from this folder starts from those weights, not the run's."""
+    if head == "avg":
+        return []
+    other = "dist" if head == "cls" else "cls"
+    return [
+        f"To make timm's distilled ViT (which averages its two heads at eval) return the "
+        f"{head} head alone, its weights and bias were doubled and the {other} head's zeroed: "
+        "the logits are exact, but fine-tune from the run's checkpoint, not this folder.",
+        "",
+    ]
