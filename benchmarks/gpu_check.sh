@@ -20,6 +20,6 @@ timeout ${RENDER_S:-120} python3 benchmarks/device_render_bench.py --images 64 -
 [ -n "${SKIP_FINISH:-}" ] || timeout 120 python3 benchmarks/finish_bench.py 2>&1 | tee "$O/finish.log"
 timeout ${SMOKE_S:-240} benchmarks/gpu_smoke.sh /tmp/gpu-smoke 2>&1 | tee "$O/smoke.log"
 timeout ${BENCH_S:-240} python3 benchmarks/scale_bench.py --gpu --batch 256 --steps 20 \
-  --warmup 5 --loader-workers 8 2>&1 | tee "$O/bench.log"
+  --warmup 5 --loader-workers 8 --render ${RENDER:-host} 2>&1 | tee "$O/bench.log"
 cp benchmarks/scale_gpu.json benchmarks/device_render.json BENCHMARKS.md "$O/" 2>/dev/null
 true

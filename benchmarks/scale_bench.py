@@ -59,6 +59,7 @@ def student_steps(root: Path, url: str, data: str, recipe: dict, device: str, a)
             drop_path=0.1,
             device=device,
             loader_workers=a.loader_workers,
+            render=a.render,
             log_every=a.warmup + a.steps,  # one read-back: no per-step device sync
         )
         store = dict(store=url, **common)
@@ -113,6 +114,7 @@ def main(a) -> dict:
             url=str(root / "store.zarr"), data=data, recipe=recipe,
             teacher=TeacherConfig(TEACHER, random_init=True), batch_size=a.batch,
             loader_workers=a.loader_workers, threads=torch.get_num_threads(), device=device,
+            render=a.render,
         )  # fmt: skip
         # Warm-up: the teacher is built once per process (and cached), as on a dask worker.
         warm = replace(job, url=str(root / "warm.zarr"))
@@ -141,6 +143,7 @@ def main(a) -> dict:
             "teacher_forward_views_per_s": forward,
             "loader_views_per_s": loader,
             "loader_workers": a.loader_workers,
+            "render": a.render,
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -149,8 +152,8 @@ def main(a) -> dict:
 def render(r: dict) -> str:
     lines = [
         f"Device **{r['device']}** ({r['threads']} threads), batch {r['batch']}, 224², "
-        f"random-init `{TEACHER}` teacher; median of {r['measured_steps']} steps after "
-        "warm-up, all in one run.",
+        f"random-init `{TEACHER}` teacher, views rendered on the {r.get('render', 'host')} "
+        f"(`--render`); median of {r['measured_steps']} steps after warm-up, all in one run.",
         "",
         "| student | no KD step (s) | offline KD (s) | online KD (s) | online ÷ offline | "
         "offline ÷ none | teacher share of an online step (paper) |",
@@ -182,6 +185,9 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--loader-workers", type=int, default=1)
+    parser.add_argument(
+        "--render", default="host", help="host | device: who renders the views (train, precompute)"
+    )
     args = parser.parse_args()
     result = main(args)
     name = "gpu" if args.gpu else "cpu"
