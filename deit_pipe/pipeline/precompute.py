@@ -192,7 +192,7 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
         # DataLoader workers are child processes: dask's daemonic workers may not have any.
         # dask's default worker environment also sets MALLOC_TRIM_THRESHOLD_, which pins
         # glibc's mmap threshold: every tensor over 128 KiB is then mapped and unmapped per op
-        # (measured: 3× the kernel time, 10% slower precompute on digits).
+        # (measured: twice the kernel time, 10% slower precompute on digits, BENCHMARKS.md).
         worker_env = {k: threads_per_worker for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         settings = {
             "distributed.worker.daemon": job.loader_workers == 0,
