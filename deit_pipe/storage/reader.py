@@ -31,13 +31,6 @@ from deit_pipe.storage.io import file_system, open_store, storage_errors
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Targets:
-    soft: torch.Tensor  # [n, C] float32 teacher distribution at τ
-    hard: torch.Tensor  # [n] int64 teacher top-1
-    fingerprint: torch.Tensor  # [n] int64 (the uint64 bits)
-
-
 @dataclass
 class EpochTargets:
     """One epoch slice of a split, in memory."""
@@ -94,11 +87,6 @@ class EpochTargets:
 
     def hard(self, slots: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.indices[np.asarray(slots), 0].astype(np.int64))
-
-    def targets(self, slots: np.ndarray, tau: float) -> Targets:
-        slots = np.asarray(slots)
-        fps = torch.from_numpy(self.fingerprint[slots].view(np.int64).copy())
-        return Targets(self.soft(slots, tau), self.hard(slots), fps)
 
     def topk_mass(self, tau: float = 1.0) -> np.ndarray:
         """Probability mass the stored top-k capture, per view."""
