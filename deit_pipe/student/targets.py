@@ -74,7 +74,11 @@ class StoredTeacher:
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
         self.plan = epoch_plan
         stored = self.store.stored_epoch(epoch, self.cycle_epochs)
-        assert epoch_plan.epoch == stored, "the plan must be the stored epoch's"
+        if epoch_plan.epoch != stored:
+            raise ReplayError(
+                f"training epoch {epoch} replays the plan of epoch {epoch_plan.epoch}, but the "
+                f"store serves it from epoch {stored}"
+            )
         nxt = None
         if epoch + 1 < epochs:
             nxt = self.store.stored_epoch(epoch + 1, self.cycle_epochs)
