@@ -34,6 +34,7 @@ from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store,
 from deit_pipe.storage.claims import Claim, take_claim
 from deit_pipe.storage.format import valid_teacher_name
 from deit_pipe.storage.io import file_sizes, file_system
+from deit_pipe.storage.lock import WriterLock
 from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
 from deit_pipe.teacher import build_teacher, check_normalization
 
@@ -108,13 +109,43 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
 
 
 def prepare_store(job: Job, request: StoreRequest, *, overwrite: bool = False) -> StoreWriter:
-    """`store_spec`, then create the store (or reopen the same job) and write its manifest.
-
-    The caller holds the store's lock where other jobs may run (`precompute` does)."""
+    """`store_spec`, then create the store (or reopen the same job) and write its manifest,
+    under the store's lock."""
     spec, source = store_spec(job, request)
-    writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
-    write_manifest(writer, source)
-    return writer
+    return _prepare_locked(job, spec, source, overwrite=overwrite)[0]
+
+
+def _prepare_locked(
+    job: Job,
+    spec: StoreSpec,
+    source: Source,
+    *,
+    overwrite: bool = False,
+    claim: Claim | None = None,
+    repair: bool = False,
+) -> tuple[StoreWriter, WriterLock | None]:
+    """Under the store's lock: take `claim` (the caller releases it), create the store (or
+    reopen the same job), write its manifest and, with `repair`, mark its damaged shards
+    undone. The lock is free again on return: jobs on other epochs may start beside this one."""
+    claimed = None
+    with store_lock(job.url, f"precompute {PREPARING}", job.storage_options):
+        if claim is not None:
+            claimed = take_claim(job.url, claim, f"precompute of {claim}", job.storage_options)
+        try:
+            writer = create_store(
+                job.url, spec, overwrite=overwrite, storage_options=job.storage_options
+            )
+            write_manifest(writer, source)
+            if repair:
+                damaged = damaged_shards(job.url, job.storage_options, job.store_teacher)
+                for split, epoch, shard in damaged:
+                    log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
+                    writer.mark_undone(split, epoch, shard)
+        except BaseException:
+            if claimed is not None:
+                claimed.release()
+            raise
+    return writer, claimed
 
 
 def pending(writer: StoreWriter, request: StoreRequest | None = None) -> list[Task]:
@@ -341,20 +372,11 @@ def precompute(
     if overwrite or repair:  # repair reads the whole store too
         claim = Claim(val=True, teacher=None if overwrite else job.store_teacher)
     with ExitStack() as held:
-        with store_lock(job.url, f"precompute {PREPARING}", job.storage_options):
-            claimed = take_claim(job.url, claim, f"precompute of {claim}", job.storage_options)
-            held.callback(claimed.release)
-            writer = create_store(
-                job.url, spec, overwrite=overwrite, storage_options=job.storage_options
-            )
-            write_manifest(writer, source)
-            if repair:
-                damaged = damaged_shards(job.url, job.storage_options, job.store_teacher)
-                for split, epoch, shard in damaged:
-                    log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
-                    writer.mark_undone(split, epoch, shard)
-            tasks = pending(writer, None if repair else asked)
-        # The store's lock is free again: jobs on other epochs may now start beside this one.
+        writer, claimed = _prepare_locked(
+            job, spec, source, overwrite=overwrite, claim=claim, repair=repair
+        )
+        held.callback(claimed.release)
+        tasks = pending(writer, None if repair else asked)
         if on_plan:
             on_plan(tasks, writer)
         log.info("%d shards to compute", len(tasks))
