@@ -14,12 +14,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from deit_pipe.data import Source
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
+from deit_pipe.errors import DeitPipeError, check
 from deit_pipe.limits import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -30,7 +29,8 @@ from deit_pipe.limits import (
 )
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, job_source, run_task
-from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
+from deit_pipe.pipeline.verify import damaged_shards
+from deit_pipe.storage import StoreSpec, StoreWriter, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
 from deit_pipe.storage.format import valid_teacher_name
 from deit_pipe.storage.io import file_sizes, file_system
@@ -388,23 +388,3 @@ def precompute(
             scheduler=scheduler,
             progress=progress,
         )
-
-
-def damaged_shards(
-    url: str, storage_options: dict | None = None, teacher: str | None = None
-) -> list[Task]:
-    """Shards marked done (of `teacher`, by default the store's first) whose stored bytes
-    differ from their write-time checksums."""
-    store = TargetStore(url, storage_options, teacher)
-    done, found = store.progress().done, []
-    try:
-        for split in store.spec.splits:
-            for epoch in range(store.spec.split_epochs(split)):
-                try:
-                    problems = store.shard_problems(split, epoch, done=done[split][epoch])
-                    found += [(split, epoch, p.shard) for p in problems]
-                except StoreCorruptError:  # a chunk that fails to decode: redo the epoch
-                    found += [(split, epoch, int(s)) for s in np.flatnonzero(done[split][epoch])]
-    finally:
-        store.close()
-    return sorted(set(found))
