@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+from layouts import write_parquet, write_wds  # noqa: E402
 from render_bench import make_jpegs  # noqa: E402
 from report import record_section  # noqa: E402
 from run_all import machine  # noqa: E402
@@ -32,7 +33,6 @@ from deit_pipe.data import open_source  # noqa: E402
 from deit_pipe.data import parquet as parquet_source  # noqa: E402
 from deit_pipe.data.dataset import PairDataset  # noqa: E402
 from deit_pipe.data.recipe import PRESETS  # noqa: E402
-from tests.conftest import write_parquet, write_wds  # noqa: E402
 
 IMAGES, PAIRS, ROUNDS = 400, 198, 3
 TITLE = "## Loader views/s per worker by dataset layout (`make bench-data`)"

@@ -80,7 +80,8 @@ def main() -> None:
         f"- epoch-slice read: {store['epoch_read_views_per_s']:,.0f} views/s; random gather of "
         f"4,096 sorted rows: {store['random_gather_views_per_s']:,.0f} views/s "
         f"({store['epoch_read_views_per_s'] / store['random_gather_views_per_s']:.0f}× slower)",
-        f"- dense soft targets at τ=3 from an in-memory slice: "
+        f"- a training batch's targets (fingerprint check, top-1, dense soft at τ=3) from an "
+        f"in-memory slice: "
         f"{store['dense_targets_views_per_s']:,.0f} views/s",
         f"- shard writes (byte-shuffled zstd + crc32c): {store['write_views_per_s']:,.0f} views/s",
         f"- `--targets hard` (top-1 class + fingerprint), same logits: "

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from deit_pipe.data import mismatches
 from deit_pipe.data.recipe import PLAN_VERSION
 from deit_pipe.storage import StoreSpec, TargetStore, create_store
+from deit_pipe.student.targets import stored_batch
 
 
 def teacher_like_logits(rng: np.random.Generator, n: int, classes: int) -> np.ndarray:
@@ -124,9 +127,12 @@ def run(
         arr.get_orthogonal_selection((0, rows, slice(None)))
         gather_s = time.perf_counter() - t0
         epoch = store.read_epoch(0)
+        cpu = torch.device("cpu")
         t0 = time.perf_counter()
-        for start in range(0, views, 1024):
-            epoch.targets(np.arange(start, start + 1024), 3.0)
+        for start in range(0, views, 1024):  # what a training step reads: check, then targets
+            slots = np.arange(start, start + 1024)
+            mismatches(epoch.fingerprint, slots, epoch.fingerprint[slots].view(np.int64))
+            stored_batch(epoch, slots, 3.0, True, cpu)
         targets_s = time.perf_counter() - t0
         read_s = float(np.median(reads))
         return {

@@ -10,11 +10,11 @@ import tarfile
 import numpy as np
 import pytest
 
+from benchmarks.layouts import write_parquet, write_wds
 from deit_pipe.data import open_source, scan
 from deit_pipe.errors import DataError
 from deit_pipe.storage import TargetStore
 from tests.cli_utils import invoke, one_line
-from tests.conftest import write_parquet, write_wds
 
 PRE = ["precompute", "--teacher", "regnety_002", "--random-init", "--epochs", "1"]
 PRE += ["--input-size", "32", "--workers", "0", "--top-k", "3", "--repeats", "1"]

@@ -201,7 +201,7 @@ def test_storage_failures_are_one_clear_line(s3, case, message):
 
 
 def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp_path):
-    from tests.conftest import write_parquet
+    from benchmarks.layouts import write_parquet
 
     local = tmp_path / "pq"
     write_parquet(imagefolder, local)

@@ -186,6 +186,20 @@ def test_a_lost_chunk_is_an_error_everywhere_and_repair_restores_it(tmp_path, re
     same_store(url, reference)
 
 
+def test_repair_recomputes_an_epoch_whose_chunk_fails_to_decode(tmp_path, reference):
+    url = tmp_path / "s.zarr"
+    assert invoke(*PRE, "--out", url).exit_code == 0
+    chunk = url / "train/topk_values/c/0/0/0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # fails its crc32c: the epoch cannot be read at all
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptError):
+        TargetStore(str(url)).read_epoch(0)
+    repaired = invoke(*PRE, "--out", url, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    same_store(url, reference)
+
+
 @pytest.mark.parametrize(
     "edit",
     [

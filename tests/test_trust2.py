@@ -135,7 +135,7 @@ def test_numbers_that_size_allocations_are_bounded_in_one_line(tmp_path, monkeyp
 def test_a_hub_parquet_set_with_a_missing_numbered_shard_is_refused_naming_it(
     imagefolder, tmp_path
 ):
-    from tests.conftest import write_parquet
+    from benchmarks.layouts import write_parquet
 
     out = tmp_path / "pq"
     write_parquet(imagefolder, out, shards=2)
@@ -155,8 +155,8 @@ def test_files_a_source_does_not_read_are_counted_and_named_in_scan_and_the_log(
     import json
     import tarfile
 
+    from benchmarks.layouts import write_wds
     from deit_pipe.data import open_source
-    from tests.conftest import write_wds
 
     (imagefolder / "train" / "cat" / "x.gif").write_bytes(b"GIF89a")
     (imagefolder / "train" / "cat" / ".DS_Store").write_bytes(b"")  # hidden: no data

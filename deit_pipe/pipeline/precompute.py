@@ -14,12 +14,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from deit_pipe.data import Source
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import DeitPipeError, StoreCorruptError, check
+from deit_pipe.errors import DeitPipeError, check
 from deit_pipe.limits import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -30,10 +29,12 @@ from deit_pipe.limits import (
 )
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, TaskResult, job_source, run_task
-from deit_pipe.storage import StoreSpec, StoreWriter, TargetStore, create_store, write_manifest
+from deit_pipe.pipeline.verify import damaged_shards
+from deit_pipe.storage import StoreSpec, StoreWriter, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
 from deit_pipe.storage.format import valid_teacher_name
 from deit_pipe.storage.io import file_sizes, file_system
+from deit_pipe.storage.lock import WriterLock
 from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
 from deit_pipe.teacher import build_teacher, check_normalization
 
@@ -108,13 +109,43 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
 
 
 def prepare_store(job: Job, request: StoreRequest, *, overwrite: bool = False) -> StoreWriter:
-    """`store_spec`, then create the store (or reopen the same job) and write its manifest.
-
-    The caller holds the store's lock where other jobs may run (`precompute` does)."""
+    """`store_spec`, then create the store (or reopen the same job) and write its manifest,
+    under the store's lock."""
     spec, source = store_spec(job, request)
-    writer = create_store(job.url, spec, overwrite=overwrite, storage_options=job.storage_options)
-    write_manifest(writer, source)
-    return writer
+    return _prepare_locked(job, spec, source, overwrite=overwrite)[0]
+
+
+def _prepare_locked(
+    job: Job,
+    spec: StoreSpec,
+    source: Source,
+    *,
+    overwrite: bool = False,
+    claim: Claim | None = None,
+    repair: bool = False,
+) -> tuple[StoreWriter, WriterLock | None]:
+    """Under the store's lock: take `claim` (the caller releases it), create the store (or
+    reopen the same job), write its manifest and, with `repair`, mark its damaged shards
+    undone. The lock is free again on return: jobs on other epochs may start beside this one."""
+    claimed = None
+    with store_lock(job.url, f"precompute {PREPARING}", job.storage_options):
+        if claim is not None:
+            claimed = take_claim(job.url, claim, f"precompute of {claim}", job.storage_options)
+        try:
+            writer = create_store(
+                job.url, spec, overwrite=overwrite, storage_options=job.storage_options
+            )
+            write_manifest(writer, source)
+            if repair:
+                damaged = damaged_shards(job.url, job.storage_options, job.store_teacher)
+                for split, epoch, shard in damaged:
+                    log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
+                    writer.mark_undone(split, epoch, shard)
+        except BaseException:
+            if claimed is not None:
+                claimed.release()
+            raise
+    return writer, claimed
 
 
 def pending(writer: StoreWriter, request: StoreRequest | None = None) -> list[Task]:
@@ -192,7 +223,7 @@ def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_
         # DataLoader workers are child processes: dask's daemonic workers may not have any.
         # dask's default worker environment also sets MALLOC_TRIM_THRESHOLD_, which pins
         # glibc's mmap threshold: every tensor over 128 KiB is then mapped and unmapped per op
-        # (measured: 3× the kernel time, 10% slower precompute on digits).
+        # (measured: twice the kernel time, 10% slower precompute on digits, BENCHMARKS.md).
         worker_env = {k: threads_per_worker for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         settings = {
             "distributed.worker.daemon": job.loader_workers == 0,
@@ -341,20 +372,11 @@ def precompute(
     if overwrite or repair:  # repair reads the whole store too
         claim = Claim(val=True, teacher=None if overwrite else job.store_teacher)
     with ExitStack() as held:
-        with store_lock(job.url, f"precompute {PREPARING}", job.storage_options):
-            claimed = take_claim(job.url, claim, f"precompute of {claim}", job.storage_options)
-            held.callback(claimed.release)
-            writer = create_store(
-                job.url, spec, overwrite=overwrite, storage_options=job.storage_options
-            )
-            write_manifest(writer, source)
-            if repair:
-                damaged = damaged_shards(job.url, job.storage_options, job.store_teacher)
-                for split, epoch, shard in damaged:
-                    log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
-                    writer.mark_undone(split, epoch, shard)
-            tasks = pending(writer, None if repair else asked)
-        # The store's lock is free again: jobs on other epochs may now start beside this one.
+        writer, claimed = _prepare_locked(
+            job, spec, source, overwrite=overwrite, claim=claim, repair=repair
+        )
+        held.callback(claimed.release)
+        tasks = pending(writer, None if repair else asked)
         if on_plan:
             on_plan(tasks, writer)
         log.info("%d shards to compute", len(tasks))
@@ -366,23 +388,3 @@ def precompute(
             scheduler=scheduler,
             progress=progress,
         )
-
-
-def damaged_shards(
-    url: str, storage_options: dict | None = None, teacher: str | None = None
-) -> list[Task]:
-    """Shards marked done (of `teacher`, by default the store's first) whose stored bytes
-    differ from their write-time checksums."""
-    store = TargetStore(url, storage_options, teacher)
-    done, found = store.progress().done, []
-    try:
-        for split in store.spec.splits:
-            for epoch in range(store.spec.split_epochs(split)):
-                try:
-                    problems = store.shard_problems(split, epoch, done=done[split][epoch])
-                    found += [(split, epoch, p.shard) for p in problems]
-                except StoreCorruptError:  # a chunk that fails to decode: redo the epoch
-                    found += [(split, epoch, int(s)) for s in np.flatnonzero(done[split][epoch])]
-    finally:
-        store.close()
-    return sorted(set(found))

@@ -19,9 +19,10 @@ from deit_pipe.data import Source, collate_views, mismatches, open_source, store
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
-from deit_pipe.errors import DataError, StoreMismatchError
+from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import version_drift
+from deit_pipe.storage.reader import ShardProblem
 
 DEFAULT_TOTAL = 4096  # default views checked, spread over every stored epoch and val
 
@@ -134,8 +135,8 @@ def verify(
         arrays = store.read_arrays(check.epoch, check.split)
         # Values too, not only fingerprints: a lost chunk reads as zeros, which only the
         # checksums recorded at write time tell from data.
-        problems = store.shard_problems(
-            check.split, check.epoch, arrays, done[check.split][check.epoch]
+        problems = epoch_damage(
+            store, check.split, check.epoch, done[check.split][check.epoch], arrays
         )
         check.damaged = [str(p) for p in problems] + _other_teachers(store, check, arrays)
         for views in _render(source, recipe, check, rows, workers, render):
@@ -150,6 +151,47 @@ def verify(
     return report
 
 
+def epoch_damage(
+    store: TargetStore,
+    split: str,
+    epoch: int,
+    done: np.ndarray | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+    prefix: str | None = None,
+) -> list[ShardProblem]:
+    """The shards of `epoch` marked `done` (of the teacher at `prefix`, by default the
+    store's) whose bytes differ from their write-time checksums; `arrays`: the epoch's, if
+    already read. A chunk that fails to decode damages every done shard of the epoch."""
+    try:
+        return store.shard_problems(split, epoch, arrays, done, prefix)
+    except StoreCorruptError as exc:
+        if done is None:
+            done = store.progress().done[split][epoch]
+        where = f"{store.prefix if prefix is None else prefix}{split}"
+        why = f"a chunk fails to decode: {exc}"
+        return [
+            ShardProblem(store.url, where, epoch, int(s), "chunks", why)
+            for s in np.flatnonzero(done)
+        ]
+
+
+def damaged_shards(
+    url: str, storage_options: dict | None = None, teacher: str | None = None
+) -> list[tuple[str, int, int]]:
+    """(split, epoch, shard) marked done (of `teacher`, by default the store's first) whose
+    stored bytes differ from their write-time checksums: what `--repair` recomputes."""
+    store = TargetStore(url, storage_options, teacher)
+    done, found = store.progress().done, set()
+    try:
+        for split in store.spec.splits:
+            for epoch in range(store.spec.split_epochs(split)):
+                problems = epoch_damage(store, split, epoch, done[split][epoch])
+                found |= {(split, epoch, p.shard) for p in problems}
+    finally:
+        store.close()
+    return sorted(found)
+
+
 def _other_teachers(store, check, arrays: dict) -> list[str]:
     """The damaged shards of the store's other teachers, and any view of theirs whose
     fingerprint is not the first teacher's (every teacher must have seen the same views)."""
@@ -158,7 +200,7 @@ def _other_teachers(store, check, arrays: dict) -> list[str]:
         prefix = store.spec.prefix(name)
         theirs = store.read_arrays(check.epoch, check.split, prefix)
         found += [
-            str(p) for p in store.shard_problems(check.split, check.epoch, theirs, None, prefix)
+            str(p) for p in epoch_damage(store, check.split, check.epoch, None, theirs, prefix)
         ]
         both = (theirs["fingerprint"] != 0) & (arrays["fingerprint"] != 0)
         differ = np.flatnonzero(both & (theirs["fingerprint"] != arrays["fingerprint"]))

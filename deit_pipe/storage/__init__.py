@@ -2,7 +2,7 @@
 
 from deit_pipe.storage.format import FORMAT_VERSION, StoreSpec
 from deit_pipe.storage.inspect import summarize
-from deit_pipe.storage.reader import EpochTargets, Targets, TargetStore, dense_soft
+from deit_pipe.storage.reader import EpochTargets, TargetStore, dense_soft
 from deit_pipe.storage.writer import StoreWriter, create_store, write_manifest
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "StoreSpec",
     "StoreWriter",
     "TargetStore",
-    "Targets",
     "create_store",
     "dense_soft",
     "summarize",

@@ -6,7 +6,7 @@ all of it, checked on every open. Per split (`train`, `val`):
     topk_values   [E, V, k]  float16|float32  teacher logits, sorted descending
     topk_indices  [E, V, k]  uint16 (uint32 if C > 65536)
     logsumexp     [E, V, T]  float32  logsumexp(z/τ) over all C classes, per τ
-    fingerprint   [E, V]     uint64   blake2b-64 of the view's float32 bytes
+    fingerprint   [E, V]     uint64   xxh3-64 of the view's uint8 pixels + finishing params
     checksum      [E, S, A]  uint64   2³² + crc32 of each array's shard, as written
     done          [E, S]     bool     shard s of epoch e is complete (one chunk per cell)
     done_at       [E, S]     float64  when it completed (Unix seconds; rates and ETAs)

@@ -1,7 +1,8 @@
 """Read a target store: validate it for a run, load epoch slices, build soft/hard targets.
 
 Training reads a whole epoch slice into memory (random per-row gathers from zarr are
-~100× slower) and a background thread loads the next epoch while this one trains.
+17× slower even for sorted rows, BENCHMARKS.md) and a background thread loads the next
+epoch while this one trains.
 """
 
 from __future__ import annotations
@@ -28,13 +29,6 @@ from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, shard_checksum
 from deit_pipe.storage.io import file_system, open_store, storage_errors
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Targets:
-    soft: torch.Tensor  # [n, C] float32 teacher distribution at τ
-    hard: torch.Tensor  # [n] int64 teacher top-1
-    fingerprint: torch.Tensor  # [n] int64 (the uint64 bits)
 
 
 @dataclass
@@ -93,11 +87,6 @@ class EpochTargets:
 
     def hard(self, slots: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.indices[np.asarray(slots), 0].astype(np.int64))
-
-    def targets(self, slots: np.ndarray, tau: float) -> Targets:
-        slots = np.asarray(slots)
-        fps = torch.from_numpy(self.fingerprint[slots].view(np.int64).copy())
-        return Targets(self.soft(slots, tau), self.hard(slots), fps)
 
     def topk_mass(self, tau: float = 1.0) -> np.ndarray:
         """Probability mass the stored top-k capture, per view."""

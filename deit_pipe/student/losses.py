@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deit_pipe.choices import DISTILL
+from deit_pipe.choices import DISTILL, KL_REDUCTIONS
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,8 +51,8 @@ class DistillationLoss(nn.Module):
         super().__init__()
         if distill not in DISTILL:
             raise ValueError(f"distill must be one of {DISTILL}, got {distill!r}")
-        if kl_reduction not in ("batchmean", "numel"):
-            raise ValueError(f"kl_reduction must be batchmean or numel, got {kl_reduction!r}")
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
         self.distill, self.alpha, self.tau = distill, alpha, tau
         self.kl_reduction, self.teacher_smoothing = kl_reduction, teacher_smoothing
 

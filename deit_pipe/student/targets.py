@@ -74,7 +74,11 @@ class StoredTeacher:
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
         self.plan = epoch_plan
         stored = self.store.stored_epoch(epoch, self.cycle_epochs)
-        assert epoch_plan.epoch == stored, "the plan must be the stored epoch's"
+        if epoch_plan.epoch != stored:
+            raise ReplayError(
+                f"training epoch {epoch} replays the plan of epoch {epoch_plan.epoch}, but the "
+                f"store serves it from epoch {stored}"
+            )
         nxt = None
         if epoch + 1 < epochs:
             nxt = self.store.stored_epoch(epoch + 1, self.cycle_epochs)
@@ -87,15 +91,7 @@ class StoredTeacher:
         bad = mismatches(self.current.fingerprint, slots, np.asarray(fingerprints))
         if len(bad):
             raise ReplayError(self._mismatch(int(slots[bad[0]]), len(bad)))
-        hard = torch.from_numpy(self.current.indices[slots, 0].astype(np.int64))
-        soft = None
-        if self.want_soft:
-            parts = (
-                t.to(self.device, non_blocking=True)
-                for t in self.current.soft_parts(slots, self.tau)
-            )
-            soft = dense_soft(*parts, self.current.num_classes)
-        return TeacherBatch(soft, hard.to(self.device, non_blocking=True))
+        return stored_batch(self.current, slots, self.tau, self.want_soft, self.device)
 
     def _mismatch(self, slot: int, count: int) -> str:
         sample = int(self.plan.sample[slot])
@@ -107,6 +103,18 @@ class StoredTeacher:
             f"{self.plan.epoch} ({file}); {count} view(s) in this batch differ; library "
             f"versions {'changed: ' + str(drift) if drift else 'match the store'}"
         )
+
+
+def stored_batch(
+    epoch: EpochTargets, slots: np.ndarray, tau: float, soft: bool, device: torch.device
+) -> TeacherBatch:
+    """A batch's targets from an epoch slice, as training reads them: the top-1 class, and
+    with `soft` the dense distribution at τ, built on `device` from k + k + 1 numbers a view."""
+    dense = None
+    if soft:
+        parts = (t.to(device, non_blocking=True) for t in epoch.soft_parts(slots, tau))
+        dense = dense_soft(*parts, epoch.num_classes)
+    return TeacherBatch(dense, epoch.hard(slots).to(device, non_blocking=True))
 
 
 class OnlineTeacher:

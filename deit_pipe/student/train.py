@@ -294,7 +294,6 @@ def save(tr: Trainer) -> None:
             "optimizer": tr.optimizer.state_dict(),
             "scheduler": tr.scheduler.state_dict(),
             "ema": tr.ema.module.state_dict() if tr.ema is not None else None,  # plain keys
-            "scaler": None,  # bf16 autocast needs no loss scaling
             "step": tr.step,
             "config": tr.run_info,
             "store_identity": tr.run_info["store_identity"],
