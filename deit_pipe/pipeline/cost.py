@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from deit_pipe.data import Source, collate_views, stored_views
+from deit_pipe.errors import check
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, job_source, task_device
 from deit_pipe.teacher import build_teacher, teacher_logits
@@ -97,6 +98,11 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
     check_job(job, request)  # before the measurement allocates a batch
     r = request.resolved()
     source = job_source(job)
+    # the store's spec refuses this when it is made; a dry run makes none, and would price it
+    check(
+        r.k <= source.num_classes,
+        f"--top-k {r.k} exceeds the dataset's {source.num_classes} classes",
+    )
     epochs = r.epochs - r.first_epoch
     views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in r.splits}
     size = job.recipe.view.input_size
