@@ -78,3 +78,12 @@ def test_a_follower_calls_a_moved_store_moved(store, tmp_path):
             read()
         assert "moved or removed" in str(info.value) and "corrupt" not in str(info.value)
     assert data_files(tmp_path / "elsewhere.zarr") == before
+
+
+def test_an_empty_store_path_is_named_empty(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # zarr would take '' as this directory
+    for command in ("inspect", "verify"):
+        one_line(invoke(command, ""), "store path is empty")
+    dry = [*PRE[:2], "digits", "--out", "", "--dry-run", "--throughput", "5", "--epochs", "1"]
+    one_line(invoke(*dry), "store path is empty")
+    assert list(tmp_path.iterdir()) == []

@@ -20,6 +20,7 @@ from deit_pipe.data import Source, collate_views, stored_views
 from deit_pipe.errors import check
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, job_source, task_device
+from deit_pipe.storage.io import EMPTY_STORE
 from deit_pipe.teacher import build_teacher, teacher_logits
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
@@ -96,6 +97,7 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
     from deit_pipe.pipeline.precompute import check_job
 
     check_job(job, request)  # before the measurement allocates a batch
+    check(bool(job.url.strip()), EMPTY_STORE)  # the real run refuses it when it opens the store
     r = request.resolved()
     source = job_source(job)
     # the store's spec refuses this when it is made; a dry run makes none, and would price it
