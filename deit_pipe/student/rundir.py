@@ -49,8 +49,8 @@ def check_run_dir(out: str, resume: bool) -> Path:
     holder = local_holder(str(path))
     if holder is not None:  # a run still training there: not one that stopped
         raise LockedError(
-            f"{path} is in use by {describe(holder)}, which is training there now; wait for "
-            "it to finish, or choose another --out",
+            f"{path}: this run directory is in use by {describe(holder)}, training there now; "
+            "wait for it to finish, or choose another --out",
             holder,
         )
     if resume and "config.json" not in held:
