@@ -13,6 +13,10 @@ MAX_BATCH = 65_536  # views per batch: 64× DeiT's global batch of 1024
 MAX_EPOCHS = 100_000
 MAX_SHARD_VIEWS = 1 << 20  # 16× the default cap of 65,536 views a shard
 MAX_WORKERS = 256  # processes or threads a command starts on this machine
+# Per-image and per-view counts that size the plan's arrays (DeiT uses 3 repeats, timm's
+# random erasing at most a few boxes); far above any recipe, far below an allocation error.
+MAX_REPEATS = 1024
+MAX_RE_COUNT = 1024
 
 GiB = 1 << 30
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -119,6 +120,16 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
             f"τ must be finite and positive, got {bad[0]:g}", param_hint="--temperatures"
         )
     return taus
+
+
+def _positive_rate(value: float | None) -> float | None:
+    """`--throughput` divides the job's views: 0, a negative, nan or inf would price it at
+    a division by zero or a meaningless time."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(
+            f"views/s must be finite and > 0, got {value:g}", param_hint="--throughput"
+        )
+    return value
 
 
 def _size(n: float) -> str:
@@ -238,6 +249,7 @@ class ShardProgress:
     "--throughput",
     type=float,
     default=None,
+    callback=lambda ctx, param, value: _positive_rate(value),
     help="Teacher views/s for --dry-run [default: measured here on a few batches].",
 )
 @click.option(

@@ -27,6 +27,7 @@ from deit_pipe.cli import (
 def _train_options(fn):
     """`train`'s own options; every unset one is resolved by `TrainConfig`."""
     from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
+    from deit_pipe.limits import MAX_WORKERS
 
     preset = "[default: the recipe preset's]"
     options = [
@@ -135,7 +136,8 @@ def _train_options(fn):
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps."),
         click.option(
             "--nproc-per-node",
-            type=click.IntRange(min=1),
+            # bounded: torchrun would start every one of them before any rank could refuse
+            type=click.IntRange(min=1, max=MAX_WORKERS),
             default=None,
             help="Relaunch under torchrun with N ranks.",
         ),

@@ -7,6 +7,7 @@ the teacher job and the student's loader agree without talking to each other.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,8 +36,12 @@ class MixConfig:
     correct_lam: bool = True
 
     def __post_init__(self) -> None:
-        check(self.mixup_alpha >= 0, f"--mixup must be ≥ 0 (0 = off), got {self.mixup_alpha:g}")
-        check(self.cutmix_alpha >= 0, f"--cutmix must be ≥ 0 (0 = off), got {self.cutmix_alpha:g}")
+        # finite: Beta(inf, inf) draws nan, and a nan λ casts to garbage box sizes
+        for flag, alpha in (("--mixup", self.mixup_alpha), ("--cutmix", self.cutmix_alpha)):
+            check(
+                math.isfinite(alpha) and alpha >= 0,
+                f"{flag} must be finite and ≥ 0 (0 = off), got {alpha:g}",
+            )
         for flag, p in (("--mixup-prob", self.prob), ("--mixup-switch-prob", self.switch_prob)):
             check(0 <= p <= 1, f"{flag} is a probability in [0, 1], got {p:g}")
 

@@ -22,6 +22,7 @@ from deit_pipe.data.plan import RA_BLOCK, EpochPlan, MixConfig, plan
 from deit_pipe.data.sources import Source
 from deit_pipe.data.views import ViewConfig
 from deit_pipe.errors import PlanError, check
+from deit_pipe.limits import MAX_REPEATS, check_at_most
 
 # Bump when plan() or render() would produce other views for the same recipe.
 PLAN_VERSION = 3  # 2: portable erasing noise; 3: uint8 views finished on the device
@@ -37,6 +38,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         check(self.repeats >= 1, f"--repeats must be at least 1, got {self.repeats}")
+        check_at_most(self.repeats, MAX_REPEATS, "--repeats")
         check(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
 
     def epoch_plan(self, epoch: int, num_samples: int) -> EpochPlan:

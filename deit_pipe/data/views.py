@@ -29,7 +29,7 @@ from torchvision.transforms import functional as F
 from deit_pipe.data.sources import Source
 from deit_pipe.data.viewparams import AugMix, AugOp, ViewDrawer, ViewParams
 from deit_pipe.errors import check
-from deit_pipe.limits import MAX_INPUT_SIZE
+from deit_pipe.limits import MAX_INPUT_SIZE, MAX_RE_COUNT, check_at_most
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -64,8 +64,12 @@ class ViewConfig:
         check(0 < lo <= hi <= 1, f"--scale-min must be in (0, 1], got {lo:g}")
         for flag, p in (("--hflip", self.hflip), ("vflip", self.vflip), ("--reprob", self.re_prob)):
             check(0 <= p <= 1, f"{flag} is a probability in [0, 1], got {p:g}")
-        check(self.color_jitter >= 0, f"--color-jitter must be ≥ 0, got {self.color_jitter:g}")
+        check(  # an infinite factor range makes every view one colour
+            math.isfinite(self.color_jitter) and self.color_jitter >= 0,
+            f"--color-jitter must be finite and ≥ 0, got {self.color_jitter:g}",
+        )
         check(self.re_count >= 1, f"--recount must be at least 1, got {self.re_count}")
+        check_at_most(self.re_count, MAX_RE_COUNT, "--recount")
         check(
             self.re_mode in ("const", "rand", "pixel"),
             f"--remode must be const, rand or pixel, got {self.re_mode!r}",

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from deit_pipe.data import Source, collate_views, stored_views
+from deit_pipe.errors import check
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, job_source, task_device
+from deit_pipe.storage.io import EMPTY_STORE
 from deit_pipe.teacher import build_teacher, teacher_logits
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
@@ -95,8 +97,14 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
     from deit_pipe.pipeline.precompute import check_job
 
     check_job(job, request)  # before the measurement allocates a batch
+    check(bool(job.url.strip()), EMPTY_STORE)  # the real run refuses it when it opens the store
     r = request.resolved()
     source = job_source(job)
+    # the store's spec refuses this when it is made; a dry run makes none, and would price it
+    check(
+        r.k <= source.num_classes,
+        f"--top-k {r.k} exceeds the dataset's {source.num_classes} classes",
+    )
     epochs = r.epochs - r.first_epoch
     views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in r.splits}
     size = job.recipe.view.input_size

@@ -32,7 +32,7 @@ from deit_pipe.pipeline.tasks import Job, TaskResult, job_source, run_task
 from deit_pipe.pipeline.verify import damaged_shards
 from deit_pipe.storage import StoreSpec, StoreWriter, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
-from deit_pipe.storage.format import valid_teacher_name
+from deit_pipe.storage.format import teacher_name_problem
 from deit_pipe.storage.io import file_sizes, file_system
 from deit_pipe.storage.lock import WriterLock
 from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
@@ -79,10 +79,8 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
     check_job(job, request)
     source = job_source(job)
     recipe = job.recipe
-    check(
-        valid_teacher_name(job.store_teacher),
-        f"--teacher-name {job.store_teacher!r}: use letters, digits, '_', '.' and '-'",
-    )
+    problem = teacher_name_problem(job.store_teacher)
+    check(problem is None, str(problem))
     _, teacher = build_teacher(job.teacher, source.num_classes)
     check_normalization(teacher, recipe.view.mean, recipe.view.std)
     if job.store_teacher != teacher["name"]:

@@ -218,9 +218,25 @@ def teacher_name(teacher: dict) -> str:
     return str(teacher.get("label") or teacher.get("name"))
 
 
+MAX_TEACHER_NAME = 64  # characters: a folder name on every file system and object store
+
+
 def valid_teacher_name(name: str) -> bool:
     """A teacher name is a folder name in the store: letters, digits, `_`, `.`, `-`."""
-    return bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name))
+    return bool(re.match(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_TEACHER_NAME - 1}}}$", name))
+
+
+def teacher_name_problem(name: str) -> str | None:
+    """What is wrong with `--teacher-name NAME`, or None: its length first, so a long name of
+    valid letters is not told to use letters."""
+    if len(name) > MAX_TEACHER_NAME:
+        return (
+            f"--teacher-name is {len(name)} characters long; a store's teacher name is at "
+            f"most {MAX_TEACHER_NAME}"
+        )
+    if not valid_teacher_name(name):
+        return f"--teacher-name {name!r}: use letters, digits, '_', '.' and '-'"
+    return None
 
 
 def is_format_path(path: str, teachers: Collection[str] = ()) -> bool:

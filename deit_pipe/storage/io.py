@@ -29,6 +29,7 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreNotFoundError,
     backend_problem,
+    check,
 )
 from deit_pipe.outputs import write_atomic
 from deit_pipe.storage.format import (
@@ -122,7 +123,14 @@ def _backend_error(url: str, exc: BaseException) -> StoreAccessError | None:
     return None if problem is None else StoreAccessError(f"{url}: {problem}")
 
 
+EMPTY_STORE = (
+    "the store path is empty: name a target store (a folder such as targets.zarr, or a URL)"
+)
+
+
 def open_group(url: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
+    # An empty URL is the current directory to zarr: never read or write a store there.
+    check(bool(url.strip()), EMPTY_STORE)
     # zarr's LocalStore creates folders and is faster than fsspec's local filesystem.
     if url.startswith("file://"):
         url = url.removeprefix("file://")

@@ -172,3 +172,23 @@ def lease_expired(holder: dict) -> bool:
         except PermissionError:
             return False
     return False
+
+
+def local_holder(directory: str, name: str = LOCK_NAME) -> dict | None:
+    """Who holds a local directory's lock now (its holder record), or None, taking nothing:
+    a shared flock fails only while a writer holds the exclusive one."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+    except OSError:  # no lock file (never written there) or unreadable: nobody we can name
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_holder(lambda: os.pread(fd, 4096, 0))
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

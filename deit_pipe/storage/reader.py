@@ -23,6 +23,7 @@ from deit_pipe.errors import (
     StoreError,
     StoreIncompleteError,
     StoreMismatchError,
+    StoreNotFoundError,
 )
 from deit_pipe.storage.ensemble import EnsembleTargets, choose_teachers, teacher_choice
 from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, shard_checksum
@@ -423,9 +424,23 @@ class TargetStore:
         except StoreError:
             raise
         except Exception as exc:  # zarr raises ValueError/RuntimeError on bad checksums or codecs
+            if self._gone():  # a moved store fails its reads too: not a damaged one
+                raise StoreNotFoundError(
+                    f"{self.url} was moved or removed while this job read it (its zarr.json is "
+                    "gone): put it back, or point --store at where it is now"
+                ) from None
+            # the array's own path: teachers/B/train/… for a second teacher's damage
             raise StoreCorruptError(
-                f"corrupted data in {self.url}/{split}/{name} (epoch {index}): {exc}"
+                f"corrupted data in {self.url}/{prefix}{split}/{name} (epoch {index}): {exc}"
             ) from None
+
+    def _gone(self) -> bool:
+        """Whether the store's root metadata is no longer where it was opened."""
+        fs, base = file_system(self.url, self.storage_options)
+        try:
+            return not fs.exists(f"{base}/zarr.json")
+        except Exception:  # an unreachable backend says nothing about where the store is
+            return False
 
     def manifest(self) -> pa.Table:
         return self._parquet(MANIFEST)

@@ -14,7 +14,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS, RENDERS
 from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
 from deit_pipe.errors import ConfigError, DeitPipeError, check
-from deit_pipe.limits import MAX_BATCH, MAX_EPOCHS, MAX_INPUT_SIZE, MAX_WORKERS, check_at_most
+from deit_pipe.limits import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_INPUT_SIZE,
+    MAX_WORKERS,
+    GiB,
+    check_at_most,
+    memory_bytes,
+)
 from deit_pipe.teacher import TeacherConfig
 
 # (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
@@ -124,12 +132,35 @@ class TrainConfig:
             size is None or (isinstance(size, int) and 8 <= size <= MAX_INPUT_SIZE),
             f"--img-size must be in [8, {MAX_INPUT_SIZE}], got {size}",
         )
+        check(self.seed >= 0, f"--train-seed must be ≥ 0, got {self.seed}")  # numpy's rule
+        self._check_arch()
         for name, (low, low_allowed, high) in RANGES.items():
             value = getattr(self, name)
             if value is not None and not _in_range(value, low, low_allowed, high):
                 raise ConfigError(
                     f"{_flag(name)} must be {_range_text(low, low_allowed, high)}, got {value}"
                 )
+
+    def _check_arch(self) -> None:
+        """The student's sizes before timm builds it: 0 divides (patch, heads), a negative
+        fails deep inside timm, and a huge one allocates its weights first."""
+        arch = self.model_overrides
+        for name, high in ARCH_HIGH.items():
+            value = arch.get(name)
+            check(
+                value is None or (isinstance(value, int) and 1 <= value <= high),
+                f"{_flag(name)} must be in [1, {high:,}], got {value}",
+            )
+        # The blocks' weights alone (12·depth·dim² float32), with DeiT-Ti's depth and width
+        # for an unset one: a lower bound, enough to refuse what could never be allocated.
+        depth, dim = arch.get("depth", 12), arch.get("embed_dim", 192)
+        need = 12 * depth * dim * dim * 4
+        have = memory_bytes()
+        check(
+            need <= have // 2,
+            f"--depth {depth} × --embed-dim {dim} needs {need / GiB:,.1f} GiB for the "
+            f"student's weights alone, more than half of this machine's {have / GiB:,.1f} GiB",
+        )
 
     def resolved(self, preset: str) -> TrainConfig:
         """A copy with every unset schedule field taken from `self.preset or preset`."""
@@ -145,6 +176,14 @@ class TrainConfig:
         return d
 
 
+# The student's architecture flags (model_overrides other than img_size): patch and heads
+# are bounded by what they divide, depth and width far above any published ViT (22 B: 48, 6144).
+ARCH_HIGH = {
+    "patch_size": MAX_INPUT_SIZE,
+    "depth": 1024,
+    "embed_dim": 65_536,
+    "num_heads": 65_536,
+}
 MAX_LR = 10.0  # per 512 images: 20,000× DeiT's 5e-4; AdamW at such rates only diverges
 # Field: (lowest, whether the lowest itself is allowed, highest); every one must be finite.
 RANGES: dict[str, tuple[float, bool, float]] = {

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deit_pipe.errors import ConfigError, OutputPathError
+from deit_pipe.errors import ConfigError, LockedError, OutputPathError
 from deit_pipe.outputs import check_output_dir, entries, write_atomic
+from deit_pipe.storage.lock import describe, local_holder
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "tb")
 # Settings a resume may change: how the run is executed, watched or stopped, not what it learns.
@@ -45,6 +46,13 @@ def check_run_dir(out: str, resume: bool) -> Path:
             raise ConfigError(f"--resume: {path} does not exist, so there is no run to resume")
         return path
     held = entries(path)
+    holder = local_holder(str(path))
+    if holder is not None:  # a run still training there: not one that stopped
+        raise LockedError(
+            f"{path}: this run directory is in use by {describe(holder)}, training there now; "
+            "wait for it to finish, or choose another --out",
+            holder,
+        )
     if resume and "config.json" not in held:
         raise ConfigError(f"--resume: {path} holds no run (no config.json)")
     if not resume and "checkpoint.pt" in held:

@@ -154,7 +154,7 @@ def evaluate_checkpoint(
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`,
     rendered by Pillow or by the kernels on the device (`render`; the same bytes)."""
     run = load_run(checkpoint)
-    size = input_size or run.input_size
+    size = run.input_size if input_size is None else input_size  # 0 is refused, not unset
     view = replace(run.recipe.view, input_size=size)  # checks the size before a model is made
     dev = resolve_device(device)
     source = (
