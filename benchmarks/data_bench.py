@@ -61,7 +61,7 @@ def views_per_second(spec: str, options: dict | None, cache: int | None = None) 
     source = open_source(spec, storage_options=options)
     split = source.split("train")
     recipe = PRESETS["deit"].recipe(source, input_size=224, repeats=1)
-    pairs = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
+    pairs = PairDataset(split, recipe.epoch_plan(0, split), recipe.view)
     saved = parquet_source.CACHE
     parquet_source.CACHE = saved if cache is None else cache
     try:

@@ -43,7 +43,7 @@ def raw_forward(job: Job, batches: int = 4) -> float:
     recipe = job.recipe
     source = open_source(job.data)
     split = source.split("train")
-    dataset = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
+    dataset = PairDataset(split, recipe.epoch_plan(0, split), recipe.view)
     images = finish(
         collate_views([dataset[p] for p in range(job.batch_size // 2)]),
         recipe.view,

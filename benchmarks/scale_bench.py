@@ -89,7 +89,7 @@ def teacher_forward(job: Job, images: torch.Tensor, device: torch.device, repeat
 
 def loader_rate(data: str, recipe: Recipe, batch: int, workers: int, batches: int) -> float:
     split = open_source(data).split("train")
-    dataset = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
+    dataset = PairDataset(split, recipe.epoch_plan(0, split), recipe.view)
     loader = DataLoader(
         dataset, batch_size=batch // 2, num_workers=workers, collate_fn=collate_views
     )
@@ -128,7 +128,7 @@ def main(a) -> dict:
         print(f"precompute: {summary.views_per_second:.1f} views/s", flush=True)
         steps = student_steps(root, job.url, data, recipe.to_dict(), device, a)
         split = open_source(data).split("train")
-        pairs = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
+        pairs = PairDataset(split, recipe.epoch_plan(0, split), recipe.view)
         rendered = collate_views([pairs[p] for p in range(a.batch // 2)])
         images = finish(rendered, recipe.view, torch.device(device))
         forward = teacher_forward(job, images, torch.device(device), a.steps)

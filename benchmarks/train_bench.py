@@ -83,7 +83,7 @@ def run_bench(teacher: str = "regnety_016", steps: int = 24, batch: int = 128) -
             per_image[name] = step_seconds(Path(cfg.out), batch)
         model, _ = build_teacher(tcfg, 10)
         split = open_source("digits").split("train")
-        ds = PairDataset(split, recipe.epoch_plan(0, len(split)), recipe.view)
+        ds = PairDataset(split, recipe.epoch_plan(0, split), recipe.view)
         batch_views = collate_views([ds[p] for p in range(batch // 2)])
         images = finish(batch_views, recipe.view, torch.device("cpu"))
         teacher_logits(model, images, torch.device("cpu"))

@@ -18,6 +18,7 @@ from tests.cli_utils import invoke, one_line
 
 PRE = ["precompute", "--teacher", "regnety_002", "--random-init", "--epochs", "1"]
 PRE += ["--input-size", "32", "--workers", "0", "--top-k", "3", "--repeats", "1"]
+PRE += ["--order", "global"]  # one order for all three layouts (blocks: see test_block_order)
 TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 TINY += ["--num-heads", "2", "--epochs", "1", "--batch-size", "8"]
 

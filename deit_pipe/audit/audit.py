@@ -60,8 +60,9 @@ def classifier_label(run_name: str, head: str, heads: int) -> str:
 
 
 def check_run_against_store(run: Run, store: TargetStore) -> None:
-    fp = store.spec.dataset["fingerprint"]
-    if run.config["dataset_fingerprint"] != fp:
+    fp, content = store.spec.dataset["fingerprint"], store.spec.dataset.get("content")
+    same_content = content is not None and run.config.get("dataset_content") == content
+    if run.config["dataset_fingerprint"] != fp and not same_content:
         raise DeitPipeError(
             f"run {run.path} was trained on dataset {run.config['dataset']} "
             f"(fingerprint {run.config['dataset_fingerprint'][:12]}), the store "

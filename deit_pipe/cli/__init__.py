@@ -68,6 +68,15 @@ def recipe_options(fn):
             + " ".join(f"{name}: {text}." for name, text in PRESET_SUMMARIES.items()),
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Plan seed."),
+        click.option(
+            "--order",
+            default=None,
+            metavar="global|blocks[:W]",
+            help="Sample order per epoch: a global permutation, or blocks (row groups, runs "
+            "of tar members or files) permuted then shuffled within windows of W blocks, so "
+            "each block is read once per window [default: blocks for parquet: and wds: "
+            "(W sized to ~128 MiB a window), global otherwise].",
+        ),
         click.option("--repeats", type=int, default=None, help=f"Repeated augmentation {unset}"),
         click.option(
             "--input-size", type=int, default=None, help="View size [default: the source's]."
@@ -126,6 +135,9 @@ def build_recipe(source, opts: dict):
         fields["scale"] = (scale_min, 1.0)
     if isinstance(fields["auto_augment"], str) and fields["auto_augment"].lower() == "none":
         fields["auto_augment"] = ""
+    from deit_pipe.data.order import resolve_order
+
+    fields["order"] = resolve_order(opts.pop("order"), source.data, source.split("train"))
     return preset.recipe(source, seed=opts["seed"], **fields)
 
 

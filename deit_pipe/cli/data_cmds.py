@@ -89,7 +89,7 @@ def views(
     out = check_view_request(out, epoch, count, force)
     source = open_source(data, storage_options=storage_options)
     recipe = build_recipe(source, opts)
-    epoch_plan = recipe.epoch_plan(epoch, len(source.split("train")))
+    epoch_plan = recipe.epoch_plan(epoch, source.split("train"))
     save_view_grid(source, epoch_plan, recipe.view, count, out)
     table = Table("slot", "sample", "repeat", "mix", "λ", "view seed")
     for slot in range(min(count, len(epoch_plan))):

@@ -145,7 +145,9 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _print_cost(cost, job, epochs: int) -> None:
+def _print_cost(cost, job, epochs: int, split) -> None:
+    from deit_pipe.data.order import describe_order, sorted_blocks_warning
+
     split_views = " + ".join(f"{v:,} {s}" for s, v in cost.views.items())
     how = "measured here" if cost.measured else "given"
     lines = [
@@ -155,7 +157,10 @@ def _print_cost(cost, job, epochs: int) -> None:
         f"{cost.device}) → ≈ {_duration(cost.seconds)} on one such device, rendering aside",
         f"render:  {cost.render_views_per_second:,.0f} views/s per loader worker (measured "
         f"here) → --loader-workers {cost.loader_workers} per device keeps the teacher busy",
+        describe_order(job.recipe.order, split),
     ]
+    warning = sorted_blocks_warning(job.recipe.order, split)
+    lines += [f"warning: {warning}"] if warning else []
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
 
@@ -377,7 +382,8 @@ def precompute(
     if dry_run:
         from deit_pipe.pipeline.cost import estimate
 
-        _print_cost(estimate(job, request, throughput=throughput), job, epochs - first)
+        cost = estimate(job, request, throughput=throughput)
+        _print_cost(cost, job, epochs - first, source.split("train"))
         return
     with progress_bar("views") as bar:
         shown = ShardProgress(bar)

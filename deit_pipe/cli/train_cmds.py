@@ -196,7 +196,7 @@ def _refuse_recipe_flags_with_a_store(opts: dict) -> None:
     """Consume the recipe flags; with --store, one given on the command line is refused (the
     store's recipe rules the views, so it would be silently ignored)."""
     source = click.get_current_context().get_parameter_source
-    for flag in (*RECIPE_FLAGS, "scale_min", "seed"):
+    for flag in (*RECIPE_FLAGS, "scale_min", "seed", "order"):
         value = opts.pop(flag)
         given = value is not None and source(flag) == click.core.ParameterSource.COMMANDLINE
         if opts["store"] is not None and given:
@@ -239,7 +239,7 @@ _FIELD_OF = {
     **{k: "model_overrides" for k in ("img_size", "patch_size", "depth", "embed_dim")},
     "num_heads": "model_overrides",
     **{k: "teacher" for k in ("teacher_checkpoint", "teacher_pretrained", "teacher_random_init")},
-    **{k: "recipe" for k in (*RECIPE_FLAGS, "scale_min", "seed")},
+    **{k: "recipe" for k in (*RECIPE_FLAGS, "scale_min", "seed", "order")},
 }
 
 

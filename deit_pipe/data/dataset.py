@@ -59,6 +59,18 @@ class PairDataset(Dataset):
             mix = mix_params(self.plan.mix_op[pair], self.plan.lam[pair], self.plan.box[pair])
         return _item(rendered, slots, seeds, mix)
 
+    def view(self, slot: int) -> dict:
+        """Slot `slot` alone, with its pair's mix parameters: the same bytes and fields as
+        its half of the pair's item (a loader in block order renders a pair's two slots in
+        whichever workers read their blocks)."""
+        pair = slot // 2
+        mix = _NO_MIX
+        if len(self.plan.pair_slots(pair)) == 2:
+            mix = mix_params(self.plan.mix_op[pair], self.plan.lam[pair], self.plan.box[pair])
+        seed = int(self.plan.view_seed[slot])
+        img = self.split.load(int(self.plan.sample[slot]))
+        return _item([self._render(img, seed, self.drawer, self.cfg)], [slot], [seed], mix)
+
 
 class EvalDataset(Dataset):
     """Clean eval views (resize + center crop), one per sample, in index order; with
@@ -143,7 +155,7 @@ class ReplayDataset(Dataset):
 
     def _dataset(self, epoch: int) -> PairDataset:
         if epoch != self._epoch:
-            plan = self.recipe.epoch_plan(self.view_epoch(epoch), len(self.split))
+            plan = self.recipe.epoch_plan(self.view_epoch(epoch), self.split)
             pairs = PairDataset(self.split, plan, self.recipe.view, self.render)
             self._epoch, self._pairs = epoch, pairs
         return self._pairs
@@ -152,6 +164,11 @@ class ReplayDataset(Dataset):
         epoch, pair = item
         views = self._dataset(epoch)[pair]
         return {**views, "epoch": np.full(len(views["slot"]), epoch, dtype=np.int64)}
+
+    def slot_view(self, epoch: int, slot: int) -> dict:
+        """Slot `slot` of the views training epoch `epoch` replays, alone."""
+        view = self._dataset(epoch).view(slot)
+        return {**view, "epoch": np.full(1, epoch, dtype=np.int64)}
 
 
 class RunSampler(Sampler[list[tuple[int, int]]]):
@@ -189,7 +206,7 @@ def stored_views(
     mixed training pairs (item p = slots 2p, 2p+1), or the clean val views (item = slot)."""
     data = source.split(split)
     if split == "train":
-        return PairDataset(data, recipe.epoch_plan(epoch, len(data)), recipe.view, render)
+        return PairDataset(data, recipe.epoch_plan(epoch, data), recipe.view, render)
     return EvalDataset(data, recipe.view, render)
 
 

@@ -5,8 +5,9 @@ The image column (a struct holding `bytes`, or plain binary) and the integer lab
 found by type; `parquet:ROOT?image=COL&label=COL` names them. Class names come from the
 Hub's `huggingface` schema metadata (a ClassLabel's names), else they are the label ids.
 
-Replay reads samples in the plan's order, which is random: a sample costs one read of its
-row group's image column, kept in a small per-process cache (`CACHE` bytes). Shards written
+A row group is the unit read: its image column in one read, kept in the process's block
+cache until the loader releases it. In the block order (the default for Parquet) each row
+group is read once per window; in the global order nearly once per sample, so shards
 with small row groups (the Hub uses 100 images) keep that read small.
 """
 
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections import OrderedDict
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from deit_pipe.data.files import Root, data_errors
 from deit_pipe.data.split import ShardSplit, class_list
 from deit_pipe.errors import DataError
 
-CACHE = 64 << 20  # per process: a few row groups of ImageNet-sized JPEGs
 LAYOUTS = {"train": ("data/train-*.parquet", "train/*.parquet"),
            "val": ("data/validation-*.parquet", "data/val-*.parquet", "validation/*.parquet",
                    "val/*.parquet")}  # fmt: skip
@@ -123,9 +121,12 @@ def class_names(schema, label: str) -> list[str] | None:
 class ParquetSplit(ShardSplit):
     """The samples of one split's shards, by index: (shard, row group, row) → image."""
 
+    block_unit = "row groups"
+
     def __init__(self, root: Root, files: list[str], columns: dict, skip: dict, where: str):
         self.root, self.files = root, files
         names, labels, groups, row = [], [], [], 0  # groups: (shard, row group, first row)
+        group_bytes = []  # the image column's stored bytes per row group
         for f, rel in enumerate(files):
             try:
                 shard = self._shard(f)
@@ -139,47 +140,51 @@ class ParquetSplit(ShardSplit):
             for g in range(meta.num_row_groups):
                 groups.append((f, g, row))
                 row += meta.row_group(g).num_rows
+                group_bytes.append(_image_bytes(meta.row_group(g), self.image))
             names += [f"{rel}:{r}" for r in range(meta.num_rows)]
         self.groups = np.array(groups, dtype=np.int64).reshape(-1, 3)
+        self.group_bytes = np.array(group_bytes, dtype=np.int64)
         super().__init__(root, names, np.concatenate(labels), skip)
 
+    def block_rows(self) -> np.ndarray:
+        return self.groups[:, 2]
+
+    def block_bytes(self) -> float:
+        return float(self.group_bytes.mean()) if len(self.group_bytes) else 0.0
+
     def raw(self, index: int) -> bytes:
-        row = int(self.rows[index])
-        g = int(np.searchsorted(self.groups[:, 2], row, side="right")) - 1
+        row, g = int(self.rows[index]), self._block_key(index)
         value = self._group(g)[row - int(self.groups[g, 2])].as_py()
         data = value.get("bytes") if isinstance(value, dict) else value
         if not data:
             raise DataError(f"unreadable image {self.root.location}/{self.paths[index]}: no bytes")
         return data
 
-    def _open_state(self) -> None:
-        """This process's open shards and row-group cache (made again after a fork)."""
-        if self._fresh():
-            self._cache, self._lock, self._shards = OrderedDict(), threading.Lock(), {}
-
     def _shard(self, f: int):
         """Shard `f` opened once per process: its footer is parsed once, not per read."""
         import pyarrow.parquet as pq
 
-        self._open_state()
+        self._local()
         if f not in self._shards:
             self._shards[f] = pq.ParquetFile(self.root.open(self.files[f]))
         return self._shards[f]
 
     def _group(self, g: int):
-        """Row group `g`'s image column, through this process's cache."""
-        self._open_state()
-        with self._lock:  # `scan` reads from threads
-            if g in self._cache:
-                self._cache.move_to_end(g)
-                return self._cache[g]
+        """Row group `g`'s image column, through this process's block cache."""
+
+        def read():
             f, rg, _ = (int(x) for x in self.groups[g])
             with data_errors(f"{self.root.location}/{self.files[f]} row group {rg}"):
                 column = self._shard(f).read_row_group(rg, columns=[self.image]).column(0)
-            self._cache[g] = column
-            while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > CACHE:
-                self._cache.popitem(last=False)
-            return column
+            return column, int(self.group_bytes[g])
+
+        return self.cache.get(g, read)
+
+
+def _image_bytes(group, image: str) -> int:
+    """The stored (compressed) bytes of the image column's chunks in one row group."""
+    chunks = (group.column(c) for c in range(group.num_columns))
+    return sum(c.total_compressed_size for c in chunks if c.path_in_schema.split(".")[0] == image)
 
 
 def open_parquet(arg: str, skip: dict, storage_options: dict | None):

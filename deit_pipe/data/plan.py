@@ -1,8 +1,15 @@
 """The stateless epoch plan: which sample, which view seed and which pair mix each slot gets.
 
-Everything is a pure function of (seed, epoch, num_samples, repeats, mix config, image size):
-no RNG state is carried between epochs, so any process can compute any epoch's plan and
-the teacher job and the student's loader agree without talking to each other.
+Everything is a pure function of (seed, epoch, num_samples, repeats, mix config, image size,
+and for the block order the dataset's block layout): no RNG state is carried between epochs,
+so any process can compute any epoch's plan and the teacher job and the student's loader
+agree without talking to each other.
+
+Two orders. `global`: a seeded permutation of all samples. `blocks:W` (sharded data): a
+seeded permutation of the dataset's blocks (Parquet row groups, runs of a tar's members,
+runs of files), then a seeded shuffle of the samples within each window of W consecutive
+blocks — so a loader reads each block once per window instead of once per sample
+(MosaicML Streaming's and WebDataset's idea, kept a pure function of the seed).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from deit_pipe.errors import PlanError, check
 MIX_NONE, MIX_MIXUP, MIX_CUTMIX = 0, 1, 2
 MIX_NAMES = ("none", "mixup", "cutmix")
 # Distinct SeedSequence streams per purpose so changing one never shifts another.
-_TAG_ORDER, _TAG_VIEW, _TAG_MIX = 0x0D, 0x71, 0x3C
+_TAG_ORDER, _TAG_VIEW, _TAG_MIX, _TAG_BLOCKS = 0x0D, 0x71, 0x3C, 0xB1
 # Repeated augmentation keeps the r views of an image within r·block consecutive slots
 # (so they share a global step, as in DeiT's RASampler) and shuffles each round so a
 # pair's partner differs between rounds.
@@ -93,8 +100,11 @@ def plan(
     repeats: int = 3,
     mix: MixConfig | None = None,
     image_size: int = 224,
+    blocks: np.ndarray | None = None,
+    window: int = 0,
 ) -> EpochPlan:
-    """The slot table of `epoch`: V = num_samples slots, pairs (2p, 2p+1)."""
+    """The slot table of `epoch`: V = num_samples slots, pairs (2p, 2p+1). With `blocks`
+    (each block's first sample, ascending from 0) the order is `blocks:window`."""
     if num_samples < 1:
         raise PlanError(f"cannot plan an epoch of {num_samples} samples")
     if epoch < 0:  # SeedSequence would fail on it with a traceback
@@ -102,7 +112,13 @@ def plan(
     if repeats < 1:
         raise PlanError(f"repeats must be >= 1, got {repeats}")
     mix = mix or MixConfig()
-    sample, repeat = _order(seed, epoch, num_samples, repeats)
+    if blocks is None:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, _TAG_ORDER]))
+        order = rng.permutation(num_samples).astype(np.int64)
+    else:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, _TAG_BLOCKS]))
+        order = _block_order(rng, num_samples, check_blocks(blocks, num_samples), window)
+    sample, repeat = _repeat(rng, order, repeats)
     seeds = np.random.default_rng(np.random.SeedSequence([seed, epoch, _TAG_VIEW]))
     view_seed = seeds.integers(0, np.iinfo(np.uint64).max, num_samples, np.uint64, endpoint=True)
     mix_op, lam, box = _pair_mix(seed, epoch, (num_samples + 1) // 2, mix, image_size)
@@ -111,9 +127,37 @@ def plan(
     return EpochPlan(epoch, sample, repeat, view_seed, mix_op, lam, box)
 
 
-def _order(seed: int, epoch: int, n: int, repeats: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, _TAG_ORDER]))
-    perm = rng.permutation(n).astype(np.int64)
+def check_blocks(blocks: np.ndarray, num_samples: int) -> np.ndarray:
+    """`blocks` as int64 first samples: 0 first, strictly ascending, all below the count."""
+    blocks = np.asarray(blocks, dtype=np.int64)
+    ok = len(blocks) and blocks[0] == 0 and (np.diff(blocks) > 0).all()
+    if not ok or blocks[-1] >= num_samples:
+        raise PlanError(f"bad block layout for {num_samples} samples: {blocks[:8]}…")
+    return blocks
+
+
+def block_of(blocks: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """The block each sample lies in."""
+    return np.searchsorted(blocks, samples, side="right") - 1
+
+
+def _block_order(rng, n: int, blocks: np.ndarray, window: int) -> np.ndarray:
+    """The samples by seeded block order, shuffled within windows of `window` blocks."""
+    if window < 1:
+        raise PlanError(f"the block order's window must be at least 1 block, got {window}")
+    sizes = np.diff(np.append(blocks, n))
+    perm = rng.permutation(len(blocks))
+    starts = np.repeat(blocks[perm], sizes[perm])
+    within = np.arange(n) - np.repeat(np.cumsum(sizes[perm]) - sizes[perm], sizes[perm])
+    windows = np.repeat(np.arange(len(blocks)) // window, sizes[perm])
+    keys = rng.random(n)
+    return (starts + within)[np.lexsort((keys, windows))]
+
+
+def _repeat(rng, perm: np.ndarray, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ⌈n/r⌉ samples of `perm`, each r times with distinct repeat ids, the r views
+    of an image within r·RA_BLOCK consecutive slots."""
+    n = len(perm)
     if repeats == 1:
         return perm, np.zeros(n, np.int16)
     chosen = perm[: -(-n // repeats)]  # ⌈n/r⌉ images, each seen r times

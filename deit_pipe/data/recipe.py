@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from deit_pipe.choices import PRESET_SUMMARIES
 from deit_pipe.data.plan import RA_BLOCK, EpochPlan, MixConfig, plan
 from deit_pipe.data.sources import Source
+from deit_pipe.data.split import Split
 from deit_pipe.data.views import ViewConfig
 from deit_pipe.errors import PlanError, check
 from deit_pipe.limits import MAX_REPEATS, check_at_most
@@ -35,14 +36,34 @@ class Recipe:
     view: ViewConfig = field(default_factory=ViewConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     name: str = "deit"  # the preset it started from; its values are recorded beside it
+    order: str = "global"  # or "blocks:W" (see data.plan), W resolved by data.order
 
     def __post_init__(self) -> None:
         check(self.repeats >= 1, f"--repeats must be at least 1, got {self.repeats}")
         check_at_most(self.repeats, MAX_REPEATS, "--repeats")
         check(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
+        check(
+            self.order == "global" or self.window > 0,
+            f"--order must be global or blocks:W with W ≥ 1 blocks, got {self.order!r}",
+        )
 
-    def epoch_plan(self, epoch: int, num_samples: int) -> EpochPlan:
-        return plan(self.seed, epoch, num_samples, self.repeats, self.mix, self.view.input_size)
+    @property
+    def window(self) -> int:
+        """Blocks per window of the block order (0 for the global order)."""
+        kind, _, w = self.order.partition(":")
+        return int(w) if kind == "blocks" and w.isdigit() else 0
+
+    def epoch_plan(self, epoch: int, split: Split | int) -> EpochPlan:
+        """`epoch`'s slot table over `split` (its size is enough for the global order)."""
+        if isinstance(split, int):
+            if self.window:
+                raise PlanError("the block order plans over a split's blocks, not a count")
+            n, blocks = split, None
+        else:
+            n, blocks = len(split), split.blocks() if self.window else None
+        return plan(
+            self.seed, epoch, n, self.repeats, self.mix, self.view.input_size, blocks, self.window
+        )
 
     def to_dict(self) -> dict:
         """JSON-normalised (tuples → lists) so it compares equal to what a store holds."""
@@ -56,6 +77,8 @@ class Recipe:
             "transform": self.view.to_dict(),
             "mix": self.mix.to_dict(),
         }
+        if self.window:  # absent for the global order: stores made before it compare equal
+            d["order"] = self.order
         return json.loads(json.dumps(d))
 
     @classmethod
@@ -66,6 +89,7 @@ class Recipe:
             view=ViewConfig.from_dict(d["transform"]),
             mix=MixConfig.from_dict(d["mix"]),
             name=d.get("recipe", "custom"),
+            order=d.get("order", "global"),
         )
 
 
@@ -100,10 +124,11 @@ class Preset:
         mix = replace(self.mix, **{k: v for k, v in given.items() if k in mix_fields})
         view = {**self.view, **{k: v for k, v in given.items() if k not in mix_fields}}
         repeats = int(view.pop("repeats", self.repeats))
+        order = str(view.pop("order", None) or "global")
         unknown = set(view) - set(ViewConfig.__dataclass_fields__)
         if unknown:
             raise PlanError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
-        return Recipe(seed, repeats, ViewConfig.for_source(source, **view), mix, self.name)
+        return Recipe(seed, repeats, ViewConfig.for_source(source, **view), mix, self.name, order)
 
 
 PRESETS: dict[str, Preset] = {

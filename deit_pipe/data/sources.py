@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from deit_pipe.data.files import PerProcess, Root, data_errors, decode_image, is_url
-from deit_pipe.data.split import Split
+from deit_pipe.data.split import RUN, Split, sample_bytes
 from deit_pipe.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class ArraySplit(Split):
 
     def identity(self, h) -> None:
         h.update(np.ascontiguousarray(self.images).tobytes())
+
+    def block_bytes(self) -> float:
+        return float(self.images[:RUN].nbytes)
 
 
 class FileSplit(PerProcess, Split):
@@ -64,6 +67,21 @@ class FileSplit(PerProcess, Split):
         # Relative paths and sizes: a copy in another folder or a bucket is the same dataset.
         for path, size in zip(self.paths, self.sizes, strict=True):
             h.update(f"{path}\0{size}\n".encode())
+
+    def raw(self, index: int) -> bytes:
+        """Sample `index`'s encoded file."""
+        if isinstance(self.root, Root):
+            return self.root.read(self.paths[index])
+        path = resolve_inside(self.root, self.paths[index])
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise DataError(f"unreadable image {path}: {exc}") from None
+
+    def content(self, h) -> None:
+        h.update(f"{len(self)}\n".encode())
+        sample_bytes(self, h)
 
 
 class FakeSplit(Split):

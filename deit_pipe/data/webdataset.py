@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deit_pipe.data.files import Root
-from deit_pipe.data.split import ShardSplit, class_list
+from deit_pipe.data.split import RUN, ShardSplit, class_list
 from deit_pipe.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,13 @@ def _read_index(root: Root, rel: str) -> dict:
 
 
 class TarSplit(ShardSplit):
-    """The samples of one split's tar shards, by index: (shard, offset, size) → image."""
+    """The samples of one split's tar shards, by index: (shard, offset, size) → image.
+
+    A block is a run of `RUN` consecutive image members of one shard. Read per sample (one
+    range request each) in the global order; in the block order (`read_whole_blocks`) the
+    block's byte range is read in one request and kept until released."""
+
+    block_unit = f"runs of {RUN} tar members"
 
     def __init__(self, root: Root, files: list[str], skip: dict):
         self.files = files
@@ -116,11 +122,32 @@ class TarSplit(ShardSplit):
             offset += index["offset"]
             size += index["size"]
         self.where = np.array([shard, offset, size], dtype=np.int64).T.reshape(-1, 3)
+        first = np.flatnonzero(np.diff(self.where[:, 0], prepend=-1))  # each shard's first row
+        within = np.arange(len(self.where)) - np.repeat(
+            first, np.diff(np.append(first, len(self.where)))
+        )
+        self.starts = np.flatnonzero(within % RUN == 0)
         super().__init__(root, names, np.array(labels, dtype=np.int64), skip, sizes=size)
+
+    def block_rows(self) -> np.ndarray:
+        return self.starts
 
     def raw(self, index: int) -> bytes:
         f, offset, size = (int(x) for x in self.where[self.rows[index]])
-        return self.root.read(self.files[f], offset, offset + size)
+        self._local()
+        if not self._whole:
+            return self.root.read(self.files[f], offset, offset + size)
+        block, start = self.cache.get(self._block_key(index), lambda: self._read_block(index))
+        return block[offset - start : offset - start + size]
+
+    def _read_block(self, index: int) -> tuple[tuple[bytes, int], int]:
+        """The byte range of sample `index`'s block in one request: (bytes, offset), size."""
+        b = self._block_key(index)
+        rows = self.starts[b], (self.starts[b + 1] if b + 1 < len(self.starts) else len(self.where))
+        f, start, _ = (int(x) for x in self.where[rows[0]])
+        _, last, size = (int(x) for x in self.where[rows[1] - 1])
+        data = self.root.read(self.files[f], start, last + size)
+        return (data, start), len(data)
 
 
 def open_webdataset(location: str, skip: dict, storage_options: dict | None):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from deit_pipe.data import Source
+from deit_pipe.data.identity import dataset_record
+from deit_pipe.data.order import sorted_blocks_warning
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, check
 from deit_pipe.limits import (
@@ -85,14 +87,12 @@ def store_spec(job: Job, request: StoreRequest) -> tuple[StoreSpec, Source]:
     check_normalization(teacher, recipe.view.mean, recipe.view.std)
     if job.store_teacher != teacher["name"]:
         teacher = {**teacher, "label": job.store_teacher}
+    warning = sorted_blocks_warning(recipe.order, source.split("train"))
+    if warning:
+        log.warning("%s: %s", source.data, warning)
     r = request.resolved()
     spec = StoreSpec(
-        dataset={
-            "spec": source.data,
-            "fingerprint": source.fingerprint(),
-            "classes": source.classes,
-            "num_samples": {s: len(source.split(s)) for s in r.splits},
-        },
+        dataset=dataset_record(source, r.splits, recipe.order),
         teacher=teacher,
         recipe=job.recipe.to_dict(),
         epochs=r.epochs,

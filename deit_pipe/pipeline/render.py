@@ -27,7 +27,12 @@ def _dataset(source: Source, recipe_json: str, split: str, epoch: int, render: s
     key = (source.data, recipe_json, split, epoch, render)
     if _STATE.get("key") != key:  # one epoch's plan at a time: 300 cached plans would not fit
         recipe = Recipe.from_dict(json.loads(recipe_json))
-        _STATE.update(key=key, dataset=stored_views(source, recipe, split, epoch, render))
+        views = stored_views(source, recipe, split, epoch, render)
+        if recipe.window and split == "train" and hasattr(views.split, "read_whole_blocks"):
+            # Block order: a pair's views come from the window's blocks, which this
+            # process's block cache holds (≤ 2 windows), each read whole once.
+            views.split.read_whole_blocks()
+        _STATE.update(key=key, dataset=views)
     return _STATE["dataset"]
 
 

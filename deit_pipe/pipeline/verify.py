@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
 from deit_pipe.data.device_render import realize, render_mode
+from deit_pipe.data.identity import blocks_problem, same_dataset
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
@@ -119,9 +120,14 @@ def verify(
     source = open_source(
         data or spec.dataset["spec"], skip=skipped, storage_options=storage_options
     )
+    problem = blocks_problem(spec.dataset, source, url)  # re-rendering would be meaningless
+    if problem:
+        raise StoreMismatchError(problem)
     report = VerifyReport(
         url=url,
-        dataset_matches=source.fingerprint() == spec.dataset["fingerprint"],
+        dataset_matches=same_dataset(
+            spec.dataset["fingerprint"], spec.dataset.get("content"), source
+        ),
         version_drift=version_drift(store.meta.get("versions", {})),
     )
     recipe = Recipe.from_dict(spec.recipe)
@@ -271,7 +277,7 @@ def _describe(source: Source, recipe: Recipe, check: EpochCheck, slot: int) -> d
 
     if check.split != "train":
         return {"slot": slot, "sample": slot, "file": name(slot)}
-    epoch_plan = recipe.epoch_plan(check.epoch, len(split))
+    epoch_plan = recipe.epoch_plan(check.epoch, split)
     sample = int(epoch_plan.sample[slot])
     found = {"slot": slot, "sample": sample, "file": name(sample)}
     partner = int(epoch_plan.partner(np.array([slot]))[0])
@@ -286,7 +292,7 @@ def check_dataset(store: TargetStore, source: Source, split: str = "val", worker
     and sizes), then every stored view of the split re-rendered and compared by fingerprint,
     as `verify --all` does, since a same-size replaced image keeps the identity. Readers that
     score stored teacher answers against these pixels (`audit`, `eval`) call it first."""
-    store.check_run(dataset_fingerprint=source.fingerprint(), follow=True)
+    store.check_run(source=source, follow=True)
     if split not in store.spec.splits:
         return
     # The image count first, then every view of the split's shards marked done.

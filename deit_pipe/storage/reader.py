@@ -198,7 +198,7 @@ class TargetStore:
     def check_run(
         self,
         *,
-        dataset_fingerprint: str | None = None,
+        source=None,
         recipe: dict | None = None,
         epochs: int | None = None,
         cycle_epochs: bool = False,
@@ -208,15 +208,12 @@ class TargetStore:
 
         With `follow`, epochs still being filled, or not yet added by a job extending the
         store, are accepted (the run waits for them)."""
-        if (
-            dataset_fingerprint is not None
-            and dataset_fingerprint != self.spec.dataset["fingerprint"]
-        ):
-            theirs = self.spec.dataset
-            raise StoreMismatchError(
-                f"{self.url} was made for dataset {theirs['spec']} (fingerprint "
-                f"{theirs['fingerprint'][:12]}), not this one ({dataset_fingerprint[:12]})"
-            )
+        if source is not None:  # a data.Source: the same images, and the same blocks
+            from deit_pipe.data.identity import dataset_problem
+
+            problem = dataset_problem(self.spec.dataset, source, self.url)
+            if problem:
+                raise StoreMismatchError(problem)
         if recipe is not None:
             differ = [
                 k

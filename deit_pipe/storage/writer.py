@@ -203,13 +203,16 @@ def _union(held: StoreSpec, asked: StoreSpec) -> StoreSpec:
     samples = {**held.dataset["num_samples"], **asked.dataset["num_samples"]}
     name = teacher_name(asked.teacher)
     added = {} if name in held.teacher_names else {name: asked.teacher}
+    dataset = {**asked.dataset, "num_samples": {s: samples[s] for s in splits}}
+    if "content" not in held.dataset:  # made before content fingerprints: stays without
+        dataset.pop("content", None)
     return replace(
         asked,
         teacher=held.teacher,
         more_teachers={**held.more_teachers, **added},
         epochs=max(held.epochs, asked.epochs),
         splits=splits,
-        dataset={**asked.dataset, "num_samples": {s: samples[s] for s in splits}},
+        dataset=dataset,
     )
 
 

@@ -9,6 +9,7 @@ import torch
 
 from deit_pipe.data import Source, open_source
 from deit_pipe.data.device_render import render_mode
+from deit_pipe.data.identity import same_dataset
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreError, StoreMismatchError
@@ -133,7 +134,7 @@ def checked_source(run: Run, storage_options: dict | None = None) -> Source:
                 store.close()
     source = run_source(run, storage_options=storage_options)
     recorded = run.config.get("dataset_fingerprint")
-    if recorded and source.fingerprint() != recorded:
+    if recorded and not same_dataset(recorded, run.config.get("dataset_content"), source):
         raise StoreMismatchError(
             f"{source.data} is not the dataset run {run.path} was trained on (fingerprint "
             f"{source.fingerprint()[:12]}, the run recorded {recorded[:12]}); "

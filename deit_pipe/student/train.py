@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from deit_pipe.data import collate_views, finish
+from deit_pipe.data.blockload import BlockRun, block_loader, merge_parts
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.errors import DivergedError
@@ -94,16 +95,20 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     return result
 
 
-def run_loader(tr: Trainer) -> tuple[ReplayDataset, DataLoader]:
-    """One loader for the run, from the resume step to the last (or `max_steps`) step."""
+def run_loader(tr: Trainer) -> tuple[ReplayDataset, Iterable[dict]]:
+    """One loader for the run, from the resume step to the last (or `max_steps`) step. In
+    the block order its workers split the blocks between them (`data.blockload`)."""
     cycle = tr.store.spec.epochs if tr.store is not None and tr.cfg.cycle_epochs else None
     tr.render = render_mode(tr.cfg.render, tr.ctx.device)
     dataset = ReplayDataset(tr.source.split("train"), tr.recipe, cycle, tr.render)
     end = min(tr.total_steps, tr.cfg.max_steps or tr.total_steps)
+    workers = tr.cfg.loader_workers
+    if tr.recipe.window:
+        run = BlockRun(dataset, tr.cfg.batch_size, end, tr.ctx.world_size, tr.ctx.rank, tr.step)
+        return dataset, block_loader(run, workers, pin_memory=tr.ctx.device.type == "cuda")
     sampler = RunSampler(
         len(dataset.split), tr.cfg.batch_size, end, tr.ctx.world_size, tr.ctx.rank, tr.step
     )
-    workers = tr.cfg.loader_workers
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -179,6 +184,9 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     """One optimisation step; returns its loss terms as device tensors (nothing read back)."""
     torch.manual_seed(step_seed(tr.cfg.seed, tr.step, tr.ctx.rank))  # drop-path: f(step)
     dev = tr.ctx.device
+    if "parts" in batch:  # block order: each loader worker's share of the step
+        batch = merge_parts(batch["parts"], dev, realize)
+        tr.host_rendered += batch.pop("host_rendered")
     slots = batch["slot"].numpy()
     partners = epoch_plan.partner(slots)
     lam = torch.as_tensor(epoch_plan.lam[slots // 2], dtype=torch.float32).to(dev)

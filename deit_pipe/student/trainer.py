@@ -17,6 +17,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
 from deit_pipe.data import Source, ViewConfig, open_checked, open_source
+from deit_pipe.data.identity import content_fingerprint
 from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
@@ -119,7 +120,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
         skip = {r["path"]: r["reason"] for r in skipped}
         source = open_source(cfg.data or made_from, skip=skip, storage_options=cfg.storage_options)
         store.check_run(  # epochs and completeness once the schedule is resolved
-            dataset_fingerprint=source.fingerprint(),
+            source=source,
             recipe=cfg.recipe if cfg.recipe else None,
             follow=True,
         )
@@ -290,6 +291,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         "classes": source.classes,
         "dataset": source.data,
         "dataset_fingerprint": source.fingerprint(),
+        "dataset_content": content_fingerprint(source),
         "world_size": ctx.world_size,
         "steps_per_epoch": per_epoch,
         "distilled_model": is_distilled(model),

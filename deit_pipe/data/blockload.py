@@ -1,0 +1,112 @@
+"""A run's training views in block order, each block read by one loader worker once per window.
+
+With the block order (`data.plan`), a step's views come from the W blocks of a window. A
+`DataLoader` that hands whole steps to its workers in turn would make every worker read
+every block. Here every worker walks all the steps but renders only the slots whose block
+it owns (block b belongs to worker b mod N), reads each of its blocks whole on first use
+and releases it after the block's last step. Each worker yields one part per step (empty
+when it owns none of the step's slots); the DataLoader returns parts in worker order, so
+N consecutive parts are one step, which `merge_parts` puts back in slot order on the
+consuming device. Which views a step holds never depends on N, the ranks or a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from deit_pipe.data.dataset import ReplayDataset, collate_views
+from deit_pipe.data.plan import block_of, step_slots, steps_per_epoch
+
+
+class BlockRun(IterableDataset):
+    """This rank's steps [start_step, end_step) of a run, as one part per step per worker."""
+
+    def __init__(
+        self,
+        replay: ReplayDataset,
+        global_batch: int,
+        end_step: int,
+        world_size: int = 1,
+        rank: int = 0,
+        start_step: int = 0,
+    ):
+        step_slots(0, global_batch, world_size, rank)  # validates the layout up front
+        self.replay, self.global_batch = replay, global_batch
+        self.world_size, self.rank = world_size, rank
+        self.start_step, self.end_step = start_step, end_step
+        self.per_epoch = steps_per_epoch(len(replay.split), global_batch)
+
+    def __len__(self) -> int:
+        return max(self.end_step - self.start_step, 0)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        split = self.replay.split
+        if hasattr(split, "read_whole_blocks"):
+            split.read_whole_blocks()
+        blocks = split.blocks()
+        epoch, owner, last_step = -1, None, None
+        for step in range(self.start_step, self.end_step):
+            if step // self.per_epoch != epoch:
+                epoch = step // self.per_epoch
+                owner, last_step = self._epoch_blocks(epoch, blocks)
+            slots = step_slots(step % self.per_epoch, self.global_batch, self.world_size, self.rank)
+            mine = [s for s in slots if owner[s] % workers == worker]
+            items = [self.replay.slot_view(epoch, s) for s in mine]
+            yield collate_views(items) if items else {"slot": torch.zeros(0, dtype=torch.int64)}
+            # Blocks whose last slot this epoch was in this step: their window has passed.
+            sample = self.replay.epoch_plan(epoch).sample
+            for s in mine:
+                if last_step[owner[s]] == step % self.per_epoch:
+                    split.release(int(sample[s]))
+
+    def _epoch_blocks(self, epoch: int, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each slot's block, and the last in-epoch step at which each block is used."""
+        sample = self.replay.epoch_plan(epoch).sample
+        owner = block_of(blocks, sample)
+        last = np.full(len(blocks), -1, dtype=np.int64)
+        np.maximum.at(last, owner, np.arange(len(sample)) // self.global_batch)
+        return owner, last
+
+
+def block_loader(run: BlockRun, workers: int, pin_memory: bool = False) -> Iterator[dict]:
+    """Steps of `run`, each `{"parts": [...]}`: one part per loader worker (see the module)."""
+    loader = DataLoader(
+        run,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+        pin_memory=pin_memory,
+    )
+    parts: list[dict] = []
+    for part in loader:
+        parts.append(part)
+        if len(parts) == max(workers, 1):
+            yield {"parts": parts}
+            parts = []
+
+
+def merge_parts(
+    parts: list[dict], device: torch.device, realize: Callable[[dict, torch.device], dict]
+) -> dict:
+    """One step's parts as one batch in slot order: device-rendered parts realized, the
+    views moved to `device` and concatenated there, everything sorted by slot."""
+    parts = [realize(p, device) if "device_views" in p else p for p in parts if len(p["slot"])]
+    slot = torch.cat([p["slot"] for p in parts])
+    order = torch.argsort(slot)
+    batch: dict = {"host_rendered": sum(p.get("host_rendered", 0) for p in parts)}
+    for key in parts[0]:
+        if key == "host_rendered":
+            continue
+        if key == "image":
+            views = torch.cat([p[key].to(device, non_blocking=True) for p in parts])
+            batch[key] = views[order.to(device)]
+        else:
+            batch[key] = torch.cat([p[key] for p in parts])[order]
+    return batch
