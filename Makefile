@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data bench-order clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,9 @@ bench-ensemble: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/data_bench.py
+
+bench-order: $(STAMP)
+	$(BIN)/python benchmarks/order_accuracy.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
