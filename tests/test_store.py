@@ -1,6 +1,7 @@
 import json
 import multiprocessing as mp
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,9 +139,13 @@ def test_refusals_each_name_what_differs(tmp_path):
     url = str(tmp_path / "r.zarr")
     fill_all(url, make_spec())
     store = TargetStore(url)
-    store.check_run(dataset_fingerprint="f" * 32, recipe=make_spec().recipe, epochs=2)
+
+    def source(fingerprint: str):  # what check_run asks of a data.Source
+        return SimpleNamespace(data="fake:test", fingerprint=lambda: fingerprint, splits={})
+
+    store.check_run(source=source("f" * 32), recipe=make_spec().recipe, epochs=2)
     with pytest.raises(StoreMismatchError, match="made for dataset fake:test"):
-        store.check_run(dataset_fingerprint="0" * 32)
+        store.check_run(source=source("0" * 32))
     with pytest.raises(StoreMismatchError, match="input_size = 32 in the store, 64 here"):
         store.check_run(recipe={**make_spec().recipe, "input_size": 64})
     with pytest.raises(StoreIncompleteError, match="holds 2 training epochs but this run needs 5"):

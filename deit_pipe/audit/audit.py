@@ -61,7 +61,12 @@ def classifier_label(run_name: str, head: str, heads: int) -> str:
 
 def check_run_against_store(run: Run, store: TargetStore) -> None:
     fp, content = store.spec.dataset["fingerprint"], store.spec.dataset.get("content")
-    same_content = content is not None and run.config.get("dataset_content") == content
+    other_kind = (
+        run.config["dataset"].partition(":")[0] != store.spec.dataset["spec"].partition(":")[0]
+    )
+    same_content = (
+        other_kind and content is not None and run.config.get("dataset_content") == content
+    )
     if run.config["dataset_fingerprint"] != fp and not same_content:
         raise DeitPipeError(
             f"run {run.path} was trained on dataset {run.config['dataset']} "

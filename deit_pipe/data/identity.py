@@ -50,16 +50,25 @@ def dataset_record(source: Source, splits, order: str) -> dict:
     return record
 
 
-def same_dataset(recorded_fingerprint: str, recorded_content: str | None, source: Source) -> bool:
-    """Whether `source` holds the data recorded: the same layout, or the same content."""
+def same_dataset(
+    recorded_fingerprint: str, recorded_content: str | None, recorded_spec: str, source: Source
+) -> bool:
+    """Whether `source` holds the data recorded: the same fingerprint, or — in another kind
+    of layout only (files against Parquet against tars) — the same content. Within one
+    kind the fingerprint is already path-free, and stricter (every file's size)."""
     if recorded_fingerprint == source.fingerprint():
         return True
-    return recorded_content is not None and recorded_content == content_fingerprint(source)
+    other_kind = recorded_spec.partition(":")[0] != source.data.partition(":")[0]
+    return (
+        other_kind
+        and recorded_content is not None
+        and recorded_content == content_fingerprint(source)
+    )
 
 
 def dataset_problem(recorded: dict, source: Source, where: str) -> str | None:
     """One line saying why `source` cannot replay what `where` recorded, or None."""
-    if not same_dataset(recorded["fingerprint"], recorded.get("content"), source):
+    if not same_dataset(recorded["fingerprint"], recorded.get("content"), recorded["spec"], source):
         return (
             f"{where} was made for dataset {recorded['spec']} (fingerprint "
             f"{recorded['fingerprint'][:12]}), not this one ({source.fingerprint()[:12]})"

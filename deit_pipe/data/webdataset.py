@@ -136,6 +136,7 @@ class TarSplit(ShardSplit):
         f, offset, size = (int(x) for x in self.where[self.rows[index]])
         self._local()
         if not self._whole:
+            self.cache.bytes_read += size  # one range read, nothing kept
             return self.root.read(self.files[f], offset, offset + size)
         block, start = self.cache.get(self._block_key(index), lambda: self._read_block(index))
         return block[offset - start : offset - start + size]

@@ -126,7 +126,7 @@ def verify(
     report = VerifyReport(
         url=url,
         dataset_matches=same_dataset(
-            spec.dataset["fingerprint"], spec.dataset.get("content"), source
+            spec.dataset["fingerprint"], spec.dataset.get("content"), spec.dataset["spec"], source
         ),
         version_drift=version_drift(store.meta.get("versions", {})),
     )

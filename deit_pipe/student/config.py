@@ -256,6 +256,7 @@ RUN_RECORD = (
     "classes",
     "dataset",
     "dataset_fingerprint",
+    "dataset_content",
     "world_size",
     "steps_per_epoch",
     "distilled_model",

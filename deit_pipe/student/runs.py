@@ -134,7 +134,8 @@ def checked_source(run: Run, storage_options: dict | None = None) -> Source:
                 store.close()
     source = run_source(run, storage_options=storage_options)
     recorded = run.config.get("dataset_fingerprint")
-    if recorded and not same_dataset(recorded, run.config.get("dataset_content"), source):
+    content, spec = run.config.get("dataset_content"), run.config.get("dataset", "")
+    if recorded and not same_dataset(recorded, content, spec, source):
         raise StoreMismatchError(
             f"{source.data} is not the dataset run {run.path} was trained on (fingerprint "
             f"{source.fingerprint()[:12]}, the run recorded {recorded[:12]}); "
