@@ -199,8 +199,11 @@ def store_lock(url: str, purpose: str, storage_options: dict | None = None) -> I
     made = False
     if is_local(url) and not fs.exists(base):
         with storage_errors(url):
-            os.makedirs(base)
-        made = True
+            try:
+                os.makedirs(base)
+                made = True
+            except FileExistsError:  # a job on other epochs made it a moment ago
+                made = False
     deadline = time.monotonic() + PREPARE_WAIT
     try:
         while True:
