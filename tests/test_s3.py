@@ -219,12 +219,16 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
         ("imagefolder", "imagefolder:s3://stores/data/imgs"),
     ]:
         store = tmp_path / f"{name}.zarr"  # a local store beside data on S3
+        cached = ["--data-cache", str(tmp_path / "cache")] if name == "parquet" else []
         run = CliRunner().invoke(
-            main, [*pre, "--data", spec, "--out", str(store), "--storage-options", opts]
+            main, [*pre, *cached, "--data", spec, "--out", str(store), "--storage-options", opts]
         )
         assert run.exit_code == 0, run.output
         made[name] = TargetStore(str(store)).read_arrays(0, "train")["fingerprint"]
     assert (made["parquet"] == made["local"]).all() and (made["imagefolder"] == made["local"]).all()
+    shards = sorted(p.name for p in local.rglob("*.parquet"))
+    copies = [p for p in (tmp_path / "cache").iterdir() if len(p.name) == 32]
+    assert len(copies) == len(shards)  # the parquet run read its shards from local copies
     # The same dataset wherever it lives: its identity is its content.
     from deit_pipe.data import open_source
 
@@ -257,3 +261,66 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
         env={"DEIT_PIPE_STORAGE_OPTIONS": opts},
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
+
+
+def test_data_cache_fetches_once_refetches_what_changed_and_keeps_its_cap(s3, tmp_path, caplog):
+    from deit_pipe.data.cache import DataCache
+    from deit_pipe.data.files import Root
+
+    fs = s3fs.S3FileSystem(**s3, skip_instance_cache=True)
+    shards = {f"s{i}.bin": bytes([i]) * (1000 + i) for i in range(3)}
+    for name, data in shards.items():
+        fs.pipe(f"stores/cached/{name}", data)
+    cache_dir = tmp_path / "cache"
+
+    def read_all(cache: DataCache) -> dict[str, bytes]:
+        root = Root("s3://stores/cached", s3, cache)
+        whole = {name: root.read(name) for name in shards}
+        assert all(root.read(n, 10, 20) == whole[n][10:20] for n in shards)  # kept-open copies
+        return whole
+
+    cold = DataCache(cache_dir)
+    assert read_all(cold) == shards and cold.fetched == sum(map(len, shards.values()))
+    warm = DataCache(cache_dir)  # a later run: checked against the source, not fetched
+    assert read_all(warm) == shards and warm.fetched == 0
+    # Same size, new bytes (a new ETag): refused and read again, with a warning naming it.
+    shards["s1.bin"] = b"\xff" * len(shards["s1.bin"])
+    fs.pipe("stores/cached/s1.bin", shards["s1.bin"])
+    again = DataCache(cache_dir)
+    with caplog.at_level("WARNING"):
+        assert read_all(again) == shards and again.fetched == len(shards["s1.bin"])
+    assert "s3://stores/cached/s1.bin changed at the source" in caplog.text
+    # A local copy cut short (a full disk, a crash) is not trusted either.
+    copy = next(p for p in cache_dir.iterdir() if len(p.name) == 32 and p.stat().st_size == 1000)
+    copy.write_bytes(b"\0" * 10)
+    fixed = DataCache(cache_dir)
+    assert read_all(fixed) == shards and fixed.fetched == 1000
+    # The cap: least recently used copies go; a file over the cap is read remotely.
+    small = DataCache(tmp_path / "small", limit=2100)
+    assert read_all(small) == shards
+    kept = [p for p in (tmp_path / "small").iterdir() if len(p.name) == 32]
+    assert len(kept) == 2 and sum(p.stat().st_size for p in kept) <= 2100
+    tiny = DataCache(tmp_path / "tiny", limit=500)
+    assert read_all(tiny) == shards and tiny.fetched == 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data-cache-size", "12Q"], "--data-cache-size '12Q'"),
+        (["--data-cache-size", "-5G"], "--data-cache-size '-5G'"),
+        (["--data-cache-size", "10G"], "--data-cache-size needs --data-cache"),
+        (["--data-cache", "{file}"], "not a writable folder"),
+    ],
+)
+def test_bad_data_cache_flags_are_one_line(tmp_path, args, needle):
+    user = tmp_path / "notes.txt"
+    user.write_text("mine")
+    args = [a.replace("{file}", str(user)) for a in args]
+    if args[0] == "--data-cache-size" and needle.startswith("--data-cache-size '"):
+        args = ["--data-cache", str(tmp_path / "c"), *args]
+    result = CliRunner().invoke(main, ["scan", "--data", "digits", *args])
+    assert result.exit_code != 0, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert needle in line and "Traceback" not in result.output, result.output
+    assert user.read_text() == "mine"

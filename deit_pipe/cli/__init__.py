@@ -176,6 +176,39 @@ def storage_options_option(fn):
     )(fn)
 
 
+def data_cache_option(fn):
+    """`--data-cache DIR` and `--data-cache-size SIZE`, given to the command as one
+    `data_cache` (a `DataCache`, or None without `--data-cache`)."""
+
+    @functools.wraps(fn)
+    def command(*args, data_cache_size: str | None, **kwargs):
+        if kwargs["data_cache"] is not None:
+            from deit_pipe.data.cache import DataCache, parse_size
+
+            limit = parse_size(data_cache_size) if data_cache_size else None
+            kwargs["data_cache"] = DataCache(kwargs["data_cache"], limit)
+        elif data_cache_size:
+            raise click.UsageError("--data-cache-size needs --data-cache DIR")
+        return fn(*args, **kwargs)
+
+    command = click.option(
+        "--data-cache-size",
+        default=None,
+        metavar="SIZE",
+        help="Cap of the data cache, e.g. 500G [default: 80% of its disk's free space].",
+    )(command)
+    return click.option(
+        "--data-cache",
+        envvar="DEIT_PIPE_DATA_CACHE",
+        default=None,
+        metavar="DIR",
+        help="Keep local copies of a remote dataset's files (Parquet/tar shards, images) "
+        "here: fetched once, checked against the source's ETag and size, read locally on "
+        "every later epoch and run; least recently used evicted past the cap "
+        "[env: DEIT_PIPE_DATA_CACHE; a local folder on each host].",
+    )(command)
+
+
 def teacher_config(name: str, checkpoint, pretrained: bool, random_init: bool):
     """TeacherConfig from the teacher flags shared by `precompute` and `train`."""
     from deit_pipe.teacher import TeacherConfig

@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from deit_pipe.cli import build_recipe, console, main, recipe_options, storage_options_option
+from deit_pipe.cli import (
+    build_recipe,
+    console,
+    data_cache_option,
+    main,
+    recipe_options,
+    storage_options_option,
+)
 from deit_pipe.limits import MAX_WORKERS
 
 
@@ -25,12 +32,16 @@ from deit_pipe.limits import MAX_WORKERS
 @click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option
-def scan(data: str, workers: int, skip_bad: bool, as_json: bool, storage_options) -> None:
-    """Decode every image of a dataset up front and list the unreadable ones."""
+@data_cache_option
+def scan(
+    data: str, workers: int, skip_bad: bool, as_json: bool, storage_options, data_cache
+) -> None:
+    """Decode every image of a dataset up front and list the unreadable ones (with
+    --data-cache, this fills the cache before a precompute)."""
     from deit_pipe.data import open_source
     from deit_pipe.data import scan as scan_source
 
-    source = open_source(data, storage_options=storage_options)
+    source = open_source(data, storage_options=storage_options, data_cache=data_cache)
     report = scan_source(source, workers)
     if as_json:
         click.echo(

@@ -13,6 +13,7 @@ from deit_pipe.choices import DEVICES, TARGETS, VALUE_DTYPES
 from deit_pipe.cli import (
     build_recipe,
     console,
+    data_cache_option,
     main,
     progress_bar,
     recipe_options,
@@ -309,6 +310,7 @@ class ShardProgress:
 )
 @render_option
 @storage_options_option
+@data_cache_option
 @recipe_options
 def precompute(
     data,
@@ -337,6 +339,7 @@ def precompute(
     repair,
     render,
     storage_options,
+    data_cache,
     targets,
     dry_run,
     throughput,
@@ -351,7 +354,9 @@ def precompute(
     if (epochs is None) == (epochs_range is None):
         raise click.UsageError("give --epochs N or --epochs-range A:B (one of them)")
     first, epochs = epochs_range or (0, epochs)
-    source = open_checked(data, skip_bad=skip_bad, storage_options=storage_options)
+    source = open_checked(
+        data, skip_bad=skip_bad, storage_options=storage_options, data_cache=data_cache
+    )
     recipe = build_recipe(source, opts)
     job = Job(
         url=url,
@@ -366,6 +371,7 @@ def precompute(
         render=render,
         compile=compile_teacher,
         storage_options=storage_options,
+        data_cache=data_cache,
         teacher_name=teacher_name,
     )
     both = ("train", "val") if first == 0 else ("train",)  # val goes with epoch 0's job
@@ -427,8 +433,9 @@ def precompute(
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @storage_options_option
+@data_cache_option
 def verify(
-    store, data, sample, all_views, workers, render, device, as_json, storage_options
+    store, data, sample, all_views, workers, render, device, as_json, storage_options, data_cache
 ) -> None:
     """Re-render stored views on this machine and compare fingerprints (no teacher runs).
 
@@ -455,6 +462,7 @@ def verify(
             all_views=all_views,
             workers=workers,
             storage_options=storage_options,
+            data_cache=data_cache,
             render=render,
             device=device,
             progress=None if as_json else show,

@@ -15,6 +15,7 @@ from deit_pipe.cli import (
     RECIPE_FLAGS,
     build_recipe,
     console,
+    data_cache_option,
     main,
     progress_bar,
     recipe_options,
@@ -148,6 +149,7 @@ def _train_options(fn):
 @main.command()
 @_train_options
 @storage_options_option
+@data_cache_option
 @recipe_options
 def train(**opts) -> None:
     """Train a DeiT student from stored targets (or online / plain supervised)."""
@@ -163,8 +165,13 @@ def train(**opts) -> None:
     teacher_args = [opts.pop(k) for k in ("teacher_checkpoint", "teacher_pretrained")]
     teacher_args.append(opts.pop("teacher_random_init"))
     recipe, config_file = None, opts.pop("config_file")
+    cache = opts.pop("data_cache")
+    if cache is not None:
+        opts.update(data_cache=str(cache.directory), data_cache_size=cache.limit)
     if opts["store"] is None and opts["data"] is not None:
-        source = open_source(opts["data"], storage_options=opts["storage_options"])
+        source = open_source(
+            opts["data"], storage_options=opts["storage_options"], data_cache=cache
+        )
         recipe = build_recipe(source, dict(opts)).to_dict()
     elif opts["store"] is None and config_file is None:
         raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")

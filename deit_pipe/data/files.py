@@ -80,9 +80,10 @@ class PerProcess:
 class Root(PerProcess):
     """The folder or URL prefix a dataset's files live under; paths below are relative."""
 
-    def __init__(self, location: str, storage_options: dict | None = None):
+    def __init__(self, location: str, storage_options: dict | None = None, data_cache=None):
         self.location = location.rstrip("/") or location
         self.storage_options = storage_options if is_url(location) else None
+        self.data_cache = data_cache if is_url(location) else None  # a `DataCache`
 
     @property
     def fs(self):
@@ -117,9 +118,16 @@ class Root(PerProcess):
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes [start, end) of a file (all of it by default): one range request remotely."""
         with data_errors(f"{self.location}/{rel}"):
-            if start is None:
-                return self.fs.cat_file(self.path(rel))
-            return self._handle(rel).pread(start, end)
+            if start is not None:
+                return self._handle(rel).pread(start, end)
+            path = self.path(rel)  # a whole file (an image): read once, not kept open
+            copy = self.data_cache and self.data_cache.local(
+                self.fs, path, f"{self.location}/{rel}"
+            )
+            if copy:
+                with open(copy, "rb") as f:
+                    return f.read()
+            return self.fs.cat_file(path)
 
     def open(self, rel: str):
         """A seekable binary file, kept open for this process (Parquet and tar shards)."""
@@ -129,7 +137,11 @@ class Root(PerProcess):
         self.fs  # noqa: B018 — a fork drops the parent's handles
         if rel not in self._open:
             with data_errors(f"{self.location}/{rel}"):
-                self._open[rel] = _Handle(self.fs, self.path(rel), self.local)
+                path, local = self.path(rel), self.local
+                if self.data_cache is not None:
+                    copy = self.data_cache.local(self.fs, path, f"{self.location}/{rel}")
+                    path, local = (copy, True) if copy else (path, local)
+                self._open[rel] = _Handle(self.fs, path, local)
         return self._open[rel]
 
 

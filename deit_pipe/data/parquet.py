@@ -187,10 +187,9 @@ def _image_bytes(group, image: str) -> int:
     return sum(c.total_compressed_size for c in chunks if c.path_in_schema.split(".")[0] == image)
 
 
-def open_parquet(arg: str, skip: dict, storage_options: dict | None):
-    """(classes, {split: ParquetSplit}) of `parquet:ARG`."""
+def open_parquet(root: Root, arg: str, skip: dict):
+    """(classes, {split: ParquetSplit}) of `parquet:ARG`, its files below `root`."""
     location, columns = parse_spec(arg)
-    root = Root(location, storage_options)
     splits = {
         name: ParquetSplit(root, files, columns, skip, f"{location}/{files[0]}")
         for name, files in split_files(root).items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.sources import SPLITS, Source, open_source
 from deit_pipe.errors import DataError
 
@@ -45,13 +46,18 @@ def scan(source: Source, workers: int = 8) -> ScanReport:
 
 
 def open_checked(
-    data: str, skip_bad: bool = False, workers: int = 8, storage_options: dict | None = None
+    data: str,
+    skip_bad: bool = False,
+    workers: int = 8,
+    storage_options: dict | None = None,
+    data_cache: DataCache | None = None,
 ) -> Source:
     """Open a source; with `skip_bad`, scan it and exclude (and record) unreadable images."""
-    source = open_source(data, storage_options=storage_options)
+    opened = {"storage_options": storage_options, "data_cache": data_cache}
+    source = open_source(data, **opened)
     if not skip_bad:
         return source
     report = scan(source, workers)
     if report.ok:
         return source
-    return open_source(data, skip=dict(report.bad), storage_options=storage_options)
+    return open_source(data, skip=dict(report.bad), **opened)

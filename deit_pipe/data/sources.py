@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.files import PerProcess, Root, data_errors, decode_image, is_url
 from deit_pipe.data.split import RUN, Split, sample_bytes
 from deit_pipe.errors import DataError
@@ -175,10 +176,11 @@ def open_source(
     skip: dict[str, str] | None = None,
     download: bool = False,
     storage_options: dict | None = None,
+    data_cache: DataCache | None = None,
 ) -> Source:
     """Open a dataset from its spec (`--data`); `skip` maps sample names (relative paths,
     `SHARD:KEY`) to exclude → why. `storage_options` are fsspec's, for a URL root (as for
-    stores).
+    stores); a URL root's files are read through `data_cache` (local copies) when given.
 
     Nothing is fetched from the network unless `download` is set (CIFAR only).
     """
@@ -190,7 +192,9 @@ def open_source(
         return _fake(data, arg)
     if kind == "imagefolder" and arg and is_url(arg):
         with data_errors(arg):
-            return note_ignored(_imagefolder_url(data, Root(arg, storage_options), skip or {}))
+            return note_ignored(
+                _imagefolder_url(data, Root(arg, storage_options, data_cache), skip or {})
+            )
     if kind == "imagefolder" and arg:
         return note_ignored(_imagefolder(data, Path(arg).expanduser(), skip or {}))
     if kind in ("parquet", "wds") and arg:
@@ -203,7 +207,7 @@ def open_source(
         if not is_url(arg) and not Path(where).is_dir():
             raise DataError(f"dataset root not found: {where}")
         with data_errors(where):
-            classes, splits = opener(location, skip or {}, storage_options)
+            classes, splits = opener(Root(where, storage_options, data_cache), location, skip or {})
         ignored = [i for split in splits.values() for i in getattr(split, "ignored", [])]
         skipped = sorted((skip or {}).items())
         return note_ignored(Source(data, classes, splits, skipped=skipped, ignored=ignored))

@@ -151,9 +151,8 @@ class TarSplit(ShardSplit):
         return (data, start), len(data)
 
 
-def open_webdataset(location: str, skip: dict, storage_options: dict | None):
-    """(classes, {split: TarSplit}) of `wds:LOCATION`."""
-    root = Root(location, storage_options)
+def open_webdataset(root: Root, location: str, skip: dict):
+    """(classes, {split: TarSplit}) of `wds:LOCATION`, its files below `root`."""
     splits = {}
     for name, pattern in PATTERNS.items():
         files = root.glob(pattern)

@@ -18,6 +18,7 @@ import torch
 import torch.multiprocessing as torch_mp
 
 from deit_pipe.data import Source, collate_views, open_checked, stored_views
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.recipe import Recipe
 
 _STATE: dict = {}  # this process's dataset for the (recipe, split, epoch) it renders now
@@ -45,9 +46,9 @@ def render_items(
     return collate_views([dataset[i] for i in items])
 
 
-def _start_renderer(data: str, skip_bad: bool, storage_options: dict | None) -> None:
+def _start_renderer(data: str, skip_bad: bool, opened: dict) -> None:
     torch.set_num_threads(1)  # as DataLoader workers: N renderers must not oversubscribe
-    _STATE.update(source=open_checked(data, skip_bad=skip_bad, storage_options=storage_options))
+    _STATE.update(source=open_checked(data, skip_bad=skip_bad, **opened))
 
 
 def _render_chunk(chunk: tuple) -> dict:
@@ -58,11 +59,16 @@ class RenderPool:
     """N render processes for one dataset, kept for the life of this process."""
 
     def __init__(
-        self, data: str, skip_bad: bool, workers: int, storage_options: dict | None = None
+        self,
+        data: str,
+        skip_bad: bool,
+        workers: int,
+        storage_options: dict | None = None,
+        data_cache: DataCache | None = None,
     ):
         context = torch_mp.get_context("fork")
         self.workers = workers
-        start = (data, skip_bad, storage_options)
+        start = (data, skip_bad, {"storage_options": storage_options, "data_cache": data_cache})
         self.pool = context.Pool(workers, initializer=_start_renderer, initargs=start)
         atexit.register(self.pool.terminate)
 

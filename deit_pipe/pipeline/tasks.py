@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from deit_pipe.data import Source, finish, open_checked
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.render import RenderPool, shard_batches
@@ -40,6 +41,7 @@ class Job:
     render: str = "auto"  # who renders the training views: host | device (same bytes)
     compile: bool = False  # torch.compile the teacher
     storage_options: dict | None = field(default=None, hash=False)
+    data_cache: DataCache | None = field(default=None, hash=False, compare=False)
     teacher_name: str | None = None  # its name in the store [default: the model's]
 
     @property
@@ -67,13 +69,18 @@ def _cached(key: tuple, make):
 def render_pool(job: Job) -> RenderPool:
     """This process's render processes for the job's dataset (made once, then reused)."""
     key = ("render-pool", job.data, job.skip_bad, job.loader_workers)
-    options = job.storage_options
-    return _cached(key, lambda: RenderPool(job.data, job.skip_bad, job.loader_workers, options))
+    opened = {"storage_options": job.storage_options, "data_cache": job.data_cache}
+    return _cached(key, lambda: RenderPool(job.data, job.skip_bad, job.loader_workers, **opened))
 
 
 def job_source(job: Job) -> Source:
     """The job's dataset (a URL root opens with the job's storage options, as its store)."""
-    return open_checked(job.data, skip_bad=job.skip_bad, storage_options=job.storage_options)
+    return open_checked(
+        job.data,
+        skip_bad=job.skip_bad,
+        storage_options=job.storage_options,
+        data_cache=job.data_cache,
+    )
 
 
 def task_device(job: Job) -> torch.device:

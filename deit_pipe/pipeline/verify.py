@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.identity import blocks_problem, same_dataset
 from deit_pipe.data.recipe import Recipe
@@ -101,6 +102,7 @@ def verify(
     workers: int = 0,
     seed: int = 0,
     storage_options: dict | None = None,
+    data_cache: DataCache | None = None,
     progress: Callable[[int, int], None] | None = None,
     render: str = "host",
     device: str = "auto",
@@ -118,7 +120,10 @@ def verify(
     spec = store.spec
     skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
     source = open_source(
-        data or spec.dataset["spec"], skip=skipped, storage_options=storage_options
+        data or spec.dataset["spec"],
+        skip=skipped,
+        storage_options=storage_options,
+        data_cache=data_cache,
     )
     problem = blocks_problem(spec.dataset, source, url)  # re-rendering would be meaningless
     if problem:

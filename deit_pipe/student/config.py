@@ -35,6 +35,8 @@ class TrainConfig:
     out: str
     store: str | None = None  # offline distillation: plan + targets from the store
     storage_options: dict | None = None  # fsspec options for the store (never written out)
+    data_cache: str | None = None  # local copies of a remote dataset's files (DataCache)
+    data_cache_size: int | None = None  # its cap in bytes [default: DataCache's]
     teacher_name: str | None = None  # the store's teacher(s): A, or an ensemble A,B / A=0.7,B=0.3
     data: str | None = None  # dataset (required without a store)
     teacher: TeacherConfig | None = None  # online distillation (comparison, tests)

@@ -17,6 +17,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
 from deit_pipe.data import Source, ViewConfig, open_checked, open_source
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.identity import content_fingerprint
 from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
@@ -109,6 +110,12 @@ def setup_distributed(device: str) -> Context:
     return Context(rank, world, local, dev)
 
 
+def opened(cfg: TrainConfig) -> dict:
+    """How the run's dataset is reached: fsspec options and the local data cache."""
+    cache = DataCache(cfg.data_cache, cfg.data_cache_size) if cfg.data_cache else None
+    return {"storage_options": cfg.storage_options, "data_cache": cache}
+
+
 def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
@@ -118,7 +125,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
             log.info("dataset %s given; the store was made from %s", cfg.data, made_from)
         skipped = store.skipped().to_pylist()  # exclude exactly the files the teacher skipped
         skip = {r["path"]: r["reason"] for r in skipped}
-        source = open_source(cfg.data or made_from, skip=skip, storage_options=cfg.storage_options)
+        source = open_source(cfg.data or made_from, skip=skip, **opened(cfg))
         store.check_run(  # epochs and completeness once the schedule is resolved
             source=source,
             recipe=cfg.recipe if cfg.recipe else None,
@@ -138,7 +145,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
         )
     if cfg.follow:
         raise DeitPipeError("--follow follows a store that is being filled: give --store")
-    source = open_checked(cfg.data, storage_options=cfg.storage_options)
+    source = open_checked(cfg.data, **opened(cfg))
     if cfg.recipe:
         return Recipe.from_dict(cfg.recipe), source, None
     return Recipe(view=ViewConfig.for_source(source)), source, None
