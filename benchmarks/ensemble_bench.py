@@ -53,7 +53,7 @@ def student(root: Path, url: str, choice: str, seed: int, epochs: int) -> dict[s
             epochs=epochs,
             batch_size=64,
             eval_every=epochs,
-            seed=seed,
+            train_seed=seed,
             device="cpu",
         )
     )

@@ -7,14 +7,14 @@ set -uo pipefail
 W=${1:-runs/gpu-smoke}
 DP=${DEIT_PIPE:-deit-pipe}
 rm -rf "$W" && mkdir -p "$W"
-T=(--teacher regnety_002 --random-init)
+T=(--teacher-model regnety_002 --random-init)
 S=(--img-size 32 --patch-size 8 --depth 4 --embed-dim 96 --num-heads 3 --batch-size 64
    --epochs 2 --loader-workers 4 --device ${DEV:-cuda})
 fail=0
 step() { echo "== $*"; local t0=$SECONDS; "$@" || { echo "!! FAILED: $*"; fail=1; }
          echo "   ($((SECONDS - t0)) s)"; }
 step $DP precompute --data digits --out "$W/gpu.zarr" --epochs 2 "${T[@]}" --device ${DEV:-cuda}
-step $DP precompute --data digits --out "$W/cpu.zarr" --epochs 2 "${T[@]}" --device cpu --workers 0
+step $DP precompute --data digits --out "$W/cpu.zarr" --epochs 2 "${T[@]}" --device cpu --dask-workers 0
 step python3 - "$W" <<'PY'
 import sys
 import numpy as np
@@ -35,7 +35,7 @@ for d in hard soft; do
 done
 step $DP train --store "$W/gpu.zarr" --out "$W/none" --distill none \
   --model deit_tiny_patch16_224 "${S[@]}"
-step $DP train --data digits --recipe small --teacher regnety_002 --teacher-random-init \
+step $DP train --data digits --preset small --teacher-model regnety_002 --teacher-random-init \
   --out "$W/online" "${S[@]}"
 step $DP eval --checkpoint "$W/hard"
 step $DP audit --store "$W/gpu.zarr" --run "$W/none" --run "$W/hard" --run "$W/soft" \

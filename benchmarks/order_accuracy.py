@@ -53,9 +53,9 @@ def write_digits_parquet(out: Path) -> None:
 def recipe_dict(data: str, order: str, seed: int) -> dict:
     from deit_pipe.cli import RECIPE_FLAGS, build_recipe
 
-    opts = {k: None for k in ("recipe", "scale_min")}
-    opts.update({flag: None for flag in RECIPE_FLAGS}, seed=seed, order=order)
-    opts.update(recipe="small", input_size=32, hflip=0.0)  # as `digits` itself defaults
+    opts = {k: None for k in ("preset", "scale_min")}
+    opts.update({flag: None for flag in RECIPE_FLAGS}, plan_seed=seed, order=order)
+    opts.update(preset="small", input_size=32, hflip=0.0)  # as `digits` itself defaults
     return build_recipe(open_source(data), opts).to_dict()
 
 
@@ -68,7 +68,7 @@ def run(data: str, order: str, seed: int, out: Path, teacher: Path | None) -> fl
         epochs=EPOCHS,
         warmup_epochs=5,
         batch_size=64,
-        seed=seed,
+        train_seed=seed,
         device="cpu",
         eval_every=EPOCHS,
     )

@@ -72,7 +72,7 @@ def run_seed(root: Path, url: str, seed: int, epochs: int) -> tuple[dict, np.nda
                 epochs=epochs,
                 batch_size=64,
                 eval_every=epochs,
-                seed=seed,
+                train_seed=seed,
                 device="cpu",
             )
         )

@@ -96,7 +96,7 @@ def train_teacher(out: Path, cfg: DemoConfig, seed: int = 0) -> dict:
             lr=3.2e-2,  # per 512 images: 8e-3 at batch 128
             warmup_epochs=1,
             eval_every=cfg.teacher_epochs,
-            seed=seed,
+            train_seed=seed,
             device="cpu",
         )
     )
@@ -128,7 +128,7 @@ def student_config(out: Path, url: str, name: str, cfg: DemoConfig) -> TrainConf
         batch_size=cfg.batch_size,
         eval_every=cfg.eval_every,
         cycle_epochs=cfg.store_epochs < cfg.student_epochs,
-        seed=cfg.seed,
+        train_seed=cfg.seed,
         device="cpu",
     )
 

@@ -21,8 +21,8 @@ from deit_pipe.data.recipe import PRESETS
 from deit_pipe.storage import TargetStore
 from tests.cli_utils import invoke, one_line
 
-PRE = ["precompute", "--teacher", "regnety_002", "--random-init", "--epochs", "1"]
-PRE += ["--input-size", "16", "--workers", "0", "--top-k", "3", "--repeats", "1"]
+PRE = ["precompute", "--teacher-model", "regnety_002", "--random-init", "--epochs", "1"]
+PRE += ["--input-size", "16", "--dask-workers", "0", "--top-k", "3", "--repeats", "1"]
 OLD_STORE = Path(__file__).parent / "data" / "store_before_block_order.zarr"
 
 
@@ -119,11 +119,11 @@ def test_a_parquet_store_replays_from_tars_with_the_same_blocks_and_refuses_othe
     made = invoke(*PRE, "--data", shards["pq9"], "--out", store)
     assert made.exit_code == 0, made.output
     assert TargetStore(str(store)).spec.recipe["order"] == "blocks:2"
-    checked = invoke("verify", store, "--data", shards["wds"], "--all", "--workers", "0")
+    checked = invoke("verify", store, "--data", shards["wds"], "--all", "--loader-workers", "0")
     assert checked.exit_code == 0, checked.output
     other = tmp_path / "o.zarr"
     assert invoke(*PRE, "--data", shards["pq4"], "--out", other).exit_code == 0
-    refused = invoke("verify", other, "--data", shards["wds"], "--workers", "0")
+    refused = invoke("verify", other, "--data", shards["wds"], "--loader-workers", "0")
     one_line(refused, "block order over 6 blocks", "2 other blocks")
 
 
@@ -143,5 +143,5 @@ def test_a_store_made_before_the_block_order_still_verifies(tmp_path):
     store = tmp_path / "old.zarr"
     shutil.copytree(OLD_STORE, store)
     assert "order" not in TargetStore(str(store)).spec.recipe
-    checked = invoke("verify", store, "--all", "--workers", "0")
+    checked = invoke("verify", store, "--all", "--loader-workers", "0")
     assert checked.exit_code == 0 and "0 differ" in checked.output, checked.output

@@ -69,8 +69,8 @@ def test_a_run_repeats_from_its_own_config(tmp_path):
     import torch
 
     store = tmp_path / "s.zarr"
-    pre = ["precompute", "--data", "fake:40", "--teacher", "regnety_002", "--random-init"]
-    pre += ["--epochs", "1", "--batch-size", "40", "--workers", "0", "--out", store]
+    pre = ["precompute", "--data", "fake:40", "--teacher-model", "regnety_002", "--random-init"]
+    pre += ["--epochs", "1", "--batch-size", "40", "--dask-workers", "0", "--out", store]
     assert invoke(*pre).exit_code == 0
     tiny = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
     first = ["train", "--store", store, "--out", tmp_path / "a", *tiny, "--num-heads", "2"]
@@ -83,4 +83,27 @@ def test_a_run_repeats_from_its_own_config(tmp_path):
     again = invoke("train", "--config", config, "--out", tmp_path / "c", "--lr", "1e-3")
     assert again.exit_code == 0, again.output
     saved = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert saved["lr"] == 1e-3 and saved["seed"] == 5 and saved["batch_size"] == 16
+    assert saved["lr"] == 1e-3 and saved["train_seed"] == 5 and saved["batch_size"] == 16
+    # A config.json saved before `seed` was renamed `train_seed` still repeats the run.
+    old = json.loads(config.read_text())
+    old["seed"] = old.pop("train_seed")
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    repeated = invoke("train", "--config", tmp_path / "old.json", "--out", tmp_path / "d")
+    assert repeated.exit_code == 0, repeated.output
+    d = torch.load(tmp_path / "d" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], d[k]) for k in a)
+
+
+def test_old_flag_spellings_work_for_one_release_with_a_note(tmp_path):
+    scanned = invoke("scan", "--data", "digits", "--workers", "2")
+    assert scanned.exit_code == 0, scanned.output
+    assert "note: scan --workers is now --threads" in scanned.output
+    old = ["precompute", "--data", "digits", "--teacher", "regnety_002", "--random-init"]
+    old += ["--workers=0", "--seed", "3", "--recipe", "small", "--epochs", "1"]
+    dry = invoke(*old, "--out", tmp_path / "s.zarr", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    for was, now in [("--teacher", "--teacher-model"), ("--workers", "--dask-workers"),
+                     ("--seed", "--plan-seed"), ("--recipe", "--preset")]:  # fmt: skip
+        assert f"note: precompute {was} is now {now}" in dry.output
+    assert "regnety_002" in dry.output and not (tmp_path / "s.zarr").exists()
+    assert "note:" not in invoke("scan", "--data", "digits", "--threads", "2").output

@@ -16,8 +16,8 @@ from deit_pipe.errors import DataError
 from deit_pipe.storage import TargetStore
 from tests.cli_utils import invoke, one_line
 
-PRE = ["precompute", "--teacher", "regnety_002", "--random-init", "--epochs", "1"]
-PRE += ["--input-size", "32", "--workers", "0", "--top-k", "3", "--repeats", "1"]
+PRE = ["precompute", "--teacher-model", "regnety_002", "--random-init", "--epochs", "1"]
+PRE += ["--input-size", "32", "--dask-workers", "0", "--top-k", "3", "--repeats", "1"]
 PRE += ["--order", "global"]  # one order for all three layouts (blocks: see test_block_order)
 TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 TINY += ["--num-heads", "2", "--epochs", "1", "--batch-size", "8"]
@@ -74,7 +74,7 @@ def test_a_moved_copy_is_the_same_dataset_and_a_changed_image_is_not(layouts, tm
     assert invoke(*PRE, "--data", layouts["wds"], "--out", store).exit_code == 0
     moved = tmp_path / "elsewhere"
     shutil.move(layouts["wds"].removeprefix("wds:"), moved)
-    checked = invoke("verify", store, "--data", f"wds:{moved}", "--all", "--workers", "0")
+    checked = invoke("verify", store, "--data", f"wds:{moved}", "--all", "--loader-workers", "0")
     assert checked.exit_code == 0, checked.output
     # The first image (hashed into the dataset's identity) rewritten with other pixels.
     shard = moved / "train-000000.tar"
@@ -86,7 +86,7 @@ def test_a_moved_copy_is_the_same_dataset_and_a_changed_image_is_not(layouts, tm
             data = first if member.name == "000000.jpg" else data
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
-    refused = invoke("verify", store, "--data", f"wds:{moved}", "--workers", "0")
+    refused = invoke("verify", store, "--data", f"wds:{moved}", "--loader-workers", "0")
     assert refused.exit_code != 0 and "dataset" in refused.output.lower(), refused.output
 
 
@@ -155,7 +155,7 @@ def test_a_changed_image_the_identity_does_not_hash_is_caught_by_the_replay(layo
         open_source(f"parquet:{root}").fingerprint()
         == open_source(layouts["parquet"]).fingerprint()
     )
-    refused = invoke("verify", store, "--data", f"parquet:{root}", "--all", "--workers", "0")
+    refused = invoke("verify", store, "--data", f"parquet:{root}", "--all", "--loader-workers", "0")
     assert refused.exit_code == 1 and "data/train-00000-of-00002.parquet:1" in refused.output
 
 

@@ -133,7 +133,7 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
     assert all(np.array_equal(ours[k], theirs[k]) for k in ours) and len(ours) == 4
     # verify re-renders through the kernels, as the run below will: every checked view equal
     checked = CliRunner().invoke(
-        main, ["verify", url, "--render", "device", "--sample", "200", "--workers", "0"]
+        main, ["verify", url, "--render", "device", "--sample", "200", "--loader-workers", "0"]
     )
     assert checked.exit_code == 0, checked.output
     assert "OK: 400 views re-rendered" in checked.output and "0 differ" in checked.output

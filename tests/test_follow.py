@@ -24,8 +24,8 @@ def precompute_cmd(url) -> list[str]:
         "-m",
         "deit_pipe",
         "precompute",
-        *("--data", "digits", "--out", str(url), "--epochs", "3", "--teacher", "regnety_002"),
-        *("--random-init", "--workers", "0", "--shard-views", "64", "--batch-size", "32"),
+        *("--data", "digits", "--out", str(url), "--epochs", "3", "--teacher-model", "regnety_002"),
+        *("--random-init", "--dask-workers", "0", "--shard-views", "64", "--batch-size", "32"),
     ]
 
 

@@ -14,8 +14,8 @@ from deit_pipe.storage.format import job_identity
 from tests.cli_utils import invoke, one_line
 
 CLI = str(Path(sys.executable).parent / "deit-pipe")
-PRE = ["precompute", "--data", "fake:400", "--teacher", "regnety_002", "--random-init"]
-PRE += ["--batch-size", "100", "--workers", "0", "--recipe", "small"]
+PRE = ["precompute", "--data", "fake:400", "--teacher-model", "regnety_002", "--random-init"]
+PRE += ["--batch-size", "100", "--dask-workers", "0", "--preset", "small"]
 # What differs between two makings of one store: when shards completed, when it was created.
 WHEN = ("done_at/", ".deit-pipe.lock")
 

@@ -97,7 +97,7 @@ def test_train_config_resolves_alpha_and_tau_from_the_mode():
 
 def _precompute(url, size):
     args = ["precompute", "--data", "digits", "--out", str(url), "--epochs", "1"]
-    args += ["--teacher", "regnety_002", "--random-init", "--workers", "0"]
+    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0"]
     args += ["--input-size", str(size), "--split", "train"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -118,7 +118,7 @@ def test_fine_tune_at_a_higher_resolution_from_a_run(tmp_path):
     tuned = CliRunner().invoke(
         main,
         ["train", "--store", str(store48), "--out", str(run48), "--init-from", str(run32)]
-        + ["--recipe", "finetune", "--lr", "1e-4"] + base,
+        + ["--preset", "finetune", "--lr", "1e-4"] + base,
     )  # fmt: skip
     assert tuned.exit_code == 0, tuned.output
     config = json.loads((run48 / "config.json").read_text())

@@ -16,7 +16,7 @@ from tests.cli_utils import invoke, one_line
 from tests.test_grow import data_files
 
 PRE = ["precompute", "--data", "fake:100", "--random-init", "--batch-size", "50"]
-PRE += ["--workers", "0", "--recipe", "small", "--epochs", "1", "--top-k", "3"]
+PRE += ["--dask-workers", "0", "--preset", "small", "--epochs", "1", "--top-k", "3"]
 SMALL = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 SMALL += ["--num-heads", "2", "--batch-size", "16", "--epochs", "1", "--max-steps", "1"]
 A, B = "regnety_002", "regnety_004"
@@ -26,8 +26,8 @@ A, B = "regnety_002", "regnety_004"
 def store(tmp_path_factory) -> Path:
     """Two teachers of 100 fake images, one epoch: the smallest store with a `teachers/B`."""
     url = tmp_path_factory.mktemp("messages") / "s.zarr"
-    assert invoke(*PRE, "--out", url, "--teacher", A).exit_code == 0
-    assert invoke(*PRE, "--out", url, "--teacher", B).exit_code == 0
+    assert invoke(*PRE, "--out", url, "--teacher-model", A).exit_code == 0
+    assert invoke(*PRE, "--out", url, "--teacher-model", B).exit_code == 0
     return url
 
 
@@ -46,7 +46,7 @@ def test_a_second_train_on_a_busy_out_names_the_running_one(store, tmp_path):
 
 def test_a_too_long_teacher_name_is_told_its_limit(tmp_path):
     url = tmp_path / "s.zarr"
-    line = one_line(invoke(*PRE, "--out", url, "--teacher", A, "--teacher-name", "a" * 300))
+    line = one_line(invoke(*PRE, "--out", url, "--teacher-model", A, "--teacher-name", "a" * 300))
     assert "300 characters" in line and "at most 64" in line and "use letters" not in line
     assert not url.exists()
 

@@ -70,16 +70,16 @@ def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
         str(url),
         "--epochs",
         "1",
-        "--teacher",
+        "--teacher-model",
         "regnety_002",
         "--random-init",
         "--shard-views",
         "64",
         "--batch-size",
         "32",
-        "--workers",
+        "--dask-workers",
         "0",
-        "--recipe",
+        "--preset",
         "deit",  # the reference's recipe (digits would default to `small`)
     ]
     proc = subprocess.Popen(
@@ -147,12 +147,12 @@ def _imagefolder_cmd(root, url, *extra):
         str(url),
         "--epochs",
         "1",
-        "--teacher",
+        "--teacher-model",
         "regnety_002",
         "--random-init",
         "--input-size",
         "32",
-        "--workers",
+        "--dask-workers",
         "0",
         "--shard-views",
         "64",
@@ -213,7 +213,7 @@ def test_different_job_on_existing_store_is_refused(imagefolder, tmp_path):
     assert CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url)).exit_code == 0
     again = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url))
     assert again.exit_code == 0 and "0 shards" in again.output
-    other = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url, "--seed", "1"))
+    other = CliRunner().invoke(main, _imagefolder_cmd(imagefolder, url, "--plan-seed", "1"))
     assert other.exit_code == 1 and "different job" in other.output and "plan.seed" in other.output
 
 
@@ -266,7 +266,7 @@ def test_precompute_on_an_external_dask_cluster(external_cluster, tmp_path, refe
         str(url),
         "--epochs",
         "1",
-        "--teacher",
+        "--teacher-model",
         "regnety_002",
         "--random-init",
         "--shard-views",
@@ -275,7 +275,7 @@ def test_precompute_on_an_external_dask_cluster(external_cluster, tmp_path, refe
         "128",
         "--scheduler",
         external_cluster,
-        "--recipe",
+        "--preset",
         "deit",
     ]
     result = CliRunner().invoke(main, args)
@@ -296,7 +296,13 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
         result = CliRunner().invoke(
             main,
             ["precompute", "--data", "digits", "--out", str(tmp_path / "x.zarr"), "--epochs", "1"]
-            + ["--teacher", "regnety_002", "--random-init", "--scheduler", "tcp://127.0.0.1:9"],
+            + [
+                "--teacher-model",
+                "regnety_002",
+                "--random-init",
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ],
         )
     assert result.exit_code == 1
     assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in result.output

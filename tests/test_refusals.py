@@ -12,8 +12,8 @@ from deit_pipe.errors import StoreAccessError
 from deit_pipe.storage.io import storage_errors
 from tests.cli_utils import invoke, one_line
 
-PRE = ["precompute", "--data", "fake:40", "--teacher", "regnety_002", "--random-init"]
-PRE += ["--epochs", "1", "--batch-size", "40", "--workers", "0", "--recipe", "small"]
+PRE = ["precompute", "--data", "fake:40", "--teacher-model", "regnety_002", "--random-init"]
+PRE += ["--epochs", "1", "--batch-size", "40", "--dask-workers", "0", "--preset", "small"]
 TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 TINY += ["--num-heads", "2"]
 
@@ -77,7 +77,7 @@ def test_bad_precompute_values_create_nothing(tmp_path, args, needle):
         (["--embed-dim", "30", "--num-heads", "4"], "divisible by num_heads"),
         (["--patch-size", "7"], "--patch-size 7 does not divide the 32×32 views"),
         ([], "holds 1 training epochs but this run needs 60"),  # the preset's epochs
-        (["--seed", "3"], "--seed sets the views' recipe"),  # ignored silently before
+        (["--plan-seed", "3"], "--plan-seed sets the views' recipe"),  # ignored silently before
         (["--reprob", "0.5"], "--reprob sets the views' recipe"),
     ],
 )

@@ -80,7 +80,7 @@ def _precompute_args(url: str, opts: dict, *extra: str) -> list[str]:
         url,
         "--epochs",
         "1",
-        "--teacher",
+        "--teacher-model",
         "regnety_002",
         "--random-init",
         "--shard-views",
@@ -100,7 +100,7 @@ def _objects(opts: dict, prefix: str) -> dict[str, bytes]:
 
 def test_precompute_inspect_verify_train_audit_on_s3(s3, tmp_path):
     url, opts = "s3://stores/digits.zarr", json.dumps(s3)
-    run = CliRunner().invoke(main, _precompute_args(url, s3, "--workers", "2"))
+    run = CliRunner().invoke(main, _precompute_args(url, s3, "--dask-workers", "2"))
     assert run.exit_code == 0, run.output
     shown = CliRunner().invoke(main, ["inspect", url, "--json", "--storage-options", opts])
     assert shown.exit_code == 0, shown.output
@@ -139,7 +139,7 @@ def test_precompute_inspect_verify_train_audit_on_s3(s3, tmp_path):
 
 def test_sigkill_during_precompute_then_resume_gives_the_same_bytes(s3):
     straight, killed = "s3://stores/straight.zarr", "s3://stores/killed.zarr"
-    small = ("--workers", "0", "--batch-size", "64")
+    small = ("--dask-workers", "0", "--batch-size", "64")
     args = _precompute_args(straight, s3, *small)
     args[args.index("256")] = "128"  # several shards, to kill in between
     assert CliRunner().invoke(main, args).exit_code == 0
@@ -209,8 +209,8 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
     fs.put(str(local), "stores/data/pq", recursive=True)
     fs.put(str(imagefolder), "stores/data/imgs", recursive=True)
     opts = json.dumps(s3)
-    pre = ["precompute", "--teacher", "regnety_002", "--random-init", "--epochs", "1"]
-    pre += ["--input-size", "32", "--top-k", "3", "--repeats", "1", "--workers", "0"]
+    pre = ["precompute", "--teacher-model", "regnety_002", "--random-init", "--epochs", "1"]
+    pre += ["--input-size", "32", "--top-k", "3", "--repeats", "1", "--dask-workers", "0"]
     pre += ["--order", "global"]  # one order for both layouts
     made = {}
     for name, spec in [

@@ -22,8 +22,8 @@ from tests.cli_utils import invoke, one_line
 
 CLI = str(Path(sys.executable).parent / "deit-pipe")
 DATA = "fake:400"  # 400 train + 80 val views: a train shard (≈7 KB) outweighs any metadata file
-PRE = ["precompute", "--data", DATA, "--teacher", "regnety_002", "--random-init"]
-PRE += ["--epochs", "2", "--batch-size", "100", "--workers", "0", "--recipe", "small"]
+PRE = ["precompute", "--data", DATA, "--teacher-model", "regnety_002", "--random-init"]
+PRE += ["--epochs", "2", "--batch-size", "100", "--dask-workers", "0", "--preset", "small"]
 ARRAYS = ("values", "indices", "lse", "fingerprint")
 
 
@@ -81,9 +81,9 @@ def test_a_store_is_made_only_where_nothing_of_anyone_else_is(tmp_path, monkeypa
     assert invoke(*PRE, "--out", empty).exit_code == 0
     same_store(empty, reference)
     (empty / "mine.txt").write_text("a user's file in the store")
-    one_line(invoke(*PRE, "--out", empty, "--seed", "1", "--overwrite"), "mine.txt")
+    one_line(invoke(*PRE, "--out", empty, "--plan-seed", "1", "--overwrite"), "mine.txt")
     (empty / "mine.txt").unlink()
-    assert invoke(*PRE, "--out", empty, "--seed", "1", "--overwrite").exit_code == 0
+    assert invoke(*PRE, "--out", empty, "--plan-seed", "1", "--overwrite").exit_code == 0
     assert TargetStore(str(empty)).spec.recipe["seed"] == 1
 
 
@@ -101,7 +101,7 @@ def test_overwrite_removes_only_what_the_store_format_lists(tmp_path, reference)
     (url / "train" / "NOTES.txt").write_text("notes")  # below the root: checked too now
     (url / "teachers" / "mybackup").mkdir()
     before = tree(url)
-    again = [*PRE, "--out", url, "--seed", "1", "--overwrite"]
+    again = [*PRE, "--out", url, "--plan-seed", "1", "--overwrite"]
     one_line(invoke(*again), f"{url}/teachers/mybackup was not written", "1 more")
     assert tree(url) == before and (url / "teachers" / "mybackup").is_dir()
 
@@ -170,7 +170,7 @@ def test_a_lost_chunk_is_an_error_everywhere_and_repair_restores_it(tmp_path, re
     (url / "train/topk_indices/c/0/0/0").unlink()
     with pytest.raises(StoreCorruptError, match="chunk file train/topk_indices/c/0/0/0 is missing"):
         TargetStore(str(url)).read_epoch(0)
-    verify = invoke("verify", url, "--sample", "4", "--workers", "0")
+    verify = invoke("verify", url, "--sample", "4", "--loader-workers", "0")
     assert verify.exit_code == 1 and "train/topk_indices epoch 0 shard 0" in verify.output
     train = invoke(
         "train", "--store", url, "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "64",
@@ -251,7 +251,7 @@ def _limited(limit: int):
 
 def test_a_full_disk_loses_nothing_and_the_rerun_resumes(tmp_path, reference):
     url = tmp_path / "s.zarr"
-    args = [CLI, *PRE, "--out", str(url), "--workers", "1"]  # through a dask worker
+    args = [CLI, *PRE, "--out", str(url), "--dask-workers", "1"]  # through a dask worker
     failed = subprocess.run(args, capture_output=True, text=True, preexec_fn=_limited(4000))
     lines = [ln for ln in failed.stderr.splitlines() if ln.strip()]
     assert failed.returncode == 1 and len(lines) == 1, failed.stderr
@@ -298,7 +298,7 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path, reference):
     before = tree(url)
     holder = _holder(url, "precompute")
     try:
-        refusal = invoke(*PRE, "--out", url, "--seed", "1", "--overwrite")
+        refusal = invoke(*PRE, "--out", url, "--plan-seed", "1", "--overwrite")
         one_line(refusal, "in use by precompute", f"pid {holder.pid}")
         assert tree(url) == before  # the first job's store is untouched
     finally:

@@ -14,7 +14,7 @@ from tests.cli_utils import invoke, one_line
 from tests.test_grow import data_files
 
 PRE = ["precompute", "--data", "fake:400", "--random-init", "--batch-size", "100"]
-PRE += ["--workers", "0", "--recipe", "small", "--epochs", "2", "--top-k", "3"]
+PRE += ["--dask-workers", "0", "--preset", "small", "--epochs", "2", "--top-k", "3"]
 SMALL = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 SMALL += ["--num-heads", "2", "--batch-size", "64", "--epochs", "1"]
 A, B = "regnety_002", "regnety_004"
@@ -23,9 +23,9 @@ A, B = "regnety_002", "regnety_004"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     url = tmp_path_factory.mktemp("teachers") / "s.zarr"
-    assert invoke(*PRE, "--out", url, "--teacher", A).exit_code == 0
+    assert invoke(*PRE, "--out", url, "--teacher-model", A).exit_code == 0
     first = data_files(url)
-    assert invoke(*PRE, "--out", url, "--teacher", B).exit_code == 0
+    assert invoke(*PRE, "--out", url, "--teacher-model", B).exit_code == 0
     after = data_files(url)  # the first teacher's arrays are untouched by the second's
     assert all(after[k] == v for k, v in first.items() if not k.endswith("zarr.json"))
     return url
@@ -87,9 +87,8 @@ def test_unknown_or_clashing_teacher_names_are_one_line(store, tmp_path):
     one_line(invoke(*train, f"{A}=-1,{B}"), "positive weight")
     assert not (tmp_path / "r").exists()
     before = data_files(store)
-    clash = invoke(*PRE, "--out", store, "--teacher", "regnety_006", "--teacher-name", A)
+    clash = invoke(*PRE, "--out", store, "--teacher-model", "regnety_006", "--teacher-name", A)
     one_line(clash, f"another teacher named '{A}'", "--teacher-name")
-    one_line(
-        invoke(*PRE, "--out", store, "--teacher", A, "--teacher-name", "a/b"), "--teacher-name"
-    )
+    bad_name = invoke(*PRE, "--out", store, "--teacher-model", A, "--teacher-name", "a/b")
+    one_line(bad_name, "--teacher-name")
     assert data_files(store) == before

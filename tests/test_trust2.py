@@ -15,8 +15,8 @@ TINY += ["--num-heads", "2"]
 
 
 def pre(data: str) -> list:
-    return ["precompute", "--data", data, "--teacher", "regnety_002", "--random-init",
-            "--epochs", "1", "--batch-size", "32", "--workers", "0", "--recipe", "small",
+    return ["precompute", "--data", data, "--teacher-model", "regnety_002", "--random-init",
+            "--epochs", "1", "--batch-size", "32", "--dask-workers", "0", "--preset", "small",
             "--input-size", "32", "--top-k", "3"]  # fmt: skip
 
 
@@ -91,8 +91,8 @@ def test_a_flipped_checkpoint_byte_is_refused_by_eval_audit_and_resume(trained, 
     assert invoke("eval", "--checkpoint", run).exit_code == 0
 
 
-PRE_DIGITS = ["precompute", "--data", "digits", "--teacher", "regnety_002", "--random-init"]
-PRE_DIGITS += ["--out", "s.zarr", "--epochs", "1", "--workers", "0"]
+PRE_DIGITS = ["precompute", "--data", "digits", "--teacher-model", "regnety_002", "--random-init"]
+PRE_DIGITS += ["--out", "s.zarr", "--epochs", "1", "--dask-workers", "0"]
 HUGE = str(10**12)
 
 
@@ -102,7 +102,7 @@ HUGE = str(10**12)
         ([*PRE_DIGITS, "--input-size", "100000", "--dry-run"], "--input-size must be in [8, 4096]"),
         ([*PRE_DIGITS, "--batch-size", HUGE, "--dry-run"], "--batch-size"),
         ([*PRE_DIGITS, "--input-size", "4096", "--batch-size", "65536", "--dry-run"], "GiB"),
-        ([*PRE_DIGITS[:-4], "--workers", "0", "--epochs", HUGE, "--dry-run"], "--epochs"),
+        ([*PRE_DIGITS[:-4], "--dask-workers", "0", "--epochs", HUGE, "--dry-run"], "--epochs"),
         ([*PRE_DIGITS, "--shard-views", str(2**30), "--dry-run"], "--shard-views must be ≤"),
         ([*PRE_DIGITS, "--loader-workers", "100000"], "--loader-workers must be ≤"),
         (["train", "--store", "none.zarr", "--out", "run", "--img-size", "100000"], "--img-size"),
@@ -110,9 +110,9 @@ HUGE = str(10**12)
         (["views", "--data", "digits", "--input-size", "100000"], "--input-size"),
         (["views", "--data", "digits", "--epoch", HUGE], "--epoch"),
         (["verify", "none.zarr", "--sample", "-1"], "--sample"),
-        (["verify", "none.zarr", "--workers", "-1"], "--workers"),
-        (["verify", "none.zarr", "--workers", "100000"], "--workers"),
-        (["scan", "--data", "digits", "--workers", "0"], "--workers"),
+        (["verify", "none.zarr", "--loader-workers", "-1"], "--loader-workers"),
+        (["verify", "none.zarr", "--loader-workers", "100000"], "--loader-workers"),
+        (["scan", "--data", "digits", "--threads", "0"], "--threads"),
         (
             ["audit", "--store", "none.zarr", "--run", "r", "--out", "a", "--train-views", "-1"],
             "--train-views",

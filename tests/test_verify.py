@@ -14,7 +14,7 @@ from tests.store_utils import tamper_fingerprint
 
 def _precompute(data: str, url, *extra: str) -> None:
     args = ["precompute", "--data", data, "--out", str(url), "--epochs", "2"]
-    args += ["--teacher", "regnety_002", "--random-init", "--workers", "0", *extra]
+    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0", *extra]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
 

@@ -17,6 +17,40 @@ from deit_pipe.errors import DeitPipeError
 console = Console(stderr=False)
 
 
+# Flags renamed so that each name has one meaning (old spelling → new, per command). The
+# old spellings keep working for one release, with a one-line notice on stderr.
+RENAMED = {
+    "precompute": {
+        "--workers": "--dask-workers",
+        "--teacher": "--teacher-model",
+        "--seed": "--plan-seed",
+        "--recipe": "--preset",
+    },
+    "train": {"--teacher": "--teacher-model", "--seed": "--plan-seed", "--recipe": "--preset"},
+    "views": {"--seed": "--plan-seed", "--recipe": "--preset"},
+    "scan": {"--workers": "--threads"},
+    "verify": {"--workers": "--loader-workers"},
+}
+
+
+def renamed_flags(args: list[str]) -> list[str]:
+    """`args` with the old spellings of renamed flags (`RENAMED`) replaced, each noted once."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    renames = RENAMED.get(command, {})
+    out = []
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag in renames:
+            click.echo(
+                f"note: {command} {flag} is now {renames[flag]}; the old spelling goes in the "
+                "next release",
+                err=True,
+            )
+            arg = renames[flag] + eq + value
+        out.append(arg)
+    return out
+
+
 class _Group(click.Group):
     """Turns a DeitPipeError anywhere below into one line on stderr and exit code 1, and a
     bad flag or value into one line naming it and exit code 2."""
@@ -28,12 +62,13 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
-    def main(self, *args, **kwargs):
+    def main(self, args=None, *rest, **kwargs):
+        args = renamed_flags(list(sys.argv[1:] if args is None else args))
         kwargs.setdefault("standalone_mode", True)
         if not kwargs["standalone_mode"]:
-            return super().main(*args, **kwargs)
+            return super().main(args, *rest, **kwargs)
         try:
-            return super().main(*args, **{**kwargs, "standalone_mode": False})
+            return super().main(args, *rest, **{**kwargs, "standalone_mode": False})
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "deit-pipe"
             click.echo(f"error: {exc.format_message()} (see {command} --help)", err=True)
@@ -61,13 +96,19 @@ def recipe_options(fn):
     unset = "[default: the recipe's]"
     options = [
         click.option(
-            "--recipe",
+            "--preset",
             type=click.Choice(list(PRESET_SUMMARIES)),
             default=None,
-            help="Recipe preset [default: deit; small for digits and CIFAR]. "
-            + " ".join(f"{name}: {text}." for name, text in PRESET_SUMMARIES.items()),
+            help="Recipe preset (its views and schedule) [default: deit; small for digits and "
+            "CIFAR]. " + " ".join(f"{name}: {text}." for name, text in PRESET_SUMMARIES.items()),
         ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Plan seed."),
+        click.option(
+            "--plan-seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seed of the epoch plan: the order, the views and the mixes.",
+        ),
         click.option(
             "--order",
             default=None,
@@ -122,13 +163,13 @@ RECIPE_FLAGS = {  # CLI flag name → recipe field
 
 
 def build_recipe(source, opts: dict):
-    """The Recipe from `--recipe` (or the source's default preset) and the flags set.
+    """The Recipe from `--preset` (or the source's default preset) and the flags set.
 
-    The recipe flags are consumed from `opts`; `seed` stays.
+    The recipe flags are consumed from `opts`; `preset` and `plan_seed` stay.
     """
     from deit_pipe.data.recipe import get_preset
 
-    preset = get_preset(opts.pop("recipe") or source.default_recipe)
+    preset = get_preset(opts["preset"] or source.default_recipe)
     fields = {field: opts.pop(flag) for flag, field in RECIPE_FLAGS.items()}
     scale_min = opts.pop("scale_min")
     if scale_min is not None:
@@ -138,7 +179,7 @@ def build_recipe(source, opts: dict):
     from deit_pipe.data.order import resolve_order
 
     fields["order"] = resolve_order(opts.pop("order"), source.data, source.split("train"))
-    return preset.recipe(source, seed=opts["seed"], **fields)
+    return preset.recipe(source, seed=opts["plan_seed"], **fields)
 
 
 def render_option(fn):

@@ -23,7 +23,7 @@ from deit_pipe.limits import MAX_WORKERS
 @main.command()
 @click.option("--data", required=True, help="Dataset spec (digits, imagefolder:ROOT, …).")
 @click.option(
-    "--workers",
+    "--threads",
     type=click.IntRange(1, MAX_WORKERS),
     default=8,
     show_default=True,
@@ -34,7 +34,7 @@ from deit_pipe.limits import MAX_WORKERS
 @storage_options_option
 @data_cache_option
 def scan(
-    data: str, workers: int, skip_bad: bool, as_json: bool, storage_options, data_cache
+    data: str, threads: int, skip_bad: bool, as_json: bool, storage_options, data_cache
 ) -> None:
     """Decode every image of a dataset up front and list the unreadable ones (with
     --data-cache, this fills the cache before a precompute)."""
@@ -42,7 +42,7 @@ def scan(
     from deit_pipe.data import scan as scan_source
 
     source = open_source(data, storage_options=storage_options, data_cache=data_cache)
-    report = scan_source(source, workers)
+    report = scan_source(source, threads)
     if as_json:
         click.echo(
             json.dumps(

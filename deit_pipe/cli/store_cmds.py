@@ -264,11 +264,13 @@ class ShardProgress:
     default=None,
     help="Views per shard (one task each) [default: the split's epoch up to 65,536 views].",
 )
-@click.option("--teacher", default="regnety_160", show_default=True, help="timm model name.")
+@click.option(
+    "--teacher-model", default="regnety_160", show_default=True, help="The teacher's timm model."
+)
 @click.option(
     "--teacher-name",
     default=None,
-    help="The teacher's name in the store [default: --teacher]; a new name adds another "
+    help="The teacher's name in the store [default: --teacher-model]; a new name adds another "
     "teacher to an existing store (same plan and views).",
 )
 @click.option(
@@ -277,7 +279,7 @@ class ShardProgress:
     default=None,
     help=".pth (with or without a 'model' key) or .safetensors",
 )
-@click.option("--pretrained", is_flag=True, help="timm hub weights for --teacher (network).")
+@click.option("--pretrained", is_flag=True, help="timm hub weights for --teacher-model (network).")
 @click.option("--random-init", is_flag=True, help="Seeded random teacher (tests/benchmarks).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True)
 @click.option(
@@ -288,7 +290,7 @@ class ShardProgress:
     help="DataLoader processes per task.",
 )
 @click.option(
-    "--workers",
+    "--dask-workers",
     type=click.IntRange(0, MAX_WORKERS),
     default=None,
     help="Local dask worker processes [default: one per GPU, else 1]; 0 = no dask.",
@@ -322,14 +324,14 @@ def precompute(
     temperatures,
     value_dtype,
     shard_views,
-    teacher,
+    teacher_model,
     teacher_name,
     teacher_checkpoint,
     pretrained,
     random_init,
     batch_size,
     loader_workers,
-    workers,
+    dask_workers,
     threads_per_worker,
     scheduler,
     device,
@@ -363,7 +365,7 @@ def precompute(
         data=data,
         recipe=recipe,
         skip_bad=skip_bad,
-        teacher=teacher_config(teacher, teacher_checkpoint, pretrained, random_init),
+        teacher=teacher_config(teacher_model, teacher_checkpoint, pretrained, random_init),
         batch_size=batch_size,
         loader_workers=loader_workers,
         threads=threads_per_worker,
@@ -398,7 +400,7 @@ def precompute(
             request,
             overwrite=overwrite,
             repair=repair,
-            workers=workers,
+            workers=dask_workers,
             threads_per_worker=threads_per_worker,
             scheduler=scheduler,
             progress=shown.on_result,
@@ -423,7 +425,7 @@ def precompute(
 )
 @click.option("--all", "all_views", is_flag=True, help="Re-render every stored view.")
 @click.option(
-    "--workers",
+    "--loader-workers",
     type=click.IntRange(0, MAX_WORKERS),
     default=2,
     show_default=True,
@@ -435,7 +437,16 @@ def precompute(
 @storage_options_option
 @data_cache_option
 def verify(
-    store, data, sample, all_views, workers, render, device, as_json, storage_options, data_cache
+    store,
+    data,
+    sample,
+    all_views,
+    loader_workers,
+    render,
+    device,
+    as_json,
+    storage_options,
+    data_cache,
 ) -> None:
     """Re-render stored views on this machine and compare fingerprints (no teacher runs).
 
@@ -460,7 +471,7 @@ def verify(
             data=data,
             sample=sample,
             all_views=all_views,
-            workers=workers,
+            workers=loader_workers,
             storage_options=storage_options,
             data_cache=data_cache,
             render=render,

@@ -43,7 +43,7 @@ def _train_options(fn):
             "[default: its first].",
         ),
         click.option("--data", default=None, help="Dataset spec (without --store)."),
-        click.option("--teacher", default=None, help="Run this timm teacher online instead."),
+        click.option("--teacher-model", default=None, help="Run this timm teacher online instead."),
         click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None),
         click.option("--teacher-pretrained", is_flag=True),
         click.option("--teacher-random-init", is_flag=True),
@@ -161,7 +161,7 @@ def train(**opts) -> None:
     from deit_pipe.student.train import TrainConfig
     from deit_pipe.student.train import train as run_train
 
-    teacher = opts.pop("teacher")
+    teacher = opts.pop("teacher_model")
     teacher_args = [opts.pop(k) for k in ("teacher_checkpoint", "teacher_pretrained")]
     teacher_args.append(opts.pop("teacher_random_init"))
     recipe, config_file = None, opts.pop("config_file")
@@ -175,7 +175,7 @@ def train(**opts) -> None:
         recipe = build_recipe(source, dict(opts)).to_dict()
     elif opts["store"] is None and config_file is None:
         raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")
-    preset = opts.pop("recipe")
+    preset = opts.pop("preset")
     _refuse_recipe_flags_with_a_store(opts)
     cfg = TrainConfig(
         out=str(opts.pop("out")),
@@ -183,7 +183,6 @@ def train(**opts) -> None:
         preset=preset,
         teacher=teacher_config(teacher, *teacher_args) if teacher else None,
         model_overrides={k: v for k in ARCH_OVERRIDES if (v := opts.pop(k)) is not None},
-        seed=opts.pop("train_seed"),
         compile=opts.pop("compile_model"),
         **opts,
     )
@@ -203,7 +202,7 @@ def _refuse_recipe_flags_with_a_store(opts: dict) -> None:
     """Consume the recipe flags; with --store, one given on the command line is refused (the
     store's recipe rules the views, so it would be silently ignored)."""
     source = click.get_current_context().get_parameter_source
-    for flag in (*RECIPE_FLAGS, "scale_min", "seed", "order"):
+    for flag in (*RECIPE_FLAGS, "scale_min", "plan_seed", "order"):
         value = opts.pop(flag)
         given = value is not None and source(flag) == click.core.ParameterSource.COMMANDLINE
         if opts["store"] is not None and given:
@@ -240,13 +239,12 @@ class StepProgress:
 
 # CLI parameter → the TrainConfig field it sets, where the names differ.
 _FIELD_OF = {
-    "train_seed": "seed",
     "compile_model": "compile",
-    "recipe": "preset",
+    "teacher_model": "teacher",
     **{k: "model_overrides" for k in ("img_size", "patch_size", "depth", "embed_dim")},
     "num_heads": "model_overrides",
     **{k: "teacher" for k in ("teacher_checkpoint", "teacher_pretrained", "teacher_random_init")},
-    **{k: "recipe" for k in (*RECIPE_FLAGS, "scale_min", "seed", "order")},
+    **{k: "recipe" for k in (*RECIPE_FLAGS, "scale_min", "plan_seed", "order")},
 }
 
 

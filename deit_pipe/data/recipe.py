@@ -41,7 +41,7 @@ class Recipe:
     def __post_init__(self) -> None:
         check(self.repeats >= 1, f"--repeats must be at least 1, got {self.repeats}")
         check_at_most(self.repeats, MAX_REPEATS, "--repeats")
-        check(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
+        check(self.seed >= 0, f"--plan-seed must be ≥ 0, got {self.seed}")
         check(
             self.order == "global" or self.window > 0,
             f"--order must be global or blocks:W with W ≥ 1 blocks, got {self.order!r}",

@@ -358,8 +358,8 @@ def precompute(
     `repair` first re-checks every done shard against its checksums and recomputes those
     that differ.
     """
-    check(workers is None or workers >= 0, f"--workers must be ≥ 0, got {workers}")
-    check_at_most(workers, MAX_WORKERS, "--workers")
+    check(workers is None or workers >= 0, f"--dask-workers must be ≥ 0, got {workers}")
+    check_at_most(workers, MAX_WORKERS, "--dask-workers")
     if scheduler is None:  # an existing cluster's workers have their own devices
         resolve_device(job.device)
     spec, source = store_spec(job, request)

@@ -63,7 +63,7 @@ class TrainConfig:
     clip_grad: float | None = None
     ema: bool = False
     ema_decay: float = 0.99996
-    seed: int = 0
+    train_seed: int = 0  # the model's init and drop-path (the plan's seed is the recipe's)
     loader_workers: int = 0
     render: str = "auto"  # who renders the training views (RENDERS); the bytes are the same
     ckpt_every: int = 0  # steps; 0 = at epoch end only
@@ -134,7 +134,9 @@ class TrainConfig:
             size is None or (isinstance(size, int) and 8 <= size <= MAX_INPUT_SIZE),
             f"--img-size must be in [8, {MAX_INPUT_SIZE}], got {size}",
         )
-        check(self.seed >= 0, f"--train-seed must be ≥ 0, got {self.seed}")  # numpy's rule
+        check(
+            self.train_seed >= 0, f"--train-seed must be ≥ 0, got {self.train_seed}"
+        )  # numpy's rule
         self._check_arch()
         for name, (low, low_allowed, high) in RANGES.items():
             value = getattr(self, name)
@@ -268,6 +270,15 @@ RUN_RECORD = (
 )
 
 
+# config.json keys renamed since (old → new): a run saved before still loads and resumes.
+OLD_KEYS = {"seed": "train_seed"}
+
+
+def upgrade_config(saved: dict) -> dict:
+    """A saved config.json's settings under today's key names."""
+    return {OLD_KEYS.get(k, k): v for k, v in saved.items()}
+
+
 def repeat_config(path: str, current: TrainConfig, given: set[str]) -> TrainConfig:
     """A run's own settings from its `config.json` (timm's `--config` convention), with the
     fields in `given` — the flags given beside it — taken from `current` instead."""
@@ -280,6 +291,7 @@ def repeat_config(path: str, current: TrainConfig, given: set[str]) -> TrainConf
         raise DeitPipeError(f"--config {path}: cannot read a run's config.json ({exc})") from None
     if not isinstance(saved, dict) or "distill" not in saved:
         raise DeitPipeError(f"--config {path} is not a deit-pipe run's config.json")
+    saved = upgrade_config(saved)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(saved) - known - set(RUN_RECORD))
     if unknown:  # a typo ("learning_rate") would otherwise be ignored without a word

@@ -23,6 +23,8 @@ RESUMABLE = {
     "resume",
     "max_steps",
     "loader_workers",
+    "data_cache",  # where local copies of the data are kept, not what they hold
+    "data_cache_size",
     "log_every",
     "tensorboard",
     "ckpt_every",
@@ -75,7 +77,9 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
 
 def refuse_changed_resume(path: Path, saved: dict, now: dict) -> None:
     # JSON round trip: the checkpoint's config went through it (tuples became lists).
-    differ = resume_differences(saved, json.loads(json.dumps(now)))
+    from deit_pipe.student.config import upgrade_config
+
+    differ = resume_differences(upgrade_config(saved), json.loads(json.dumps(now)))
     if differ:
         shown = "; ".join(differ[:4]) + ("; …" if len(differ) > 4 else "")
         raise ConfigError(

@@ -182,7 +182,7 @@ def _checkpoint_due(tr: Trainer) -> bool:
 
 def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     """One optimisation step; returns its loss terms as device tensors (nothing read back)."""
-    torch.manual_seed(step_seed(tr.cfg.seed, tr.step, tr.ctx.rank))  # drop-path: f(step)
+    torch.manual_seed(step_seed(tr.cfg.train_seed, tr.step, tr.ctx.rank))  # drop-path: f(step)
     dev = tr.ctx.device
     if "parts" in batch:  # block order: each loader worker's share of the step
         batch = merge_parts(batch["parts"], dev, realize)

@@ -170,7 +170,7 @@ def resolve_model(cfg: TrainConfig, recipe: Recipe, loaded: tuple | None) -> Tra
 def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int, loaded=None):
     """(model on the device, its `--init-from` provenance or None)."""
     model = create_student(
-        cfg.model, num_classes, drop_path=cfg.drop_path, seed=cfg.seed, **cfg.model_overrides
+        cfg.model, num_classes, drop_path=cfg.drop_path, seed=cfg.train_seed, **cfg.model_overrides
     )
     patch_embed = getattr(model, "patch_embed", None)
     expected = getattr(patch_embed, "img_size", None)
