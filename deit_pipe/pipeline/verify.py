@@ -23,7 +23,7 @@ from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import version_drift
-from deit_pipe.storage.reader import ShardProblem
+from deit_pipe.storage.reader import ShardProblem, read_progress
 
 DEFAULT_TOTAL = 4096  # default views checked, spread over every stored epoch and val
 
@@ -183,19 +183,29 @@ def epoch_damage(
 
 def damaged_shards(
     url: str, storage_options: dict | None = None, teacher: str | None = None
-) -> list[tuple[str, int, int]]:
-    """(split, epoch, shard) marked done (of `teacher`, by default the store's first) whose
-    stored bytes differ from their write-time checksums: what `--repair` recomputes."""
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """What `--repair` does to the shards of `teacher` (by default the store's first):
+    (split, epoch, shard) to recompute — marked done but their stored bytes differ from their
+    write-time checksums, or their done flag is damaged and their shard does not check out —
+    and those whose damaged done flag is rebuilt as done, since every chunk of the shard reads
+    and matches its checksum record (a shard never finished has no record, so it is redone)."""
     store = TargetStore(url, storage_options, teacher)
-    done, found = store.progress().done, set()
+    progress = read_progress(store.group, store.spec, url, store.prefix, tolerant=True)
+    found, rebuilt = set(), set()
     try:
         for split in store.spec.splits:
+            flagged = {(e, s) for _, e, s in progress.damaged.get(split, [])}
             for epoch in range(store.spec.split_epochs(split)):
-                problems = epoch_damage(store, split, epoch, done[split][epoch])
-                found |= {(split, epoch, p.shard) for p in problems}
+                done = progress.done[split][epoch].copy()
+                unsure = [s for e, s in flagged if e == epoch]
+                done[unsure] = True  # check them as if done
+                problems = epoch_damage(store, split, epoch, done)
+                bad = {p.shard for p in problems}
+                found |= {(split, epoch, s) for s in bad}
+                rebuilt |= {(split, epoch, s) for s in unsure if s not in bad}
     finally:
         store.close()
-    return sorted(found)
+    return sorted(found), sorted(rebuilt)
 
 
 def _other_teachers(store, check, arrays: dict) -> list[str]:

@@ -72,6 +72,12 @@ class StoreWriter:
         with storage_errors(self.url):
             self.group[self.prefix + split]["done"][epoch, shard] = False
 
+    def mark_done(self, split: str, epoch: int, shard: int) -> None:
+        """Rewrite the done flag of a shard whose chunks match their checksum records (a
+        damaged flag's chunk: `--repair`)."""
+        with storage_errors(self.url):
+            self.group[self.prefix + split]["done"][epoch, shard] = True
+
     def shard_range(self, split: str, shard: int) -> range:
         views, length = self.spec.views(split), self.spec.layout(split)[0]
         lo = shard * length
@@ -126,11 +132,26 @@ class StoreWriter:
             if name == "topk_indices" and (data.min() < 0 or data.max() >= spec.num_classes):
                 raise StoreError(f"{split}/{name} shard {shard}: class index out of range")
             stored = np.ascontiguousarray(data.astype(target.dtype, copy=False))
-            target[epoch, rows.start : rows.stop] = stored
+            try:
+                target[epoch, rows.start : rows.stop] = stored
+            except (ValueError, RuntimeError):
+                # A short shard is written read-modify-write, and an unfinished earlier write
+                # (this shard is not done) left bytes that do not decode: they are not data.
+                self._remove_shard_object(split, name, epoch, shard)
+                target[epoch, rows.start : rows.stop] = stored
             sums.append(shard_checksum(stored))
         group[CHECKSUM][epoch, shard] = np.array(sums, dtype=np.uint64)  # what a reader checks
         group["done_at"][epoch, shard] = time.time()
         group["done"][epoch, shard] = True  # last: a shard is done only once all is written
+
+    def _remove_shard_object(self, split: str, name: str, epoch: int, shard: int) -> None:
+        """Delete one not-done shard's object of one array (Zarr then reads it as empty)."""
+        key = f"{self.prefix}{split}/{name}/c/{epoch}/{shard}" + (
+            "" if name == "fingerprint" else "/0"
+        )
+        fs, base = file_system(self.url, self.storage_options)
+        if fs.exists(f"{base}/{key}"):
+            fs.rm(f"{base}/{key}")
 
 
 def create_store(
