@@ -23,7 +23,12 @@ from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import version_drift
-from deit_pipe.storage.reader import ShardProblem, read_progress
+from deit_pipe.storage.reader import (
+    DoneFlagError,
+    ShardProblem,
+    TeacherSealError,
+    read_progress,
+)
 
 DEFAULT_TOTAL = 4096  # default views checked, spread over every stored epoch and val
 
@@ -170,6 +175,8 @@ def epoch_damage(
     already read. A chunk that fails to decode damages every done shard of the epoch."""
     try:
         return store.shard_problems(split, epoch, arrays, done, prefix)
+    except (DoneFlagError, TeacherSealError):  # a flag or a whole teacher: named as such
+        raise
     except StoreCorruptError as exc:
         if done is None:
             done = store.progress().done[split][epoch]
@@ -215,9 +222,12 @@ def _other_teachers(store, check, arrays: dict) -> list[str]:
     for name in store.spec.teacher_names[1:]:
         prefix = store.spec.prefix(name)
         theirs = store.read_arrays(check.epoch, check.split, prefix)
-        found += [
-            str(p) for p in epoch_damage(store, check.split, check.epoch, None, theirs, prefix)
-        ]
+        try:
+            damage = epoch_damage(store, check.split, check.epoch, None, theirs, prefix)
+        except TeacherSealError as exc:  # another teacher's arrays copied under this name
+            found.append(str(exc))
+            continue
+        found += [str(p) for p in damage]
         both = (theirs["fingerprint"] != 0) & (arrays["fingerprint"] != 0)
         differ = np.flatnonzero(both & (theirs["fingerprint"] != arrays["fingerprint"]))
         if len(differ):

@@ -26,7 +26,15 @@ from deit_pipe.errors import (
     StoreNotFoundError,
 )
 from deit_pipe.storage.ensemble import EnsembleTargets, choose_teachers, teacher_choice
-from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, shard_checksum
+from deit_pipe.storage.format import (
+    CHECKSUM,
+    MANIFEST,
+    SEAL,
+    SKIPPED,
+    seal_salt,
+    shard_checksum,
+    teacher_seal,
+)
 from deit_pipe.storage.io import file_system, open_store, storage_errors
 
 log = logging.getLogger(__name__)
@@ -166,6 +174,34 @@ def read_progress(group, spec, url: str, *prefixes: str, tolerant: bool = False)
     return Progress(done, damaged)
 
 
+class TeacherSealError(StoreCorruptError):
+    """A teacher's split group holds arrays sealed for another teacher (copied there)."""
+
+
+def split_salt(group, spec, url: str, teacher: str, split: str) -> int:
+    """The checksum salt of `teacher`'s `split` arrays, from the group's seal, which must be
+    this teacher's as the metadata describes it; 0 for a group made before seals."""
+    where = spec.prefix(teacher) + split
+    with storage_errors(url):
+        seal = group[where].attrs.get(SEAL)
+    if seal is None:  # made before seals: the teacher is unproved, as it always was
+        return 0
+    expected = teacher_seal(teacher, spec.teacher_info(teacher))
+    if not isinstance(seal, dict) or seal != expected:
+        held = seal.get("name") if isinstance(seal, dict) else seal
+        whose = (
+            f"another teacher named {held!r} (other provenance)"
+            if held == teacher
+            else f"teacher {held!r}"
+        )
+        raise TeacherSealError(
+            f"{url}: {where} holds the arrays of {whose}, not of {teacher!r}: they were copied "
+            f"there; put {teacher}'s own arrays back, or precompute the store again with "
+            "--overwrite"
+        )
+    return seal_salt(seal)
+
+
 @dataclass(frozen=True)
 class ShardProblem:
     """A shard marked done whose array no longer matches its write-time checksum."""
@@ -204,6 +240,11 @@ class TargetStore:
         # The teacher(s) read: one by name, or an ensemble "A,B" / "A=0.7,B=0.3".
         self.teachers = choose_teachers(teacher, self.spec.teacher_names, url)
         self.prefix = self.spec.prefix(next(iter(self.teachers)))
+        self._salts = {  # each teacher read must hold its own arrays (their seals)
+            (self.spec.prefix(t), s): split_salt(self.group, self.spec, url, t, s)
+            for t in self.teachers
+            for s in self.spec.splits
+        }
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
         self._cycle_noted = False
@@ -374,16 +415,24 @@ class TargetStore:
         if done is None:
             done = self._done_row_of(split, epoch, prefix)
         sums = self._read(split, CHECKSUM, epoch, prefix)
+        salt = self._salt(split, prefix)
         length, views = self.spec.layout(split)[0], self.spec.views(split)
         problems = []
         for shard in (int(s) for s in np.flatnonzero(done)):
             rows = slice(shard * length, min((shard + 1) * length, views))
             for a, name in enumerate(self.spec.arrays):
-                if shard_checksum(arrays[name][rows]) != sums[shard, a]:
+                if shard_checksum(arrays[name][rows], salt) != sums[shard, a]:
                     where = f"{prefix}{split}"
                     why = self._why_differs(where, name, epoch, shard, int(sums[shard, a]))
                     problems.append(ShardProblem(self.url, where, epoch, shard, name, why))
         return problems
+
+    def _salt(self, split: str, prefix: str) -> int:
+        """The checksum salt of the teacher at `prefix` (checked once: `split_salt`)."""
+        if (prefix, split) not in self._salts:
+            teacher = next(t for t in self.spec.teacher_names if self.spec.prefix(t) == prefix)
+            self._salts[prefix, split] = split_salt(self.group, self.spec, self.url, teacher, split)
+        return self._salts[prefix, split]
 
     def _why_differs(self, split: str, name: str, epoch: int, shard: int, recorded: int) -> str:
         if recorded == 0:

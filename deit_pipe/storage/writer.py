@@ -23,6 +23,7 @@ from deit_pipe.storage.format import (
     CREATING_KEY,
     GROWING,
     MANIFEST,
+    SEAL,
     SKIPPED,
     SPLITS,
     StoreSpec,
@@ -32,6 +33,7 @@ from deit_pipe.storage.format import (
     meta_checksum,
     shard_checksum,
     teacher_name,
+    teacher_seal,
 )
 from deit_pipe.storage.io import (
     atomic_write,
@@ -49,7 +51,7 @@ from deit_pipe.storage.place import (
     store_paths,
     write_root,
 )
-from deit_pipe.storage.reader import Progress, read_progress
+from deit_pipe.storage.reader import Progress, read_progress, split_salt
 
 
 class StoreWriter:
@@ -62,6 +64,7 @@ class StoreWriter:
         if self.teacher not in self.spec.teacher_names:
             raise StoreError(f"{url} holds no teacher {self.teacher!r}")
         self.prefix = self.spec.prefix(self.teacher)  # where this teacher's arrays live
+        self._salts: dict[str, int] = {}  # split → its seal's checksum salt
 
     def progress(self) -> Progress:
         """Which shards of every split are done (for this writer's teacher), read once."""
@@ -121,6 +124,8 @@ class StoreWriter:
 
     def _write(self, split, epoch, shard, rows, arrays, expected) -> None:
         spec, group = self.spec, self.group[self.prefix + split]
+        if split not in self._salts:  # refuses a group sealed for another teacher
+            self._salts[split] = split_salt(self.group, spec, self.url, self.teacher, split)
         sums = []
         for name, data in arrays.items():
             data = np.asarray(data)
@@ -139,7 +144,7 @@ class StoreWriter:
                 # (this shard is not done) left bytes that do not decode: they are not data.
                 self._remove_shard_object(split, name, epoch, shard)
                 target[epoch, rows.start : rows.stop] = stored
-            sums.append(shard_checksum(stored))
+            sums.append(shard_checksum(stored, self._salts[split]))
         group[CHECKSUM][epoch, shard] = np.array(sums, dtype=np.uint64)  # what a reader checks
         group["done_at"][epoch, shard] = time.time()
         group["done"][epoch, shard] = True  # last: a shard is done only once all is written
@@ -281,7 +286,8 @@ def _write_meta(url: str, meta: dict, storage_options: dict | None) -> None:
 def _create_split(root: zarr.Group, split: str, spec: StoreSpec, teacher: str) -> None:
     shard, chunk = spec.layout(split)
     # overwrite: an interrupted growth may have begun it
-    group = root.create_group(spec.prefix(teacher) + split, overwrite=True)
+    seal = teacher_seal(teacher, spec.teacher_info(teacher))  # whose arrays these are
+    group = root.create_group(spec.prefix(teacher) + split, overwrite=True, attributes={SEAL: seal})
     for name, (shape, dtype) in spec.array_shapes(split).items():
         tail = shape[2:]
         if name in spec.arrays:  # V-indexed: one task owns whole shard objects of each
