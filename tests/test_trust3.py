@@ -148,3 +148,39 @@ def test_a_store_made_before_seals_still_opens(two, tmp_path):
     unseal(copy)
     assert invoke("verify", copy).exit_code == 0
     assert invoke("inspect", copy).exit_code == 0
+
+
+def test_a_manifest_not_written_with_the_store_is_refused(store, tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from tests.store_utils import resign_meta
+
+    run = tmp_path / "run"
+    trained = invoke("train", "--store", store, "--out", run, *SMALL)
+    assert trained.exit_code == 0, trained.output
+    manifest = store / "manifest.parquet"
+    table = pq.read_table(manifest)
+    val = pc.equal(table["split"], "val")
+    edited = table.set_column(3, "label", pc.if_else(val, 0, table["label"]))  # val labels
+    pq.write_table(edited, manifest)
+    before = data_files(store)
+    for args in (
+        ["inspect", store],
+        ["verify", store],
+        ["train", "--store", store, "--out", tmp_path / "run2", *SMALL],
+        ["audit", "--store", store, "--run", run, "--train-views", "0", "--out", tmp_path / "a"],
+    ):
+        one_line(invoke(*args), "manifest.parquet is not the one this store was written with")
+    assert data_files(store) == before
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "a").exists()
+    pq.write_table(table.slice(0, 50), manifest)  # another dataset's (fewer rows)
+    one_line(invoke("inspect", store), "manifest.parquet", "another dataset's")
+    # a store made before the record reads its manifest as it always did
+    resign_meta(str(store), lambda meta: meta.pop("files"))
+    assert invoke("inspect", store).exit_code == 0
+    # the precompute command rewrites it, and its record
+    pq.write_table(edited, manifest)
+    resumed = invoke(*PRE, "--out", store)
+    assert resumed.exit_code == 0, resumed.output
+    assert invoke("verify", store).exit_code == 0

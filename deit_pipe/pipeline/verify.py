@@ -120,6 +120,7 @@ def verify(
     render = render_mode(render, target)
     start = time.perf_counter()
     store = TargetStore(url, storage_options)
+    store.check_files()
     spec = store.spec
     skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
     source = open_source(

@@ -44,6 +44,9 @@ GROWING = "growing"  # metadata key while a store grows: {"epochs": the count it
 SPLITS = ("train", "val")
 ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
 MANIFEST = "manifest.parquet"
+# metadata key: {file name: "sha256:…"} of the Parquet files as last written (signed with the
+# rest of the metadata, not part of the job: a store before it has none)
+FILES = "files"
 SKIPPED = "skipped.parquet"
 DEFAULT_SHARD_VIEWS = 65536
 DEFAULT_CHUNK_VIEWS = 4096
@@ -299,7 +302,8 @@ def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[i
 def job_identity(meta: dict) -> dict:
     """The metadata that defines the job: everything but creation time, library versions and
     the checksum over them."""
-    return {k: v for k, v in meta.items() if k not in ("created", "versions", "checksum", GROWING)}
+    skip = ("created", "versions", "checksum", GROWING, FILES)
+    return {k: v for k, v in meta.items() if k not in skip}
 
 
 def meta_checksum(meta: dict) -> str:
@@ -308,6 +312,11 @@ def meta_checksum(meta: dict) -> str:
     body = {k: v for k, v in meta.items() if k != "checksum"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_checksum(data: bytes) -> str:
+    """What the metadata records of a Parquet file (`FILES`)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def shard_checksum(data: np.ndarray, salt: int = 0) -> int:

@@ -28,9 +28,11 @@ from deit_pipe.errors import (
 from deit_pipe.storage.ensemble import EnsembleTargets, choose_teachers, teacher_choice
 from deit_pipe.storage.format import (
     CHECKSUM,
+    FILES,
     MANIFEST,
     SEAL,
     SKIPPED,
+    file_checksum,
     seal_salt,
     shard_checksum,
     teacher_seal,
@@ -549,11 +551,27 @@ class TargetStore:
     def skipped(self) -> pa.Table:
         return self._parquet(SKIPPED)
 
+    def check_files(self) -> None:
+        """Refuse, in one line, a manifest or skipped-files table that is not the one this
+        store's metadata records (another dataset's, edited labels); a store made before
+        those records is read as it always was."""
+        for name in self.meta.get(FILES) or {}:
+            self._parquet(name)
+
     def _parquet(self, name: str) -> pa.Table:
         fs, base = file_system(self.url, self.storage_options)
+        recorded = (self.meta.get(FILES) or {}).get(name)
         try:
-            with storage_errors(self.url), fs.open(f"{base}/{name}", "rb") as f:
-                return pq.read_table(f)
+            with storage_errors(self.url):
+                data = fs.cat_file(f"{base}/{name}")
+            table = pq.read_table(pa.BufferReader(data))  # one that does not parse: damaged
+            if recorded is not None and file_checksum(data) != recorded:
+                raise StoreCorruptError(
+                    f"{self.url}/{name} is not the one this store was written with (its "
+                    "sha256 differs from the store's record: another dataset's, or edited); "
+                    "restore it, or run the precompute command again to rewrite it"
+                )
+            return table
         except FileNotFoundError:
             raise StoreIncompleteError(
                 f"{self.url} has no {name}; run the precompute command again to write it"

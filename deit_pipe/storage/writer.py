@@ -21,6 +21,7 @@ from deit_pipe.storage.format import (
     ATTR_KEY,
     CHECKSUM,
     CREATING_KEY,
+    FILES,
     GROWING,
     MANIFEST,
     SEAL,
@@ -28,6 +29,7 @@ from deit_pipe.storage.format import (
     SPLITS,
     StoreSpec,
     compressors,
+    file_checksum,
     job_identity,
     library_versions,
     meta_checksum,
@@ -344,8 +346,16 @@ def write_manifest(writer: StoreWriter, source: Source) -> None:
         schema=pa.schema([("path", pa.string()), ("reason", pa.string())]),
     )
     fs, base = file_system(writer.url, writer.storage_options)
+    sums = {}
     for name, table in ((MANIFEST, pa.table(rows, schema=schema)), (SKIPPED, skipped)):
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
         with storage_errors(writer.url):  # never in place: a full disk keeps the old file
-            atomic_write(fs, f"{base}/{name}", sink.getvalue().to_pybytes())
+            atomic_write(fs, f"{base}/{name}", data)
+        sums[name] = file_checksum(data)
+    # then their checksums, signed with the metadata: readers refuse another dataset's
+    # manifest or edited labels (a kill in between: the rerun writes both again)
+    meta = read_meta(open_group(writer.url, "r", writer.storage_options), writer.url)
+    if meta.get(FILES) != sums:
+        _write_meta(writer.url, {**meta, FILES: sums}, writer.storage_options)

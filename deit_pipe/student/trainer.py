@@ -113,6 +113,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
         store = TargetStore(cfg.store, cfg.storage_options, cfg.teacher_name)
+        store.check_files()
         made_from = store.spec.dataset["spec"]
         if cfg.data and cfg.data != made_from:
             log.info("dataset %s given; the store was made from %s", cfg.data, made_from)
