@@ -184,3 +184,24 @@ def test_a_manifest_not_written_with_the_store_is_refused(store, tmp_path):
     resumed = invoke(*PRE, "--out", store)
     assert resumed.exit_code == 0, resumed.output
     assert invoke("verify", store).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--teacher", A], "--teacher runs a teacher online"),
+        (["--teacher-random-init"], "--teacher-random-init runs a teacher online"),
+        (["--teacher-checkpoint", "t.pth"], "--teacher-checkpoint runs a teacher online"),
+    ],
+)
+def test_an_online_teacher_beside_a_store_is_refused_not_ignored(made, tmp_path, extra, needle):
+    run = tmp_path / "run"
+    one_line(invoke("train", "--store", made, "--out", run, *SMALL, *extra), needle, "--store")
+    assert not run.exists()
+
+
+def test_teacher_flags_without_what_they_modify_are_refused(tmp_path):
+    run = ["train", "--data", "digits", "--out", tmp_path / "run", *SMALL]
+    one_line(invoke(*run, "--teacher-pretrained"), "--teacher-pretrained", "--teacher")
+    one_line(invoke(*run, "--teacher-name", A), "--teacher-name", "--store")
+    assert not (tmp_path / "run").exists()
