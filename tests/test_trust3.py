@@ -205,3 +205,20 @@ def test_teacher_flags_without_what_they_modify_are_refused(tmp_path):
     one_line(invoke(*run, "--teacher-pretrained"), "--teacher-pretrained", "--teacher")
     one_line(invoke(*run, "--teacher-name", A), "--teacher-name", "--store")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dry_run_refuses_a_users_file_as_out_and_states_its_memory(tmp_path):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    dry = [*PRE[:-2], "--dry-run", "--throughput", "5", "--out"]
+    one_line(invoke(*dry, mine), str(mine), "is a file")
+    folder = tmp_path / "photos"
+    (folder / "a.jpg").parent.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    one_line(invoke(*dry, folder), "not a deit-pipe store", "a.jpg")
+    assert mine.read_text() == "mine" and [p.name for p in folder.iterdir()] == ["a.jpg"]
+    planned = invoke(*dry, tmp_path / "new.zarr")
+    assert planned.exit_code == 0, planned.output
+    memory = [line for line in planned.output.splitlines() if line.startswith("memory:")]
+    assert len(memory) == 1 and "GiB a device" in memory[0] and "teacher weights" in memory[0]
+    assert not (tmp_path / "new.zarr").exists()
