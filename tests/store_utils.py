@@ -75,7 +75,7 @@ def tamper_fingerprint(url: str, split: str, epoch: int, slot: int, value: int) 
     opposed to a damaged one, which the checksums catch first."""
     import zarr
 
-    from deit_pipe.storage.format import CHECKSUM, StoreSpec, shard_checksum
+    from deit_pipe.storage.format import CHECKSUM, SEAL, StoreSpec, seal_salt, shard_checksum
 
     group = zarr.open_group(url, mode="r+")
     spec = StoreSpec.from_meta(group.attrs["deit_pipe"])
@@ -85,7 +85,7 @@ def tamper_fingerprint(url: str, split: str, epoch: int, slot: int, value: int) 
     rows = slice(shard * length, min((shard + 1) * length, spec.views(split)))
     sums = group[f"{split}/{CHECKSUM}"][epoch, shard]
     sums[spec.arrays.index("fingerprint")] = shard_checksum(
-        group[f"{split}/fingerprint"][epoch, rows]
+        group[f"{split}/fingerprint"][epoch, rows], seal_salt(group[split].attrs.get(SEAL))
     )
     group[f"{split}/{CHECKSUM}"][epoch, shard] = sums
 

@@ -114,6 +114,7 @@ def audit(
     # The teacher(s) the first run distilled from, unless asked: one teacher or an ensemble.
     recorded = (runs[0].config.get("store_identity") or {}).get("teacher")
     store = TargetStore(url, storage_options, teacher or recorded)
+    store.check_files()
     if "val" not in store.spec.splits or store.progress().missing("val"):
         raise DeitPipeError(
             f"{url} has no complete val/ split; make it with "

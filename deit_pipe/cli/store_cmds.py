@@ -160,6 +160,17 @@ def _print_cost(cost, job, epochs: int, split) -> None:
         f"here) → --loader-workers {cost.loader_workers} per device keeps the teacher busy",
         describe_order(job.recipe.order, split),
     ]
+    if cost.memory is not None:
+        from deit_pipe.limits import GiB, memory_bytes
+
+        m = cost.memory
+        lines.insert(
+            4,
+            f"memory:  ≈ {sum(m.values()) / GiB:,.2f} GiB a device (teacher weights "
+            f"{m['weights'] / GiB:,.2f}, a batch of {job.batch_size} views "
+            f"{m['views'] / GiB:,.2f}, activations ≈ {m['activations'] / GiB:,.2f}); this "
+            f"machine has {memory_bytes() / GiB:,.1f} GiB",
+        )
     warning = sorted_blocks_warning(job.recipe.order, split)
     lines += [f"warning: {warning}"] if warning else []
     for line in lines:

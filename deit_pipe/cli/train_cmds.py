@@ -161,6 +161,7 @@ def train(**opts) -> None:
     from deit_pipe.student.train import TrainConfig
     from deit_pipe.student.train import train as run_train
 
+    _refuse_teacher_flags_a_store_makes_moot(opts)
     teacher = opts.pop("teacher_model")
     teacher_args = [opts.pop(k) for k in ("teacher_checkpoint", "teacher_pretrained")]
     teacher_args.append(opts.pop("teacher_random_init"))
@@ -196,6 +197,38 @@ def train(**opts) -> None:
         result = run_train(cfg, progress=show if rank == 0 else None)
     if rank == 0:
         console.print(f"run {cfg.out}: final val " + json.dumps(result), highlight=False)
+
+
+_ONLINE_TEACHER = (
+    "teacher_model",
+    "teacher_checkpoint",
+    "teacher_pretrained",
+    "teacher_random_init",
+)
+
+
+def _refuse_teacher_flags_a_store_makes_moot(opts: dict) -> None:
+    """With --store the store's teacher is distilled (`--teacher-name` picks it): a teacher to
+    run online would be silently ignored, so it is refused; so are its weights flags without
+    --teacher-model, and --teacher-name without a store to pick from."""
+    source = click.get_current_context().get_parameter_source
+    given = [f for f in _ONLINE_TEACHER if source(f) == click.core.ParameterSource.COMMANDLINE]
+    if opts["store"] is not None and given:
+        raise click.UsageError(
+            f"--{given[0].replace('_', '-')} runs a teacher online, which a run from --store "
+            "does not: it distils the store's teacher (pick one with --teacher-name); drop it"
+        )
+    if given and "teacher_model" not in given:
+        raise click.UsageError(
+            f"--{given[0].replace('_', '-')} sets the weights of --teacher-model, which is not "
+            "given"
+        )
+    named = source("teacher_name") == click.core.ParameterSource.COMMANDLINE
+    if named and opts["store"] is None and opts["config_file"] is None:
+        raise click.UsageError(
+            "--teacher-name picks a teacher of --store, which is not given (an online teacher "
+            "is --teacher-model MODEL)"
+        )
 
 
 def _refuse_recipe_flags_with_a_store(opts: dict) -> None:

@@ -21,6 +21,7 @@ from deit_pipe.errors import check
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, job_source, task_device
 from deit_pipe.storage.io import EMPTY_STORE
+from deit_pipe.storage.place import probe, refuse_unusable
 from deit_pipe.teacher import build_teacher, teacher_logits
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
@@ -36,6 +37,7 @@ class Cost:
     measured: bool  # throughput measured here (else given)
     device: str
     render_views_per_second: float  # one loader worker (one thread), measured here
+    memory: dict[str, int] | None = None  # bytes a device holds: `job_memory`
 
     @property
     def loader_workers(self) -> int:
@@ -77,6 +79,36 @@ def teacher_throughput(job: Job, num_classes: int, input_size: int, batches: int
     return batches * job.batch_size / (time.perf_counter() - start)
 
 
+def job_memory(job: Job, num_classes: int, input_size: int) -> dict[str, int] | None:
+    """Bytes a teacher device holds at once: the teacher's weights, a batch's views (uint8 as
+    rendered, float32 finished) and its activations — twice the largest layer output, what
+    an inference forward keeps alive — from a forward on the meta device (no memory, no
+    weights loaded). None where timm cannot build the model there."""
+    import timm
+
+    outputs: list[int] = []
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(
+                job.teacher.name, num_classes=num_classes, **dict(job.teacher.model_kwargs)
+            )
+            hooks = [
+                m.register_forward_hook(lambda m, i, o: outputs.append(o.numel()))
+                for m in model.modules()
+                if not list(m.children())
+            ]
+            with torch.no_grad():
+                model.eval()(torch.empty(1, 3, input_size, input_size))
+    except Exception:  # a model timm builds only on a real device: no estimate
+        return None
+    for hook in hooks:
+        hook.remove()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    views = job.batch_size * 3 * input_size * input_size * (1 + 4)
+    activations = 2 * max(outputs, default=0) * 4 * job.batch_size
+    return {"weights": weights, "views": views, "activations": activations}
+
+
 def render_throughput(job: Job, source: Source, pairs: int = 8) -> float:
     """Views/s one loader worker renders of this job's training views (after a warm-up)."""
     views = stored_views(source, job.recipe, "train", 0)
@@ -105,6 +137,8 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
         r.k <= source.num_classes,
         f"--top-k {r.k} exceeds the dataset's {source.num_classes} classes",
     )
+    # the real run refuses a user's file or folder at --out when it opens it
+    refuse_unusable(job.url, probe(job.url, job.storage_options))
     epochs = r.epochs - r.first_epoch
     views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in r.splits}
     size = job.recipe.view.input_size
@@ -118,4 +152,5 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
         measured=measured,
         device=str(task_device(job)),
         render_views_per_second=render_throughput(job, source),
+        memory=job_memory(job, source.num_classes, size),
     )

@@ -135,10 +135,19 @@ def _prepare_locked(
             )
             write_manifest(writer, source)
             if repair:
-                damaged = damaged_shards(job.url, job.storage_options, job.store_teacher)
+                damaged, rebuilt = damaged_shards(job.url, job.storage_options, job.store_teacher)
                 for split, epoch, shard in damaged:
                     log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
                     writer.mark_undone(split, epoch, shard)
+                for split, epoch, shard in rebuilt:
+                    log.warning(
+                        "%s epoch %d shard %d: its damaged done flag is rebuilt (its chunks "
+                        "match their checksums)",
+                        split,
+                        epoch,
+                        shard,
+                    )
+                    writer.mark_done(split, epoch, shard)
         except BaseException:
             if claimed is not None:
                 claimed.release()

@@ -24,7 +24,12 @@ from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import version_drift
-from deit_pipe.storage.reader import ShardProblem
+from deit_pipe.storage.reader import (
+    DoneFlagError,
+    ShardProblem,
+    TeacherSealError,
+    read_progress,
+)
 
 DEFAULT_TOTAL = 4096  # default views checked, spread over every stored epoch and val
 
@@ -117,6 +122,7 @@ def verify(
     render = render_mode(render, target)
     start = time.perf_counter()
     store = TargetStore(url, storage_options)
+    store.check_files()
     spec = store.spec
     skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
     source = open_source(
@@ -175,6 +181,8 @@ def epoch_damage(
     already read. A chunk that fails to decode damages every done shard of the epoch."""
     try:
         return store.shard_problems(split, epoch, arrays, done, prefix)
+    except (DoneFlagError, TeacherSealError):  # a flag or a whole teacher: named as such
+        raise
     except StoreCorruptError as exc:
         if done is None:
             done = store.progress().done[split][epoch]
@@ -188,19 +196,29 @@ def epoch_damage(
 
 def damaged_shards(
     url: str, storage_options: dict | None = None, teacher: str | None = None
-) -> list[tuple[str, int, int]]:
-    """(split, epoch, shard) marked done (of `teacher`, by default the store's first) whose
-    stored bytes differ from their write-time checksums: what `--repair` recomputes."""
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """What `--repair` does to the shards of `teacher` (by default the store's first):
+    (split, epoch, shard) to recompute — marked done but their stored bytes differ from their
+    write-time checksums, or their done flag is damaged and their shard does not check out —
+    and those whose damaged done flag is rebuilt as done, since every chunk of the shard reads
+    and matches its checksum record (a shard never finished has no record, so it is redone)."""
     store = TargetStore(url, storage_options, teacher)
-    done, found = store.progress().done, set()
+    progress = read_progress(store.group, store.spec, url, store.prefix, tolerant=True)
+    found, rebuilt = set(), set()
     try:
         for split in store.spec.splits:
+            flagged = {(e, s) for _, e, s in progress.damaged.get(split, [])}
             for epoch in range(store.spec.split_epochs(split)):
-                problems = epoch_damage(store, split, epoch, done[split][epoch])
-                found |= {(split, epoch, p.shard) for p in problems}
+                done = progress.done[split][epoch].copy()
+                unsure = [s for e, s in flagged if e == epoch]
+                done[unsure] = True  # check them as if done
+                problems = epoch_damage(store, split, epoch, done)
+                bad = {p.shard for p in problems}
+                found |= {(split, epoch, s) for s in bad}
+                rebuilt |= {(split, epoch, s) for s in unsure if s not in bad}
     finally:
         store.close()
-    return sorted(found)
+    return sorted(found), sorted(rebuilt)
 
 
 def _other_teachers(store, check, arrays: dict) -> list[str]:
@@ -210,9 +228,12 @@ def _other_teachers(store, check, arrays: dict) -> list[str]:
     for name in store.spec.teacher_names[1:]:
         prefix = store.spec.prefix(name)
         theirs = store.read_arrays(check.epoch, check.split, prefix)
-        found += [
-            str(p) for p in epoch_damage(store, check.split, check.epoch, None, theirs, prefix)
-        ]
+        try:
+            damage = epoch_damage(store, check.split, check.epoch, None, theirs, prefix)
+        except TeacherSealError as exc:  # another teacher's arrays copied under this name
+            found.append(str(exc))
+            continue
+        found += [str(p) for p in damage]
         both = (theirs["fingerprint"] != 0) & (arrays["fingerprint"] != 0)
         differ = np.flatnonzero(both & (theirs["fingerprint"] != arrays["fingerprint"]))
         if len(differ):

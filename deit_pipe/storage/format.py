@@ -44,11 +44,15 @@ GROWING = "growing"  # metadata key while a store grows: {"epochs": the count it
 SPLITS = ("train", "val")
 ARRAYS = ("topk_values", "topk_indices", "logsumexp", "fingerprint")
 MANIFEST = "manifest.parquet"
+# metadata key: {file name: "sha256:…"} of the Parquet files as last written (signed with the
+# rest of the metadata, not part of the job: a store before it has none)
+FILES = "files"
 SKIPPED = "skipped.parquet"
 DEFAULT_SHARD_VIEWS = 65536
 DEFAULT_CHUNK_VIEWS = 4096
 CELLS = (CHECKSUM, "done", "done_at")  # the per-(epoch, shard) arrays of every split
 ZARR_META = "zarr.json"  # every group's and array's Zarr v3 metadata document
+SEAL = "deit_pipe_teacher"  # a split group's attribute: the teacher whose arrays it holds
 TEACHERS = "teachers"  # the folder of the teachers added later: `teachers/NAME/<split>/…`
 # What deit-pipe writes at a store's root; `--overwrite` refuses a store holding anything else.
 STORE_ENTRIES = (ZARR_META, *SPLITS, TEACHERS, MANIFEST, SKIPPED)
@@ -298,7 +302,8 @@ def shard_layout(views: int, shard_views: int | None, max_chunk: int) -> tuple[i
 def job_identity(meta: dict) -> dict:
     """The metadata that defines the job: everything but creation time, library versions and
     the checksum over them."""
-    return {k: v for k, v in meta.items() if k not in ("created", "versions", "checksum", GROWING)}
+    skip = ("created", "versions", "checksum", GROWING, FILES)
+    return {k: v for k, v in meta.items() if k not in skip}
 
 
 def meta_checksum(meta: dict) -> str:
@@ -309,10 +314,29 @@ def meta_checksum(meta: dict) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def shard_checksum(data: np.ndarray) -> int:
+def file_checksum(data: bytes) -> str:
+    """What the metadata records of a Parquet file (`FILES`)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def shard_checksum(data: np.ndarray, salt: int = 0) -> int:
     """2³² + crc32 of an array's bytes as stored: never 0, Zarr's fill value, so a lost
-    checksum cell is as detectable as a lost data chunk."""
-    return (1 << 32) + zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B"))
+    checksum cell is as detectable as a lost data chunk. `salt` (the crc's start value) is
+    the teacher's (`seal_salt`): another teacher's arrays copied in do not match."""
+    return (1 << 32) + zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B"), salt)
+
+
+def teacher_seal(name: str, info: dict) -> dict:
+    """What a teacher's split group carries (its attribute `SEAL`): the teacher's name and a
+    digest of its provenance in the metadata (model, checkpoint, classes, normalisation)."""
+    text = json.dumps({"name": name, "teacher": info}, sort_keys=True, separators=(",", ":"))
+    return {"name": name, "identity": hashlib.sha256(text.encode()).hexdigest()[:32]}
+
+
+def seal_salt(seal: dict | None) -> int:
+    """The start value of a sealed group's shard checksums; 0 (plain crc32) for a group made
+    before seals, whose teacher is unproved."""
+    return 0 if not seal else zlib.crc32(str(seal["identity"]).encode())
 
 
 def library_versions() -> dict[str, str]:

@@ -17,6 +17,7 @@ from deit_pipe.storage.reader import TargetStore, read_progress
 def summarize(store: TargetStore) -> dict:
     """JSON-ready summary used by `deit-pipe inspect`."""
     spec = store.spec
+    store.check_files()  # its val top-1 reads the manifest's labels
     fs, base = file_system(store.url, store.storage_options)
     sizes = file_sizes(fs, base)  # one listing (on S3, requests per thousand objects)
     bytes_on_disk = sum(sizes.values())

@@ -236,15 +236,15 @@ def remake_command(meta: dict, url: str) -> str:
         f"--data {meta.get('dataset', {}).get('spec', 'SPEC')}",
         f"--out {url}",
         f"--epochs {plan.get('epochs', 'E')}",
-        f"--teacher {teacher.get('name', 'NAME')}",
+        f"--teacher-model {teacher.get('name', 'NAME')}",
     ]
     if teacher.get("checkpoint"):
         parts.append(f"--teacher-checkpoint {teacher['checkpoint']}")
     elif teacher.get("random_init"):
         parts.append("--random-init")
-    for key in ("seed", "repeats"):
+    for key, flag in (("seed", "--plan-seed"), ("repeats", "--repeats")):
         if key in plan:
-            parts.append(f"--{key} {plan[key]}")
+            parts.append(f"{flag} {plan[key]}")
     return " ".join([*parts, "--overwrite"]) + " (plus the recipe flags it was made with)"
 
 

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,17 @@ from deit_pipe.errors import (
     StoreNotFoundError,
 )
 from deit_pipe.storage.ensemble import EnsembleTargets, choose_teachers, teacher_choice
-from deit_pipe.storage.format import CHECKSUM, MANIFEST, SKIPPED, shard_checksum
+from deit_pipe.storage.format import (
+    CHECKSUM,
+    FILES,
+    MANIFEST,
+    SEAL,
+    SKIPPED,
+    file_checksum,
+    seal_salt,
+    shard_checksum,
+    teacher_seal,
+)
 from deit_pipe.storage.io import file_system, open_store, storage_errors
 
 log = logging.getLogger(__name__)
@@ -100,6 +110,9 @@ class Progress:
     object store, one request per (epoch, shard) cell, so read it once and ask it)."""
 
     done: dict[str, np.ndarray]  # split → [E, S] bool
+    # split → (array path, epoch, shard) of done flags whose chunk does not decode (read as
+    # not done); only a tolerant read (`--repair`) returns any
+    damaged: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
 
     def missing(self, split: str = "train") -> list[tuple[int, int]]:
         """(epoch, shard) not done."""
@@ -109,19 +122,86 @@ class Progress:
         return [int(e) for e in np.flatnonzero(self.done[split].all(axis=1))]
 
 
-def read_progress(group, spec, url: str, *prefixes: str) -> Progress:
+class DoneFlagError(StoreCorruptError):
+    """A shard's `done` flag chunk does not decode: `precompute --repair` rebuilds it."""
+
+    def __init__(self, url: str, damaged: list[tuple[str, int, int]]):
+        where, epoch, shard = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        super().__init__(
+            f"{url}: the done flag of {where} epoch {epoch} shard {shard} is damaged (its chunk "
+            f"{where}/done/c/{epoch}/{shard} fails its checksum){more}; rerun the precompute "
+            "command with --repair: it rebuilds the flags from the shards' checksums"
+        )
+        self.damaged = damaged
+
+
+def read_done(group, where: str, epochs: slice) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """The `done` flags of `epochs` of the split group at `where` (`teachers/B/train`), and
+    the (where, epoch, shard) cells whose chunk does not decode, read as not done. One read
+    of the rows; cell by cell only when that fails."""
+    flags = group[where]["done"]
+    try:
+        return np.asarray(flags[epochs]), []
+    except StoreError:
+        raise
+    except Exception:  # zarr raises ValueError/RuntimeError on a bad checksum or codec
+        rows = range(*epochs.indices(flags.shape[0]))
+        done, damaged = np.zeros((len(rows), flags.shape[1]), bool), []
+        for i, e in enumerate(rows):
+            for s in range(flags.shape[1]):
+                try:
+                    done[i, s] = bool(flags[e, s])
+                except StoreError:
+                    raise
+                except Exception:
+                    damaged.append((where, e, s))
+        return done, damaged
+
+
+def read_progress(group, spec, url: str, *prefixes: str, tolerant: bool = False) -> Progress:
     """The `done` flags of the epochs the metadata holds (a growing store's arrays may
     already hold more): of one teacher's arrays (`prefixes`: where they live), or of
-    several (a shard is done when it is done for each)."""
+    several (a shard is done when it is done for each). A damaged flag is a `DoneFlagError`
+    naming it, unless `tolerant` (`--repair`): then it reads as not done and is listed."""
+    done, damaged = {}, {}
     with storage_errors(url):
-        return Progress(
-            {
-                s: np.logical_and.reduce(
-                    [np.asarray(group[p + s]["done"][: spec.split_epochs(s)]) for p in prefixes]
-                )
-                for s in spec.splits
-            }
+        for s in spec.splits:
+            rows = [read_done(group, p + s, slice(0, spec.split_epochs(s))) for p in prefixes]
+            done[s] = np.logical_and.reduce([r[0] for r in rows])
+            damaged[s] = [cell for r in rows for cell in r[1]]
+    bad = [cell for cells in damaged.values() for cell in cells]
+    if bad and not tolerant:
+        raise DoneFlagError(url, bad)
+    return Progress(done, damaged)
+
+
+class TeacherSealError(StoreCorruptError):
+    """A teacher's split group holds arrays sealed for another teacher (copied there)."""
+
+
+def split_salt(group, spec, url: str, teacher: str, split: str) -> int:
+    """The checksum salt of `teacher`'s `split` arrays, from the group's seal, which must be
+    this teacher's as the metadata describes it; 0 for a group made before seals."""
+    where = spec.prefix(teacher) + split
+    with storage_errors(url):
+        seal = group[where].attrs.get(SEAL)
+    if seal is None:  # made before seals: the teacher is unproved, as it always was
+        return 0
+    expected = teacher_seal(teacher, spec.teacher_info(teacher))
+    if not isinstance(seal, dict) or seal != expected:
+        held = seal.get("name") if isinstance(seal, dict) else seal
+        whose = (
+            f"another teacher named {held!r} (other provenance)"
+            if held == teacher
+            else f"teacher {held!r}"
         )
+        raise TeacherSealError(
+            f"{url}: {where} holds the arrays of {whose}, not of {teacher!r}: they were copied "
+            f"there; put {teacher}'s own arrays back, or precompute the store again with "
+            "--overwrite"
+        )
+    return seal_salt(seal)
 
 
 @dataclass(frozen=True)
@@ -162,6 +242,11 @@ class TargetStore:
         # The teacher(s) read: one by name, or an ensemble "A,B" / "A=0.7,B=0.3".
         self.teachers = choose_teachers(teacher, self.spec.teacher_names, url)
         self.prefix = self.spec.prefix(next(iter(self.teachers)))
+        self._salts = {  # each teacher read must hold its own arrays (their seals)
+            (self.spec.prefix(t), s): split_salt(self.group, self.spec, url, t, s)
+            for t in self.teachers
+            for s in self.spec.splits
+        }
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
         self._cycle_noted = False
@@ -192,8 +277,21 @@ class TargetStore:
 
     def _done_row(self, split: str, epoch: int) -> np.ndarray:
         """Epoch `epoch`'s done flags: done for every teacher read."""
-        rows = [self._read(split, "done", epoch, p) for p in self._prefixes()]
+        rows = [self._done_row_of(split, epoch, p) for p in self._prefixes()]
         return np.logical_and.reduce(rows)
+
+    def _done_row_of(self, split: str, epoch: int, prefix: str) -> np.ndarray:
+        """One teacher's done flags of `epoch`; a damaged flag is a `DoneFlagError`."""
+        try:
+            with storage_errors(self.url):
+                done, damaged = read_done(self.group, prefix + split, slice(epoch, epoch + 1))
+        except StoreError:
+            raise
+        except Exception:  # the group is gone: `_read` names a moved store in one line
+            return self._read(split, "done", epoch, prefix)
+        if damaged:
+            raise DoneFlagError(self.url, damaged)
+        return done[0]
 
     def check_run(
         self,
@@ -317,18 +415,26 @@ class TargetStore:
         if arrays is None:
             arrays = self.read_arrays(epoch, split, prefix)
         if done is None:
-            done = self._read(split, "done", epoch, prefix)
+            done = self._done_row_of(split, epoch, prefix)
         sums = self._read(split, CHECKSUM, epoch, prefix)
+        salt = self._salt(split, prefix)
         length, views = self.spec.layout(split)[0], self.spec.views(split)
         problems = []
         for shard in (int(s) for s in np.flatnonzero(done)):
             rows = slice(shard * length, min((shard + 1) * length, views))
             for a, name in enumerate(self.spec.arrays):
-                if shard_checksum(arrays[name][rows]) != sums[shard, a]:
+                if shard_checksum(arrays[name][rows], salt) != sums[shard, a]:
                     where = f"{prefix}{split}"
                     why = self._why_differs(where, name, epoch, shard, int(sums[shard, a]))
                     problems.append(ShardProblem(self.url, where, epoch, shard, name, why))
         return problems
+
+    def _salt(self, split: str, prefix: str) -> int:
+        """The checksum salt of the teacher at `prefix` (checked once: `split_salt`)."""
+        if (prefix, split) not in self._salts:
+            teacher = next(t for t in self.spec.teacher_names if self.spec.prefix(t) == prefix)
+            self._salts[prefix, split] = split_salt(self.group, self.spec, self.url, teacher, split)
+        return self._salts[prefix, split]
 
     def _why_differs(self, split: str, name: str, epoch: int, shard: int, recorded: int) -> str:
         if recorded == 0:
@@ -445,11 +551,27 @@ class TargetStore:
     def skipped(self) -> pa.Table:
         return self._parquet(SKIPPED)
 
+    def check_files(self) -> None:
+        """Refuse, in one line, a manifest or skipped-files table that is not the one this
+        store's metadata records (another dataset's, edited labels); a store made before
+        those records is read as it always was."""
+        for name in self.meta.get(FILES) or {}:
+            self._parquet(name)
+
     def _parquet(self, name: str) -> pa.Table:
         fs, base = file_system(self.url, self.storage_options)
+        recorded = (self.meta.get(FILES) or {}).get(name)
         try:
-            with storage_errors(self.url), fs.open(f"{base}/{name}", "rb") as f:
-                return pq.read_table(f)
+            with storage_errors(self.url):
+                data = fs.cat_file(f"{base}/{name}")
+            table = pq.read_table(pa.BufferReader(data))  # one that does not parse: damaged
+            if recorded is not None and file_checksum(data) != recorded:
+                raise StoreCorruptError(
+                    f"{self.url}/{name} is not the one this store was written with (its "
+                    "sha256 differs from the store's record: another dataset's, or edited); "
+                    "restore it, or run the precompute command again to rewrite it"
+                )
+            return table
         except FileNotFoundError:
             raise StoreIncompleteError(
                 f"{self.url} has no {name}; run the precompute command again to write it"

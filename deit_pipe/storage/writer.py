@@ -21,17 +21,21 @@ from deit_pipe.storage.format import (
     ATTR_KEY,
     CHECKSUM,
     CREATING_KEY,
+    FILES,
     GROWING,
     MANIFEST,
+    SEAL,
     SKIPPED,
     SPLITS,
     StoreSpec,
     compressors,
+    file_checksum,
     job_identity,
     library_versions,
     meta_checksum,
     shard_checksum,
     teacher_name,
+    teacher_seal,
 )
 from deit_pipe.storage.io import (
     atomic_write,
@@ -49,7 +53,7 @@ from deit_pipe.storage.place import (
     store_paths,
     write_root,
 )
-from deit_pipe.storage.reader import Progress, read_progress
+from deit_pipe.storage.reader import Progress, read_progress, split_salt
 
 
 class StoreWriter:
@@ -62,6 +66,7 @@ class StoreWriter:
         if self.teacher not in self.spec.teacher_names:
             raise StoreError(f"{url} holds no teacher {self.teacher!r}")
         self.prefix = self.spec.prefix(self.teacher)  # where this teacher's arrays live
+        self._salts: dict[str, int] = {}  # split → its seal's checksum salt
 
     def progress(self) -> Progress:
         """Which shards of every split are done (for this writer's teacher), read once."""
@@ -71,6 +76,12 @@ class StoreWriter:
         """Make a damaged shard pending again (its data is rewritten before it is done)."""
         with storage_errors(self.url):
             self.group[self.prefix + split]["done"][epoch, shard] = False
+
+    def mark_done(self, split: str, epoch: int, shard: int) -> None:
+        """Rewrite the done flag of a shard whose chunks match their checksum records (a
+        damaged flag's chunk: `--repair`)."""
+        with storage_errors(self.url):
+            self.group[self.prefix + split]["done"][epoch, shard] = True
 
     def shard_range(self, split: str, shard: int) -> range:
         views, length = self.spec.views(split), self.spec.layout(split)[0]
@@ -115,6 +126,8 @@ class StoreWriter:
 
     def _write(self, split, epoch, shard, rows, arrays, expected) -> None:
         spec, group = self.spec, self.group[self.prefix + split]
+        if split not in self._salts:  # refuses a group sealed for another teacher
+            self._salts[split] = split_salt(self.group, spec, self.url, self.teacher, split)
         sums = []
         for name, data in arrays.items():
             data = np.asarray(data)
@@ -126,11 +139,26 @@ class StoreWriter:
             if name == "topk_indices" and (data.min() < 0 or data.max() >= spec.num_classes):
                 raise StoreError(f"{split}/{name} shard {shard}: class index out of range")
             stored = np.ascontiguousarray(data.astype(target.dtype, copy=False))
-            target[epoch, rows.start : rows.stop] = stored
-            sums.append(shard_checksum(stored))
+            try:
+                target[epoch, rows.start : rows.stop] = stored
+            except (ValueError, RuntimeError):
+                # A short shard is written read-modify-write, and an unfinished earlier write
+                # (this shard is not done) left bytes that do not decode: they are not data.
+                self._remove_shard_object(split, name, epoch, shard)
+                target[epoch, rows.start : rows.stop] = stored
+            sums.append(shard_checksum(stored, self._salts[split]))
         group[CHECKSUM][epoch, shard] = np.array(sums, dtype=np.uint64)  # what a reader checks
         group["done_at"][epoch, shard] = time.time()
         group["done"][epoch, shard] = True  # last: a shard is done only once all is written
+
+    def _remove_shard_object(self, split: str, name: str, epoch: int, shard: int) -> None:
+        """Delete one not-done shard's object of one array (Zarr then reads it as empty)."""
+        key = f"{self.prefix}{split}/{name}/c/{epoch}/{shard}" + (
+            "" if name == "fingerprint" else "/0"
+        )
+        fs, base = file_system(self.url, self.storage_options)
+        if fs.exists(f"{base}/{key}"):
+            fs.rm(f"{base}/{key}")
 
 
 def create_store(
@@ -260,7 +288,8 @@ def _write_meta(url: str, meta: dict, storage_options: dict | None) -> None:
 def _create_split(root: zarr.Group, split: str, spec: StoreSpec, teacher: str) -> None:
     shard, chunk = spec.layout(split)
     # overwrite: an interrupted growth may have begun it
-    group = root.create_group(spec.prefix(teacher) + split, overwrite=True)
+    seal = teacher_seal(teacher, spec.teacher_info(teacher))  # whose arrays these are
+    group = root.create_group(spec.prefix(teacher) + split, overwrite=True, attributes={SEAL: seal})
     for name, (shape, dtype) in spec.array_shapes(split).items():
         tail = shape[2:]
         if name in spec.arrays:  # V-indexed: one task owns whole shard objects of each
@@ -317,8 +346,16 @@ def write_manifest(writer: StoreWriter, source: Source) -> None:
         schema=pa.schema([("path", pa.string()), ("reason", pa.string())]),
     )
     fs, base = file_system(writer.url, writer.storage_options)
+    sums = {}
     for name, table in ((MANIFEST, pa.table(rows, schema=schema)), (SKIPPED, skipped)):
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
         with storage_errors(writer.url):  # never in place: a full disk keeps the old file
-            atomic_write(fs, f"{base}/{name}", sink.getvalue().to_pybytes())
+            atomic_write(fs, f"{base}/{name}", data)
+        sums[name] = file_checksum(data)
+    # then their checksums, signed with the metadata: readers refuse another dataset's
+    # manifest or edited labels (a kill in between: the rerun writes both again)
+    meta = read_meta(open_group(writer.url, "r", writer.storage_options), writer.url)
+    if meta.get(FILES) != sums:
+        _write_meta(writer.url, {**meta, FILES: sums}, writer.storage_options)

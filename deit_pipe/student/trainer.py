@@ -120,6 +120,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
         store = TargetStore(cfg.store, cfg.storage_options, cfg.teacher_name)
+        store.check_files()
         made_from = store.spec.dataset["spec"]
         if cfg.data and cfg.data != made_from:
             log.info("dataset %s given; the store was made from %s", cfg.data, made_from)
@@ -141,7 +142,8 @@ def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
         raise DeitPipeError("--teacher-name picks the teacher(s) of a store: give --store")
     if not cfg.data:
         raise DeitPipeError(
-            "train needs --store STORE, or --data SPEC (with --teacher for online distillation)"
+            "train needs --store STORE, or --data SPEC (with --teacher-model for online "
+            "distillation)"
         )
     if cfg.follow:
         raise DeitPipeError("--follow follows a store that is being filled: give --store")
@@ -192,7 +194,7 @@ def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int
 
 def build_teacher_targets(cfg: TrainConfig, ctx: Context, source: Source, store):
     if cfg.distill != "none" and store is None and cfg.teacher is None:
-        raise DeitPipeError(f"--distill {cfg.distill} needs --store or --teacher")
+        raise DeitPipeError(f"--distill {cfg.distill} needs --store or --teacher-model")
     if store is not None:
         return StoredTeacher(
             store,
