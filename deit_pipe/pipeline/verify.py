@@ -23,13 +23,9 @@ from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
 from deit_pipe.storage import TargetStore
+from deit_pipe.storage.done import DoneFlagError, read_progress
 from deit_pipe.storage.format import version_drift
-from deit_pipe.storage.reader import (
-    DoneFlagError,
-    ShardProblem,
-    TeacherSealError,
-    read_progress,
-)
+from deit_pipe.storage.seal import ShardProblem, TeacherSealError
 
 DEFAULT_TOTAL = 4096  # default views checked, spread over every stored epoch and val
 

@@ -8,10 +8,11 @@ import numpy as np
 
 from deit_pipe.errors import StoreIncompleteError
 from deit_pipe.storage.claims import running_jobs
+from deit_pipe.storage.done import read_progress
 from deit_pipe.storage.format import FORMAT_VERSION
 from deit_pipe.storage.io import file_sizes, file_system
 from deit_pipe.storage.lock import describe
-from deit_pipe.storage.reader import TargetStore, read_progress
+from deit_pipe.storage.reader import TargetStore
 
 
 def summarize(store: TargetStore) -> dict:

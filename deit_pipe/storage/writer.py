@@ -17,6 +17,7 @@ import zarr
 
 from deit_pipe.data.sources import Source
 from deit_pipe.errors import StoreCorruptError, StoreError, StoreFormatError, StoreMismatchError
+from deit_pipe.storage.done import Progress, read_progress
 from deit_pipe.storage.format import (
     ATTR_KEY,
     CHECKSUM,
@@ -53,7 +54,7 @@ from deit_pipe.storage.place import (
     store_paths,
     write_root,
 )
-from deit_pipe.storage.reader import Progress, read_progress, split_salt
+from deit_pipe.storage.seal import split_salt
 
 
 class StoreWriter:
