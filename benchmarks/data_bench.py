@@ -63,7 +63,7 @@ def views_per_second(
     spec: str, options: dict | None, order: str, data_cache: DataCache | None = None
 ) -> tuple[float, float]:
     """(views/s, bytes read from storage per view) of one loader worker over an epoch."""
-    source = open_source(spec, storage_options=options, data_cache=data_cache)
+    source = open_source(spec, data_options=options, data_cache=data_cache)
     split = source.split("train")
     order = resolve_order(order, spec, split)
     recipe = PRESETS["deit"].recipe(source, input_size=224, repeats=1, order=order)

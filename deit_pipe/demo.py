@@ -39,8 +39,9 @@ from deit_pipe.outputs import (
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
+from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore, summarize
-from deit_pipe.storage.place import refuse_foreign, store_paths, store_teachers
+from deit_pipe.storage.overwrite import refuse_foreign, store_paths, store_teachers
 from deit_pipe.student.rundir import RUN_FILES
 from deit_pipe.student.runs import load_run
 from deit_pipe.student.train import TrainConfig, train
@@ -165,7 +166,7 @@ def check_earlier_demo(out: Path, force: bool) -> None:
             check_output_dir(out / name, RUN_FILES, "run")
     if (out / "audit").is_dir():
         check_output_dir(out / "audit", AUDIT_FILES, "audit report")
-    store = str(out / "teacher.zarr")
+    store = Place(out / "teacher.zarr")
     if (out / "teacher.zarr").is_dir():
         refuse_foreign(store, store_paths(store, store_teachers(store))[2], "the demo reruns")
 

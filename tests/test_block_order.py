@@ -72,7 +72,7 @@ def _steps(split, recipe, world: int, workers: int, start: int = 0) -> list[tupl
     per_rank = []
     for rank in range(world):
         replay = ReplayDataset(split, recipe)
-        run = BlockRun(replay, 12, 3, world, rank, start_step=start)
+        run = BlockRun(replay, 12, 3, world_size=world, rank=rank, start_step=start)
         merged = [
             merge_parts(b["parts"], torch.device("cpu"), realize)
             for b in block_loader(run, workers)

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -8,6 +9,7 @@ from deit_pipe.cli import main
 METRICS = {"top1", "top5", "precision", "recall", "f1", "auc"}
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out)])

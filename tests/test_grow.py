@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import job_identity
 from tests.cli_utils import invoke, one_line
@@ -181,7 +182,7 @@ def test_an_interrupted_growth_reads_as_before_and_a_rerun_finishes_it(tmp_path,
     monkeypatch.setattr(writer, "_write_meta", killed_before_the_final_metadata)
     store = TargetStore(str(url))
     with pytest.raises(KeyboardInterrupt):
-        writer._grow(str(url), store.meta, replace(store.spec, epochs=4), None)
+        writer._grow(Place(url), store.meta, replace(store.spec, epochs=4))
     monkeypatch.undo()
     store = TargetStore(str(url))  # arrays grew, metadata not yet: still the 2-epoch store
     assert store.spec.epochs == 2 and store.progress().done["train"].all()

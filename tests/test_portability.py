@@ -55,6 +55,7 @@ def _fingerprints(spec: str, pairs: int, capability: str, render: str = "host") 
     "spec,pairs,render",
     [("digits", 160, "host"), ("fake:32:256", 16, "host"), ("fake:32:256", 8, "device")],
 )
+@pytest.mark.slow
 def test_views_are_bit_identical_under_every_cpu_capability(spec, pairs, render):
     """Rendered and finished views (normalize, erasing noise, mixup/cutmix): torch's
     `normal_` and any fused or approximate kernel would round differently per ISA. The

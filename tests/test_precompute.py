@@ -47,6 +47,7 @@ def reference(tmp_path_factory):
     return url
 
 
+@pytest.mark.slow
 def test_one_and_two_dask_workers_give_identical_stores(tmp_path, reference):
     for workers in (1, 2):
         url = tmp_path / f"w{workers}.zarr"
@@ -57,6 +58,7 @@ def test_one_and_two_dask_workers_give_identical_stores(tmp_path, reference):
         assert_same_store(url, reference)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
     url = tmp_path / "killed.zarr"
     cmd = [
@@ -85,9 +87,8 @@ def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.time() + 120
     done = 0
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:  # no wall-clock window: a slow host only takes longer
         time.sleep(0.2)
         try:
             done = int(TargetStore(str(url)).progress().done["train"].sum())
@@ -106,6 +107,7 @@ def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
     assert_same_store(url, reference)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_task_is_survived(tmp_path, reference, monkeypatch):
     monkeypatch.setenv("DEIT_PIPE_TEST_MARKER", str(tmp_path / "died"))
     cloudpickle.register_pickle_by_value(putils)

@@ -91,7 +91,7 @@ def test_overwrite_removes_only_what_the_store_format_lists(tmp_path, reference)
     import shutil
 
     from deit_pipe.storage.format import CREATING_KEY
-    from deit_pipe.storage.place import store_paths, write_root
+    from deit_pipe.storage.overwrite import store_paths, write_root
 
     url = tmp_path / "k.zarr"
     shutil.copytree(reference, url)
@@ -156,7 +156,7 @@ def test_a_damaged_root_is_refused_and_an_interrupted_creation_finished(tmp_path
     assert tree(url) == before
 
     from deit_pipe.storage.format import CREATING_KEY
-    from deit_pipe.storage.place import write_root
+    from deit_pipe.storage.overwrite import write_root
 
     write_root(str(url), {CREATING_KEY: {"since": "then"}})  # killed while laying out
     one_line(invoke("inspect", url), "creation was interrupted")
@@ -249,6 +249,7 @@ def _limited(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 def test_a_full_disk_loses_nothing_and_the_rerun_resumes(tmp_path, reference):
     url = tmp_path / "s.zarr"
     args = [CLI, *PRE, "--out", str(url), "--dask-workers", "1"]  # through a dask worker

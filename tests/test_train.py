@@ -89,6 +89,7 @@ def test_offline_equals_online(exact_store, tmp_path, distill, tau, alpha):
             assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(exact_store, tmp_path):
     args = [
         "--store",
@@ -113,8 +114,7 @@ def test_resume_after_sigkill_gives_identical_weights(exact_store, tmp_path):
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:  # no wall-clock window: a slow host only takes longer
         metrics = killed / "metrics.jsonl"
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 15:  # mid epoch 1
             os.killpg(proc.pid, signal.SIGKILL)
@@ -134,6 +134,7 @@ def test_resume_after_sigkill_gives_identical_weights(exact_store, tmp_path):
         assert torch.equal(tensor, b["model"][name]), name
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_consumes_the_same_slots(exact_store, tmp_path):
     common = [
         "--store",

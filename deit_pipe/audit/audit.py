@@ -23,14 +23,13 @@ from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, OutputPathError, ReplayError
 from deit_pipe.outputs import check_output_dir, check_replace, make_dir, mark_output
+from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
-from deit_pipe.student.card import audit_summary
+from deit_pipe.student.card import HEAD_LABELS, audit_summary, classifier_label
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.models import heads
 from deit_pipe.student.runs import Run, load_run, store_source
 from deit_pipe.student.tblog import TB_DIR, add_audit
-
-HEAD_LABELS = {"cls": "cls head", "dist": "dist head", "avg": "cls+dist"}
 
 
 @dataclass
@@ -52,11 +51,6 @@ class AuditResult:
             "metrics": self.metrics,
             "train_view_agreement": self.train_agreement,
         }
-
-
-def classifier_label(run_name: str, head: str, heads: int) -> str:
-    """The audit's name for one head of a run (a single-head run is named by the run)."""
-    return run_name if heads == 1 else f"{run_name} / {HEAD_LABELS[head]}"
 
 
 def check_run_against_store(run: Run, store: TargetStore) -> None:
@@ -94,14 +88,14 @@ AUDIT_FILES = ("agreement.json", "agreement.png", "curves.png", "report.md")
 
 
 def audit(
-    url: str,
+    place: Place | str,
     run_paths: list[Path | str],
     out: Path,
     *,
     ema: bool = False,
     train_views: int = 512,
     device: str = "auto",
-    storage_options: dict | None = None,
+    data_options: dict | None = None,
     teacher: str | None = None,
     force: bool = False,
     render: str = "auto",
@@ -113,7 +107,8 @@ def audit(
     runs = [load_run(p) for p in run_paths]
     # The teacher(s) the first run distilled from, unless asked: one teacher or an ensemble.
     recorded = (runs[0].config.get("store_identity") or {}).get("teacher")
-    store = TargetStore(url, storage_options, teacher or recorded)
+    store = TargetStore(place, teacher=teacher or recorded)
+    url = store.url
     store.check_files()
     if "val" not in store.spec.splits or store.progress().missing("val"):
         raise DeitPipeError(
@@ -126,7 +121,7 @@ def audit(
     render = render_mode(render, dev)
     val = store.read_epoch(0, "val")
     # The val pixels scored below against the stored teacher answers: the store's own.
-    source = store_source(runs[0], store, storage_options)
+    source = store_source(runs[0], store, data_options)
     labels = source.split("val").labels
     num_classes = store.spec.num_classes
     if store.spec.targets == "soft":
@@ -137,7 +132,7 @@ def audit(
     metrics = {"teacher": classifier_metrics(teacher_probs, labels, num_classes)}
     if len(store.spec.teacher_names) > 1:  # each teacher alone, beside the one(s) distilled
         for name in store.spec.teacher_names:
-            alone = TargetStore(url, storage_options, name)
+            alone = TargetStore(place, teacher=name)
             predictions[f"teacher {name}"] = alone.read_epoch(0, "val").indices[:, 0].astype(int)
             alone.close()
     train_agreement = {}

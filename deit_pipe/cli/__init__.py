@@ -197,24 +197,35 @@ def render_option(fn):
     )(fn)
 
 
-def storage_options_option(fn):
-    """`--storage-options JSON` (or DEIT_PIPE_STORAGE_OPTIONS) for commands that open a store
-    or a dataset: they apply to whichever of the two is behind a URL."""
+def fsspec_options(fn):
+    """`--storage-options JSON` (the store's, and the dataset's unless
+    `--data-storage-options JSON` gives the dataset its own): the command receives them as
+    `store_options` and `data_options`. They apply only to URLs."""
+    from deit_pipe.place import parse_storage_options
 
-    def parse(ctx, param, value):
-        from deit_pipe.storage.io import parse_storage_options
+    @functools.wraps(fn)
+    def command(*args, storage_options: str | None, data_storage_options: str | None, **kw):
+        store = parse_storage_options(storage_options, "--storage-options")
+        data = parse_storage_options(data_storage_options, "--data-storage-options")
+        return fn(*args, store_options=store, data_options=store if data is None else data, **kw)
 
-        return parse_storage_options(value)
-
+    command = click.option(
+        "--data-storage-options",
+        envvar="DEIT_PIPE_DATA_STORAGE_OPTIONS",
+        default=None,
+        help="fsspec options for a dataset behind a URL, when they differ from the store's "
+        "(data on one cloud, the store on another) [env: DEIT_PIPE_DATA_STORAGE_OPTIONS; "
+        "default: --storage-options].",
+    )(command)
     return click.option(
         "--storage-options",
         envvar="DEIT_PIPE_STORAGE_OPTIONS",
         default=None,
-        callback=parse,
-        help="fsspec options for an object-store URL (the store's or the dataset's), as JSON, e.g. "
-        '\'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\' '
-        "[env: DEIT_PIPE_STORAGE_OPTIONS; credentials also from AWS_*/GOOGLE_* variables].",
-    )(fn)
+        help="fsspec options for an object-store URL (the store's, and the dataset's unless "
+        '--data-storage-options), as JSON, e.g. \'{"client_kwargs": {"endpoint_url": '
+        '"http://host:9000"}}\' [env: DEIT_PIPE_STORAGE_OPTIONS; credentials also from '
+        "AWS_*/GOOGLE_* variables].",
+    )(command)
 
 
 def data_cache_option(fn):

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from deit_pipe.cli import console, main, render_option, storage_options_option
+from deit_pipe.cli import console, fsspec_options, main, render_option
 
 
 @main.command(name="audit")
@@ -45,7 +45,7 @@ from deit_pipe.cli import console, main, render_option, storage_options_option
     "[default: the first run's]; a store of several teachers also shows each alone.",
 )
 @render_option
-@storage_options_option
+@fsspec_options
 def audit_cmd(
     store: str,
     runs: tuple[Path, ...],
@@ -55,18 +55,20 @@ def audit_cmd(
     train_views: int,
     teacher_name: str | None,
     render: str,
-    storage_options: dict | None,
+    store_options: dict | None,
+    data_options: dict | None,
 ) -> None:
     """Teacher–student agreement on val (paper Table 4) and on replayed training views."""
     from deit_pipe.audit import audit
+    from deit_pipe.place import Place
 
     result = audit(
-        store,
+        Place(store, store_options),
         list(runs),
         out,
         ema=ema,
         train_views=train_views,
-        storage_options=storage_options,
+        data_options=data_options,
         teacher=teacher_name,
         force=force,
         render=render,

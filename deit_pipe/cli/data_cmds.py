@@ -13,9 +13,9 @@ from deit_pipe.cli import (
     build_recipe,
     console,
     data_cache_option,
+    fsspec_options,
     main,
     recipe_options,
-    storage_options_option,
 )
 from deit_pipe.limits import MAX_WORKERS
 
@@ -31,17 +31,17 @@ from deit_pipe.limits import MAX_WORKERS
 )
 @click.option("--skip-bad", is_flag=True, help="Report bad files as skipped and exit 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@storage_options_option
+@fsspec_options
 @data_cache_option
 def scan(
-    data: str, threads: int, skip_bad: bool, as_json: bool, storage_options, data_cache
+    data: str, threads: int, skip_bad: bool, as_json: bool, store_options, data_options, data_cache
 ) -> None:
     """Decode every image of a dataset up front and list the unreadable ones (with
     --data-cache, this fills the cache before a precompute)."""
     from deit_pipe.data import open_source
     from deit_pipe.data import scan as scan_source
 
-    source = open_source(data, storage_options=storage_options, data_cache=data_cache)
+    source = open_source(data, data_options=data_options, data_cache=data_cache)
     report = scan_source(source, threads)
     if as_json:
         click.echo(
@@ -88,9 +88,9 @@ def scan(
 )
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @recipe_options
-@storage_options_option
+@fsspec_options
 def views(
-    data: str, epoch: int, count: int, out: Path, force: bool, storage_options, **opts
+    data: str, epoch: int, count: int, out: Path, force: bool, store_options, data_options, **opts
 ) -> None:
     """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
     from deit_pipe.data import open_source
@@ -98,7 +98,7 @@ def views(
     from deit_pipe.data.preview import check_view_request, save_view_grid
 
     out = check_view_request(out, epoch, count, force)
-    source = open_source(data, storage_options=storage_options)
+    source = open_source(data, data_options=data_options)
     recipe = build_recipe(source, opts)
     epoch_plan = recipe.epoch_plan(epoch, source.split("train"))
     save_view_grid(source, epoch_plan, recipe.view, count, out)

@@ -14,25 +14,28 @@ from deit_pipe.cli import (
     build_recipe,
     console,
     data_cache_option,
+    fsspec_options,
     main,
     progress_bar,
     recipe_options,
     render_option,
-    storage_options_option,
     teacher_config,
 )
 from deit_pipe.limits import MAX_BATCH, MAX_EPOCHS, MAX_WORKERS
+from deit_pipe.place import Place
 
 
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@storage_options_option
-def inspect(store: str, as_json: bool, storage_options: dict | None) -> None:
+@fsspec_options
+def inspect(
+    store: str, as_json: bool, store_options: dict | None, data_options: dict | None
+) -> None:
     """Show what a target store holds, how complete and how large it is."""
     from deit_pipe.storage import TargetStore, summarize
 
-    info = summarize(TargetStore(store, storage_options))
+    info = summarize(TargetStore(Place(store, store_options)))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -322,107 +325,81 @@ class ShardProgress:
     help="Re-check every finished shard against its checksums; recompute damaged ones.",
 )
 @render_option
-@storage_options_option
+@fsspec_options
 @data_cache_option
 @recipe_options
-def precompute(
-    data,
-    url,
-    epochs,
-    epochs_range,
-    split,
-    top_k,
-    temperatures,
-    value_dtype,
-    shard_views,
-    teacher_model,
-    teacher_name,
-    teacher_checkpoint,
-    pretrained,
-    random_init,
-    batch_size,
-    loader_workers,
-    dask_workers,
-    threads_per_worker,
-    scheduler,
-    device,
-    skip_bad,
-    compile_teacher,
-    overwrite,
-    repair,
-    render,
-    storage_options,
-    data_cache,
-    targets,
-    dry_run,
-    throughput,
-    **opts,
-) -> None:
+def precompute(**opts) -> None:
     """Run the teacher once over every planned view and store its top-k logits."""
-    from deit_pipe.data import open_checked
     from deit_pipe.pipeline.precompute import precompute as run_precompute
-    from deit_pipe.pipeline.request import StoreRequest
-    from deit_pipe.pipeline.tasks import Job
 
-    if (epochs is None) == (epochs_range is None):
-        raise click.UsageError("give --epochs N or --epochs-range A:B (one of them)")
-    first, epochs = epochs_range or (0, epochs)
-    source = open_checked(
-        data, skip_bad=skip_bad, storage_options=storage_options, data_cache=data_cache
-    )
-    recipe = build_recipe(source, opts)
-    job = Job(
-        url=url,
-        data=data,
-        recipe=recipe,
-        skip_bad=skip_bad,
-        teacher=teacher_config(teacher_model, teacher_checkpoint, pretrained, random_init),
-        batch_size=batch_size,
-        loader_workers=loader_workers,
-        threads=threads_per_worker,
-        device=device,
-        render=render,
-        compile=compile_teacher,
-        storage_options=storage_options,
-        data_cache=data_cache,
-        teacher_name=teacher_name,
-    )
-    both = ("train", "val") if first == 0 else ("train",)  # val goes with epoch 0's job
-    request = StoreRequest(
-        epochs=epochs,
-        first_epoch=first,
-        splits=both if split == "both" else (split,),
-        k=top_k,
-        temperatures=temperatures,
-        value_dtype=value_dtype,
-        shard_views=shard_views,
-        targets=targets,
-    )
-    if dry_run:
+    job, request, source = _job_and_request(opts)
+    if opts.pop("dry_run"):
         from deit_pipe.pipeline.cost import estimate
 
-        cost = estimate(job, request, throughput=throughput)
-        _print_cost(cost, job, epochs - first, source.split("train"))
+        cost = estimate(job, request, throughput=opts["throughput"])
+        _print_cost(cost, job, request.epochs - request.first_epoch, source.split("train"))
         return
     with progress_bar("views") as bar:
         shown = ShardProgress(bar)
         summary = run_precompute(
             job,
             request,
-            overwrite=overwrite,
-            repair=repair,
-            workers=dask_workers,
-            threads_per_worker=threads_per_worker,
-            scheduler=scheduler,
+            overwrite=opts["overwrite"],
+            repair=opts["repair"],
+            workers=opts["dask_workers"],
+            threads_per_worker=job.threads,
+            scheduler=opts["scheduler"],
             progress=shown.on_result,
             on_plan=shown.on_plan,
         )
     console.print(
         f"{summary.tasks} shards, {summary.views:,} views in {summary.seconds:.1f} s "
-        f"({summary.views_per_second:,.0f} views/s); store {url}: "
+        f"({summary.views_per_second:,.0f} views/s); store {job.url}: "
         f"{summary.bytes_on_disk:,} bytes",
         highlight=False,
     )
+
+
+def _job_and_request(opts: dict):
+    """(Job, StoreRequest, Source) from precompute's flags, built in one place: the job
+    (data, recipe, teacher, how it runs) and what store it makes (epochs, splits, targets)."""
+    from deit_pipe.data import open_checked
+    from deit_pipe.pipeline.request import StoreRequest
+    from deit_pipe.pipeline.tasks import Job
+
+    if (opts["epochs"] is None) == (opts["epochs_range"] is None):
+        raise click.UsageError("give --epochs N or --epochs-range A:B (one of them)")
+    first, epochs = opts["epochs_range"] or (0, opts["epochs"])
+    reach = {"data_options": opts["data_options"], "data_cache": opts["data_cache"]}
+    source = open_checked(opts["data"], skip_bad=opts["skip_bad"], **reach)
+    teacher = [opts[k] for k in ("teacher_model", "teacher_checkpoint", "pretrained")]
+    job = Job(
+        url=Place(opts["url"], opts["store_options"]),
+        data=opts["data"],
+        recipe=build_recipe(source, opts),
+        skip_bad=opts["skip_bad"],
+        teacher=teacher_config(*teacher, opts["random_init"]),
+        batch_size=opts["batch_size"],
+        loader_workers=opts["loader_workers"],
+        threads=opts["threads_per_worker"],
+        device=opts["device"],
+        render=opts["render"],
+        compile=opts["compile_teacher"],
+        teacher_name=opts["teacher_name"],
+        **reach,
+    )
+    both = ("train", "val") if first == 0 else ("train",)  # val goes with epoch 0's job
+    request = StoreRequest(
+        epochs=epochs,
+        first_epoch=first,
+        splits=both if opts["split"] == "both" else (opts["split"],),
+        k=opts["top_k"],
+        temperatures=opts["temperatures"],
+        value_dtype=opts["value_dtype"],
+        shard_views=opts["shard_views"],
+        targets=opts["targets"],
+    )
+    return job, request, source
 
 
 @main.command()
@@ -445,7 +422,7 @@ def precompute(
 @render_option
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@storage_options_option
+@fsspec_options
 @data_cache_option
 def verify(
     store,
@@ -456,7 +433,8 @@ def verify(
     render,
     device,
     as_json,
-    storage_options,
+    store_options,
+    data_options,
     data_cache,
 ) -> None:
     """Re-render stored views on this machine and compare fingerprints (no teacher runs).
@@ -478,12 +456,12 @@ def verify(
             bar.update(task, completed=done, rate=f"{done / elapsed:,.0f} views/s")
 
         report = run_verify(
-            store,
+            Place(store, store_options),
             data=data,
             sample=sample,
             all_views=all_views,
             workers=loader_workers,
-            storage_options=storage_options,
+            data_options=data_options,
             data_cache=data_cache,
             render=render,
             device=device,

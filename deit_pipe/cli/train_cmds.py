@@ -16,11 +16,11 @@ from deit_pipe.cli import (
     build_recipe,
     console,
     data_cache_option,
+    fsspec_options,
     main,
     progress_bar,
     recipe_options,
     render_option,
-    storage_options_option,
     teacher_config,
 )
 
@@ -148,7 +148,7 @@ def _train_options(fn):
 
 @main.command()
 @_train_options
-@storage_options_option
+@fsspec_options
 @data_cache_option
 @recipe_options
 def train(**opts) -> None:
@@ -170,9 +170,7 @@ def train(**opts) -> None:
     if cache is not None:
         opts.update(data_cache=str(cache.directory), data_cache_size=cache.limit)
     if opts["store"] is None and opts["data"] is not None:
-        source = open_source(
-            opts["data"], storage_options=opts["storage_options"], data_cache=cache
-        )
+        source = open_source(opts["data"], data_options=opts["data_options"], data_cache=cache)
         recipe = build_recipe(source, dict(opts)).to_dict()
     elif opts["store"] is None and config_file is None:
         raise click.UsageError("give --store STORE, --data SPEC, or --config RUN/config.json")
@@ -331,7 +329,7 @@ def _relaunch_torchrun(nproc: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 @render_option
-@storage_options_option
+@fsspec_options
 def eval_cmd(
     checkpoint: Path,
     data: str | None,
@@ -339,7 +337,8 @@ def eval_cmd(
     input_size: int | None,
     as_json: bool,
     render: str,
-    storage_options: dict | None,
+    store_options: dict | None,
+    data_options: dict | None,
 ) -> None:
     """Top-1/top-5 of every head of a checkpoint on clean val views."""
     from deit_pipe.student.runs import evaluate_checkpoint
@@ -349,7 +348,8 @@ def eval_cmd(
         data,
         ema=ema,
         input_size=input_size,
-        storage_options=storage_options,
+        store_options=store_options,
+        data_options=data_options,
         render=render,
     )
     if as_json:

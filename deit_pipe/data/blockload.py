@@ -18,30 +18,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from deit_pipe.data.dataset import ReplayDataset, collate_views
-from deit_pipe.data.plan import block_of, step_slots, steps_per_epoch
+from deit_pipe.data.dataset import ReplayDataset, RunSampler, collate_views
+from deit_pipe.data.plan import block_of, step_slots
 
 
 class BlockRun(IterableDataset):
     """This rank's steps [start_step, end_step) of a run, as one part per step per worker."""
 
-    def __init__(
-        self,
-        replay: ReplayDataset,
-        global_batch: int,
-        end_step: int,
-        world_size: int = 1,
-        rank: int = 0,
-        start_step: int = 0,
-    ):
-        step_slots(0, global_batch, world_size, rank)  # validates the layout up front
-        self.replay, self.global_batch = replay, global_batch
-        self.world_size, self.rank = world_size, rank
-        self.start_step, self.end_step = start_step, end_step
-        self.per_epoch = steps_per_epoch(len(replay.split), global_batch)
+    def __init__(self, replay: ReplayDataset, global_batch: int, end_step: int, **layout):
+        """`layout`: `RunSampler`'s world_size, rank and start_step (the same steps)."""
+        self.replay = replay
+        self.steps = RunSampler(len(replay.split), global_batch, end_step, **layout)
 
     def __len__(self) -> int:
-        return max(self.end_step - self.start_step, 0)
+        return len(self.steps)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -50,19 +40,19 @@ class BlockRun(IterableDataset):
         if hasattr(split, "read_whole_blocks"):
             split.read_whole_blocks()
         blocks = split.blocks()
-        epoch, owner, last_step = -1, None, None
-        for step in range(self.start_step, self.end_step):
-            if step // self.per_epoch != epoch:
-                epoch = step // self.per_epoch
+        run, epoch, owner, last_step = self.steps, -1, None, None
+        for step in range(run.start_step, run.end_step):
+            if step // run.per_epoch != epoch:
+                epoch = step // run.per_epoch
                 owner, last_step = self._epoch_blocks(epoch, blocks)
-            slots = step_slots(step % self.per_epoch, self.global_batch, self.world_size, self.rank)
+            slots = step_slots(step % run.per_epoch, run.global_batch, run.world_size, run.rank)
             mine = [s for s in slots if owner[s] % workers == worker]
             items = [self.replay.slot_view(epoch, s) for s in mine]
             yield collate_views(items) if items else {"slot": torch.zeros(0, dtype=torch.int64)}
             # Blocks whose last slot this epoch was in this step: their window has passed.
             sample = self.replay.epoch_plan(epoch).sample
             for s in mine:
-                if last_step[owner[s]] == step % self.per_epoch:
+                if last_step[owner[s]] == step % run.per_epoch:
                     split.release(int(sample[s]))
 
     def _epoch_blocks(self, epoch: int, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +60,7 @@ class BlockRun(IterableDataset):
         sample = self.replay.epoch_plan(epoch).sample
         owner = block_of(blocks, sample)
         last = np.full(len(blocks), -1, dtype=np.int64)
-        np.maximum.at(last, owner, np.arange(len(sample)) // self.global_batch)
+        np.maximum.at(last, owner, np.arange(len(sample)) // self.steps.global_batch)
         return owner, last
 
 

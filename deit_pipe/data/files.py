@@ -13,11 +13,11 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cached_property
 
 from PIL import Image, UnidentifiedImageError
 
 from deit_pipe.errors import CREDENTIALS_HINT, DataError, DeitPipeError, backend_problem
+from deit_pipe.place import Place, is_url
 
 BLOCK = 4 << 20  # bytes per remote read-ahead block: one request fetches several JPEGs
 
@@ -55,57 +55,32 @@ def data_errors(location: str) -> Iterator[None]:
         raise DataError(f"{location}: {problem or exc}") from None
 
 
-def is_url(location: str) -> bool:
-    """An object-store URL (s3://, gs://, …), not a path or file:// URL on this machine."""
-    return "://" in location and not location.startswith("file://")
+class Root(Place):
+    """The folder or URL prefix a dataset's files live under; paths below are relative. A
+    URL root's files are read through `data_cache` (local copies) when given."""
 
-
-class PerProcess:
-    """State a process opens for itself (clients, open files, caches): its attributes start
-    with `_`, are never pickled, and are opened again after a fork (`_fresh`)."""
-
-    _pid = -1
-
-    def _fresh(self) -> bool:
-        """Whether this process must open its own state (first use, or after a fork)."""
-        if self._pid == os.getpid():
-            return False
-        self._pid = os.getpid()
-        return True
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
-
-class Root(PerProcess):
-    """The folder or URL prefix a dataset's files live under; paths below are relative."""
-
-    def __init__(self, location: str, storage_options: dict | None = None, data_cache=None):
-        self.location = location.rstrip("/") or location
-        self.storage_options = storage_options if is_url(location) else None
+    def __init__(self, location: str, options: dict | None = None, data_cache=None):
+        super().__init__(location.rstrip("/") or location, options)
         self.data_cache = data_cache if is_url(location) else None  # a `DataCache`
 
     @property
+    def location(self) -> str:
+        return self.url
+
+    @property
     def fs(self):
-        if self._fresh():
-            import fsspec
+        if self._pid != os.getpid():
+            self._open: dict[str, _Handle] = {}  # a fork drops the parent's handles
+        return super().fs
 
-            with data_errors(self.location):
-                fs, path = fsspec.core.url_to_fs(self.location, **(self.storage_options or {}))
-            self._fs, self._path = fs, path.rstrip("/")
-            self._open: dict[str, _Handle] = {}
-        return self._fs
-
-    @cached_property
-    def local(self) -> bool:
-        return not is_url(self.location)
+    def errors(self):
+        return data_errors(self.url)
 
     def path(self, rel: str = "") -> str:
         """The backend path of `rel` (refusing a path that climbs out of the root)."""
-        self.fs  # noqa: B018 — resolves `_path`
         if rel.startswith("/") or ".." in rel.split("/"):
             raise DataError(f"path escapes the dataset root {self.location}: {rel}")
-        return f"{self._path}/{rel}" if rel else self._path
+        return super().path(rel)
 
     def relative(self, path: str) -> str:
         """A backend path below the root, relative to it."""

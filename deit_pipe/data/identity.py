@@ -19,14 +19,8 @@ from deit_pipe.data.split import Split
 
 
 def content_fingerprint(source: Source) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update("\n".join(source.classes).encode())
-    for name in sorted(source.splits):
-        split = source.splits[name]
-        h.update(name.encode())
-        h.update(split.labels.tobytes())
-        split.content(h)
-    return h.hexdigest()
+    """The labels and a few images' bytes: the same whether the images are files or shards."""
+    return source.digest("content")
 
 
 def block_layout(split: Split) -> dict:

@@ -49,11 +49,11 @@ def open_checked(
     data: str,
     skip_bad: bool = False,
     workers: int = 8,
-    storage_options: dict | None = None,
+    data_options: dict | None = None,
     data_cache: DataCache | None = None,
 ) -> Source:
     """Open a source; with `skip_bad`, scan it and exclude (and record) unreadable images."""
-    opened = {"storage_options": storage_options, "data_cache": data_cache}
+    opened = {"data_options": data_options, "data_cache": data_cache}
     source = open_source(data, **opened)
     if not skip_bad:
         return source

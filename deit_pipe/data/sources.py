@@ -3,7 +3,7 @@
 `open_source(SPEC)` with SPEC one of `digits`, `fake:N[:SIZE]`, `imagefolder:ROOT_OR_URL`,
 `parquet:ROOT_OR_URL`, `wds:ROOT_OR_URL`, `cifar10:ROOT`, `cifar100:ROOT` returns a `Source`
 whose `split("train" | "val")` gives a `Split`. A `Split` is picklable so DataLoader workers
-and dask tasks can carry it; URLs (s3://, gs://, …) open with `storage_options`.
+and dask tasks can carry it; URLs (s3://, gs://, …) open with `data_options` (fsspec's).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import numpy as np
 from PIL import Image
 
 from deit_pipe.data.cache import DataCache
-from deit_pipe.data.files import PerProcess, Root, data_errors, decode_image, is_url
+from deit_pipe.data.files import Root, data_errors, decode_image
 from deit_pipe.data.split import RUN, Split, sample_bytes
 from deit_pipe.errors import DataError
+from deit_pipe.place import PerProcess, is_url
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
@@ -137,15 +138,20 @@ class Source:
         """Hash of the classes and, per split, the labels and what identifies its images
         (`Split.identity`): never where the dataset lives, so a moved copy is the same."""
         if self._fingerprint is None:
-            h = hashlib.blake2b(digest_size=16)
-            h.update("\n".join(self.classes).encode())
-            for name in sorted(self.splits):
-                split = self.splits[name]
-                h.update(name.encode())
-                h.update(split.labels.tobytes())
-                split.identity(h)
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = self.digest("identity")
         return self._fingerprint
+
+    def digest(self, part: str) -> str:
+        """Hash of the classes and, per split, the labels and `Split.<part>` (`identity`, or
+        `content`: what two layouts of the same images share)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update("\n".join(self.classes).encode())
+        for name in sorted(self.splits):
+            split = self.splits[name]
+            h.update(name.encode())
+            h.update(split.labels.tobytes())
+            getattr(split, part)(h)
+        return h.hexdigest()
 
 
 def load_image(root: Path, relpath: str, real_root: str | None = None) -> Image.Image:
@@ -175,11 +181,11 @@ def open_source(
     *,
     skip: dict[str, str] | None = None,
     download: bool = False,
-    storage_options: dict | None = None,
+    data_options: dict | None = None,
     data_cache: DataCache | None = None,
 ) -> Source:
     """Open a dataset from its spec (`--data`); `skip` maps sample names (relative paths,
-    `SHARD:KEY`) to exclude → why. `storage_options` are fsspec's, for a URL root (as for
+    `SHARD:KEY`) to exclude → why. `data_options` are fsspec's, for a URL root (as for
     stores); a URL root's files are read through `data_cache` (local copies) when given.
 
     Nothing is fetched from the network unless `download` is set (CIFAR only).
@@ -193,7 +199,7 @@ def open_source(
     if kind == "imagefolder" and arg and is_url(arg):
         with data_errors(arg):
             return note_ignored(
-                _imagefolder_url(data, Root(arg, storage_options, data_cache), skip or {})
+                _imagefolder_url(data, Root(arg, data_options, data_cache), skip or {})
             )
     if kind == "imagefolder" and arg:
         return note_ignored(_imagefolder(data, Path(arg).expanduser(), skip or {}))
@@ -207,7 +213,7 @@ def open_source(
         if not is_url(arg) and not Path(where).is_dir():
             raise DataError(f"dataset root not found: {where}")
         with data_errors(where):
-            classes, splits = opener(Root(where, storage_options, data_cache), location, skip or {})
+            classes, splits = opener(Root(where, data_options, data_cache), location, skip or {})
         ignored = [i for split in splits.values() for i in getattr(split, "ignored", [])]
         skipped = sorted((skip or {}).items())
         return note_ignored(Source(data, classes, splits, skipped=skipped, ignored=ignored))

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from deit_pipe.data.files import PerProcess, Root, decode_image
+from deit_pipe.data.files import Root, decode_image
 from deit_pipe.errors import DataError
+from deit_pipe.place import PerProcess
 
 IDENTITY_SAMPLES = 8  # encoded images hashed into a sharded split's identity (see `identity`)
 RUN = 100  # samples per block where the data has no read unit of its own (files, a tar's members)

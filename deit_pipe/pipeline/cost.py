@@ -21,7 +21,7 @@ from deit_pipe.errors import check
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job, job_source, task_device
 from deit_pipe.storage.io import EMPTY_STORE
-from deit_pipe.storage.place import probe, refuse_unusable
+from deit_pipe.storage.overwrite import probe, refuse_unusable
 from deit_pipe.teacher import build_teacher, teacher_logits
 
 # Measured bytes per stored element (benchmarks/store_bench.py; BENCHMARKS.md, P4).
@@ -129,7 +129,7 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
     from deit_pipe.pipeline.precompute import check_job
 
     check_job(job, request)  # before the measurement allocates a batch
-    check(bool(job.url.strip()), EMPTY_STORE)  # the real run refuses it when it opens the store
+    check(bool(job.url.url.strip()), EMPTY_STORE)  # the real run refuses it when it opens the store
     r = request.resolved()
     source = job_source(job)
     # the store's spec refuses this when it is made; a dry run makes none, and would price it
@@ -138,7 +138,7 @@ def estimate(job: Job, request: StoreRequest, *, throughput: float | None = None
         f"--top-k {r.k} exceeds the dataset's {source.num_classes} classes",
     )
     # the real run refuses a user's file or folder at --out when it opens it
-    refuse_unusable(job.url, probe(job.url, job.storage_options))
+    refuse_unusable(job.url, probe(job.url))
     epochs = r.epochs - r.first_epoch
     views = {s: len(source.split(s)) * (epochs if s == "train" else 1) for s in r.splits}
     size = job.recipe.view.input_size

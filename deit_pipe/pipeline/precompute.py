@@ -35,9 +35,9 @@ from deit_pipe.pipeline.verify import damaged_shards
 from deit_pipe.storage import StoreSpec, StoreWriter, create_store, write_manifest
 from deit_pipe.storage.claims import Claim, take_claim
 from deit_pipe.storage.format import teacher_name_problem
-from deit_pipe.storage.io import file_sizes, file_system
+from deit_pipe.storage.io import file_sizes
 from deit_pipe.storage.lock import WriterLock
-from deit_pipe.storage.place import PREPARING, probe, refuse_unusable, store_lock
+from deit_pipe.storage.overwrite import PREPARING, probe, refuse_unusable, store_lock
 from deit_pipe.teacher import build_teacher, check_normalization
 
 log = logging.getLogger(__name__)
@@ -126,16 +126,14 @@ def _prepare_locked(
     reopen the same job), write its manifest and, with `repair`, mark its damaged shards
     undone. The lock is free again on return: jobs on other epochs may start beside this one."""
     claimed = None
-    with store_lock(job.url, f"precompute {PREPARING}", job.storage_options):
+    with store_lock(job.url, f"precompute {PREPARING}"):
         if claim is not None:
-            claimed = take_claim(job.url, claim, f"precompute of {claim}", job.storage_options)
+            claimed = take_claim(job.url, claim, f"precompute of {claim}")
         try:
-            writer = create_store(
-                job.url, spec, overwrite=overwrite, storage_options=job.storage_options
-            )
+            writer = create_store(job.url, spec, overwrite=overwrite)
             write_manifest(writer, source)
             if repair:
-                damaged, rebuilt = damaged_shards(job.url, job.storage_options, job.store_teacher)
+                damaged, rebuilt = damaged_shards(job.url, job.store_teacher)
                 for split, epoch, shard in damaged:
                     log.warning("recomputing %s epoch %d shard %d (damaged)", split, epoch, shard)
                     writer.mark_undone(split, epoch, shard)
@@ -216,8 +214,8 @@ def run(
             if progress:
                 progress(result)
     seconds = time.perf_counter() - start
-    fs, base = file_system(job.url, job.storage_options)
-    return Summary(len(tasks), views, seconds, sum(file_sizes(fs, base).values()))
+    sizes = file_sizes(job.url.fs, job.url.base)
+    return Summary(len(tasks), views, seconds, sum(sizes.values()))
 
 
 def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_fn):
@@ -372,7 +370,7 @@ def precompute(
     if scheduler is None:  # an existing cluster's workers have their own devices
         resolve_device(job.device)
     spec, source = store_spec(job, request)
-    refuse_unusable(job.url, probe(job.url, job.storage_options))
+    refuse_unusable(job.url, probe(job.url))
     # Everything for a job that may remove or redo any shard; its own epochs otherwise.
     asked = request.resolved()
     claim = asked.claim(job.store_teacher)

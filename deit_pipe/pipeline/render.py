@@ -63,12 +63,12 @@ class RenderPool:
         data: str,
         skip_bad: bool,
         workers: int,
-        storage_options: dict | None = None,
+        data_options: dict | None = None,
         data_cache: DataCache | None = None,
     ):
         context = torch_mp.get_context("fork")
         self.workers = workers
-        start = (data, skip_bad, {"storage_options": storage_options, "data_cache": data_cache})
+        start = (data, skip_bad, {"data_options": data_options, "data_cache": data_cache})
         self.pool = context.Pool(workers, initializer=_start_renderer, initargs=start)
         atexit.register(self.pool.terminate)
 

@@ -19,6 +19,7 @@ from deit_pipe.data.cache import DataCache
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.render import RenderPool, shard_batches
+from deit_pipe.place import Place
 from deit_pipe.storage import StoreWriter
 from deit_pipe.teacher import TeacherConfig, build_teacher, teacher_logits
 
@@ -27,9 +28,10 @@ _CACHE: dict[tuple, object] = {}
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a task needs; small and picklable."""
+    """Everything a task needs; small and picklable. `url`: the store (a `Place`, or a path
+    or URL without options); `data_options`: fsspec options for a dataset behind a URL."""
 
-    url: str
+    url: Place
     data: str
     recipe: Recipe
     teacher: TeacherConfig
@@ -40,9 +42,12 @@ class Job:
     device: str = "auto"  # auto | cpu | cuda
     render: str = "auto"  # who renders the training views: host | device (same bytes)
     compile: bool = False  # torch.compile the teacher
-    storage_options: dict | None = field(default=None, hash=False)
+    data_options: dict | None = field(default=None, hash=False)
     data_cache: DataCache | None = field(default=None, hash=False, compare=False)
     teacher_name: str | None = None  # its name in the store [default: the model's]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", Place.of(self.url))
 
     @property
     def store_teacher(self) -> str:
@@ -69,7 +74,7 @@ def _cached(key: tuple, make):
 def render_pool(job: Job) -> RenderPool:
     """This process's render processes for the job's dataset (made once, then reused)."""
     key = ("render-pool", job.data, job.skip_bad, job.loader_workers)
-    opened = {"storage_options": job.storage_options, "data_cache": job.data_cache}
+    opened = {"data_options": job.data_options, "data_cache": job.data_cache}
     return _cached(key, lambda: RenderPool(job.data, job.skip_bad, job.loader_workers, **opened))
 
 
@@ -78,7 +83,7 @@ def job_source(job: Job) -> Source:
     return open_checked(
         job.data,
         skip_bad=job.skip_bad,
-        storage_options=job.storage_options,
+        data_options=job.data_options,
         data_cache=job.data_cache,
     )
 
@@ -119,7 +124,7 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     if torch.get_num_threads() != job.threads:
         torch.set_num_threads(job.threads)
     # Cheap to open, and a cached writer could hold metadata another job has since grown.
-    writer = StoreWriter(job.url, job.storage_options, teacher=job.store_teacher)
+    writer = StoreWriter(job.url, teacher=job.store_teacher)
     source = _cached(("source", job.data, job.skip_bad), lambda: job_source(job))
     rows = writer.shard_range(split, shard)
     device = task_device(job)

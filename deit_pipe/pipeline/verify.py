@@ -22,6 +22,7 @@ from deit_pipe.data.identity import blocks_problem, same_dataset
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
+from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.done import DoneFlagError, read_progress
 from deit_pipe.storage.format import version_drift
@@ -95,14 +96,14 @@ def _plan_checks(store, source, units, done, count, seed) -> list[tuple[EpochChe
 
 
 def verify(
-    url: str,
+    place: Place | str,
     *,
     data: str | None = None,
     sample: int | None = None,
     all_views: bool = False,
     workers: int = 0,
     seed: int = 0,
-    storage_options: dict | None = None,
+    data_options: dict | None = None,
     data_cache: DataCache | None = None,
     progress: Callable[[int, int], None] | None = None,
     render: str = "host",
@@ -110,21 +111,23 @@ def verify(
 ) -> VerifyReport:
     """Re-render `sample` views per stored epoch (and val), or all of them, and compare.
 
-    `data` points at the dataset where it lives on this machine (default: the store's spec).
+    `data` points at the dataset where it lives on this machine (default: the store's spec),
+    reached with `data_options` (fsspec's) through `data_cache` where given.
     `progress(done, total)` is called after each batch. `render="device"` renders the
     training views with the kernels on `device`, as `train --render device` would.
     """
     target = resolve_device(device)
     render = render_mode(render, target)
     start = time.perf_counter()
-    store = TargetStore(url, storage_options)
+    store = TargetStore(place)
+    url = store.url
     store.check_files()
     spec = store.spec
     skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
     source = open_source(
         data or spec.dataset["spec"],
         skip=skipped,
-        storage_options=storage_options,
+        data_options=data_options,
         data_cache=data_cache,
     )
     problem = blocks_problem(spec.dataset, source, url)  # re-rendering would be meaningless
@@ -191,15 +194,15 @@ def epoch_damage(
 
 
 def damaged_shards(
-    url: str, storage_options: dict | None = None, teacher: str | None = None
+    place: Place | str, teacher: str | None = None
 ) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
     """What `--repair` does to the shards of `teacher` (by default the store's first):
     (split, epoch, shard) to recompute — marked done but their stored bytes differ from their
     write-time checksums, or their done flag is damaged and their shard does not check out —
     and those whose damaged done flag is rebuilt as done, since every chunk of the shard reads
     and matches its checksum record (a shard never finished has no record, so it is redone)."""
-    store = TargetStore(url, storage_options, teacher)
-    progress = read_progress(store.group, store.spec, url, store.prefix, tolerant=True)
+    store = TargetStore(place, teacher=teacher)
+    progress = read_progress(store.group, store.spec, store.url, store.prefix, tolerant=True)
     found, rebuilt = set(), set()
     try:
         for split in store.spec.splits:

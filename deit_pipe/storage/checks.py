@@ -22,7 +22,6 @@ from deit_pipe.storage.format import (
     file_checksum,
     shard_checksum,
 )
-from deit_pipe.storage.io import file_system, storage_errors
 from deit_pipe.storage.seal import ShardProblem, split_salt
 
 log = logging.getLogger(__name__)
@@ -150,8 +149,8 @@ class StoreChecks:
         if recorded == 0:
             return "its checksum record is missing"
         key = f"{split}/{name}/c/{epoch}/{shard}" + ("" if name == "fingerprint" else "/0")
-        fs, base = file_system(self.url, self.storage_options)
-        with storage_errors(self.url):
+        fs, base = self.place.fs, self.place.base
+        with self.place.errors():
             if not fs.exists(f"{base}/{key}"):
                 return f"its chunk file {key} is missing"
         return "its bytes differ from the checksum"
@@ -170,10 +169,10 @@ class StoreChecks:
             self._parquet(name)
 
     def _parquet(self, name: str) -> pa.Table:
-        fs, base = file_system(self.url, self.storage_options)
+        fs, base = self.place.fs, self.place.base
         recorded = (self.meta.get(FILES) or {}).get(name)
         try:
-            with storage_errors(self.url):
+            with self.place.errors():
                 data = fs.cat_file(f"{base}/{name}")
             table = pq.read_table(pa.BufferReader(data))  # one that does not parse: damaged
             if recorded is not None and file_checksum(data) != recorded:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from deit_pipe.errors import LockedError
 from deit_pipe.outputs import LOCK_NAME
-from deit_pipe.storage.io import file_system, is_local, storage_errors
+from deit_pipe.place import Place
 from deit_pipe.storage.lock import WriterLock, describe, lease_expired, read_holder
 
 _NAME = re.compile(r"^e(\d+)-(\d+|all)(\+val)?(@[A-Za-z0-9_.-]+)?$")
@@ -71,48 +71,43 @@ class Claim:
         return what + (f" of teacher {self.teacher}" if self.teacher else "")
 
 
-def take_claim(
-    url: str, claim: Claim, purpose: str, storage_options: dict | None = None
-) -> WriterLock:
+def take_claim(place: Place | str, claim: Claim, purpose: str) -> WriterLock:
     """Claim `claim` of the store (the caller holds the store's lock): refuse in one line if
     a live claim overlaps it, clear dead ones, and return the held claim (release it when
     the job ends)."""
-    fs, base = file_system(url, storage_options)
-    with storage_errors(url):
-        names = [os.path.basename(p) for p in fs.glob(f"{base}/{LOCK_NAME}.*")]
+    place = Place.of(place)
+    with place.errors():
+        names = [os.path.basename(p) for p in place.fs.glob(place.path(f"{LOCK_NAME}.*"))]
     for name in names:
         other = Claim.parse(name)
         if other is None:
             continue
-        probe = WriterLock(url, "a check", name=name, storage_options=storage_options, remove=True)
+        probe = WriterLock(place, "a check", name=name, remove=True)
         try:
             probe.__enter__()
         except LockedError as exc:
             if other.overlaps(claim):
                 raise LockedError(
-                    f"{url}: {describe(exc.holder)} is filling {other} in this store; give "
+                    f"{place}: {describe(exc.holder)} is filling {other} in this store; give "
                     "this job other epochs (--epochs-range) or wait for that one to finish",
                     exc.holder,
                 ) from None
             continue
         probe.release()  # a dead job's claim, taken: releasing it removes it
-    lock = WriterLock(
-        url, purpose, name=claim.name, what=f"{claim} in this store",
-        storage_options=storage_options, remove=True,
-    )  # fmt: skip
+    lock = WriterLock(place, purpose, name=claim.name, what=f"{claim} in this store", remove=True)
     return lock.__enter__()
 
 
-def running_jobs(url: str, storage_options: dict | None = None) -> list[tuple[Claim, dict]]:
+def running_jobs(place: Place | str) -> list[tuple[Claim, dict]]:
     """The claims of jobs filling the store now, with their holders (what `inspect` shows).
     Reads only: a local claim is live while its flock is held, a lease until it expires."""
-    fs, base = file_system(url, storage_options)
-    with storage_errors(url):
-        paths = fs.glob(f"{base}/{LOCK_NAME}.*")
+    place = Place.of(place)
+    with place.errors():
+        paths = place.fs.glob(place.path(f"{LOCK_NAME}.*"))
     found = []
     for path in sorted(paths):
         claim = Claim.parse(os.path.basename(path))
-        holder = _holder_if_live(fs, path, is_local(url)) if claim else None
+        holder = _holder_if_live(place.fs, path, place.local) if claim else None
         if holder is not None:
             found.append((claim, holder))
     return found

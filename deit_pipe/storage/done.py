@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deit_pipe.errors import StoreCorruptError, StoreError
-from deit_pipe.storage.io import storage_errors
+from deit_pipe.place import storage_errors
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class FollowStore:
     def refresh(self) -> None:
         """Re-read the metadata of a store that other jobs are extending (more epochs, a new
         split); a store replaced by another job meanwhile is refused."""
-        group, meta, spec = open_store(self.url, "r", self.storage_options)
+        group, meta, spec = open_store(self.place, "r")
         if meta["created"] != self.meta["created"]:
             raise StoreMismatchError(
                 f"{self.url} was replaced by another job (created {meta['created']}) while "

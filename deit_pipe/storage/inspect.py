@@ -10,7 +10,7 @@ from deit_pipe.errors import StoreIncompleteError
 from deit_pipe.storage.claims import running_jobs
 from deit_pipe.storage.done import read_progress
 from deit_pipe.storage.format import FORMAT_VERSION
-from deit_pipe.storage.io import file_sizes, file_system
+from deit_pipe.storage.io import file_sizes
 from deit_pipe.storage.lock import describe
 from deit_pipe.storage.reader import TargetStore
 
@@ -19,7 +19,7 @@ def summarize(store: TargetStore) -> dict:
     """JSON-ready summary used by `deit-pipe inspect`."""
     spec = store.spec
     store.check_files()  # its val top-1 reads the manifest's labels
-    fs, base = file_system(store.url, store.storage_options)
+    fs, base = store.place.fs, store.place.base
     sizes = file_sizes(fs, base)  # one listing (on S3, requests per thousand objects)
     bytes_on_disk = sum(sizes.values())
     array_bytes = sum(n for path, n in sizes.items() if path.split("/", 1)[0] in spec.splits)
@@ -72,7 +72,7 @@ def summarize(store: TargetStore) -> dict:
         "progress": progress(store, done),
         "filled_by": [
             {"epochs": str(claim), "job": describe(holder)}
-            for claim, holder in running_jobs(store.url, store.storage_options)
+            for claim, holder in running_jobs(store.place)
         ],
     }
 

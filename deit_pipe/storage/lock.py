@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from deit_pipe.errors import LockedError
 from deit_pipe.outputs import LOCK_NAME
-from deit_pipe.storage.io import file_system, is_local, storage_errors
+from deit_pipe.place import Place
 
 LEASE_TTL = 120.0  # seconds an object-store lease lives without renewal
 
@@ -47,7 +47,7 @@ def describe(holder: dict) -> str:
 
 
 class WriterLock:
-    """Held while a job writes `url` (a store or a run directory); a context manager.
+    """Held while a job writes `place` (a store or a run directory); a context manager.
 
     `what` names the thing in the refusal ("this store", "this run directory", "epochs 2–3
     of this store"); `name` is the lock's file (a store's epoch claims have their own). The
@@ -57,20 +57,18 @@ class WriterLock:
 
     def __init__(
         self,
-        url: str,
+        place: Place | str,
         purpose: str,
         *,
         what: str = "this store",
         name: str = LOCK_NAME,
-        storage_options: dict | None = None,
         ttl: float = LEASE_TTL,
         remove: bool = False,
     ):
-        self.url, self.purpose, self.what, self.ttl = url, purpose, what, ttl
+        self.place = place = Place.of(place)
+        self.url, self.purpose, self.what, self.ttl = place.url, purpose, what, ttl
         self.remove = remove  # delete the lock file on release (an epoch claim's)
-        self.fs, base = file_system(url, storage_options)
-        self.path = f"{base}/{name}"
-        self.local = is_local(url)
+        self.fs, self.path, self.local = place.fs, place.path(name), place.local
         self.holder = _holder(purpose)
         self._fd: int | None = None
         self._stop = threading.Event()
@@ -108,7 +106,7 @@ class WriterLock:
         self._fd = fd
 
     def _take_lease(self) -> None:
-        with storage_errors(self.url):
+        with self.place.errors():
             current = self._read_lease()
             if current and not lease_expired(current):
                 raise self._refuse(current)

@@ -22,12 +22,13 @@ from deit_pipe.errors import (
     StoreIncompleteError,
     StoreNotFoundError,
 )
+from deit_pipe.place import Place
 from deit_pipe.storage.checks import StoreChecks
 from deit_pipe.storage.done import DoneFlagError, Progress, read_done, read_progress
 from deit_pipe.storage.ensemble import EnsembleTargets, choose_teachers
 from deit_pipe.storage.epoch import EpochTargets
 from deit_pipe.storage.follow import FollowStore
-from deit_pipe.storage.io import file_system, open_store, storage_errors
+from deit_pipe.storage.io import open_store
 from deit_pipe.storage.seal import split_salt
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,10 @@ log = logging.getLogger(__name__)
 class TargetStore(StoreChecks, FollowStore):
     """A store opened for reading. Validate with `check_run` before training on it."""
 
-    def __init__(self, url: str, storage_options: dict | None = None, teacher: str | None = None):
-        self.url, self.storage_options = url, storage_options
-        self.group, self.meta, self.spec = open_store(url, "r", storage_options)
+    def __init__(self, place: Place | str, *, teacher: str | None = None):
+        self.place = Place.of(place)
+        self.url = url = self.place.url
+        self.group, self.meta, self.spec = open_store(self.place, "r")
         # The teacher(s) read: one by name, or an ensemble "A,B" / "A=0.7,B=0.3".
         self.teachers = choose_teachers(teacher, self.spec.teacher_names, url)
         self.prefix = self.spec.prefix(next(iter(self.teachers)))
@@ -71,7 +73,7 @@ class TargetStore(StoreChecks, FollowStore):
     def _done_row_of(self, split: str, epoch: int, prefix: str) -> np.ndarray:
         """One teacher's done flags of `epoch`; a damaged flag is a `DoneFlagError`."""
         try:
-            with storage_errors(self.url):
+            with self.place.errors():
                 done, damaged = read_done(self.group, prefix + split, slice(epoch, epoch + 1))
         except StoreError:
             raise
@@ -149,7 +151,7 @@ class TargetStore(StoreChecks, FollowStore):
     def _read(self, split: str, name: str, index, prefix: str | None = None) -> np.ndarray:
         prefix = self.prefix if prefix is None else prefix
         try:
-            with storage_errors(self.url):
+            with self.place.errors():
                 return np.asarray(self.group[prefix + split][name][index])
         except StoreError:
             raise
@@ -166,7 +168,7 @@ class TargetStore(StoreChecks, FollowStore):
 
     def _gone(self) -> bool:
         """Whether the store's root metadata is no longer where it was opened."""
-        fs, base = file_system(self.url, self.storage_options)
+        fs, base = self.place.fs, self.place.base
         try:
             return not fs.exists(f"{base}/zarr.json")
         except Exception:  # an unreachable backend says nothing about where the store is

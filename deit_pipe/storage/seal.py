@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deit_pipe.errors import StoreCorruptError
+from deit_pipe.place import storage_errors
 from deit_pipe.storage.format import SEAL, seal_salt, teacher_seal
-from deit_pipe.storage.io import storage_errors
 
 
 class TeacherSealError(StoreCorruptError):

@@ -17,6 +17,7 @@ import zarr
 
 from deit_pipe.data.sources import Source
 from deit_pipe.errors import StoreCorruptError, StoreError, StoreFormatError, StoreMismatchError
+from deit_pipe.place import Place
 from deit_pipe.storage.done import Progress, read_progress
 from deit_pipe.storage.format import (
     ATTR_KEY,
@@ -38,15 +39,8 @@ from deit_pipe.storage.format import (
     teacher_name,
     teacher_seal,
 )
-from deit_pipe.storage.io import (
-    atomic_write,
-    file_system,
-    open_group,
-    open_store,
-    read_meta,
-    storage_errors,
-)
-from deit_pipe.storage.place import (
+from deit_pipe.storage.io import open_group, open_store, read_meta
+from deit_pipe.storage.overwrite import (
     clear_store,
     probe,
     refuse_foreign,
@@ -60,9 +54,10 @@ from deit_pipe.storage.seal import split_salt
 class StoreWriter:
     """Writes shards of an existing store (see `create_store`)."""
 
-    def __init__(self, url: str, storage_options: dict | None = None, teacher: str | None = None):
-        self.url, self.storage_options = url, storage_options
-        self.group, self.meta, self.spec = open_store(url, "r+", storage_options)
+    def __init__(self, place: Place | str, teacher: str | None = None):
+        self.place = place = Place.of(place)
+        self.url = url = place.url
+        self.group, self.meta, self.spec = open_store(place, "r+")
         self.teacher = teacher or self.spec.teacher_names[0]
         if self.teacher not in self.spec.teacher_names:
             raise StoreError(f"{url} holds no teacher {self.teacher!r}")
@@ -75,13 +70,13 @@ class StoreWriter:
 
     def mark_undone(self, split: str, epoch: int, shard: int) -> None:
         """Make a damaged shard pending again (its data is rewritten before it is done)."""
-        with storage_errors(self.url):
+        with self.place.errors():
             self.group[self.prefix + split]["done"][epoch, shard] = False
 
     def mark_done(self, split: str, epoch: int, shard: int) -> None:
         """Rewrite the done flag of a shard whose chunks match their checksum records (a
         damaged flag's chunk: `--repair`)."""
-        with storage_errors(self.url):
+        with self.place.errors():
             self.group[self.prefix + split]["done"][epoch, shard] = True
 
     def shard_range(self, split: str, shard: int) -> range:
@@ -121,7 +116,7 @@ class StoreWriter:
             "fingerprint": fingerprints,
         }
         arrays = {name: given[name] for name in spec.arrays}
-        with storage_errors(self.url):
+        with self.place.errors():
             self._write(split, epoch, shard, rows, arrays, expected)
         return n
 
@@ -157,29 +152,29 @@ class StoreWriter:
         key = f"{self.prefix}{split}/{name}/c/{epoch}/{shard}" + (
             "" if name == "fingerprint" else "/0"
         )
-        fs, base = file_system(self.url, self.storage_options)
-        if fs.exists(f"{base}/{key}"):
-            fs.rm(f"{base}/{key}")
+        fs, path = self.place.fs, self.place.path(key)
+        if fs.exists(path):
+            fs.rm(path)
 
 
-def create_store(
-    url: str, spec: StoreSpec, *, overwrite: bool = False, storage_options: dict | None = None
-) -> StoreWriter:
+def create_store(place: Place | str, spec: StoreSpec, *, overwrite: bool = False) -> StoreWriter:
     """Create the store, reopen it to resume the same job, or grow it for this one.
 
     A store holding the same job with fewer training epochs, or without a split this job
     asks for, grows to hold both (`_grow`); one holding more is reopened as it is. A store is
     made only where nothing is, or in an empty directory; `overwrite` replaces a deit-pipe
-    store holding another job, and nothing else (`storage.place`). The caller holds the
-    store's writer lock (`storage.place.store_lock`) when other jobs may run.
+    store holding another job, and nothing else (`storage.overwrite`). The caller holds the
+    store's writer lock (`storage.overwrite.store_lock`) when other jobs may run.
     """
     meta = spec.to_meta(library_versions())
-    place = probe(url, storage_options)
-    refuse_unusable(url, place)
+    place = Place.of(place)
+    url = place.url
+    found = probe(place)
+    refuse_unusable(url, found)
     # With overwrite, `clear_store` below refuses anything deit-pipe did not write.
-    if place.state == "store" and not overwrite:
+    if found.state == "store" and not overwrite:
         try:
-            existing = read_meta(open_group(url, "r", storage_options), url)
+            existing = read_meta(open_group(place, "r"), url)
         except StoreFormatError as exc:  # an old or edited store is never replaced silently
             raise StoreMismatchError(f"{exc}; pass --overwrite to replace it") from None
         except StoreCorruptError as exc:
@@ -196,18 +191,18 @@ def create_store(
                 "pass --overwrite to replace it"
             )
         if differ:
-            _grow(url, existing, union, storage_options)
-        return StoreWriter(url, storage_options, teacher_name(spec.teacher))
-    if place.state != "absent":
-        clear_store(url, storage_options)  # an empty folder, an interrupted creation, or -o
+            _grow(place, existing, union)
+        return StoreWriter(place, teacher_name(spec.teacher))
+    if found.state != "absent":
+        clear_store(place)  # an empty folder, an interrupted creation, or --overwrite
     else:
-        write_root(url, {CREATING_KEY: {"since": meta["created"]}}, storage_options)
-    root = open_group(url, "r+", storage_options)
-    with storage_errors(url):
+        write_root(place, {CREATING_KEY: {"since": meta["created"]}})
+    root = open_group(place, "r+")
+    with place.errors():
         for split in spec.splits:
             _create_split(root, split, spec, spec.teacher_names[0])
-    write_root(url, {ATTR_KEY: meta}, storage_options)  # last: the store exists from here on
-    return StoreWriter(url, storage_options, teacher_name(spec.teacher))
+    write_root(place, {ATTR_KEY: meta})  # last: the store exists from here on
+    return StoreWriter(place, teacher_name(spec.teacher))
 
 
 # What a store may gain without becoming another job: training epochs, splits, teachers.
@@ -245,7 +240,7 @@ def _union(held: StoreSpec, asked: StoreSpec) -> StoreSpec:
     )
 
 
-def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | None) -> None:
+def _grow(place: Place, existing: dict, union: StoreSpec) -> None:
     """Give a store more training epochs and/or a new split without rewriting anything it
     holds (more epochs are new chunk objects). The metadata first says how far the store is
     growing, then the arrays grow, then the metadata is replaced: an interrupted growth is
@@ -263,12 +258,12 @@ def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | No
     # groups): refuse first if a user put anything there.
     for t, split in made:
         group = union.prefix(t) + split
-        foreign = store_paths(url, union.teacher_names, storage_options, group)[2]
-        refuse_foreign(url, foreign, f"deit-pipe makes {group} there")
+        foreign = store_paths(place, union.teacher_names, group)[2]
+        refuse_foreign(place, foreign, f"deit-pipe makes {group} there")
     growing = {"epochs": union.epochs, "teachers": added}  # whose folders are the store's
-    _write_meta(url, {**existing, GROWING: growing}, storage_options)
-    root = open_group(url, "r+", storage_options)
-    with storage_errors(url):
+    _write_meta(place, {**existing, GROWING: growing})
+    root = open_group(place, "r+")
+    with place.errors():
         for teacher in held.teacher_names:
             prefix = union.prefix(teacher)
             if union.epochs > held.epochs and "train" in held.splits:
@@ -277,13 +272,13 @@ def _grow(url: str, existing: dict, union: StoreSpec, storage_options: dict | No
         for teacher, split in made:
             _create_split(root, split, union, teacher)
     meta = union.to_meta(existing["versions"])
-    _write_meta(url, {**meta, "created": existing["created"]}, storage_options)  # same store
+    _write_meta(place, {**meta, "created": existing["created"]})  # the same store
 
 
-def _write_meta(url: str, meta: dict, storage_options: dict | None) -> None:
+def _write_meta(place: Place, meta: dict) -> None:
     """Replace the store's metadata, signed anew."""
     body = {k: v for k, v in meta.items() if k != "checksum"}
-    write_root(url, {ATTR_KEY: {**body, "checksum": meta_checksum(body)}}, storage_options)
+    write_root(place, {ATTR_KEY: {**body, "checksum": meta_checksum(body)}})
 
 
 def _create_split(root: zarr.Group, split: str, spec: StoreSpec, teacher: str) -> None:
@@ -346,17 +341,15 @@ def write_manifest(writer: StoreWriter, source: Source) -> None:
         {"path": [p for p, _ in source.skipped], "reason": [r for _, r in source.skipped]},
         schema=pa.schema([("path", pa.string()), ("reason", pa.string())]),
     )
-    fs, base = file_system(writer.url, writer.storage_options)
     sums = {}
     for name, table in ((MANIFEST, pa.table(rows, schema=schema)), (SKIPPED, skipped)):
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()
-        with storage_errors(writer.url):  # never in place: a full disk keeps the old file
-            atomic_write(fs, f"{base}/{name}", data)
+        writer.place.write_atomic(name, data)  # never in place: a full disk keeps the old
         sums[name] = file_checksum(data)
     # then their checksums, signed with the metadata: readers refuse another dataset's
     # manifest or edited labels (a kill in between: the rerun writes both again)
-    meta = read_meta(open_group(writer.url, "r", writer.storage_options), writer.url)
+    meta = read_meta(open_group(writer.place, "r"), writer.url)
     if meta.get(FILES) != sums:
-        _write_meta(writer.url, {**meta, FILES: sums}, writer.storage_options)
+        _write_meta(writer.place, {**meta, FILES: sums})

@@ -4,25 +4,41 @@ teacher, how it scores per head, and how far it agrees with its teacher (from `a
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deit_pipe.errors import DeitPipeError
 
 if TYPE_CHECKING:
-    from deit_pipe.student.export import ExportResult
     from deit_pipe.student.runs import Run
+
+
+@dataclass
+class ExportResult:
+    """What `export` wrote, which the card describes."""
+
+    out: Path
+    head: str
+    ema: bool
+    step: int
+    metrics: dict[str, dict]  # per head: top1, top5, precision, recall, f1, auc on val
+    audit: dict | None
+
 
 HEAD_LABELS = {"cls": "cls head", "dist": "dist head", "avg": "cls+dist"}
 METRICS = ("top1", "top5", "precision", "recall", "f1", "auc")
+
+
+def classifier_label(run_name: str, head: str, heads: int) -> str:
+    """The audit's name for one head of a run (a single-head run is named by the run)."""
+    return run_name if heads == 1 else f"{run_name} / {HEAD_LABELS[head]}"
 
 
 def audit_summary(report: Path, run: Run, ema: bool) -> dict:
     """This run's part of an audit report (`agreement.json`): per head, its val metrics, its
     val disagreement with the teacher and its agreement on replayed training views. Refused
     if the report audited another run, other weights or an older checkpoint."""
-    from deit_pipe.audit import classifier_label
-
     try:
         doc = json.loads((report / "agreement.json").read_text())
     except (OSError, ValueError) as exc:

@@ -34,7 +34,8 @@ SCHEDULE_FIELDS = tuple(f.name for f in fields(Schedule))
 class TrainConfig:
     out: str
     store: str | None = None  # offline distillation: plan + targets from the store
-    storage_options: dict | None = None  # fsspec options for the store (never written out)
+    store_options: dict | None = None  # fsspec options for the store (never written out)
+    data_options: dict | None = None  # fsspec options for the dataset (never written out)
     data_cache: str | None = None  # local copies of a remote dataset's files (DataCache)
     data_cache_size: int | None = None  # its cap in bytes [default: DataCache's]
     teacher_name: str | None = None  # the store's teacher(s): A, or an ensemble A,B / A=0.7,B=0.3
@@ -175,7 +176,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("storage_options")  # may hold credentials
+        d.pop("store_options"), d.pop("data_options")  # may hold credentials
         d["teacher"] = self.teacher.to_dict() if self.teacher else None
         return d
 
@@ -252,7 +253,7 @@ def _flag(name: str) -> str:
 
 # Saved in RUN/config.json but not repeated by `--config`: where this run goes and how it
 # reaches its store (credentials are never saved).
-NOT_REPEATED = ("out", "resume", "storage_options")
+NOT_REPEATED = ("out", "resume", "store_options", "data_options")
 # What `train` records in RUN/config.json beside TrainConfig's fields (`trainer.run_info`).
 RUN_RECORD = (
     "recipe",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from deit_pipe.outputs import (
     mark_output,
     replace_owned,
 )
-from deit_pipe.student.card import audit_summary, render_card
+from deit_pipe.student.card import ExportResult, audit_summary, render_card
 from deit_pipe.student.evaluate import predict
 from deit_pipe.student.runs import Run, load_run, run_source
 
@@ -36,16 +35,6 @@ WHAT = "exported model"
 # pretrained_cfg fields timm copies from the architecture's source checkpoint (facebook's
 # DeiT): they describe weights this export does not hold.
 SOURCE_FIELDS = ("tag", "license", "hf_hub_id", "url", "origin_url", "paper_ids", "paper_name")
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    head: str
-    ema: bool
-    step: int
-    metrics: dict[str, dict]  # per head: top1, top5, precision, recall, f1, auc on val
-    audit: dict | None
 
 
 def verify_checkpoint(path: Path) -> None:

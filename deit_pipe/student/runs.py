@@ -13,6 +13,7 @@ from deit_pipe.data.identity import same_dataset
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreError, StoreMismatchError
+from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.evaluate import evaluate
@@ -93,12 +94,12 @@ def load_run(path: Path | str) -> Run:
 def run_source(
     run: Run,
     data: str | None = None,
-    storage_options: dict | None = None,
+    data_options: dict | None = None,
     skip: dict[str, str] | None = None,
 ) -> Source:
     """The run's dataset (or `data`), refused if its classes differ from the run's. `skip`:
     the files the store's teacher skipped, which training excluded too."""
-    source = open_source(data or run.config["dataset"], skip=skip, storage_options=storage_options)
+    source = open_source(data or run.config["dataset"], skip=skip, data_options=data_options)
     if source.classes != run.config["classes"]:
         raise DeitPipeError(
             f"{data or run.config['dataset']} has classes {source.classes[:5]}…; "
@@ -107,32 +108,35 @@ def run_source(
     return source
 
 
-def store_source(run: Run, store: TargetStore, storage_options: dict | None = None) -> Source:
+def store_source(run: Run, store: TargetStore, data_options: dict | None = None) -> Source:
     """The run's dataset as `store` holds it (its skipped files excluded), refused in one
     line unless it is the one the store's teacher saw (`verify.check_dataset`)."""
     from deit_pipe.pipeline.verify import check_dataset
 
     skip = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
-    source = run_source(run, storage_options=storage_options, skip=skip)
+    source = run_source(run, data_options=data_options, skip=skip)
     check_dataset(store, source)
     return source
 
 
-def checked_source(run: Run, storage_options: dict | None = None) -> Source:
+def checked_source(
+    run: Run, store_options: dict | None = None, data_options: dict | None = None
+) -> Source:
     """The run's own dataset, checked against the store the run trained from where that
-    store can still be opened, else against the dataset identity the run recorded."""
+    store can still be opened (with `store_options`), else against the dataset identity
+    the run recorded."""
     url = (run.config.get("store_identity") or {}).get("url")
     if url:
         try:
-            store = TargetStore(url, storage_options)
+            store = TargetStore(Place(url, store_options))
         except StoreError:  # moved or gone: the run's own record is all there is to check
             pass
         else:
             try:
-                return store_source(run, store, storage_options)
+                return store_source(run, store, data_options)
             finally:
                 store.close()
-    source = run_source(run, storage_options=storage_options)
+    source = run_source(run, data_options=data_options)
     recorded = run.config.get("dataset_fingerprint")
     content, spec = run.config.get("dataset_content"), run.config.get("dataset", "")
     if recorded and not same_dataset(recorded, content, spec, source):
@@ -150,7 +154,8 @@ def evaluate_checkpoint(
     ema: bool = False,
     device: str = "auto",
     input_size: int | None = None,
-    storage_options: dict | None = None,
+    store_options: dict | None = None,
+    data_options: dict | None = None,
     render: str = "auto",
 ) -> dict:
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`,
@@ -160,7 +165,9 @@ def evaluate_checkpoint(
     view = replace(run.recipe.view, input_size=size)  # checks the size before a model is made
     dev = resolve_device(device)
     source = (
-        run_source(run, data, storage_options) if data else checked_source(run, storage_options)
+        run_source(run, data, data_options)
+        if data
+        else checked_source(run, store_options, data_options)
     )
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
     render = render_mode(render, dev)

@@ -104,7 +104,8 @@ def run_loader(tr: Trainer) -> tuple[ReplayDataset, Iterable[dict]]:
     end = min(tr.total_steps, tr.cfg.max_steps or tr.total_steps)
     workers = tr.cfg.loader_workers
     if tr.recipe.window:
-        run = BlockRun(dataset, tr.cfg.batch_size, end, tr.ctx.world_size, tr.ctx.rank, tr.step)
+        layout = {"world_size": tr.ctx.world_size, "rank": tr.ctx.rank, "start_step": tr.step}
+        run = BlockRun(dataset, tr.cfg.batch_size, end, **layout)
         return dataset, block_loader(run, workers, pin_memory=tr.ctx.device.type == "cuda")
     sampler = RunSampler(
         len(dataset.split), tr.cfg.batch_size, end, tr.ctx.world_size, tr.ctx.rank, tr.step

@@ -23,6 +23,7 @@ from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import CheckpointError, ConfigError, DeitPipeError
+from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.config import TrainConfig
@@ -113,13 +114,13 @@ def setup_distributed(device: str) -> Context:
 def opened(cfg: TrainConfig) -> dict:
     """How the run's dataset is reached: fsspec options and the local data cache."""
     cache = DataCache(cfg.data_cache, cfg.data_cache_size) if cfg.data_cache else None
-    return {"storage_options": cfg.storage_options, "data_cache": cache}
+    return {"data_options": cfg.data_options, "data_cache": cache}
 
 
 def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
-        store = TargetStore(cfg.store, cfg.storage_options, cfg.teacher_name)
+        store = TargetStore(Place(cfg.store, cfg.store_options), teacher=cfg.teacher_name)
         store.check_files()
         made_from = store.spec.dataset["spec"]
         if cfg.data and cfg.data != made_from:

@@ -24,76 +24,79 @@ from datetime import UTC, datetime
 
 from deit_pipe.errors import LockedError, OutputPathError, StoreCorruptError
 from deit_pipe.outputs import is_ours
+from deit_pipe.place import Place
 from deit_pipe.storage.format import (
     ATTR_KEY,
     CREATING_KEY,
     GROWING,
     is_format_path,
 )
-from deit_pipe.storage.io import atomic_write, file_system, is_local, storage_errors
 from deit_pipe.storage.lock import WriterLock
 
 
 @dataclass(frozen=True)
-class Place:
+class Found:
+    """What is at a store's path now."""
+
     state: str  # absent | empty | store | creating | damaged | foreign | file
     entries: tuple[str, ...] = ()  # names at the root, ours excluded (lock, temp files)
     reason: str = ""
 
 
-def probe(url: str, storage_options: dict | None = None) -> Place:
-    """What is at `url` now; reads only."""
-    if not url.strip():
+def probe(place: Place | str) -> Found:
+    """What is at `place` now; reads only."""
+    place = Place.of(place)
+    if not place.url.strip():
         raise OutputPathError("the output path is empty: name a new directory or URL")
-    fs, base = file_system(url, storage_options)
-    with storage_errors(url):
+    fs, base = place.fs, place.base
+    with place.errors():
         if not fs.exists(base):
-            return Place("absent")
+            return Found("absent")
         if fs.isfile(base):
-            return Place("file")
+            return Found("file")
         names = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(base, detail=False))
         entries = tuple(n for n in names if n and not is_ours(n))
         if not entries:
-            return Place("empty")
+            return Found("empty")
         if "zarr.json" not in entries:
-            return Place("foreign", entries)
+            return Found("foreign", entries)
         try:
             attrs = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes") or {}
         except (ValueError, AttributeError) as exc:
-            return Place("damaged", entries, reason=f"{type(exc).__name__}: {exc}"[:120])
+            return Found("damaged", entries, reason=f"{type(exc).__name__}: {exc}"[:120])
     if isinstance(attrs.get(ATTR_KEY), dict) and "format_version" in attrs[ATTR_KEY]:
-        return Place("store", entries)
+        return Found("store", entries)
     if isinstance(attrs.get(CREATING_KEY), dict):
-        return Place("creating", entries)
-    return Place("foreign", entries)
+        return Found("creating", entries)
+    return Found("foreign", entries)
 
 
-def refuse_unusable(url: str, place: Place) -> None:
+def refuse_unusable(url: Place | str, found: Found) -> None:
     """One line for a path a store can never be made at (no flag changes that)."""
-    if place.state == "file":
+    if found.state == "file":
         raise OutputPathError(f"{url} is a file, not a store: choose a new path for --out")
-    if place.state == "foreign":
-        shown = ", ".join(place.entries[:3]) + (", …" if len(place.entries) > 3 else "")
+    if found.state == "foreign":
+        shown = ", ".join(found.entries[:3]) + (", …" if len(found.entries) > 3 else "")
         raise OutputPathError(
             f"{url} exists and is not a deit-pipe store (it holds {shown}); a store is made "
             "only in a new or empty directory: choose another --out (nothing was changed)"
         )
-    if place.state == "damaged":
+    if found.state == "damaged":
         raise StoreCorruptError(
-            f"{url}/zarr.json is unreadable ({place.reason}); if this was a deit-pipe store, "
+            f"{url}/zarr.json is unreadable ({found.reason}); if this was a deit-pipe store, "
             "restore the file or move the folder away (nothing was changed)"
         )
 
 
-def store_teachers(url: str, storage_options: dict | None = None) -> list[str]:
+def store_teachers(place: Place | str) -> list[str]:
     """The added teachers a store's root names, whose folders under `teachers/` are its own:
     those its metadata lists, one a growth was adding when it stopped (`GROWING`), and those
     an interrupted clear was removing (`CREATING_KEY`). Read as written, unverified: it only
     decides what may be removed, and an edited name could only keep more."""
-    fs, base = file_system(url, storage_options)
-    with storage_errors(url):
+    place = Place.of(place)
+    with place.errors():
         try:
-            attrs = json.loads(fs.cat_file(f"{base}/zarr.json")).get("attributes") or {}
+            attrs = json.loads(place.fs.cat_file(place.path("zarr.json"))).get("attributes") or {}
         except (FileNotFoundError, ValueError, AttributeError):
             return []
     meta = attrs.get(ATTR_KEY) if isinstance(attrs.get(ATTR_KEY), dict) else {}
@@ -105,15 +108,16 @@ def store_teachers(url: str, storage_options: dict | None = None) -> list[str]:
 
 
 def store_paths(
-    url: str, teachers: list[str], storage_options: dict | None = None, under: str = ""
+    place: Place | str, teachers: list[str], under: str = ""
 ) -> tuple[list[str], list[str], list[str]]:
     """(files, folders, foreign) below a store's root (or its folder `under`), as paths
     relative to the root: the files and folders the format writes (`is_format_path`), and
     the topmost paths it does not — a user's, never removed. The root's lock and claim
     files are in none of them (jobs hold them)."""
-    fs, base = file_system(url, storage_options)
+    place = Place.of(place)
+    fs, base = place.fs, place.base
     top = f"{base}/{under}".rstrip("/")
-    with storage_errors(url):
+    with place.errors():
         if not fs.exists(top):
             return [], [], []
         found = fs.find(top, withdirs=True, detail=True)
@@ -134,31 +138,32 @@ def store_paths(
     return files, folders, foreign
 
 
-def refuse_foreign(url: str, foreign: list[str], before: str = "the store is replaced") -> None:
+def refuse_foreign(
+    url: Place | str, foreign: list[str], before: str = "the store is replaced"
+) -> None:
     """One line naming the first path below a store that deit-pipe did not write, and how
     many others there are."""
     if foreign:
         more = f" (and {len(foreign) - 1} more such path(s))" if len(foreign) > 1 else ""
         raise OutputPathError(
-            f"{url.rstrip('/')}/{foreign[0]} was not written by deit-pipe{more}; move it out "
+            f"{str(url).rstrip('/')}/{foreign[0]} was not written by deit-pipe{more}; move it out "
             f"of the store before {before} (nothing was changed)"
         )
 
 
-def write_root(url: str, attributes: dict, storage_options: dict | None = None) -> None:
+def write_root(place: Place | str, attributes: dict) -> None:
     """The root group's `zarr.json`, replaced atomically (a crash leaves old or new)."""
-    fs, base = file_system(url, storage_options)
+    place = Place.of(place)
     doc = {
         "attributes": attributes,
         "zarr_format": 3,
         "consolidated_metadata": None,
         "node_type": "group",
     }
-    with storage_errors(url):
-        atomic_write(fs, f"{base}/zarr.json", json.dumps(doc, indent=2).encode())
+    place.write_atomic("zarr.json", json.dumps(doc, indent=2).encode())
 
 
-def clear_store(url: str, storage_options: dict | None = None) -> None:
+def clear_store(place: Place | str) -> None:
     """Remove a store's own entries, and only those, so it can be made anew.
 
     Everything below the root is classified first; anything the format does not write (a
@@ -167,18 +172,19 @@ def clear_store(url: str, storage_options: dict | None = None) -> None:
     interrupted clear still reads as deit-pipe's and a rerun finishes it. Locally files are
     removed one by one and folders only once empty, so a file that appeared meanwhile stays.
     """
-    teachers = store_teachers(url, storage_options)
-    files, folders, foreign = store_paths(url, teachers, storage_options)
-    refuse_foreign(url, foreign)
+    place = Place.of(place)
+    teachers = store_teachers(place)
+    files, folders, foreign = store_paths(place, teachers)
+    refuse_foreign(place, foreign)
     stamp = {"since": datetime.now(UTC).isoformat(timespec="seconds"), "teachers": teachers}
-    write_root(url, {CREATING_KEY: stamp}, storage_options)
-    fs, base = file_system(url, storage_options)
-    with storage_errors(url):
+    write_root(place, {CREATING_KEY: stamp})
+    fs, base = place.fs, place.base
+    with place.errors():
         gone = [f"{base}/{f}" for f in files if f != "zarr.json"]
         if gone:
             fs.rm(gone)
         for folder in sorted(folders, key=lambda f: -f.count("/")):  # the deepest first
-            if is_local(url):
+            if place.local:
                 os.rmdir(f"{base}/{folder}")  # refuses a folder something appeared in
             else:  # object stores have no folders; an in-memory one has empty markers
                 with contextlib.suppress(OSError):
@@ -190,15 +196,16 @@ PREPARE_WAIT = 120.0  # seconds
 
 
 @contextmanager
-def store_lock(url: str, purpose: str, storage_options: dict | None = None) -> Iterator[WriterLock]:
+def store_lock(place: Place | str, purpose: str) -> Iterator[WriterLock]:
     """Hold the store's writer lock; a local directory is made for it if there is none yet
     (and removed again if the job stops before anything else was written into it). A holder
     that is only preparing the store (another precompute creating or growing it) is waited
     for, up to `PREPARE_WAIT` seconds: jobs on other epochs start side by side."""
-    fs, base = file_system(url, storage_options)
+    place = Place.of(place)
+    fs, base = place.fs, place.base
     made = False
-    if is_local(url) and not fs.exists(base):
-        with storage_errors(url):
+    if place.local and not fs.exists(base):
+        with place.errors():
             try:
                 os.makedirs(base)
                 made = True
@@ -208,7 +215,7 @@ def store_lock(url: str, purpose: str, storage_options: dict | None = None) -> I
     try:
         while True:
             try:
-                lock = WriterLock(url, purpose, storage_options=storage_options).__enter__()
+                lock = WriterLock(place, purpose).__enter__()
                 break
             except LockedError as exc:
                 brief = str(exc.holder.get("purpose", "")).endswith(PREPARING)
