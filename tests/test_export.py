@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from deit_pipe.audit.agreement import classifier_metrics
 from deit_pipe.data import ViewConfig, open_source
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
 from deit_pipe.student.evaluate import predict
+from deit_pipe.student.metrics import classifier_metrics
 from deit_pipe.student.runs import evaluate_checkpoint, load_run
 from deit_pipe.student.tblog import scalars
 from deit_pipe.student.train import TrainConfig, train

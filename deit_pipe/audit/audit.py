@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from deit_pipe.audit.agreement import classifier_metrics, disagreement_matrix
-from deit_pipe.audit.plots import agreement_heatmap, training_curves
+from deit_pipe.audit.agreement import disagreement_matrix
+from deit_pipe.audit.plots import agreement_heatmap
 from deit_pipe.data import collate_views, finish, mismatches, stored_views
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
@@ -26,7 +26,9 @@ from deit_pipe.outputs import check_output_dir, check_replace, make_dir, mark_ou
 from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.card import HEAD_LABELS, audit_summary, classifier_label
+from deit_pipe.student.curves import training_curves
 from deit_pipe.student.evaluate import predict
+from deit_pipe.student.metrics import classifier_metrics
 from deit_pipe.student.models import heads
 from deit_pipe.student.runs import Run, load_run, store_source
 from deit_pipe.student.tblog import TB_DIR, add_audit

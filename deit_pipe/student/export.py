@@ -81,7 +81,7 @@ def choose_head(run: Run, head: str | None) -> str:
 
 def val_metrics(run: Run, model: torch.nn.Module) -> dict[str, dict]:
     """Every head's top-1/top-5/P/R/F1/AUC on the run's clean val views (`eval`'s views)."""
-    from deit_pipe.audit.agreement import classifier_metrics
+    from deit_pipe.student.metrics import classifier_metrics
 
     source = run_source(run)
     if "val" not in source.splits:
@@ -123,7 +123,7 @@ def export_run(
         replace_owned(out, EXPORT_FILES)
         mark_output(out, WHAT)
         write_timm_folder(model, run, result)
-        from deit_pipe.audit.plots import training_curves
+        from deit_pipe.student.curves import training_curves
 
         training_curves({run.label: run.path}, out / "curves.png")
         (out / "README.md").write_text(render_card(run, result))
