@@ -60,6 +60,16 @@ def test_the_ensemble_is_the_weighted_mean_of_the_teachers(store):
     halves = (alone[0].soft(slots, 1.0) + alone[1].soft(slots, 1.0)) / 2
     assert torch.allclose(even.soft(slots, 1.0), halves, atol=1e-6)
     assert np.array_equal(TargetStore(str(store)).read_epoch(1).indices, alone[0].indices)
+    # One teacher or an ensemble: the same members with the same shapes (`StoredTargets`).
+    from deit_pipe.storage.epoch import StoredTargets
+
+    for targets in (alone[0], both):
+        assert isinstance(targets, StoredTargets)
+        assert targets.top1.shape == targets.fingerprint.shape and targets.top1.dtype == np.int64
+        assert targets.hard(slots).tolist() == targets.top1[slots].tolist()
+        assert targets.soft(slots, 1.0).shape == (len(slots), 10)
+        top, ids, tail = targets.soft_parts(slots, 1.0)
+        assert top.shape == ids.shape and tail.shape == (len(slots),)
 
 
 def test_a_student_distils_from_the_ensemble_and_the_audit_shows_each_teacher(store, tmp_path):

@@ -129,13 +129,13 @@ def audit(
     if store.spec.targets == "soft":
         teacher_probs = val.soft(np.arange(len(val)), 1.0).numpy()
     else:  # a hard-target store knows the teacher's top-1 only: score it as certain
-        teacher_probs = np.eye(num_classes)[val.indices[:, 0].astype(np.int64)]
-    predictions = {"ground truth": labels, "teacher": val.indices[:, 0].astype(np.int64)}
+        teacher_probs = np.eye(num_classes)[val.top1]
+    predictions = {"ground truth": labels, "teacher": val.top1}
     metrics = {"teacher": classifier_metrics(teacher_probs, labels, num_classes)}
     if len(store.spec.teacher_names) > 1:  # each teacher alone, beside the one(s) distilled
         for name in store.spec.teacher_names:
             alone = TargetStore(place, teacher=name)
-            predictions[f"teacher {name}"] = alone.read_epoch(0, "val").indices[:, 0].astype(int)
+            predictions[f"teacher {name}"] = alone.read_epoch(0, "val").top1
             alone.close()
     train_agreement = {}
     for name, run in zip(_names(runs), runs, strict=True):
@@ -244,7 +244,7 @@ def train_view_agreement(
                     f"{store.url}: library versions differ from the store's?"
                 )
             x = finish(batch, recipe.view, device).contiguous(memory_format=torch.channels_last)
-            teacher_top1 = targets.indices[slots, 0].astype(np.int64)
+            teacher_top1 = targets.top1[slots]
             for head, logits in heads(model, x).items():
                 hits = (logits.argmax(1).cpu().numpy() == teacher_top1).astype(int).tolist()
                 agree.setdefault(head, []).extend(hits)

@@ -62,7 +62,7 @@ class EnsembleTargets:
 
     members: list  # EpochTargets, one per teacher, same views
     weights: list[float]
-    indices: np.ndarray = field(init=False)  # [V, 1] the ensemble's hard target
+    top1: np.ndarray = field(init=False)  # [V] int64: the ensemble's hard target
 
     @classmethod
     def of(cls, members: list, weights: list[float], url: str) -> EnsembleTargets:
@@ -80,7 +80,7 @@ class EnsembleTargets:
         top1 = [
             self._hard(np.arange(lo, min(lo + _CHUNK, views))) for lo in range(0, views, _CHUNK)
         ]
-        self.indices = np.concatenate(top1 or [np.zeros(0, np.int64)])[:, None]
+        self.top1 = np.concatenate(top1 or [np.zeros(0, np.int64)]).astype(np.int64)
 
     epoch = property(lambda self: self.members[0].epoch)
     fingerprint = property(lambda self: self.members[0].fingerprint)
@@ -127,7 +127,7 @@ class EnsembleTargets:
         return torch.from_numpy(self.dense(np.asarray(slots), tau).astype(np.float32))
 
     def hard(self, slots: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.indices[np.asarray(slots), 0].astype(np.int64))
+        return torch.from_numpy(self.top1[np.asarray(slots)])
 
     def _hard(self, slots: np.ndarray) -> np.ndarray:
         if self.members[0].values is not None:

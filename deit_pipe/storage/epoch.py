@@ -4,11 +4,46 @@ from it (`EpochTargets`); `dense_soft` spreads the exact tail mass past the stor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from deit_pipe.errors import StoreMismatchError
+
+
+@runtime_checkable
+class StoredTargets(Protocol):
+    """An epoch slice of stored teacher targets, of one teacher (`EpochTargets`) or of a
+    weighted ensemble (`storage.ensemble.EnsembleTargets`): the same members, the same
+    shapes, whichever a run reads."""
+
+    epoch: int
+    fingerprint: np.ndarray  # [V] uint64: each view's fingerprint, as the teacher saw it
+    num_classes: int
+    temperatures: tuple[float, ...]
+
+    @property
+    def top1(self) -> np.ndarray:
+        """[V] int64: the teacher's (or the ensemble's) top-1 class per view."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def soft_parts(
+        self, slots: np.ndarray, tau: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """([n, K] probabilities of K listed classes, [n, K] their ids, [n] the rest of the
+        mass): `dense_soft` makes the [n, C] distribution of them."""
+        ...
+
+    def soft(self, slots: np.ndarray, tau: float) -> torch.Tensor:
+        """[n, C] float32: the teacher distribution at τ."""
+        ...
+
+    def hard(self, slots: np.ndarray) -> torch.Tensor:
+        """[n] int64: the top-1 class of the views at `slots`."""
+        ...
 
 
 @dataclass
@@ -64,6 +99,10 @@ class EpochTargets:
     def soft(self, slots: np.ndarray, tau: float) -> torch.Tensor:
         """Dense teacher distribution: exact on the top-k, the exact tail mass spread evenly."""
         return dense_soft(*self.soft_parts(slots, tau), self.num_classes)
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.indices[:, 0].astype(np.int64)
 
     def hard(self, slots: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.indices[np.asarray(slots), 0].astype(np.int64))

@@ -130,7 +130,7 @@ def _val_accuracy(store: TargetStore, missing: dict) -> float | None:
     is_val = np.asarray(manifest["split"].to_pylist()) == "val"
     order = np.argsort(manifest["index"].to_numpy()[is_val])
     labels = manifest["label"].to_numpy()[is_val][order]
-    hard = store.read_epoch(0, "val").indices[:, 0].astype(np.int64)
+    hard = store.read_epoch(0, "val").top1
     return float((hard == labels).mean()) if len(labels) == len(hard) else None
 
 

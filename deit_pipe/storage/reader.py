@@ -26,7 +26,7 @@ from deit_pipe.place import Place
 from deit_pipe.storage.checks import StoreChecks
 from deit_pipe.storage.done import DoneFlagError, Progress, read_done, read_progress
 from deit_pipe.storage.ensemble import EnsembleTargets, choose_teachers
-from deit_pipe.storage.epoch import EpochTargets
+from deit_pipe.storage.epoch import EpochTargets, StoredTargets
 from deit_pipe.storage.follow import FollowStore
 from deit_pipe.storage.io import open_store
 from deit_pipe.storage.seal import split_salt
@@ -83,7 +83,7 @@ class TargetStore(StoreChecks, FollowStore):
             raise DoneFlagError(self.url, damaged)
         return done[0]
 
-    def read_epoch(self, epoch: int, split: str = "train") -> EpochTargets | EnsembleTargets:
+    def read_epoch(self, epoch: int, split: str = "train") -> StoredTargets:
         """Load one whole epoch slice (of each teacher read); refuses an epoch with shards not
         marked done, or whose bytes differ from their write-time checksums."""
         self._require_split(split)
@@ -132,7 +132,7 @@ class TargetStore(StoreChecks, FollowStore):
         ]
         return np.maximum.reduce(times)
 
-    def epoch(self, epoch: int, split: str = "train", prefetch: int | None = None) -> EpochTargets:
+    def epoch(self, epoch: int, split: str = "train", prefetch: int | None = None) -> StoredTargets:
         """`read_epoch`, served from the prefetch thread when ready; then prefetch `prefetch`
         if all its shards are done (an epoch still being filled is read when it is)."""
         future = self._pending.pop((split, epoch), None)

@@ -16,7 +16,7 @@ import torch
 
 from deit_pipe.data import EpochPlan, Split, mismatches
 from deit_pipe.errors import ReplayError
-from deit_pipe.storage import EpochTargets, TargetStore, dense_soft
+from deit_pipe.storage import StoredTargets, TargetStore, dense_soft
 from deit_pipe.storage.format import version_drift
 from deit_pipe.teacher import teacher_logits
 
@@ -68,7 +68,7 @@ class StoredTeacher:
     ):
         self.store, self.tau, self.split, self.data = store, tau, split, data
         self.cycle_epochs, self.want_soft, self.device = cycle_epochs, soft, device
-        self.current: EpochTargets | None = None
+        self.current: StoredTargets | None = None
         self.plan: EpochPlan | None = None
 
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
@@ -106,7 +106,7 @@ class StoredTeacher:
 
 
 def stored_batch(
-    epoch: EpochTargets, slots: np.ndarray, tau: float, soft: bool, device: torch.device
+    epoch: StoredTargets, slots: np.ndarray, tau: float, soft: bool, device: torch.device
 ) -> TeacherBatch:
     """A batch's targets from an epoch slice, as training reads them: the top-1 class, and
     with `soft` the dense distribution at τ, built on `device` from k + k + 1 numbers a view."""
