@@ -472,27 +472,28 @@ def verify(
     else:
         _print_verify(report)
     if not report.ok:
-        first = next((e for e in report.epochs if e.first_mismatch), None)
-        where = ""
-        if first is not None:
-            m = first.first_mismatch
-            partner = f" mixed with {m['mixed_with']}" if "mixed_with" in m else ""
-            where = (
-                f"; first: {first.split} epoch {first.epoch} slot {m['slot']} "
-                f"({m['file']}{partner})"
-            )
-        drift = f"; library versions differ: {report.version_drift}" if report.version_drift else ""
-        dataset = "" if report.dataset_matches else "the dataset changed since it was made; "
-        damaged = f"{len(report.damaged)} damaged shard(s), first: " if report.damaged else ""
-        if damaged:
-            click.echo(f"error: {damaged}{report.damaged[0]}", err=True)
-        else:
-            click.echo(
-                f"error: {store}: {dataset}{report.mismatches} of {report.checked} re-rendered "
-                f"views differ{where}{drift}",
-                err=True,
-            )
+        click.echo(f"error: {_verify_failure(store, report)}", err=True)
         raise SystemExit(1)
+
+
+def _verify_failure(store: str, report) -> str:
+    """The one line a failed verify ends with: the first damaged shard, or what differs."""
+    first = next((e for e in report.epochs if e.first_mismatch), None)
+    where = ""
+    if first is not None:
+        m = first.first_mismatch
+        partner = f" mixed with {m['mixed_with']}" if "mixed_with" in m else ""
+        where = (
+            f"; first: {first.split} epoch {first.epoch} slot {m['slot']} ({m['file']}{partner})"
+        )
+    drift = f"; library versions differ: {report.version_drift}" if report.version_drift else ""
+    dataset = "" if report.dataset_matches else "the dataset changed since it was made; "
+    if report.damaged:
+        return f"{len(report.damaged)} damaged shard(s), first: {report.damaged[0]}"
+    return (
+        f"{store}: {dataset}{report.mismatches} of {report.checked} re-rendered views "
+        f"differ{where}{drift}"
+    )
 
 
 def _verify_rows(epochs: list) -> list:
