@@ -51,8 +51,12 @@ def test_a_damaged_done_flag_is_named_and_repair_rebuilds_it(made, store, tmp_pa
     flip(store / "train" / "done" / "c" / "0" / "0")
     damaged = data_files(store)
     flag = "the done flag of train epoch 0 shard 0 is damaged"
+    # inspect shows what it can read, then names the damage (exit 1)
+    shown = invoke("inspect", store)
+    assert shown.exit_code == 1 and "epochs" in shown.output and "unreadable" in shown.output
+    last = shown.output.strip().splitlines()[-1]
+    assert last.startswith("error:") and "train epoch 0 shard" in last and "--repair" in last
     for args in (
-        ["inspect", store],
         ["verify", store],
         ["train", "--store", store, "--out", tmp_path / "run", *SMALL],
         [*PRE, "--out", store],  # a plain resume
@@ -222,3 +226,19 @@ def test_a_dry_run_refuses_a_users_file_as_out_and_states_its_memory(tmp_path):
     memory = [line for line in planned.output.splitlines() if line.startswith("memory:")]
     assert len(memory) == 1 and "GiB a device" in memory[0] and "teacher weights" in memory[0]
     assert not (tmp_path / "new.zarr").exists()
+
+
+def test_inspect_shows_what_it_can_read_of_a_store_with_a_damaged_chunk(store):
+    import json
+
+    flip(store / "train" / "topk_values" / "c" / "0" / "0" / "0")  # a done shard's values
+    before = data_files(store)
+    shown = invoke("inspect", store)
+    lines = shown.output.strip().splitlines()
+    assert shown.exit_code == 1 and "Traceback" not in shown.output
+    assert any(line.split()[:1] == ["epochs"] for line in lines)  # the rest is shown
+    assert lines[-1].startswith("error:") and "train/topk_values" in lines[-1]
+    info = json.loads(invoke("inspect", store, "--json").output.split("\nerror:")[0])
+    assert info["epochs"] == 1 and info["val_teacher_top1"] is not None  # val is intact
+    assert info["topk_mass_mean"] is None and "train/topk_values" in info["unreadable"][0]
+    assert data_files(store) == before  # inspect reads only

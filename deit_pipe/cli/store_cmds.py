@@ -38,7 +38,15 @@ def inspect(
     info = summarize(TargetStore(Place(store, store_options)))
     if as_json:
         click.echo(json.dumps(info, indent=2))
-        return
+    else:
+        _print_summary(info)
+    if info["unreadable"]:  # printed what it could; the damage is named, and fails the command
+        more = f" (and {len(info['unreadable']) - 1} more)" if len(info["unreadable"]) > 1 else ""
+        click.echo(f"error: {info['unreadable'][0]}{more}", err=True)
+        raise SystemExit(1)
+
+
+def _print_summary(info: dict) -> None:
     table = Table(show_header=False, box=None)
     rows = [
         ("store", f"{info['url']} (format v{info['format_version']}, created {info['created']})"),
@@ -77,6 +85,7 @@ def inspect(
         rows.append(("filling", f"{job['epochs']}: {job['job']}"))
     for item in info["skipped_files"]:
         rows.append(("skipped", f"{item['path']}: {item['reason']}"))
+    rows += [("unreadable", problem) for problem in info["unreadable"]]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     console.print(table, highlight=False)
@@ -182,6 +191,8 @@ def _print_cost(cost, job, epochs: int, split) -> None:
 
 def _filling(info: dict) -> str:
     p = info["progress"]
+    if p is None:
+        return "unreadable (see below)"
     if p["views_done"] == p["views_total"]:
         return "complete"
     complete = ", ".join(str(e) for e in info["epochs_complete"]) or "none"

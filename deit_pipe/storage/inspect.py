@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from deit_pipe.errors import StoreIncompleteError
+from deit_pipe.errors import StoreCorruptError, StoreIncompleteError
 from deit_pipe.storage.claims import running_jobs
 from deit_pipe.storage.done import read_progress
 from deit_pipe.storage.format import FORMAT_VERSION
@@ -16,8 +16,19 @@ from deit_pipe.storage.reader import TargetStore
 
 
 def summarize(store: TargetStore) -> dict:
-    """JSON-ready summary used by `deit-pipe inspect`."""
+    """JSON-ready summary used by `deit-pipe inspect`. Damage below the metadata (a done flag
+    or an array chunk that fails its checksum) does not hide the rest: what it prevents is
+    left out and named in `unreadable` (the first one of each part)."""
     spec = store.spec
+    unreadable: list[str] = []
+
+    def readable(read, default=None):
+        try:
+            return read()
+        except StoreCorruptError as exc:
+            unreadable.append(str(exc))
+            return default
+
     store.check_files()  # its val top-1 reads the manifest's labels
     fs, base = store.place.fs, store.place.base
     sizes = file_sizes(fs, base)  # one listing (on S3, requests per thousand objects)
@@ -25,10 +36,18 @@ def summarize(store: TargetStore) -> dict:
     array_bytes = sum(n for path, n in sizes.items() if path.split("/", 1)[0] in spec.splits)
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
     # `done` is one object per (epoch, shard): read each teacher's once (on S3, E·S requests).
-    by_teacher = {
-        name: read_progress(store.group, spec, store.url, spec.prefix(name)).done
-        for name in spec.teacher_names
+    read = {
+        n: read_progress(store.group, spec, store.url, spec.prefix(n), tolerant=True)
+        for n in spec.teacher_names
     }
+    by_teacher = {name: p.done for name, p in read.items()}
+    unreadable += [
+        f"{store.url}: the done flag of {where} epoch {e} shard {s} is damaged (read as not "
+        "done; precompute --repair rebuilds it)"
+        for p in read.values()
+        for cells in p.damaged.values()
+        for where, e, s in cells
+    ]
     done = {
         split: np.logical_and.reduce([by_teacher[t][split] for t in store.teachers])
         for split in spec.splits
@@ -37,7 +56,7 @@ def summarize(store: TargetStore) -> dict:
     complete = (
         [int(e) for e in np.flatnonzero(done["train"].all(axis=1))] if "train" in done else []
     )
-    tau, mass = _topk_mass(store, complete, missing)
+    tau, mass = readable(lambda: _topk_mass(store, complete, missing), (1.0, None))
     return {
         "url": store.url,
         "format_version": FORMAT_VERSION,
@@ -67,13 +86,14 @@ def summarize(store: TargetStore) -> dict:
         "bytes_per_view": array_bytes / views if views else None,
         "topk_mass_tau": tau,
         "topk_mass_mean": mass,
-        "val_teacher_top1": _val_accuracy(store, missing),
+        "val_teacher_top1": readable(lambda: _val_accuracy(store, missing)),
         "skipped_files": _skipped(store),
-        "progress": progress(store, done),
+        "progress": readable(lambda: progress(store, done)),
         "filled_by": [
             {"epochs": str(claim), "job": describe(holder)}
             for claim, holder in running_jobs(store.place)
         ],
+        "unreadable": unreadable,
     }
 
 

@@ -99,6 +99,11 @@ class WriterLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = read_holder(lambda: os.pread(fd, 4096, 0))
+            for _ in range(40):  # taken a moment ago: its holder writes who it is right after
+                if holder:
+                    break
+                time.sleep(0.05)
+                holder = read_holder(lambda: os.pread(fd, 4096, 0))
             os.close(fd)
             raise self._refuse(holder) from None
         os.ftruncate(fd, 0)

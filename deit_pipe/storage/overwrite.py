@@ -218,7 +218,8 @@ def store_lock(place: Place | str, purpose: str) -> Iterator[WriterLock]:
                 lock = WriterLock(place, purpose).__enter__()
                 break
             except LockedError as exc:
-                brief = str(exc.holder.get("purpose", "")).endswith(PREPARING)
+                # a holder that has not yet said who it is was taken a moment ago: wait too
+                brief = not exc.holder or str(exc.holder.get("purpose", "")).endswith(PREPARING)
                 if not brief or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
