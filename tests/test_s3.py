@@ -263,6 +263,14 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
         env={"DEIT_PIPE_STORAGE_OPTIONS": opts},
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
+    # eval reads the run's val images from S3 through a data cache, as train does
+    cache = tmp_path / "eval-cache"
+    evaluated = CliRunner().invoke(
+        main, ["eval", "--checkpoint", str(student), "--data-cache", str(cache), "--json"],
+        env={"DEIT_PIPE_STORAGE_OPTIONS": opts},
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert any(len(p.name) == 32 for p in cache.iterdir())  # a shard's local copy
 
 
 def test_data_cache_fetches_once_refetches_what_changed_and_keeps_its_cap(s3, tmp_path, caplog):

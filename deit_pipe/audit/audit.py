@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from deit_pipe.audit.agreement import disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap
 from deit_pipe.data import collate_views, finish, mismatches, stored_views
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.device_render import realize, render_mode
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
@@ -98,6 +99,7 @@ def audit(
     train_views: int = 512,
     device: str = "auto",
     data_options: dict | None = None,
+    data_cache: DataCache | None = None,
     teacher: str | None = None,
     force: bool = False,
     render: str = "auto",
@@ -123,7 +125,7 @@ def audit(
     render = render_mode(render, dev)
     val = store.read_epoch(0, "val")
     # The val pixels scored below against the stored teacher answers: the store's own.
-    source = store_source(runs[0], store, data_options)
+    source = store_source(runs[0], store, data_options, data_cache)
     labels = source.split("val").labels
     num_classes = store.spec.num_classes
     if store.spec.targets == "soft":

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from deit_pipe.cli import console, fsspec_options, main, render_option
+from deit_pipe.cli import console, data_cache_option, fsspec_options, main, render_option
 
 
 @main.command(name="audit")
@@ -46,6 +46,7 @@ from deit_pipe.cli import console, fsspec_options, main, render_option
 )
 @render_option
 @fsspec_options
+@data_cache_option
 def audit_cmd(
     store: str,
     runs: tuple[Path, ...],
@@ -57,6 +58,7 @@ def audit_cmd(
     render: str,
     store_options: dict | None,
     data_options: dict | None,
+    data_cache,
 ) -> None:
     """Teacher–student agreement on val (paper Table 4) and on replayed training views."""
     from deit_pipe.audit import audit
@@ -69,6 +71,7 @@ def audit_cmd(
         ema=ema,
         train_views=train_views,
         data_options=data_options,
+        data_cache=data_cache,
         teacher=teacher_name,
         force=force,
         render=render,

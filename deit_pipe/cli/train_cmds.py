@@ -330,6 +330,7 @@ def _relaunch_torchrun(nproc: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @render_option
 @fsspec_options
+@data_cache_option
 def eval_cmd(
     checkpoint: Path,
     data: str | None,
@@ -339,6 +340,7 @@ def eval_cmd(
     render: str,
     store_options: dict | None,
     data_options: dict | None,
+    data_cache,
 ) -> None:
     """Top-1/top-5 of every head of a checkpoint on clean val views."""
     from deit_pipe.student.runs import evaluate_checkpoint
@@ -350,6 +352,7 @@ def eval_cmd(
         input_size=input_size,
         store_options=store_options,
         data_options=data_options,
+        data_cache=data_cache,
         render=render,
     )
     if as_json:

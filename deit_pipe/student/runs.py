@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from deit_pipe.data import Source, open_source
+from deit_pipe.data.cache import DataCache
 from deit_pipe.data.device_render import render_mode
 from deit_pipe.data.identity import same_dataset
 from deit_pipe.data.recipe import Recipe
@@ -96,10 +97,13 @@ def run_source(
     data: str | None = None,
     data_options: dict | None = None,
     skip: dict[str, str] | None = None,
+    data_cache: DataCache | None = None,
 ) -> Source:
     """The run's dataset (or `data`), refused if its classes differ from the run's. `skip`:
     the files the store's teacher skipped, which training excluded too."""
-    source = open_source(data or run.config["dataset"], skip=skip, data_options=data_options)
+    source = open_source(
+        data or run.config["dataset"], skip=skip, data_options=data_options, data_cache=data_cache
+    )
     if source.classes != run.config["classes"]:
         raise DeitPipeError(
             f"{data or run.config['dataset']} has classes {source.classes[:5]}…; "
@@ -108,19 +112,27 @@ def run_source(
     return source
 
 
-def store_source(run: Run, store: TargetStore, data_options: dict | None = None) -> Source:
+def store_source(
+    run: Run,
+    store: TargetStore,
+    data_options: dict | None = None,
+    data_cache: DataCache | None = None,
+) -> Source:
     """The run's dataset as `store` holds it (its skipped files excluded), refused in one
     line unless it is the one the store's teacher saw (`verify.check_dataset`)."""
     from deit_pipe.pipeline.verify import check_dataset
 
     skip = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
-    source = run_source(run, data_options=data_options, skip=skip)
+    source = run_source(run, data_options=data_options, skip=skip, data_cache=data_cache)
     check_dataset(store, source)
     return source
 
 
 def checked_source(
-    run: Run, store_options: dict | None = None, data_options: dict | None = None
+    run: Run,
+    store_options: dict | None = None,
+    data_options: dict | None = None,
+    data_cache: DataCache | None = None,
 ) -> Source:
     """The run's own dataset, checked against the store the run trained from where that
     store can still be opened (with `store_options`), else against the dataset identity
@@ -133,10 +145,10 @@ def checked_source(
             pass
         else:
             try:
-                return store_source(run, store, data_options)
+                return store_source(run, store, data_options, data_cache)
             finally:
                 store.close()
-    source = run_source(run, data_options=data_options)
+    source = run_source(run, data_options=data_options, data_cache=data_cache)
     recorded = run.config.get("dataset_fingerprint")
     content, spec = run.config.get("dataset_content"), run.config.get("dataset", "")
     if recorded and not same_dataset(recorded, content, spec, source):
@@ -157,6 +169,7 @@ def evaluate_checkpoint(
     store_options: dict | None = None,
     data_options: dict | None = None,
     render: str = "auto",
+    data_cache: DataCache | None = None,
 ) -> dict:
     """Top-1/top-5 per head on clean val views, at the run's input size or `input_size`,
     rendered by Pillow or by the kernels on the device (`render`; the same bytes)."""
@@ -165,9 +178,9 @@ def evaluate_checkpoint(
     view = replace(run.recipe.view, input_size=size)  # checks the size before a model is made
     dev = resolve_device(device)
     source = (
-        run_source(run, data, data_options)
+        run_source(run, data, data_options, data_cache=data_cache)
         if data
-        else checked_source(run, store_options, data_options)
+        else checked_source(run, store_options, data_options, data_cache)
     )
     model = run.model(ema, img_size=size).to(dev, memory_format=torch.channels_last)
     render = render_mode(render, dev)
