@@ -120,10 +120,6 @@ class Place(PerProcess):
         """The backend path of `rel` below the place."""
         return f"{self.base}/{rel}" if rel else self.base
 
-    def child(self, rel: str) -> Place:
-        """The place `rel` below this one, reached with the same options."""
-        return Place(f"{self.url.rstrip('/')}/{rel}", self.options)
-
     @contextmanager
     def errors(self) -> Iterator[None]:
         """A backend's failure inside, as one line naming this place (`StoreAccessError`)."""
@@ -142,7 +138,7 @@ class Place(PerProcess):
 
 
 # OS errors a local write meets, as what the user should do about them.
-_WRITE_ERRORS = {
+WRITE_ERRORS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EFBIG: "file too large for this file system or process limit (ulimit -f)",
@@ -169,10 +165,10 @@ def storage_errors(url: str) -> Iterator[None]:
             ) from None
         raise StoreAccessError(f"{url}: access denied ({exc}); {CREDENTIALS_HINT}") from None
     except OSError as exc:
-        if exc.errno in _WRITE_ERRORS:
+        if exc.errno in WRITE_ERRORS:
             where = f" ({exc.filename})" if exc.filename else ""
             raise StoreAccessError(
-                f"{url}: cannot write: {_WRITE_ERRORS[exc.errno]}{where}"
+                f"{url}: cannot write: {WRITE_ERRORS[exc.errno]}{where}"
             ) from None
         if isinstance(exc, FileNotFoundError) and missing_bucket(exc):
             raise no_bucket(url) from None

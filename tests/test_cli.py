@@ -78,7 +78,7 @@ def test_a_run_repeats_from_its_own_config(tmp_path):
     assert invoke(*first).exit_code == 0
     config = tmp_path / "a" / "config.json"
     assert invoke("train", "--config", config, "--out", tmp_path / "b").exit_code == 0
-    a, b = (torch.load(tmp_path / r / "checkpoint.pt")["model"] for r in "ab")
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["model"] for r in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same run, the same weights
     again = invoke("train", "--config", config, "--out", tmp_path / "c", "--lr", "1e-3")
     assert again.exit_code == 0, again.output
@@ -90,7 +90,7 @@ def test_a_run_repeats_from_its_own_config(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(old))
     repeated = invoke("train", "--config", tmp_path / "old.json", "--out", tmp_path / "d")
     assert repeated.exit_code == 0, repeated.output
-    d = torch.load(tmp_path / "d" / "checkpoint.pt")["model"]
+    d = torch.load(tmp_path / "d" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], d[k]) for k in a)
 
 

@@ -23,11 +23,12 @@ import uuid
 from pathlib import Path
 
 from deit_pipe.errors import DataError
+from deit_pipe.place import WRITE_ERRORS
 
 log = logging.getLogger(__name__)
 
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-LOCAL_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+LOCAL_FAILURES = (*WRITE_ERRORS, errno.EACCES)  # the cache folder's, not the source's
 FREE_SHARE = 0.8  # of the free disk, the default cap: the cache must not fill the disk
 
 

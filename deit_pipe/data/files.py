@@ -96,9 +96,7 @@ class Root(Place):
             if start is not None:
                 return self._handle(rel).pread(start, end)
             path = self.path(rel)  # a whole file (an image): read once, not kept open
-            copy = self.data_cache and self.data_cache.local(
-                self.fs, path, f"{self.location}/{rel}"
-            )
+            copy = self._copy(rel, path)
             if copy:
                 with open(copy, "rb") as f:
                     return f.read()
@@ -112,12 +110,16 @@ class Root(Place):
         self.fs  # noqa: B018 — a fork drops the parent's handles
         if rel not in self._open:
             with data_errors(f"{self.location}/{rel}"):
-                path, local = self.path(rel), self.local
-                if self.data_cache is not None:
-                    copy = self.data_cache.local(self.fs, path, f"{self.location}/{rel}")
-                    path, local = (copy, True) if copy else (path, local)
-                self._open[rel] = _Handle(self.fs, path, local)
+                path = self.path(rel)
+                copy = self._copy(rel, path)
+                self._open[rel] = _Handle(self.fs, copy or path, bool(copy) or self.local)
         return self._open[rel]
+
+    def _copy(self, rel: str, path: str) -> str | None:
+        """A checked local copy of `rel` from the data cache, or None (no cache, too big)."""
+        if self.data_cache is None:
+            return None
+        return self.data_cache.local(self.fs, path, f"{self.location}/{rel}")
 
 
 class _Handle:

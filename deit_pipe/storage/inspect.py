@@ -8,7 +8,7 @@ import numpy as np
 
 from deit_pipe.errors import StoreCorruptError, StoreIncompleteError
 from deit_pipe.storage.claims import running_jobs
-from deit_pipe.storage.done import read_progress
+from deit_pipe.storage.done import DoneFlagError, read_progress
 from deit_pipe.storage.format import FORMAT_VERSION
 from deit_pipe.storage.io import file_sizes
 from deit_pipe.storage.lock import describe
@@ -41,12 +41,11 @@ def summarize(store: TargetStore) -> dict:
         for n in spec.teacher_names
     }
     by_teacher = {name: p.done for name, p in read.items()}
-    unreadable += [
-        f"{store.url}: the done flag of {where} epoch {e} shard {s} is damaged (read as not "
-        "done; precompute --repair rebuilds it)"
+    unreadable += [  # read as not done here; each named as every other command names it
+        str(DoneFlagError(store.url, [cell]))
         for p in read.values()
         for cells in p.damaged.values()
-        for where, e, s in cells
+        for cell in cells
     ]
     done = {
         split: np.logical_and.reduce([by_teacher[t][split] for t in store.teachers])
