@@ -1,22 +1,26 @@
 """P7-host and P7-cpu: the host's share of a 224² training view when the device renders.
 
 On the same generated ImageNet-sized JPEGs as `render_bench.py`, DeiT recipe, all in one
-run: timm's prefetcher transform (decode + Pillow stage, one core: the reference); the host
-work of `--render host` (decode + draws + Pillow + fingerprint); the loader worker's work of
-`--render device` (decode + draws + crop, then the batch's collation: resize taps and
-padding); and the consumer's `realize` of a prepared batch (the kernels, read-back,
-fingerprints) per view, on the CPU at batch 128 and on CUDA at batch 256 when there is one
-(the device named). P7-host = loader ÷ timm; P7-cpu = (loader + realize on the CPU) ÷ timm.
+run: timm's loader (open, decode, `convert("RGB")`, its prefetcher transform; one core: the
+reference); the training loader's item with `--render host` (open the header, draw, decode
+the crop's region, Pillow stage); with `--render device` (open, draw, decode the crop's
+region), then the batch's collation (resize taps, padding); both again with JPEGs decoded
+whole (`DEIT_PIPE_JPEG_REGION=0`); and the consumer's `realize` of a prepared batch (the
+kernels, read-back, fingerprints) per view, on the CPU at batch 128 and on CUDA at batch
+256 when there is one (the device named). P7-host = loader ÷ timm; P7-cpu = (loader +
+realize on the CPU) ÷ timm.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +32,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from render_bench import _timm_transform, make_jpegs  # noqa: E402
 from report import record_section  # noqa: E402
 
-from deit_pipe.data import open_source  # noqa: E402
+from deit_pipe.data import jpeg, open_source  # noqa: E402
 from deit_pipe.data.device_render import defer, prepare, realize  # noqa: E402
 from deit_pipe.data.recipe import PRESETS  # noqa: E402
 from deit_pipe.data.viewparams import ViewDrawer  # noqa: E402
 from deit_pipe.data.views import render, train_transform  # noqa: E402
 
+HOST = "--render host, loader: open + draws + Pillow"
+DEVICE = "--render device, loader: open + draws + crop"
+COLLATE = "--render device, loader: collate (taps, padding; batch 128)"
+WHOLE = " (whole decode)"
 TITLE = "## The device renders: host ms per view with `--render device` (P7-host, P7-cpu)"
 
 
@@ -78,46 +86,60 @@ def _consumer_ms(views, boxes, device: torch.device, batch: int, rounds: int) ->
     }
 
 
+@contextmanager
+def _whole_decodes():
+    """JPEGs decoded whole by Pillow (the loader before region decoding), for comparison."""
+    os.environ["DEIT_PIPE_JPEG_REGION"] = "0"
+    jpeg._bound.cache_clear()
+    try:
+        yield
+    finally:
+        del os.environ["DEIT_PIPE_JPEG_REGION"]
+        jpeg._bound.cache_clear()
+
+
 def run_bench(images: int = 64, rounds: int = 5) -> dict:
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="deit-pipe-p7d-"))
     try:
-        paths = make_jpegs(root, images)
+        make_jpegs(root, images)
         source = open_source(f"imagefolder:{root}")
+        split = source.split("train")
         cfg = PRESETS["deit"].recipe(source, input_size=224, repeats=1).view
         timm = _timm_transform(cfg, True)
         drawer = ViewDrawer(train_transform(cfg))
-        n = len(paths)
+        n = len(split)
+        assert jpeg._bound() is not None, "the region decoder is not built (make setup)"
 
-        def decode(p):
-            return Image.open(p).convert("RGB")
+        def timm_loader():  # timm's ImageFolder: open, convert("RGB"), transform
+            for i in range(n):
+                timm(Image.open(split.root / split.paths[i]).convert("RGB"))
 
-        ms = {
-            "timm prefetcher (decode + Pillow)": _per_view(
-                lambda: [timm(decode(p)) for p in paths], n, rounds
-            ),
-            "--render host: decode + draws + Pillow": _per_view(
-                lambda: [render(decode(p), i, drawer, cfg) for i, p in enumerate(paths)],
-                n,
-                rounds,
-            ),
-            "--render device, loader: decode + draws + crop": _per_view(
-                lambda: [defer(decode(p), i, drawer, cfg) for i, p in enumerate(paths)],
-                n,
-                rounds,
-            ),
-        }
-        deferred = [defer(decode(p), i, drawer, cfg) for i, p in enumerate(paths)]
+        def host():  # the training loader's `--render host` item: open, draws, Pillow
+            for i in range(n):
+                render(split.open(i), i, drawer, cfg)
+
+        def device():  # its `--render device` item: open, draws, the crop decoded
+            for i in range(n):
+                defer(split.open(i), i, drawer, cfg)
+
+        ms = {"timm prefetcher (decode + Pillow)": _per_view(timm_loader, n, rounds)}
+        ms[HOST] = _per_view(host, n, rounds)
+        ms[DEVICE] = _per_view(device, n, rounds)
+        with _whole_decodes():
+            ms[HOST + WHOLE] = _per_view(host, n, rounds)
+            ms[DEVICE + WHOLE] = _per_view(device, n, rounds)
+        deferred = [defer(split.open(i), i, drawer, cfg) for i in range(n)]
         views, boxes = [v for v, _ in deferred], [b for _, b in deferred]
         cpu = _consumer_ms(views, boxes, torch.device("cpu"), 128, max(2, rounds // 2))
-        ms["--render device, loader: collate (taps, padding; batch 128)"] = cpu["prepare"]
+        ms[COLLATE] = cpu["prepare"]
         ms["--render device, realize on the CPU (batch 128)"] = cpu["realize"]
-        device = None
+        device_name = None
         if torch.cuda.is_available():
-            device = torch.cuda.get_device_name()
+            device_name = torch.cuda.get_device_name()
             cuda = _consumer_ms(views, boxes, torch.device("cuda"), 256, rounds)
             ms["--render device, realize on CUDA (batch 256)"] = cuda["realize"]
-        return {"images": n, "rounds": rounds, "ms_per_view": ms, "cuda_device": device}
+        return {"images": n, "rounds": rounds, "ms_per_view": ms, "cuda_device": device_name}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -125,8 +147,7 @@ def run_bench(images: int = 64, rounds: int = 5) -> dict:
 def summary(r: dict) -> str:
     ms = r["ms_per_view"]
     timm = ms["timm prefetcher (decode + Pillow)"]
-    worker = ms["--render device, loader: decode + draws + crop"]
-    worker += ms["--render device, loader: collate (taps, padding; batch 128)"]
+    worker = ms[DEVICE] + ms[COLLATE]
     lines = [
         f"One thread, 224², {r['images']} generated JPEGs (as P7), DeiT recipe; medians of "
         f"{r['rounds']} rounds, one run. CUDA: {r['cuda_device'] or 'none here'}.",
@@ -138,11 +159,12 @@ def summary(r: dict) -> str:
     cpu = ms["--render device, realize on the CPU (batch 128)"]
     lines += [
         "",
-        f"**P7-host** (the loader's share: decode, draws, crop, collation) = "
-        f"{worker / timm:.2f} (target ≤ 0.30; decode alone is most of it).",
+        f"**P7-host** (the loader's share: open, draws, the crop's decode, collation) = "
+        f"{worker / timm:.2f} (target ≤ 0.30; "
+        f"{(ms[DEVICE + WHOLE] + ms[COLLATE]) / timm:.2f} decoding whole images).",
         f"**P7-cpu** (loader + realize on the CPU) = {(worker + cpu) / timm:.2f}: on a CPU "
         f"the kernels lose to Pillow, so `--render auto` renders on the host there "
-        f"(P7 = {ms['--render host: decode + draws + Pillow'] / timm:.2f}).",
+        f"(P7 = {ms[HOST] / timm:.2f}; {ms[HOST + WHOLE] / timm:.2f} decoding whole images).",
     ]
     cuda = ms.get("--render device, realize on CUDA (batch 256)")
     if cuda is not None:

@@ -51,7 +51,7 @@ class PairDataset(Dataset):
         slots = list(self.plan.pair_slots(pair))
         seeds = [int(self.plan.view_seed[s]) for s in slots]
         rendered = [
-            self._render(self.split.load(int(self.plan.sample[s])), seed, self.drawer, self.cfg)
+            self._render(self.split.open(int(self.plan.sample[s])), seed, self.drawer, self.cfg)
             for s, seed in zip(slots, seeds, strict=True)
         ]
         mix = _NO_MIX  # a lone last slot (odd epoch) has no partner to mix with
@@ -68,7 +68,7 @@ class PairDataset(Dataset):
         if len(self.plan.pair_slots(pair)) == 2:
             mix = mix_params(self.plan.mix_op[pair], self.plan.lam[pair], self.plan.box[pair])
         seed = int(self.plan.view_seed[slot])
-        img = self.split.load(int(self.plan.sample[slot]))
+        img = self.split.open(int(self.plan.sample[slot]))
         return _item([self._render(img, seed, self.drawer, self.cfg)], [slot], [seed], mix)
 
 

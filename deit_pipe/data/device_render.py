@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from deit_pipe.choices import RENDERS
+from deit_pipe.data.jpeg import EncodedJpeg, crop_array
 from deit_pipe.data.kernels import affine, enhance, pointops, resample
 from deit_pipe.data.viewparams import AugOp, ViewDrawer, ViewParams
 from deit_pipe.data.views import (
@@ -56,7 +57,7 @@ class DeviceView:
 
 
 def defer(
-    img: Image.Image, view_seed: int, drawer: ViewDrawer, cfg: ViewConfig
+    img: Image.Image | EncodedJpeg, view_seed: int, drawer: ViewDrawer, cfg: ViewConfig
 ) -> tuple[DeviceView, np.ndarray]:
     """`views.render`'s work up to the Pillow stage: the draws, the erasing boxes (drawn
     after, from the same generator) and the crop; `prepare` and `realize` do the rest."""
@@ -65,7 +66,7 @@ def defer(
     if not covered(params):
         return DeviceView(apply_host(img, params), None), boxes
     top, left, h, w = params.crop
-    crop = np.array(img.crop((left, top, left + w, top + h)))  # the region alone is copied
+    crop = crop_array(img, (left, top, left + w, top + h))  # the region alone is decoded
     return DeviceView(torch.from_numpy(crop), params), boxes
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from deit_pipe.data.cache import DataCache
 from deit_pipe.data.files import Root, data_errors, decode_image
+from deit_pipe.data.jpeg import EncodedJpeg, open_image
 from deit_pipe.data.split import RUN, Split, sample_bytes
 from deit_pipe.errors import DataError
 from deit_pipe.place import PerProcess, is_url
@@ -65,6 +66,14 @@ class FileSplit(PerProcess, Split):
             self._real_root = os.path.realpath(self.root)
         return load_image(self.root, self.paths[index], self._real_root)
 
+    def open(self, index: int) -> Image.Image | EncodedJpeg:
+        return open_image(self.raw(index), self._name(index))
+
+    def _name(self, index: int) -> str:
+        if isinstance(self.root, Root):
+            return f"{self.root.location}/{self.paths[index]}"
+        return os.path.join(self.root, self.paths[index])
+
     def identity(self, h) -> None:
         # Relative paths and sizes: a copy in another folder or a bucket is the same dataset.
         for path, size in zip(self.paths, self.sizes, strict=True):
@@ -74,7 +83,9 @@ class FileSplit(PerProcess, Split):
         """Sample `index`'s encoded file."""
         if isinstance(self.root, Root):
             return self.root.read(self.paths[index])
-        path = resolve_inside(self.root, self.paths[index])
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        path = resolve_inside(self.root, self.paths[index], self._real_root)
         try:
             with open(path, "rb") as f:
                 return f.read()

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from deit_pipe.data.files import Root, decode_image
+from deit_pipe.data.jpeg import EncodedJpeg, open_image
 from deit_pipe.errors import DataError
 from deit_pipe.place import PerProcess
 
@@ -22,7 +23,8 @@ CACHE = 256 << 20
 
 
 class Split(ABC):
-    """One split of a source: `len`, `labels`, `load(i)` → RGB PIL image."""
+    """One split of a source: `len`, `labels`, `load(i)` → RGB PIL image, `open(i)` → its
+    header (the pixels a crop needs are decoded by `crop`)."""
 
     labels: np.ndarray
     paths: list[str] | None = None  # names of the samples (relative paths, SHARD:KEY)
@@ -33,6 +35,11 @@ class Split(ABC):
 
     @abstractmethod
     def load(self, index: int) -> Image.Image: ...
+
+    def open(self, index: int) -> Image.Image | EncodedJpeg:
+        """Sample `index` for a training view: `.size`, and `.crop(box)` with the pixels of
+        `load(index).crop(box)`; a JPEG decodes only the crop's region (`data.jpeg`)."""
+        return self.load(index)
 
     @abstractmethod
     def identity(self, h) -> None:
@@ -145,6 +152,9 @@ class ShardSplit(PerProcess, Split):
 
     def load(self, index: int) -> Image.Image:
         return decode_image(self.raw(index), f"{self.root.location}/{self.paths[index]}")
+
+    def open(self, index: int) -> Image.Image | EncodedJpeg:
+        return open_image(self.raw(index), f"{self.root.location}/{self.paths[index]}")
 
     def identity(self, h) -> None:
         """The sample count, sizes where known, and the bytes of a few images spread over the

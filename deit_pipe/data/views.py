@@ -26,6 +26,7 @@ from timm.data import create_transform
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import functional as F
 
+from deit_pipe.data.jpeg import EncodedJpeg
 from deit_pipe.data.sources import Source
 from deit_pipe.data.viewparams import AugMix, AugOp, ViewDrawer, ViewParams
 from deit_pipe.errors import check
@@ -192,7 +193,7 @@ def _apply_augmix(img: Image.Image, mix: AugMix) -> Image.Image:
     return Image.blend(img, Image.fromarray(mixed.astype(np.uint8)), m)
 
 
-def apply_host(img: Image.Image, p: ViewParams) -> torch.Tensor:
+def apply_host(img: Image.Image | EncodedJpeg, p: ViewParams) -> torch.Tensor:
     """The Pillow stage of a view with drawn parameters, exactly as timm's transform renders
     it (torchvision's `resized_crop` is a crop then a resize): uint8 HWC."""
     top, left, h, w = p.crop
@@ -211,7 +212,7 @@ def apply_host(img: Image.Image, p: ViewParams) -> torch.Tensor:
 
 
 def render(
-    img: Image.Image, view_seed: int, drawer: ViewDrawer, cfg: ViewConfig
+    img: Image.Image | EncodedJpeg, view_seed: int, drawer: ViewDrawer, cfg: ViewConfig
 ) -> tuple[torch.Tensor, np.ndarray]:
     """One augmented view before finishing: uint8 HWC pixels (Pillow's layout, which is
     channels-last NCHW once batched and permuted) and its erasing boxes, drawn after the

@@ -1,0 +1,189 @@
+/* Decode only the rows and iMCU columns of a JPEG that a crop needs, with the bytes a full
+ * decode gives (deit_pipe.data.jpeg is its Python side).
+ *
+ * The calls go to the libjpeg that Pillow itself loaded (`bind`), so the arithmetic is the
+ * library Pillow decodes with, at the settings Pillow uses (libjpeg's defaults: ISLOW IDCT,
+ * fancy upsampling). The decode is widened by one iMCU on
+ * every side of the crop: libjpeg-turbo's partial decode treats the edges of a cropped
+ * region as image edges in its fancy upsampling (libjpeg.txt, "Decompressing partial
+ * scanlines"), and the margin keeps those edge pixels out of the crop. Rows below the crop
+ * are never decoded. Anything unusual (a warning from libjpeg, a colour space other than
+ * YCbCr/RGB/grayscale, 12-bit data) returns None, and the caller decodes with Pillow.
+ *
+ * libjpeg reports errors by calling error_exit, which must not return: it longjmps back
+ * here, which is why this is C and not ctypes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dlfcn.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jpeglib.h"
+
+static struct {
+    struct jpeg_error_mgr *(*std_error)(struct jpeg_error_mgr *);
+    void (*create)(j_decompress_ptr, int, size_t);
+    void (*destroy)(j_decompress_ptr);
+    void (*mem_src)(j_decompress_ptr, const unsigned char *, unsigned long);
+    int (*read_header)(j_decompress_ptr, boolean);
+    boolean (*start)(j_decompress_ptr);
+    void (*crop)(j_decompress_ptr, JDIMENSION *, JDIMENSION *);
+    JDIMENSION (*skip)(j_decompress_ptr, JDIMENSION);
+    JDIMENSION (*read)(j_decompress_ptr, JSAMPARRAY, JDIMENSION);
+    int bound;
+} lib;
+
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jump;
+    int warned;
+} Errors;
+
+static void error_exit(j_common_ptr cinfo) { longjmp(((Errors *)cinfo->err)->jump, 1); }
+
+static void emit_message(j_common_ptr cinfo, int level) {
+    if (level < 0) /* a warning: corrupt or truncated data; Pillow decides what it means */
+        ((Errors *)cinfo->err)->warned = 1;
+}
+
+static void output_message(j_common_ptr cinfo) { (void)cinfo; }
+
+static PyObject *bind(PyObject *self, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) return PyErr_Format(PyExc_OSError, "dlopen %s: %s", path, dlerror());
+#define SYM(field, name)                                                                   \
+    if (!(*(void **)&lib.field = dlsym(h, name)))                                          \
+        return PyErr_Format(PyExc_OSError, "%s has no %s", path, name);
+    SYM(std_error, "jpeg_std_error")
+    SYM(create, "jpeg_CreateDecompress")
+    SYM(destroy, "jpeg_destroy_decompress")
+    SYM(mem_src, "jpeg_mem_src")
+    SYM(read_header, "jpeg_read_header")
+    SYM(start, "jpeg_start_decompress")
+    SYM(crop, "jpeg_crop_scanline")
+    SYM(skip, "jpeg_skip_scanlines")
+    SYM(read, "jpeg_read_scanlines")
+#undef SYM
+    lib.bound = 1;
+    Py_RETURN_NONE;
+}
+
+enum { OK, FALLBACK, BROKEN };
+
+/* Rows [y0, y1) and columns [x0, x1) of the decoded image into `out` (channels per pixel:
+ * 3 = RGB, 1 = grayscale). Runs without the GIL. */
+static int decode(const unsigned char *data, size_t size, int channels, int x0, int y0, int x1,
+                  int y1, unsigned char *out, char *why) {
+    struct jpeg_decompress_struct cinfo;
+    Errors err;
+    JSAMPLE *volatile row = NULL; /* volatile: read after a longjmp */
+    volatile int created = 0;
+    memset(&cinfo, 0, sizeof cinfo);
+    cinfo.err = lib.std_error(&err.pub);
+    err.pub.error_exit = error_exit;
+    err.pub.emit_message = emit_message;
+    err.pub.output_message = output_message;
+    err.warned = 0;
+    if (setjmp(err.jump)) {
+        err.pub.format_message((j_common_ptr)&cinfo, why);
+        free(row);
+        if (created) lib.destroy(&cinfo);
+        return BROKEN;
+    }
+    lib.create(&cinfo, JPEG_LIB_VERSION, sizeof cinfo);
+    created = 1;
+    lib.mem_src(&cinfo, data, (unsigned long)size);
+    lib.read_header(&cinfo, TRUE);
+    int rgb = (cinfo.jpeg_color_space == JCS_YCbCr || cinfo.jpeg_color_space == JCS_RGB) &&
+              cinfo.num_components == 3;
+    int gray = cinfo.jpeg_color_space == JCS_GRAYSCALE && cinfo.num_components == 1;
+    if (cinfo.data_precision != 8 || !(channels == 3 ? rgb : gray)) {
+        snprintf(why, JMSG_LENGTH_MAX, "colour space %d, %d components, %d-bit",
+                 (int)cinfo.jpeg_color_space, cinfo.num_components, cinfo.data_precision);
+        lib.destroy(&cinfo);
+        return FALLBACK;
+    }
+    int width = (int)cinfo.image_width, height = (int)cinfo.image_height;
+    if (x0 < 0 || y0 < 0 || x1 > width || y1 > height || x0 >= x1 || y0 >= y1) {
+        snprintf(why, JMSG_LENGTH_MAX, "box outside the %dx%d image", width, height);
+        lib.destroy(&cinfo);
+        return BROKEN;
+    }
+    cinfo.out_color_space = channels == 3 ? JCS_RGB : JCS_GRAYSCALE;
+    lib.start(&cinfo);
+    int imcu_w = cinfo.max_h_samp_factor * DCTSIZE, imcu_h = cinfo.max_v_samp_factor * DCTSIZE;
+    int left = x0 - imcu_w > 0 ? x0 - imcu_w : 0;
+    int right = x1 + imcu_w < width ? x1 + imcu_w : width;
+    JDIMENSION xoff = (JDIMENSION)left, span = (JDIMENSION)(right - left);
+    if (span < (JDIMENSION)width) lib.crop(&cinfo, &xoff, &span); /* xoff moves left */
+    int top = y0 - imcu_h > 0 ? y0 - imcu_h : 0;
+    if (top > 0) lib.skip(&cinfo, (JDIMENSION)top);
+    row = malloc((size_t)cinfo.output_width * channels);
+    if (!row) {
+        snprintf(why, JMSG_LENGTH_MAX, "out of memory");
+        lib.destroy(&cinfo);
+        return BROKEN;
+    }
+    size_t skip_px = (size_t)(x0 - (int)xoff) * channels, line = (size_t)(x1 - x0) * channels;
+    for (int y = top; y < y1; y++) {
+        JSAMPROW rows[1] = {row};
+        if (lib.read(&cinfo, rows, 1) != 1) {
+            snprintf(why, JMSG_LENGTH_MAX, "no scanline %d", y);
+            err.warned = 1;
+            break;
+        }
+        if (y >= y0) memcpy(out + (size_t)(y - y0) * line, row + skip_px, line);
+    }
+    free(row);
+    row = NULL;
+    lib.destroy(&cinfo); /* rows below the crop stay undecoded */
+    if (err.warned) {
+        if (!why[0]) snprintf(why, JMSG_LENGTH_MAX, "libjpeg warned (corrupt data)");
+        return FALLBACK;
+    }
+    return OK;
+}
+
+/* region(data, channels, x0, y0, x1, y1) -> bytearray of the crop (HWC), or None where Pillow
+ * must decode it (`why` says what made it fall back, for the log). */
+static PyObject *region(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int channels, x0, y0, x1, y1;
+    if (!PyArg_ParseTuple(args, "y*iiiii", &buf, &channels, &x0, &y0, &x1, &y1)) return NULL;
+    if (!lib.bound || (channels != 1 && channels != 3) || x1 <= x0 || y1 <= y0) {
+        PyBuffer_Release(&buf);
+        return PyErr_Format(PyExc_ValueError, "region: unbound, or a bad channel count or box");
+    }
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(x1 - x0) * (y1 - y0) * channels);
+    if (!out) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    char why[JMSG_LENGTH_MAX] = "";
+    int status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = decode(buf.buf, (size_t)buf.len, channels, x0, y0, x1, y1,
+                    (unsigned char *)PyByteArray_AS_STRING(out), why);
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&buf);
+    if (status == OK) return out;
+    Py_DECREF(out);
+    return Py_BuildValue("(Os)", status == BROKEN ? Py_True : Py_False, why);
+}
+
+static PyMethodDef methods[] = {
+    {"bind", bind, METH_VARARGS, "bind(path): use the libjpeg at `path` (Pillow's)."},
+    {"region", region, METH_VARARGS,
+     "region(data, channels, x0, y0, x1, y1) -> bytearray, or (broken, why) to decode with Pillow."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg_region", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__jpeg_region(void) { return PyModule_Create(&module); }

@@ -1,0 +1,151 @@
+"""A JPEG decoded only where a view's crop needs it, with the bytes of Pillow's full decode.
+
+A training view's Pillow stage starts with a crop (`RandomResizedCrop`), and its crop box
+depends only on the image's size, known from the header. So a loader opens a sample
+(`open_image`: the header only), draws the view, and decodes the crop's region
+(`EncodedJpeg.crop`): rows below the crop are never decoded, and outside the crop's
+columns libjpeg-turbo skips the IDCT and the colour conversion. The compiled part
+(`csrc/jpeg_region.c`) calls the libjpeg Pillow itself loaded, at Pillow's settings, with a
+one-iMCU margin around the crop (libjpeg-turbo's partial decode treats a region's edges as
+image edges when upsampling chroma). Golden tests and a self-check when first bound prove
+the bytes equal Pillow's; anything else (no compiler at install, another libjpeg, a
+warning from libjpeg, CMYK, 12-bit) decodes with Pillow whole: the same bytes, slower.
+`DEIT_PIPE_JPEG_REGION=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import io
+import logging
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from deit_pipe.data.files import decode_image
+from deit_pipe.errors import DataError
+
+log = logging.getLogger(__name__)
+_CHANNELS = {"RGB": 3, "L": 1}
+
+
+class EncodedJpeg:
+    """A JPEG with its header read: `size`, and `crop(box)` decoding only the box's region
+    (the same pixels as `decode_image(data).crop(box)`)."""
+
+    def __init__(self, data: bytes, name: str, size: tuple[int, int], mode: str):
+        self.data, self.name, self.size, self.mode = data, name, size, mode
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+    def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
+        """The region (left, top, right, bottom) as an RGB image."""
+        return Image.fromarray(self.crop_array(box))
+
+    def crop_array(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The region (left, top, right, bottom) as uint8 HWC RGB, decoded only there."""
+        left, top, right, bottom = (int(v) for v in box)
+        got = _bound().region(self.data, _CHANNELS[self.mode], left, top, right, bottom)
+        if not isinstance(got, bytearray):
+            log.debug("%s: decoded whole by Pillow (%s)", self.name, got[1])
+            return np.array(self.load().crop(box))
+        pixels = np.frombuffer(got, dtype=np.uint8).reshape(bottom - top, right - left, -1)
+        return pixels if self.mode == "RGB" else np.repeat(pixels, 3, axis=2)
+
+    def load(self) -> Image.Image:
+        """The whole image, decoded by Pillow."""
+        return decode_image(self.data, self.name)
+
+
+def open_image(data: bytes, name: str) -> Image.Image | EncodedJpeg:
+    """`data` as an `EncodedJpeg` where its crops can be decoded alone (a complete 8-bit
+    RGB or grayscale JPEG, and the region decoder bound), else decoded whole as RGB; a
+    DataError naming `name` when it is not a readable image."""
+    if not (data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9") or _bound() is None:
+        return decode_image(data, name)  # not a JPEG, or one whose end is missing
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # the header: size, mode, bomb check
+            size, mode, fmt = img.size, img.mode, img.format
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
+        raise DataError(f"unreadable image {name}: {why}") from None
+    if fmt != "JPEG" or mode not in _CHANNELS:
+        return decode_image(data, name)
+    return EncodedJpeg(data, name, size, mode)
+
+
+def crop_array(img: Image.Image | EncodedJpeg, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Region `box` of an opened image as uint8 HWC RGB (an `EncodedJpeg` decodes only it)."""
+    if isinstance(img, EncodedJpeg):
+        return img.crop_array(box)
+    return np.array(img.crop(box))
+
+
+@functools.cache
+def _bound():
+    """The region decoder bound to Pillow's libjpeg and checked against Pillow, or None."""
+    if os.environ.get("DEIT_PIPE_JPEG_REGION", "1") == "0":
+        return None
+    try:
+        from deit_pipe.data import _jpeg_region as ext
+    except ImportError:
+        log.info("JPEG crops decode whole: the region decoder was not built (no C compiler?)")
+        return None
+    path = pillow_libjpeg()
+    if path is None:
+        log.info("JPEG crops decode whole: Pillow's libjpeg not found")
+        return None
+    try:
+        ext.bind(path)
+    except OSError as exc:
+        log.info("JPEG crops decode whole: %s", exc)
+        return None
+    if not _agrees(ext):
+        log.warning("JPEG crops decode whole: the region decoder disagrees with Pillow (%s)", path)
+        return None
+    return ext
+
+
+def pillow_libjpeg() -> str | None:
+    """The libjpeg Pillow's `_imaging` is linked to: its wheel's bundled copy, or the one
+    library of that name this process has mapped (a Pillow built against the system's)."""
+    pil = os.path.dirname(Image.__file__)
+    bundled = glob.glob(os.path.join(pil, os.pardir, "pillow.libs", "libjpeg*.so*"))
+    bundled += glob.glob(os.path.join(pil, ".dylibs", "libjpeg*.dylib"))
+    if len(bundled) == 1:
+        return os.path.realpath(bundled[0])
+    try:
+        with open("/proc/self/maps") as maps:
+            mapped = {line.split()[-1] for line in maps if "/libjpeg" in line}
+    except OSError:
+        return None
+    return mapped.pop() if len(mapped) == 1 else None
+
+
+def _agrees(ext) -> bool:
+    """Whether the region decoder gives Pillow's bytes on a few crops of a 4:2:0 and a
+    4:4:4 JPEG (edges, odd sizes): a guard against a libjpeg other than the tested one."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:61, 0:83]
+    base = np.stack([xx * 3, yy * 4, (xx * yy) % 256], axis=-1) + rng.integers(0, 40, (61, 83, 3))
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    for subsampling in (2, 0):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90, subsampling=subsampling)
+        data = buf.getvalue()
+        whole = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+        for x0, y0, x1, y1 in ((0, 0, 83, 61), (17, 19, 50, 44), (33, 40, 83, 61), (1, 0, 9, 7)):
+            got = ext.region(data, 3, x0, y0, x1, y1)
+            if not isinstance(got, bytearray):
+                return False
+            if np.frombuffer(got, np.uint8).tobytes() != whole[y0:y1, x0:x1].tobytes():
+                return False
+    return True

@@ -1,0 +1,171 @@
+"""Decoding only a crop's region of a JPEG (`data.jpeg`): the bytes of Pillow's full decode
+then `crop`, on every subsampling, progressive and restart-marker files, and boxes on every
+border; anything it does not cover decodes whole with Pillow, and views, stores and their
+replay are the same with it on or off."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from deit_pipe.cli import main
+from deit_pipe.data import ViewConfig, collate_views, open_source
+from deit_pipe.data import jpeg as region
+from deit_pipe.data.dataset import PairDataset
+from deit_pipe.data.device_render import realize
+from deit_pipe.data.files import decode_image
+from deit_pipe.data.plan import MixConfig, plan
+from deit_pipe.errors import DataError
+from tests.conftest import truncated_jpeg_bytes
+
+KINDS = {
+    "4:4:4": dict(subsampling=0),
+    "4:2:2": dict(subsampling=1),
+    "4:2:0": dict(subsampling=2),
+    "gray": dict(gray=True),
+    "4:2:0 progressive": dict(subsampling=2, progressive=True),
+    "4:2:2 progressive optimized": dict(subsampling=1, progressive=True, optimize=True),
+    "4:4:4 progressive": dict(subsampling=0, progressive=True),
+    "4:2:0 restart markers": dict(subsampling=2, restart_marker_blocks=3),
+    "gray progressive": dict(gray=True, progressive=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def region_on(monkeypatch):
+    monkeypatch.delenv("DEIT_PIPE_JPEG_REGION", raising=False)
+    region._bound.cache_clear()
+    yield
+    region._bound.cache_clear()
+
+
+def _jpeg(rng, w: int, h: int, quality: int, gray=False, **save) -> bytes:
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([np.sin(xx / 5 + c) * np.cos(yy / 7) * 90 + 128 for c in range(3)], -1)
+    pixels = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels).convert("L") if gray else Image.fromarray(pixels)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, **save)
+    return buf.getvalue()
+
+
+def _boxes(rng, w: int, h: int, count: int):
+    """Random boxes, then the whole image, its corners and one-pixel rows and columns."""
+    for _ in range(count):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        yield x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+    yield from [(0, 0, w, h), (w - 1, h - 1, w, h), (0, h - 1, w, h), (w - 1, 0, w, 1)]
+    yield from [(0, 0, 1, h), (w // 2, 0, w, h), (0, h // 2, w, h // 2 + 1)]
+
+
+def test_the_region_decoder_is_built_and_bound():
+    """`make setup` compiles it; without it every test here would pass on Pillow's path."""
+    assert region._bound() is not None
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_region_is_the_full_decodes_crop(kind):
+    """Sizes 1 to 200 (multiples of the iMCU and not), random qualities, 15 boxes each:
+    every byte equal to Pillow's decode-then-crop."""
+    rng = np.random.default_rng(len(kind))
+    sizes = [(1, 1), (16, 16), (17, 9), (200, 33), (8, 150)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 200, 2)) for _ in range(9)]
+    for w, h in sizes:
+        data = _jpeg(rng, w, h, int(rng.integers(20, 100)), **KINDS[kind])
+        whole = np.array(decode_image(data, "x"))
+        img = region.open_image(data, "x")
+        assert isinstance(img, region.EncodedJpeg) and img.size == (w, h)
+        for box in _boxes(rng, w, h, 8):
+            x0, y0, x1, y1 = box
+            got = img.crop_array(box)
+            assert np.array_equal(got, whole[y0:y1, x0:x1]), (kind, w, h, box)
+        assert np.array_equal(np.array(img.crop((2 % w, 0, w, h))), whole[:, 2 % w :])
+
+
+def test_what_it_does_not_cover_decodes_whole_with_pillow():
+    rng = np.random.default_rng(0)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (20, 12), (10, 200, 30, 5)).save(cmyk, "JPEG")
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(png, "PNG")
+    for data in (cmyk.getvalue(), png.getvalue()):
+        img = region.open_image(data, "x")
+        assert isinstance(img, Image.Image) and img.mode == "RGB"
+        assert np.array_equal(np.array(img), np.array(decode_image(data, "x")))
+    # A truncated file (no end marker) is Pillow's to refuse, with the same line.
+    with pytest.raises(DataError, match="unreadable image shard/7.jpg"):
+        region.open_image(truncated_jpeg_bytes(), "shard/7.jpg")
+    with pytest.raises(DataError, match="unreadable image a.jpg: not an image format"):
+        region.open_image(b"\xff\xd8 not a jpeg \xff\xd9", "a.jpg")
+
+
+def test_corrupt_data_gives_whatever_pillow_gives():
+    """Scrambled entropy-coded bytes with the end marker intact: where libjpeg warns, the
+    region falls back to Pillow's own decode of the whole file, so the pixels (or the
+    error line) agree; seed 2's scramble is one Pillow refuses."""
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        data = bytearray(_jpeg(rng, 64, 48, 80, subsampling=2))
+        data[len(data) // 2 : len(data) // 2 + 40] = rng.integers(0, 256, 40, np.uint8).tobytes()
+        img = region.open_image(bytes(data), "x.jpg")
+        try:
+            whole = np.array(decode_image(bytes(data), "x.jpg"))
+        except DataError as exc:
+            with pytest.raises(DataError, match=str(exc)):
+                img.crop_array((0, 0, 64, 48))
+            continue
+        assert np.array_equal(img.crop_array((3, 20, 60, 48)), whole[20:48, 3:60]), seed
+
+
+def test_it_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("DEIT_PIPE_JPEG_REGION", "0")
+    region._bound.cache_clear()
+    data = _jpeg(np.random.default_rng(1), 30, 20, 90)
+    assert isinstance(region.open_image(data, "x"), Image.Image)
+
+
+def _views(root, render: str) -> dict:
+    split = open_source(f"imagefolder:{root}").split("train")
+    cfg = ViewConfig(input_size=32, re_count=2)
+    views = PairDataset(split, plan(5, 2, len(split), 5, MixConfig(), 8), cfg, render)
+    batch = collate_views([views[p] for p in range(len(views))])
+    return realize(batch, torch.device("cpu")) if render == "device" else batch
+
+
+@pytest.mark.parametrize("render", ["host", "device"])
+def test_training_views_are_the_same_with_and_without_it(tmp_path, monkeypatch, render):
+    """JPEGs larger than the views (crops that skip rows and columns): the same pixels
+    and fingerprints whether the loader decodes regions or whole images."""
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        w, h = (int(v) for v in rng.integers(40, 130, 2))
+        path = tmp_path / "train" / f"c{i % 2}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_jpeg(rng, w, h, 85, subsampling=i % 3))
+    on = _views(tmp_path, render)
+    monkeypatch.setenv("DEIT_PIPE_JPEG_REGION", "0")
+    region._bound.cache_clear()
+    off = _views(tmp_path, render)
+    assert torch.equal(on["image"], off["image"])
+    assert torch.equal(on["fingerprint"], off["fingerprint"])
+
+
+def test_a_store_made_decoding_whole_images_verifies_decoding_regions(
+    imagefolder, tmp_path, monkeypatch
+):
+    url = tmp_path / "whole.zarr"
+    monkeypatch.setenv("DEIT_PIPE_JPEG_REGION", "0")
+    region._bound.cache_clear()
+    args = ["precompute", "--data", f"imagefolder:{imagefolder}", "--out", str(url)]
+    args += ["--epochs", "1", "--input-size", "16", "--repeats", "1", "--top-k", "3"]
+    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0"]
+    made = CliRunner().invoke(main, args)
+    assert made.exit_code == 0, made.output
+    monkeypatch.delenv("DEIT_PIPE_JPEG_REGION")
+    region._bound.cache_clear()
+    checked = CliRunner().invoke(main, ["verify", str(url), "--all", "--render", "host"])
+    assert checked.exit_code == 0, checked.output
+    assert region._bound() is not None
