@@ -39,9 +39,9 @@ from deit_pipe.data.viewparams import ViewDrawer  # noqa: E402
 from deit_pipe.data.views import render, train_transform  # noqa: E402
 
 HOST = "--render host, loader: open + draws + Pillow"
-DEVICE = "--render device, loader: open + draws + crop"
-COLLATE = "--render device, loader: collate (taps, padding; batch 128)"
-WHOLE = " (whole decode)"
+DEVICE = "--render device, loader: open + draws"
+COLLATE = "--render device, loader: collate (crops decoded into the batch, taps; batch 128)"
+WHOLE = " [whole decode]"
 TITLE = "## The device renders: host ms per view with `--render device` (P7-host, P7-cpu)"
 
 
@@ -67,12 +67,19 @@ def _batch(prepared: dict, boxes: list) -> dict:
     }
 
 
-def _consumer_ms(views, boxes, device: torch.device, batch: int, rounds: int) -> dict:
+def _deferred(split, drawer, cfg) -> tuple[list, list]:
+    deferred = [defer(split.open(i), i, drawer, cfg) for i in range(len(split))]
+    return [v for v, _ in deferred], [b for _, b in deferred]
+
+
+def _consumer_ms(views, boxes, device: torch.device | None, batch: int, rounds: int) -> dict:
     """ms per view at `batch` (views repeated to fill it) of `prepare` (the loader worker's
     collation: taps, padding) and of `realize` on a prepared batch (synchronised)."""
     views = (views * (batch // len(views) + 1))[:batch]
     boxes = (boxes * (batch // len(boxes) + 1))[:batch]
     prepared = prepare(views)
+    if device is None:  # the collation alone
+        return {"prepare": _per_view(lambda: prepare(views), batch, rounds)}
 
     def go():
         realize(_batch(dict(prepared), boxes), device)
@@ -119,20 +126,23 @@ def run_bench(images: int = 64, rounds: int = 5) -> dict:
             for i in range(n):
                 render(split.open(i), i, drawer, cfg)
 
-        def device():  # its `--render device` item: open, draws, the crop decoded
+        def device():  # its `--render device` item: open, draws (a JPEG crop: at collation)
             for i in range(n):
                 defer(split.open(i), i, drawer, cfg)
 
         ms = {"timm prefetcher (decode + Pillow)": _per_view(timm_loader, n, rounds)}
         ms[HOST] = _per_view(host, n, rounds)
         ms[DEVICE] = _per_view(device, n, rounds)
+        views, boxes = _deferred(split, drawer, cfg)
+        cpu = _consumer_ms(views, boxes, torch.device("cpu"), 128, max(2, rounds // 2))
+        ms[COLLATE] = cpu["prepare"]
         with _whole_decodes():
             ms[HOST + WHOLE] = _per_view(host, n, rounds)
             ms[DEVICE + WHOLE] = _per_view(device, n, rounds)
-        deferred = [defer(split.open(i), i, drawer, cfg) for i in range(n)]
-        views, boxes = [v for v, _ in deferred], [b for _, b in deferred]
-        cpu = _consumer_ms(views, boxes, torch.device("cpu"), 128, max(2, rounds // 2))
-        ms[COLLATE] = cpu["prepare"]
+            whole, _ = _deferred(split, drawer, cfg)
+            ms[COLLATE + WHOLE] = _consumer_ms(whole, boxes, None, 128, max(2, rounds // 2))[
+                "prepare"
+            ]
         ms["--render device, realize on the CPU (batch 128)"] = cpu["realize"]
         device_name = None
         if torch.cuda.is_available():
@@ -148,6 +158,7 @@ def summary(r: dict) -> str:
     ms = r["ms_per_view"]
     timm = ms["timm prefetcher (decode + Pillow)"]
     worker = ms[DEVICE] + ms[COLLATE]
+    whole = ms[DEVICE + WHOLE] + ms[COLLATE + WHOLE]
     lines = [
         f"One thread, 224², {r['images']} generated JPEGs (as P7), DeiT recipe; medians of "
         f"{r['rounds']} rounds, one run. CUDA: {r['cuda_device'] or 'none here'}.",
@@ -156,12 +167,18 @@ def summary(r: dict) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {k} | {v:.3f} | {v / timm:.2f} |" for k, v in ms.items()]
+    lines += [
+        "",
+        "[whole decode]: `DEIT_PIPE_JPEG_REGION=0`, the loader before region decoding: the "
+        "item decodes the whole image (and, for the device, copies the crop out), and the "
+        "collation copies the crops into the batch.",
+    ]
     cpu = ms["--render device, realize on the CPU (batch 128)"]
     lines += [
         "",
         f"**P7-host** (the loader's share: open, draws, the crop's decode, collation) = "
         f"{worker / timm:.2f} (target ≤ 0.30; "
-        f"{(ms[DEVICE + WHOLE] + ms[COLLATE]) / timm:.2f} decoding whole images).",
+        f"{whole / timm:.2f} decoding whole images).",
         f"**P7-cpu** (loader + realize on the CPU) = {(worker + cpu) / timm:.2f}: on a CPU "
         f"the kernels lose to Pillow, so `--render auto` renders on the host there "
         f"(P7 = {ms[HOST] / timm:.2f}; {ms[HOST + WHOLE] / timm:.2f} decoding whole images).",

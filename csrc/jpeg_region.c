@@ -53,6 +53,7 @@ static void emit_message(j_common_ptr cinfo, int level) {
 static void output_message(j_common_ptr cinfo) { (void)cinfo; }
 
 static PyObject *bind(PyObject *self, PyObject *args) {
+    (void)self;
     const char *path;
     if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -76,10 +77,11 @@ static PyObject *bind(PyObject *self, PyObject *args) {
 
 enum { OK, FALLBACK, BROKEN };
 
-/* Rows [y0, y1) and columns [x0, x1) of the decoded image into `out` (channels per pixel:
- * 3 = RGB, 1 = grayscale). Runs without the GIL. */
-static int decode(const unsigned char *data, size_t size, int channels, int x0, int y0, int x1,
-                  int y1, unsigned char *out, char *why) {
+/* Rows [y0, y1) and columns [x0, x1) of the decoded image into `out`, RGB (a grayscale
+ * file's value three times, as Pillow's convert("RGB") does), rows `stride` bytes apart.
+ * Runs without the GIL. */
+static int decode(const unsigned char *data, size_t size, int gray, int x0, int y0, int x1,
+                  int y1, unsigned char *out, size_t stride, char *why) {
     struct jpeg_decompress_struct cinfo;
     Errors err;
     JSAMPLE *volatile row = NULL; /* volatile: read after a longjmp */
@@ -100,10 +102,10 @@ static int decode(const unsigned char *data, size_t size, int channels, int x0, 
     created = 1;
     lib.mem_src(&cinfo, data, (unsigned long)size);
     lib.read_header(&cinfo, TRUE);
-    int rgb = (cinfo.jpeg_color_space == JCS_YCbCr || cinfo.jpeg_color_space == JCS_RGB) &&
-              cinfo.num_components == 3;
-    int gray = cinfo.jpeg_color_space == JCS_GRAYSCALE && cinfo.num_components == 1;
-    if (cinfo.data_precision != 8 || !(channels == 3 ? rgb : gray)) {
+    int is_rgb = (cinfo.jpeg_color_space == JCS_YCbCr || cinfo.jpeg_color_space == JCS_RGB) &&
+                 cinfo.num_components == 3;
+    int is_gray = cinfo.jpeg_color_space == JCS_GRAYSCALE && cinfo.num_components == 1;
+    if (cinfo.data_precision != 8 || !(gray ? is_gray : is_rgb)) {
         snprintf(why, JMSG_LENGTH_MAX, "colour space %d, %d components, %d-bit",
                  (int)cinfo.jpeg_color_space, cinfo.num_components, cinfo.data_precision);
         lib.destroy(&cinfo);
@@ -115,7 +117,8 @@ static int decode(const unsigned char *data, size_t size, int channels, int x0, 
         lib.destroy(&cinfo);
         return BROKEN;
     }
-    cinfo.out_color_space = channels == 3 ? JCS_RGB : JCS_GRAYSCALE;
+    int channels = gray ? 1 : 3;
+    cinfo.out_color_space = gray ? JCS_GRAYSCALE : JCS_RGB;
     lib.start(&cinfo);
     int imcu_w = cinfo.max_h_samp_factor * DCTSIZE, imcu_h = cinfo.max_v_samp_factor * DCTSIZE;
     int left = x0 - imcu_w > 0 ? x0 - imcu_w : 0;
@@ -130,7 +133,7 @@ static int decode(const unsigned char *data, size_t size, int channels, int x0, 
         lib.destroy(&cinfo);
         return BROKEN;
     }
-    size_t skip_px = (size_t)(x0 - (int)xoff) * channels, line = (size_t)(x1 - x0) * channels;
+    size_t first = (size_t)(x0 - (int)xoff) * channels, count = (size_t)(x1 - x0);
     for (int y = top; y < y1; y++) {
         JSAMPROW rows[1] = {row};
         if (lib.read(&cinfo, rows, 1) != 1) {
@@ -138,7 +141,13 @@ static int decode(const unsigned char *data, size_t size, int channels, int x0, 
             err.warned = 1;
             break;
         }
-        if (y >= y0) memcpy(out + (size_t)(y - y0) * line, row + skip_px, line);
+        if (y < y0) continue;
+        unsigned char *dst = out + (size_t)(y - y0) * stride;
+        if (!gray) {
+            memcpy(dst, row + first, count * 3);
+            continue;
+        }
+        for (size_t x = 0; x < count; x++) dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = row[first + x];
     }
     free(row);
     row = NULL;
@@ -150,37 +159,38 @@ static int decode(const unsigned char *data, size_t size, int channels, int x0, 
     return OK;
 }
 
-/* region(data, channels, x0, y0, x1, y1) -> bytearray of the crop (HWC), or None where Pillow
- * must decode it (`why` says what made it fall back, for the log). */
+/* region(data, gray, x0, y0, x1, y1, out, stride) -> None once the crop is in `out` (a
+ * writable buffer, RGB rows `stride` bytes apart), or (broken, why) where Pillow must
+ * decode the file: it is not one this covers (broken False) or libjpeg refused it (True). */
 static PyObject *region(PyObject *self, PyObject *args) {
-    Py_buffer buf;
-    int channels, x0, y0, x1, y1;
-    if (!PyArg_ParseTuple(args, "y*iiiii", &buf, &channels, &x0, &y0, &x1, &y1)) return NULL;
-    if (!lib.bound || (channels != 1 && channels != 3) || x1 <= x0 || y1 <= y0) {
-        PyBuffer_Release(&buf);
-        return PyErr_Format(PyExc_ValueError, "region: unbound, or a bad channel count or box");
-    }
-    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(x1 - x0) * (y1 - y0) * channels);
-    if (!out) {
-        PyBuffer_Release(&buf);
+    (void)self;
+    Py_buffer buf, out;
+    int gray, x0, y0, x1, y1;
+    Py_ssize_t stride;
+    if (!PyArg_ParseTuple(args, "y*piiiiw*n", &buf, &gray, &x0, &y0, &x1, &y1, &out, &stride))
         return NULL;
+    int bad = !lib.bound || x1 <= x0 || y1 <= y0 || stride < (Py_ssize_t)(x1 - x0) * 3 ||
+              out.len < (Py_ssize_t)(y1 - y0 - 1) * stride + (Py_ssize_t)(x1 - x0) * 3;
+    if (bad) {
+        PyBuffer_Release(&buf);
+        PyBuffer_Release(&out);
+        return PyErr_Format(PyExc_ValueError, "region: unbound, an empty box or a short buffer");
     }
     char why[JMSG_LENGTH_MAX] = "";
     int status;
     Py_BEGIN_ALLOW_THREADS;
-    status = decode(buf.buf, (size_t)buf.len, channels, x0, y0, x1, y1,
-                    (unsigned char *)PyByteArray_AS_STRING(out), why);
+    status = decode(buf.buf, (size_t)buf.len, gray, x0, y0, x1, y1, out.buf, (size_t)stride, why);
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&buf);
-    if (status == OK) return out;
-    Py_DECREF(out);
+    PyBuffer_Release(&out);
+    if (status == OK) Py_RETURN_NONE;
     return Py_BuildValue("(Os)", status == BROKEN ? Py_True : Py_False, why);
 }
 
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "bind(path): use the libjpeg at `path` (Pillow's)."},
     {"region", region, METH_VARARGS,
-     "region(data, channels, x0, y0, x1, y1) -> bytearray, or (broken, why) to decode with Pillow."},
+     "region(data, gray, x0, y0, x1, y1, out, stride) -> None, or (broken, why): use Pillow."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -83,6 +83,11 @@ def test_a_region_is_the_full_decodes_crop(kind):
             got = img.crop_array(box)
             assert np.array_equal(got, whole[y0:y1, x0:x1]), (kind, w, h, box)
         assert np.array_equal(np.array(img.crop((2 % w, 0, w, h))), whole[:, 2 % w :])
+        x0, y0, x1, y1 = box  # into a batch's padded slot: the corner, and nothing past it
+        slot = np.full((y1 - y0 + 2, x1 - x0 + 3, 3), 7, np.uint8)
+        img.crop_into(box, slot)
+        assert np.array_equal(slot[: y1 - y0, : x1 - x0], whole[y0:y1, x0:x1])
+        assert (slot[y1 - y0 :] == 7).all() and (slot[:, x1 - x0 :] == 7).all()
 
 
 def test_what_it_does_not_cover_decodes_whole_with_pillow():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deit_pipe.data.device_render import DeviceView, defer, defer_eval, prepare
+from deit_pipe.data.device_render import DeviceView, batch_tensor, defer, defer_eval, prepare
 from deit_pipe.data.finish import mix_params
 from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.recipe import Recipe
@@ -129,7 +129,9 @@ def collate_views(items: list[dict]) -> dict[str, torch.Tensor]:
     batch = {}
     for key in items[0]:
         if key == "image":
-            batch[key] = torch.stack([view for item in items for view in item[key]])
+            views = [view for item in items for view in item[key]]
+            out = batch_tensor((len(views), *views[0].shape), views[0].dtype)
+            batch[key] = torch.stack(views, out=out)
         elif key == "device_views":  # the host side of device rendering, in the worker
             batch[key] = prepare([view for item in items for view in item[key]])
         else:

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 
 from deit_pipe.choices import RENDERS
-from deit_pipe.data.jpeg import EncodedJpeg, crop_array
+from deit_pipe.data.jpeg import EncodedJpeg, PendingCrop
 from deit_pipe.data.kernels import affine, enhance, pointops, resample
 from deit_pipe.data.viewparams import AugOp, ViewDrawer, ViewParams
 from deit_pipe.data.views import (
@@ -48,10 +49,10 @@ def render_mode(render: str, device: torch.device) -> str:
 
 @dataclass
 class DeviceView:
-    """A view handed to the device: its source crop (uint8 HWC) and parameters, or, where
-    `params` is None, its pixels already rendered on the host."""
+    """A view handed to the device: its source crop (uint8 HWC, or a JPEG's region still to
+    decode) and parameters, or, where `params` is None, its pixels rendered on the host."""
 
-    pixels: torch.Tensor
+    pixels: torch.Tensor | PendingCrop
     params: ViewParams | None
     taps: resample.ViewTaps | None = None  # its resize, where not `params`' crop's (eval)
 
@@ -66,8 +67,10 @@ def defer(
     if not covered(params):
         return DeviceView(apply_host(img, params), None), boxes
     top, left, h, w = params.crop
-    crop = crop_array(img, (left, top, left + w, top + h))  # the region alone is decoded
-    return DeviceView(torch.from_numpy(crop), params), boxes
+    box = (left, top, left + w, top + h)
+    if isinstance(img, EncodedJpeg):  # decoded when collated, into the batch's tensor
+        return DeviceView(PendingCrop(img, box), params), boxes
+    return DeviceView(torch.from_numpy(np.array(img.crop(box))), params), boxes
 
 
 _EVAL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -166,6 +169,16 @@ def _rounds(x: torch.Tensor, steps: list[tuple], apply) -> torch.Tensor:
     return x
 
 
+def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor; in a loader worker, in shared memory from the start (as
+    torch's `default_collate` makes its batches), so that handing it to the consumer copies
+    nothing (a batch of 128 padded 224² crops is ~80 MB)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+
+
 def prepare(views: list[DeviceView]) -> dict:
     """The host side of a batch of deferred views, done where the batch is collated (in a
     loader worker, in parallel with the others): the crops padded into one uint8 tensor
@@ -176,7 +189,10 @@ def prepare(views: list[DeviceView]) -> dict:
     size = views[todo[0]].params.size if todo else tuple(views[0].pixels.shape[:2])
     out = {"size": size, "count": len(views), "todo": todo, "done": done}
     if done:
-        out["ready"] = torch.stack([views[i].pixels for i in done])
+        ready = [views[i].pixels for i in done]
+        out["ready"] = torch.stack(
+            ready, out=batch_tensor((len(ready), *ready[0].shape), torch.uint8)
+        )
     if todo:
         crops = [views[i].pixels for i in todo]
         out["params"] = [views[i].params for i in todo]
@@ -188,9 +204,12 @@ def prepare(views: list[DeviceView]) -> dict:
         out["plan"] = resample.stack_taps(taps)
         hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
         # Not zeroed: padding is read only under zero weights, and x * 0 = 0 for any byte.
-        padded = torch.empty((len(crops), hmax, wmax, crops[0].shape[2]), dtype=torch.uint8)
+        padded = batch_tensor((len(crops), hmax, wmax, crops[0].shape[2]), torch.uint8)
         for i, c in enumerate(crops):
-            padded[i, : c.shape[0], : c.shape[1]] = c
+            if isinstance(c, PendingCrop):
+                c.into(padded[i].numpy())  # the region decoded in place
+            else:
+                padded[i, : c.shape[0], : c.shape[1]] = c
         out["crops"] = padded
     return out
 

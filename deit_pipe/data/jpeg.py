@@ -52,13 +52,20 @@ class EncodedJpeg:
 
     def crop_array(self, box: tuple[int, int, int, int]) -> np.ndarray:
         """The region (left, top, right, bottom) as uint8 HWC RGB, decoded only there."""
+        left, top, right, bottom = box
+        out = np.empty((bottom - top, right - left, 3), dtype=np.uint8)
+        self.crop_into(box, out)
+        return out
+
+    def crop_into(self, box: tuple[int, int, int, int], out: np.ndarray) -> None:
+        """Decode region `box` into the top-left corner of `out`, a C-contiguous uint8
+        [H, W, 3] at least the box's size (a batch's padded slot: no copy after)."""
         left, top, right, bottom = (int(v) for v in box)
-        got = _bound().region(self.data, _CHANNELS[self.mode], left, top, right, bottom)
-        if not isinstance(got, bytearray):
+        stride = out.strides[0]
+        got = _bound().region(self.data, self.mode == "L", left, top, right, bottom, out, stride)
+        if got is not None:
             log.debug("%s: decoded whole by Pillow (%s)", self.name, got[1])
-            return np.array(self.load().crop(box))
-        pixels = np.frombuffer(got, dtype=np.uint8).reshape(bottom - top, right - left, -1)
-        return pixels if self.mode == "RGB" else np.repeat(pixels, 3, axis=2)
+            out[: bottom - top, : right - left] = np.asarray(self.load().crop(box))
 
     def load(self) -> Image.Image:
         """The whole image, decoded by Pillow."""
@@ -82,11 +89,16 @@ def open_image(data: bytes, name: str) -> Image.Image | EncodedJpeg:
     return EncodedJpeg(data, name, size, mode)
 
 
-def crop_array(img: Image.Image | EncodedJpeg, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Region `box` of an opened image as uint8 HWC RGB (an `EncodedJpeg` decodes only it)."""
-    if isinstance(img, EncodedJpeg):
-        return img.crop_array(box)
-    return np.array(img.crop(box))
+class PendingCrop:
+    """A JPEG crop left undecoded until its batch is collated, then decoded straight into
+    the batch's tensor (`into`)."""
+
+    def __init__(self, image: EncodedJpeg, box: tuple[int, int, int, int]):
+        self.image, self.box = image, box
+        self.shape = (box[3] - box[1], box[2] - box[0], 3)
+
+    def into(self, out: np.ndarray) -> None:
+        self.image.crop_into(self.box, out)
 
 
 @functools.cache
@@ -143,9 +155,9 @@ def _agrees(ext) -> bool:
         data = buf.getvalue()
         whole = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
         for x0, y0, x1, y1 in ((0, 0, 83, 61), (17, 19, 50, 44), (33, 40, 83, 61), (1, 0, 9, 7)):
-            got = ext.region(data, 3, x0, y0, x1, y1)
-            if not isinstance(got, bytearray):
+            out = np.zeros((y1 - y0 + 3, x1 - x0 + 5, 3), np.uint8)  # a padded slot
+            if ext.region(data, False, x0, y0, x1, y1, out, out.strides[0]) is not None:
                 return False
-            if np.frombuffer(got, np.uint8).tobytes() != whole[y0:y1, x0:x1].tobytes():
+            if not np.array_equal(out[: y1 - y0, : x1 - x0], whole[y0:y1, x0:x1]):
                 return False
     return True
