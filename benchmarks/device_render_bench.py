@@ -42,6 +42,7 @@ HOST = "--render host, loader: open + draws + Pillow"
 DEVICE = "--render device, loader: open + draws"
 COLLATE = "--render device, loader: collate (crops decoded into the batch, taps; batch 128)"
 WHOLE = " [whole decode]"
+H200_IMG_S = 4600  # DeiT-S⚗ offline on one H200 (BENCHMARKS.md, 2026-11-28)
 TITLE = "## The device renders: host ms per view with `--render device` (P7-host, P7-cpu)"
 
 
@@ -183,6 +184,22 @@ def summary(r: dict) -> str:
         f"the kernels lose to Pillow, so `--render auto` renders on the host there "
         f"(P7 = {ms[HOST] / timm:.2f}; {ms[HOST + WHOLE] / timm:.2f} decoding whole images).",
     ]
+    lines += [
+        "",
+        f"Loader cores to feed DeiT-S⚗ at {H200_IMG_S:,} img/s (offline, measured on an H200, "
+        "BENCHMARKS' GPU section), at this machine's per-core speed:",
+        "",
+        "| loader | ms a view | cores |",
+        "|---|---|---|",
+    ]
+    for name, cost in (
+        ("timm", timm),
+        ("--render host", ms[HOST]),
+        ("--render host [whole decode]", ms[HOST + WHOLE]),
+        ("--render device (loader's share)", worker),
+        ("--render device [whole decode]", whole),
+    ):
+        lines.append(f"| {name} | {cost:.3f} | {H200_IMG_S * cost / 1000:.1f} |")
     cuda = ms.get("--render device, realize on CUDA (batch 256)")
     if cuda is not None:
         lines.append(
