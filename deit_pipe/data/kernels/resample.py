@@ -23,6 +23,7 @@ MKS2021 (the last two are new in 13.0), and NEAREST. Sizes and boxes are in Pill
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -168,8 +169,18 @@ def normalize_coeffs_8bpc(kk: np.ndarray) -> np.ndarray:
 
 
 def _resample_axis(in_size: int, out_size: int, resample: int, offset: int) -> AxisTaps:
+    xmin, coeffs = _axis_coeffs(in_size, out_size, resample)
+    return AxisTaps(xmin + offset, coeffs, resized=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _axis_coeffs(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.ndarray]:
+    """One axis's taps at offset 0. A loader collates thousands of crops whose sides take a
+    few hundred values, so most are already computed (4,096 entries of ≈ 10 KB at 224²)."""
     xmin, _, kk = precompute_coeffs(in_size, 0.0, float(in_size), out_size, resample)
-    return AxisTaps(xmin + offset, normalize_coeffs_8bpc(kk), resized=True)
+    coeffs = normalize_coeffs_8bpc(kk)
+    xmin.flags.writeable = coeffs.flags.writeable = False  # shared by every view of that size
+    return xmin, coeffs
 
 
 def _identity_axis(size: int, offset: int) -> AxisTaps:
