@@ -76,6 +76,7 @@ static PyObject *bind(PyObject *self, PyObject *args) {
 }
 
 enum { OK, FALLBACK, BROKEN };
+#define CHUNK 16 /* rows read a call: the tallest iMCU row (v2 sampling) */
 
 /* Rows [y0, y1) and columns [x0, x1) of the decoded image into `out`, RGB (a grayscale
  * file's value three times, as Pillow's convert("RGB") does), rows `stride` bytes apart.
@@ -127,27 +128,36 @@ static int decode(const unsigned char *data, size_t size, int gray, int x0, int 
     if (span < (JDIMENSION)width) lib.crop(&cinfo, &xoff, &span); /* xoff moves left */
     int top = y0 - imcu_h > 0 ? y0 - imcu_h : 0;
     if (top > 0) lib.skip(&cinfo, (JDIMENSION)top);
-    row = malloc((size_t)cinfo.output_width * channels);
+    /* Several rows a call: libjpeg emits an iMCU row's worth at once, else it copies via a
+     * spare row (4:2:0 upsamples two rows at a time). */
+    size_t row_bytes = (size_t)cinfo.output_width * channels;
+    row = malloc(row_bytes * CHUNK);
     if (!row) {
         snprintf(why, JMSG_LENGTH_MAX, "out of memory");
         lib.destroy(&cinfo);
         return BROKEN;
     }
+    JSAMPROW rows[CHUNK];
+    for (int k = 0; k < CHUNK; k++) rows[k] = row + k * row_bytes;
     size_t first = (size_t)(x0 - (int)xoff) * channels, count = (size_t)(x1 - x0);
-    for (int y = top; y < y1; y++) {
-        JSAMPROW rows[1] = {row};
-        if (lib.read(&cinfo, rows, 1) != 1) {
+    for (int y = top; y < y1;) {
+        JDIMENSION want = (JDIMENSION)(y1 - y < CHUNK ? y1 - y : CHUNK);
+        JDIMENSION got = lib.read(&cinfo, rows, want);
+        if (got == 0) {
             snprintf(why, JMSG_LENGTH_MAX, "no scanline %d", y);
             err.warned = 1;
             break;
         }
-        if (y < y0) continue;
-        unsigned char *dst = out + (size_t)(y - y0) * stride;
-        if (!gray) {
-            memcpy(dst, row + first, count * 3);
-            continue;
+        for (JDIMENSION k = 0; k < got; k++, y++) {
+            if (y < y0) continue;
+            const JSAMPLE *src = rows[k] + first;
+            unsigned char *dst = out + (size_t)(y - y0) * stride;
+            if (!gray) {
+                memcpy(dst, src, count * 3);
+                continue;
+            }
+            for (size_t x = 0; x < count; x++) dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = src[x];
         }
-        for (size_t x = 0; x < count; x++) dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = row[first + x];
     }
     free(row);
     row = NULL;
@@ -194,6 +204,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg_region", NULL, -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_jpeg_region", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__jpeg_region(void) { return PyModule_Create(&module); }
