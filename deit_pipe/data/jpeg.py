@@ -28,7 +28,7 @@ from deit_pipe.data.files import decode_image
 from deit_pipe.errors import DataError
 
 log = logging.getLogger(__name__)
-_CHANNELS = {"RGB": 3, "L": 1}
+_MODES = ("RGB", "L")  # the modes a region decodes to (grayscale is repeated to RGB)
 
 
 class EncodedJpeg:
@@ -37,14 +37,6 @@ class EncodedJpeg:
 
     def __init__(self, data: bytes, name: str, size: tuple[int, int], mode: str):
         self.data, self.name, self.size, self.mode = data, name, size, mode
-
-    @property
-    def width(self) -> int:
-        return self.size[0]
-
-    @property
-    def height(self) -> int:
-        return self.size[1]
 
     def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
         """The region (left, top, right, bottom) as an RGB image."""
@@ -84,7 +76,7 @@ def open_image(data: bytes, name: str) -> Image.Image | EncodedJpeg:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
         raise DataError(f"unreadable image {name}: {why}") from None
-    if fmt != "JPEG" or mode not in _CHANNELS:
+    if fmt != "JPEG" or mode not in _MODES:
         return decode_image(data, name)
     return EncodedJpeg(data, name, size, mode)
 
