@@ -7,7 +7,8 @@
  * every side of the crop: libjpeg-turbo's partial decode treats the edges of a cropped
  * region as image edges in its fancy upsampling (libjpeg.txt, "Decompressing partial
  * scanlines"), and the margin keeps those edge pixels out of the crop. Rows below the crop
- * are never decoded. Anything unusual (a warning from libjpeg, a colour space other than
+ * are entropy-decoded only, so that damage anywhere in the file is found as a full decode
+ * finds it. Anything unusual (a warning from libjpeg, a colour space other than
  * YCbCr/RGB/grayscale, 12-bit data) returns None, and the caller decodes with Pillow.
  *
  * libjpeg reports errors by calling error_exit, which must not return: it longjmps back
@@ -34,6 +35,7 @@ static struct {
     void (*crop)(j_decompress_ptr, JDIMENSION *, JDIMENSION *);
     JDIMENSION (*skip)(j_decompress_ptr, JDIMENSION);
     JDIMENSION (*read)(j_decompress_ptr, JSAMPARRAY, JDIMENSION);
+    boolean (*finish)(j_decompress_ptr);
     int bound;
 } lib;
 
@@ -70,12 +72,27 @@ static PyObject *bind(PyObject *self, PyObject *args) {
     SYM(crop, "jpeg_crop_scanline")
     SYM(skip, "jpeg_skip_scanlines")
     SYM(read, "jpeg_read_scanlines")
+    SYM(finish, "jpeg_finish_decompress")
 #undef SYM
     lib.bound = 1;
     Py_RETURN_NONE;
 }
 
 enum { OK, FALLBACK, BROKEN };
+
+/* Whether [p, end) holds only entropy-coded bytes (0xFF stuffed as FF 00), restart markers
+ * and, as its last two bytes, the EOI marker: nothing a decoder could find fatal. */
+static int plain_tail(const unsigned char *p, const unsigned char *end) {
+    while (p < end && (p = memchr(p, 0xFF, (size_t)(end - p))) != NULL) {
+        const unsigned char *q = p + 1;
+        while (q < end && *q == 0xFF) q++; /* fill bytes before a marker */
+        if (q == end) return 0;
+        if (*q == 0xD9) return q == end - 1;
+        if (*q != 0x00 && (*q < 0xD0 || *q > 0xD7)) return 0;
+        p = q + 1;
+    }
+    return 1;
+}
 #define CHUNK 16 /* rows read a call: the tallest iMCU row (v2 sampling) */
 
 /* Rows [y0, y1) and columns [x0, x1) of the decoded image into `out`, RGB (a grayscale
@@ -159,9 +176,26 @@ static int decode(const unsigned char *data, size_t size, int gray, int x0, int 
             for (size_t x = 0; x < count; x++) dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = src[x];
         }
     }
+    /* A file Pillow refuses for damage anywhere must be refused here too, or a view would
+     * depend on whether its crop reaches the damage (and a machine decoding whole images
+     * could not replay it). Entropy-coded data can only make libjpeg warn; what is fatal
+     * is a marker. So when the rest of the file is entropy-coded bytes, restart markers
+     * and the final EOI, the rows below need no decoding; otherwise they are entropy-
+     * decoded (skipped, no IDCT) to the end as a full decode would. The last row is read:
+     * a skip to the very end marks the input finished without decoding it. */
+    JDIMENSION left_over = cinfo.output_height - cinfo.output_scanline;
+    const unsigned char *rest = cinfo.src->next_input_byte;
+    int marker = cinfo.unread_marker; /* one the entropy decoder stopped at, not yet read */
+    int benign = marker == 0 || (marker >= 0xD0 && marker <= 0xD7) ||
+                 (marker == 0xD9 && rest == data + size);
+    if (!err.warned && !(benign && plain_tail(rest, data + size))) {
+        if (left_over > 1) lib.skip(&cinfo, left_over - 1);
+        if (left_over > 0 && lib.read(&cinfo, rows, 1) != 1) err.warned = 1;
+        if (!err.warned) lib.finish(&cinfo);
+    }
     free(row);
     row = NULL;
-    lib.destroy(&cinfo); /* rows below the crop stay undecoded */
+    lib.destroy(&cinfo);
     if (err.warned) {
         if (!why[0]) snprintf(why, JMSG_LENGTH_MAX, "libjpeg warned (corrupt data)");
         return FALLBACK;

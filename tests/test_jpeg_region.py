@@ -4,6 +4,7 @@ border; anything it does not cover decodes whole with Pillow, and views, stores 
 replay are the same with it on or off."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -119,10 +120,26 @@ def test_corrupt_data_gives_whatever_pillow_gives():
         try:
             whole = np.array(decode_image(bytes(data), "x.jpg"))
         except DataError as exc:
-            with pytest.raises(DataError, match=str(exc)):
+            with pytest.raises(DataError, match=re.escape(str(exc))):
                 img.crop_array((0, 0, 64, 48))
             continue
         assert np.array_equal(img.crop_array((3, 20, 60, 48)), whole[20:48, 3:60]), seed
+        assert np.array_equal(img.crop_array((0, 0, 64, 8)), whole[0:8]), seed
+
+
+def test_damage_below_the_crop_is_refused_as_pillow_refuses_it():
+    """A bogus marker segment near the end of a tall file: Pillow refuses the file, and so
+    does a crop of its top rows, so no view depends on whether its crop reaches the damage
+    (nor can a machine decoding whole images fail to replay it)."""
+    data = _jpeg(np.random.default_rng(0), 64, 256, 85, subsampling=2)
+    cut = len(data) - 200
+    bad = data[:cut] + b"\xff\xc4\x00\x05\x17\x00\x00" + data[cut:]
+    with pytest.raises(DataError) as whole:
+        decode_image(bad, "tall.jpg")
+    img = region.open_image(bad, "tall.jpg")
+    assert isinstance(img, region.EncodedJpeg)
+    with pytest.raises(DataError, match=re.escape(str(whole.value))):
+        img.crop_array((0, 0, 64, 16))
 
 
 def test_it_can_be_turned_off(monkeypatch):

@@ -3,8 +3,11 @@
 A training view's Pillow stage starts with a crop (`RandomResizedCrop`), and its crop box
 depends only on the image's size, known from the header. So a loader opens a sample
 (`open_image`: the header only), draws the view, and decodes the crop's region
-(`EncodedJpeg.crop`): rows below the crop are never decoded, and outside the crop's
-columns libjpeg-turbo skips the IDCT and the colour conversion. The compiled part
+(`EncodedJpeg.crop`): rows below the crop are not decoded, and outside the crop's
+columns libjpeg-turbo skips the IDCT and the colour conversion. The rest of the file is
+checked for markers (the only thing in it a decoder can find fatal; where one is, the
+rows are entropy-decoded to the end), so a file Pillow refuses is refused whatever the
+crop, and no view depends on whether its crop reaches the damage. The compiled part
 (`csrc/jpeg_region.c`) calls the libjpeg Pillow itself loaded, at Pillow's settings, with a
 one-iMCU margin around the crop (libjpeg-turbo's partial decode treats a region's edges as
 image edges when upsampling chroma). Golden tests and a self-check when first bound prove
