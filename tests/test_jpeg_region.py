@@ -1,10 +1,11 @@
 """Decoding only a crop's region of a JPEG (`data.jpeg`): the bytes of Pillow's full decode
-then `crop`, on every subsampling, progressive and restart-marker files, and boxes on every
-border; anything it does not cover decodes whole with Pillow, and views, stores and their
-replay are the same with it on or off."""
+then `crop`, on every subsampling (4:4:0 too), progressive and restart-marker files, and
+boxes on every border; anything it does not cover decodes whole with Pillow, and views,
+stores and their replay are the same with it on or off."""
 
 import io
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -89,6 +90,32 @@ def test_a_region_is_the_full_decodes_crop(kind):
         img.crop_into(box, slot)
         assert np.array_equal(slot[: y1 - y0, : x1 - x0], whole[y0:y1, x0:x1])
         assert (slot[y1 - y0 :] == 7).all() and (slot[:, x1 - x0 :] == 7).all()
+
+
+def _h1v2(rng, w: int, h: int, progressive: bool) -> bytes:
+    """A 4:4:0 (h1v2) JPEG, which Pillow cannot write: a 4:2:2 file of 2w × h/2 whose SOF is
+    rewritten to w × h with luma sampled 1×2. Its MCUs (and each component's block counts)
+    are the same four blocks, so the entropy-coded data stays valid."""
+    data = bytearray(_jpeg(rng, 2 * w, h // 2, 85, subsampling=1, progressive=progressive))
+    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, h, w)
+    assert data[sof + 11] == 0x21  # luma: 2 across, 1 down
+    data[sof + 11] = 0x12
+    return bytes(data)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_region_of_a_4_4_0_file_is_the_full_decodes_crop(progressive):
+    rng = np.random.default_rng(int(progressive))
+    for w, h in [(8, 16), (136, 128), (40, 176)]:
+        data = _h1v2(rng, w, h, progressive)
+        with Image.open(io.BytesIO(data)) as img:
+            assert [layer[1:3] for layer in img.layer] == [(1, 2), (1, 1), (1, 1)]
+        whole = np.array(decode_image(data, "x"))
+        img = region.open_image(data, "x")
+        for box in _boxes(rng, w, h, 12):
+            x0, y0, x1, y1 = box
+            assert np.array_equal(img.crop_array(box), whole[y0:y1, x0:x1]), (w, h, box)
 
 
 def test_what_it_does_not_cover_decodes_whole_with_pillow():
