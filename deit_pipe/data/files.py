@@ -29,10 +29,18 @@ def decode_image(data: bytes, name: str) -> Image.Image:
             img.load()
             # An RGB file is used as decoded: `convert` would copy it (0.1 ms per view).
             return img if img.mode == "RGB" else img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x…>"): say what it means.
-        why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
-        raise DataError(f"unreadable image {name}: {why}") from None
+    except UNREADABLE as exc:
+        raise unreadable(exc, name) from None
+
+
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what Pillow raises for one
+
+
+def unreadable(exc: Exception, name: str) -> DataError:
+    """Pillow's failure on an in-memory image as one line naming `name` (Pillow names the
+    buffer, "<_io.BytesIO object at 0x…>": say what it means instead)."""
+    why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
+    return DataError(f"unreadable image {name}: {why}")
 
 
 @contextmanager

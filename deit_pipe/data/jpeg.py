@@ -25,10 +25,9 @@ import logging
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from deit_pipe.data.files import decode_image
-from deit_pipe.errors import DataError
+from deit_pipe.data.files import UNREADABLE, decode_image, unreadable
 
 log = logging.getLogger(__name__)
 _MODES = ("RGB", "L")  # the modes a region decodes to (grayscale is repeated to RGB)
@@ -76,9 +75,8 @@ def open_image(data: bytes, name: str) -> Image.Image | EncodedJpeg:
     try:
         with Image.open(io.BytesIO(data)) as img:  # the header: size, mode, bomb check
             size, mode, fmt = img.size, img.mode, img.format
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
-        raise DataError(f"unreadable image {name}: {why}") from None
+    except UNREADABLE as exc:
+        raise unreadable(exc, name) from None
     if fmt != "JPEG" or mode not in _MODES:
         return decode_image(data, name)
     return EncodedJpeg(data, name, size, mode)
