@@ -4,11 +4,14 @@
    full DeiT augmentation leaves a small convnet weak, and digits must not be flipped),
 2. its targets precomputed on dask (2 local workers) for 20 epochs of the students' views
    and val, with the `small` recipe preset (DeiT's augmentation, crops of ≥ 35%, one view
-   per image),
+   per image); the views' Pillow stage rendered batched by the tensor kernels on the
+   teacher's device (`--render device`),
 3. two students of the same size from the store, same seed and views, trained side by side
    for 60 epochs that replay the 20 stored ones three times (`--cycle-epochs`): the ViT
    baseline (no distillation token, no teacher) and DeiT⚗ with hard distillation through
-   its token,
+   its token; they render the views with Pillow (`--render auto` on a CPU), and every
+   view's fingerprint is checked against the one the kernels stored: 2 x 60 epochs of
+   proof that the kernels' bytes are Pillow's,
 4. the agreement audit, and a summary with top-1/top-5, precision/recall/F1 and AUC per head.
 """
 
@@ -65,6 +68,7 @@ class DemoConfig:
     batch_size: int = 64
     eval_every: int = 5
     workers: int = 2  # dask workers for the precompute
+    store_render: str = "device"  # the stored views by the kernels; the students: auto
     seed: int = 0  # the students' init and drop-path
 
     @classmethod
@@ -103,8 +107,11 @@ def train_teacher(out: Path, cfg: DemoConfig, seed: int = 0) -> dict:
     )
 
 
-def store_job(url: str, teacher_checkpoint: Path | str, **recipe_overrides) -> Job:
-    """The students' store: digits views of the `small` recipe, the demo teacher's targets."""
+def store_job(
+    url: str, teacher_checkpoint: Path | str, render: str = "auto", **recipe_overrides
+) -> Job:
+    """The students' store: digits views of the `small` recipe, the demo teacher's targets
+    (`render`: who renders the views, `--render`)."""
     recipe = PRESETS["small"].recipe(open_source("digits"), **recipe_overrides)
     return Job(
         url=url,
@@ -113,6 +120,7 @@ def store_job(url: str, teacher_checkpoint: Path | str, **recipe_overrides) -> J
         batch_size=256,
         teacher=TeacherConfig("regnety_002", str(teacher_checkpoint)),
         device="cpu",
+        render=render,
     )
 
 
@@ -190,20 +198,37 @@ def run_demo(
     log(f"1/4 training the teacher (regnety_002, {cfg.teacher_epochs} epochs)")
     timed("teacher", train_teacher, out / "teacher", cfg)
     epochs, stored = cfg.student_epochs, cfg.store_epochs
-    log(f"2/4 precomputing targets for {stored} epochs + val on dask ({cfg.workers} workers)")
+    log(
+        f"2/4 precomputing targets for {stored} epochs + val on dask ({cfg.workers} workers), "
+        f"views rendered with --render {cfg.store_render}"
+    )
     url = str(out / "teacher.zarr")
-    job = store_job(url, out / "teacher" / "checkpoint.pt")
+    job = store_job(url, out / "teacher" / "checkpoint.pt", render=cfg.store_render)
     request = StoreRequest(epochs=stored)
-    timed("precompute", precompute, job, request, workers=cfg.workers)
+    made = timed("precompute", precompute, job, request, workers=cfg.workers)
     run_dirs = {name: out / demo_outputs()[2 + i] for i, name in enumerate(STUDENTS)}
-    log(f"3/4 training the students side by side: {', '.join(STUDENTS)} ({epochs} epochs)")
+    log(
+        f"3/4 training the students side by side: {', '.join(STUDENTS)} ({epochs} epochs), "
+        "each replayed view's fingerprint checked against the store"
+    )
     configs = [student_config(run_dirs[name], url, name, cfg) for name in STUDENTS]
     timed("students", train_side_by_side, configs)
     log("4/4 auditing teacher-student agreement")
     report = timed("audit", audit, url, list(run_dirs.values()), out / "audit", device="cpu")
+    rendering = {
+        "store": {"render": cfg.store_render, "views": made.views, "kernels": made.kernel_views},
+        "students": {name: _render_used(run_dirs[name]) for name in STUDENTS},
+    }
     summary = summarize_demo(cfg, out, url, run_dirs, report, seconds)
+    summary["rendering"] = rendering
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _render_used(run_dir: Path) -> str:
+    """The path a run's training views took (`--render` resolved), from its eval records."""
+    records = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [r["render"] for r in records if "render" in r][-1]
 
 
 def summarize_demo(cfg, out: Path, url: str, run_dirs: dict, report, seconds: dict) -> dict:

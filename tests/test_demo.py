@@ -28,6 +28,11 @@ def test_quick_demo_end_to_end(tmp_path):
     # --quick stores 1 epoch for 2 student epochs: both runs replayed stored epoch 0 twice
     for run in ("vit_none", "deit_distilled_hard"):
         assert json.loads((out / run / "config.json").read_text())["cycle_epochs"] is True
+    # The kernels rendered the stored views; the students replayed them with Pillow (auto on
+    # a CPU) and every fingerprint agreed, or training would have stopped.
+    made = summary["rendering"]["store"]
+    assert made["render"] == "device" and made["kernels"] == made["views"] > 0
+    assert set(summary["rendering"]["students"].values()) == {"host"}
     assert summary["recipe"] == "small" and 0 < summary["store_bytes_per_view"] < 100
     report = (out / "audit" / "report.md").read_text()
     assert "vit_tiny none" in report and "deit_tiny⚗ hard / dist head" in report
@@ -36,4 +41,5 @@ def test_quick_demo_end_to_end(tmp_path):
     with Image.open(out / "audit" / "agreement.png") as img:
         assert img.size[0] > 600
     assert "deit-pipe demo on digits" in result.output and "bytes/view" in result.output
+    assert "through the tensor kernels" in result.output
     assert "vit none" in result.output and "deit⚗ hard · dist" in result.output

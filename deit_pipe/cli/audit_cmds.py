@@ -136,6 +136,13 @@ def demo(out: str, quick: bool, force: bool) -> None:
         f"store: {summary['store']} ({summary['store_bytes_per_view']:.1f} bytes/view)",
         highlight=False,
     )
+    made, students = summary["rendering"]["store"], summary["rendering"]["students"]
+    console.print(
+        f"views: the store's {made['views']:,} by --render {made['render']} "
+        f"({made['kernels']:,} through the tensor kernels); the students replayed them with "
+        f"--render {'/'.join(sorted(set(students.values())))}, every fingerprint equal",
+        highlight=False,
+    )
     console.print(
         f"report: {summary['report']}\nplots: {', '.join(summary['plots'])}", highlight=False
     )

@@ -366,7 +366,12 @@ def precompute(**opts) -> None:
     console.print(
         f"{summary.tasks} shards, {summary.views:,} views in {summary.seconds:.1f} s "
         f"({summary.views_per_second:,.0f} views/s); store {job.url}: "
-        f"{summary.bytes_on_disk:,} bytes",
+        f"{summary.bytes_on_disk:,} bytes"
+        + (
+            f"; the kernels rendered {summary.kernel_views:,} views, Pillow the rest"
+            if summary.kernel_views
+            else ""
+        ),
         highlight=False,
     )
 

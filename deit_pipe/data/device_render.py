@@ -94,21 +94,24 @@ def defer_eval(img: Image.Image, cfg: ViewConfig) -> DeviceView:
     return DeviceView(torch.from_numpy(np.array(img)), params, taps)
 
 
-def _affine(fn):
-    def run(x: torch.Tensor, ops: list[AugOp]) -> torch.Tensor:
-        fill = torch.tensor([affine.fill_color(op.fill) for op in ops], dtype=torch.uint8)
-        return fn(x, [op.args[0] for op in ops], ops[0].resample, fill)
+# The affine ops (by timm name) as the inverse matrix Pillow builds for a w x h image: one
+# `transform_affine` call runs every affine op of a round that shares a filter.
+MATRICES = {
+    "Rotate": lambda a, w, h: affine.rotate_matrix(a, w, h),
+    "ShearX": lambda a, w, h: affine.shear_matrix(a, "x"),
+    "ShearY": lambda a, w, h: affine.shear_matrix(a, "y"),
+    "TranslateX": lambda a, w, h: affine.translate_matrix(a, 0.0),
+    "TranslateY": lambda a, w, h: affine.translate_matrix(0.0, a),
+    "TranslateXRel": lambda a, w, h: affine.translate_matrix(affine.translate_rel(a, w), 0.0),
+    "TranslateYRel": lambda a, w, h: affine.translate_matrix(0.0, affine.translate_rel(a, h)),
+}
 
-    return run
 
-
-def _translate_rel(fn, axis: int):
-    def run(x: torch.Tensor, ops: list[AugOp]) -> torch.Tensor:
-        pixels = [affine.translate_rel(op.args[0], x.shape[axis]) for op in ops]
-        fill = torch.tensor([affine.fill_color(op.fill) for op in ops], dtype=torch.uint8)
-        return fn(x, pixels, ops[0].resample, fill)
-
-    return run
+def _affine(x: torch.Tensor, ops: list[AugOp]) -> torch.Tensor:
+    _, h, w, _ = x.shape
+    mats = [MATRICES[op.name](op.args[0], w, h) for op in ops]
+    fill = torch.tensor([affine.fill_color(op.fill) for op in ops], dtype=torch.uint8)
+    return affine.transform_affine(x, mats, ops[0].resample, fill)
 
 
 def _arg(fn, convert=lambda a: a):
@@ -128,14 +131,8 @@ KERNELS = {
     "Invert": _plain(pointops.invert),
     "SolarizeAdd": _arg(pointops.solarize_add),
     "Desaturate": _arg(enhance.color, enhance.desaturate_factor),
-    "Rotate": _affine(affine.rotate),
-    "ShearX": _affine(affine.shear_x),
-    "ShearY": _affine(affine.shear_y),
-    "TranslateX": _affine(affine.translate_x),
-    "TranslateY": _affine(affine.translate_y),
-    "TranslateXRel": _translate_rel(affine.translate_x, 2),
-    "TranslateYRel": _translate_rel(affine.translate_y, 1),
 }
+KERNELS |= dict.fromkeys(MATRICES, _affine)
 for _suffix in ("", "Increasing", "Original"):
     KERNELS[f"Posterize{_suffix}"] = _arg(pointops.posterize)
 for _suffix in ("", "Increasing"):
@@ -225,8 +222,10 @@ def _render(prepared: dict, device: torch.device) -> torch.Tensor:
         if flips:
             index = torch.tensor(flips, device=device)
             x[index] = x[index].flip(dim)
-    ops = [[((op.name, op.resample), op) for op in p.ops] for p in params]
-    x = _rounds(x, ops, lambda xs, key, items: KERNELS[key[0]](xs, items))
+    # Grouped by kernel and filter: every affine op of a round with the same filter shares
+    # one call (they differ only in their matrices), every other op has its own.
+    ops = [[((KERNELS[op.name], op.resample), op) for op in p.ops] for p in params]
+    x = _rounds(x, ops, lambda xs, key, items: key[0](xs, items))
     jitter = [list(p.jitter) for p in params]
     return _rounds(x, jitter, lambda xs, fn, factors: _JITTER[fn](xs, factors))
 

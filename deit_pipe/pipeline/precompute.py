@@ -50,6 +50,7 @@ class Summary:
     views: int
     seconds: float
     bytes_on_disk: int
+    kernel_views: int = 0  # views the kernels rendered (--render device); Pillow the rest
 
     @property
     def views_per_second(self) -> float:
@@ -195,13 +196,14 @@ def run(
 ) -> Summary:
     """Run `tasks`; `workers=0` runs them here, otherwise on dask.distributed."""
     start = time.perf_counter()
-    views = 0
+    views = kernel_views = 0
     if workers == 0 and scheduler is None:
         threads = torch.get_num_threads()  # tasks set the job's thread count; give it back
         try:
             for task in tasks:
                 result = task_fn(job, *task)
                 views += result.views
+                kernel_views += result.kernel_views
                 if progress:
                     progress(result)
         finally:
@@ -211,11 +213,12 @@ def run(
             job, tasks, workers, threads_per_worker, scheduler, retries, task_fn
         ):
             views += result.views
+            kernel_views += result.kernel_views
             if progress:
                 progress(result)
     seconds = time.perf_counter() - start
     sizes = file_sizes(job.url.fs, job.url.base)
-    return Summary(len(tasks), views, seconds, sum(sizes.values()))
+    return Summary(len(tasks), views, seconds, sum(sizes.values()), kernel_views)
 
 
 def _run_dask(job, tasks, workers, threads_per_worker, scheduler, retries, task_fn):

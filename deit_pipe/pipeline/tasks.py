@@ -63,6 +63,7 @@ class TaskResult:
     seconds: float
     forward_seconds: float
     device: str
+    kernel_views: int = 0  # views whose Pillow stage the kernels ran on `device` (--render)
 
 
 def _cached(key: tuple, make):
@@ -133,12 +134,13 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     render = render_mode(job.render, device)
     batches = shard_batches(source, job.recipe, split, epoch, rows, job.batch_size, pool, render)
     values, indices, lse, fps, slots = [], [], [], [], []
-    forward = 0.0
+    forward, kernel_views = 0.0, 0
     k, temps = writer.spec.k, writer.spec.temperatures
     for batch in batches:
         t0 = time.perf_counter()
         if "device_views" in batch:  # the Pillow stage on the teacher's device
             batch = realize(batch, device)
+            kernel_views += len(batch["slot"]) - batch.pop("host_rendered")
         elif device.type == "cuda":  # uint8: a quarter of float32's host→device traffic
             batch["image"] = batch["image"].pin_memory()
         logits = teacher_logits(model, finish(batch, job.recipe.view, device), device)
@@ -164,6 +166,5 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
         np.concatenate(lse) if soft else None,
         np.concatenate(fps),
     )
-    return TaskResult(
-        split, epoch, shard, len(rows), time.perf_counter() - start, forward, str(device)
-    )
+    seconds = time.perf_counter() - start
+    return TaskResult(split, epoch, shard, len(rows), seconds, forward, str(device), kernel_views)

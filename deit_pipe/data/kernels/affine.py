@@ -48,7 +48,10 @@ __all__ = [
 ]
 
 NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL.Image.Resampling values
-_CHUNK_PIXELS = 1 << 20  # output pixels per chunk: bounds the float64 temporaries
+# Output pixels per chunk. The float64 temporaries of a chunk stay in a CPU core's L2
+# (2.4x faster per 224² view than chunks of 1M pixels, BENCHMARKS.md); a GPU takes large
+# chunks, which bound its memory without multiplying kernel launches.
+_CHUNK_PIXELS = {"cpu": 1 << 14, "cuda": 1 << 20}
 
 Matrix = tuple[float, float, float, float, float, float]
 Fill = torch.Tensor | Sequence[int] | int | None
@@ -122,16 +125,22 @@ def transform_affine(
     n, h, w, c = imgs.shape
     mats = np.asarray(matrices, dtype=np.float64).reshape(n, 6)
     fills = _fill_tensor(fill, n, c, imgs.device)
+    if resample not in (NEAREST, BILINEAR, BICUBIC):
+        raise ValueError(f"resample {resample} is not NEAREST, BILINEAR or BICUBIC")
     out = torch.empty_like(imgs)
-    step = max(1, _CHUNK_PIXELS // (h * w))
+    chunk = _CHUNK_PIXELS.get(imgs.device.type, _CHUNK_PIXELS["cuda"])
+    step = max(1, chunk // (h * w))
     for s in range(0, n, step):
         sl = slice(s, min(n, s + step))
         if resample == NEAREST:
             out[sl] = _nearest(imgs[sl], mats[sl], fills[sl])
-        elif resample in (BILINEAR, BICUBIC):
-            out[sl] = _interpolated(imgs[sl], mats[sl], fills[sl], resample == BICUBIC)
-        else:
-            raise ValueError(f"resample {resample} is not NEAREST, BILINEAR or BICUBIC")
+            continue
+        cubic = resample == BICUBIC
+        table = _row_terms(imgs[sl].permute(0, 3, 1, 2), w, cubic)
+        rows = max(1, chunk // w)  # an image larger than a chunk: a band of rows at a time
+        for top in range(0, h, rows):
+            band = slice(top, min(h, top + rows))
+            out[sl, band] = _interpolated(table, cubic, (h, w), band, mats[sl], fills[sl])
     return out
 
 
@@ -176,11 +185,12 @@ def translate_y(
 # ---------------------------------------------------------------- BILINEAR / BICUBIC
 
 
-def _source_coords(mats: torch.Tensor, h: int, w: int, row: int) -> torch.Tensor:
-    """`a[row] * (x + 0.5) + a[row+1] * (y + 0.5) + a[row+2]`, [n, H, W] float64, each
-    product and sum rounded on its own, in C's left-to-right order."""
+def _source_coords(mats: torch.Tensor, band: slice, w: int, row: int) -> torch.Tensor:
+    """`a[row] * (x + 0.5) + a[row+1] * (y + 0.5) + a[row+2]` for the output rows `band`,
+    [n, rows, W] float64, each product and sum rounded on its own, in C's left-to-right
+    order."""
     xs = torch.arange(w, dtype=torch.float64, device=mats.device) + 0.5  # exact
-    ys = torch.arange(h, dtype=torch.float64, device=mats.device) + 0.5
+    ys = torch.arange(band.start, band.stop, dtype=torch.float64, device=mats.device) + 0.5
     px = torch.mul(mats[:, row, None], xs)[:, None, :]
     py = torch.mul(mats[:, row + 1, None], ys)[:, :, None]
     return torch.add(torch.add(px, py), mats[:, row + 2, None, None])
@@ -191,13 +201,37 @@ def _split(v: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     v = torch.sub(v, 0.5)
     fl = torch.floor(v)
     d = torch.sub(v, fl)
-    return fl.clamp(-4.0, size + 4.0).to(torch.int64), d[:, None]
+    return fl.clamp(-_REACH, size + _REACH).to(torch.int64), d[:, None]
 
 
-def _taps(i: torch.Tensor, size: int, k: int) -> list[torch.Tensor]:
-    """Edge-clamped neighbour indices i - 1 .. i + 2 (bicubic) or i .. i + 1 (bilinear)."""
-    first = -1 if k == 4 else 0
-    return [(i + (first + j)).clamp(0, size - 1) for j in range(k)]
+_REACH = 4  # floors are capped to -4 .. size + 4: every tap beyond is an edge-clamped one
+
+
+def _row_terms(planes: torch.Tensor, w: int, cubic: bool) -> torch.Tensor:
+    """The first pass's terms for every source row and every capped floor column i:
+    bicubic p1..p4 of `BICUBIC` over the edge-clamped columns i - 1 .. i + 2, bilinear
+    (a, b - a) over i, i + 1. They are sums of uint8 values, so exact integers whatever
+    the order: computed once per source pixel in int16 rather than once per output pixel
+    and tap row. planes: uint8-valued [n, C, H, W]; returns float64 [n, C * k, H * W'],
+    W' = w + 2 * _REACH + 1 columns, terms major."""
+    n, c, h, _ = planes.shape
+    cols = torch.arange(-_REACH, w + _REACH + 1, device=planes.device)
+    first, k = (-1, 4) if cubic else (0, 2)
+    v = [planes[..., (cols + first + j).clamp(0, w - 1)].to(torch.int16) for j in range(k)]
+    if cubic:
+        terms = [v[1], v[2] - v[0], 2 * (v[0] - v[1]) + v[2] - v[3], v[1] - v[0] - v[2] + v[3]]
+    else:
+        terms = [v[0], v[1] - v[0]]
+    return torch.stack(terms, dim=1).to(torch.float64).reshape(n, k * c, -1)
+
+
+def _horner(terms: list[torch.Tensor], d: torch.Tensor) -> torch.Tensor:
+    """`p1 + d (p2 + d (p3 + d p4))` (bicubic) or `a + (b - a) d` (bilinear): one rounding
+    per operation, in Geometry.c's order (no FMA)."""
+    v = terms[-1]
+    for t in reversed(terms[:-1]):
+        v = torch.add(t, torch.mul(d, v))
+    return v
 
 
 def _cubic(
@@ -207,9 +241,7 @@ def _cubic(
     p2 = torch.add(torch.neg(v1), v3)
     p3 = torch.sub(torch.add(torch.mul(torch.sub(v1, v2), 2.0), v3), v4)
     p4 = torch.add(torch.sub(torch.add(torch.neg(v1), v2), v3), v4)
-    v = torch.add(p3, torch.mul(d, p4))
-    v = torch.add(p2, torch.mul(d, v))
-    return torch.add(v2, torch.mul(d, v))
+    return _horner([v2, p2, p3, p4], d)
 
 
 def _linear(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -218,27 +250,34 @@ def _linear(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def _interpolated(
-    imgs: torch.Tensor, mats_np: np.ndarray, fills: torch.Tensor, cubic: bool
+    table: torch.Tensor,
+    cubic: bool,
+    size: tuple[int, int],
+    band: slice,
+    mats_np: np.ndarray,
+    fills: torch.Tensor,
 ) -> torch.Tensor:
-    n, h, w, c = imgs.shape
-    mats = torch.from_numpy(mats_np).to(imgs.device)
-    xx, yy = _source_coords(mats, h, w, 0), _source_coords(mats, h, w, 3)
-    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-    ix, dx = _split(xx, w)  # [n, H, W] taps, [n, 1, H, W] fractions
-    iy, dy = _split(yy, h)
+    """Output rows `band` of the BICUBIC (`cubic`) or BILINEAR transform of the images whose
+    first-pass terms are `table` (`_row_terms`): uint8 [n, rows, W, C]."""
+    h, w = size
+    n, kc, _ = table.shape
     k = 4 if cubic else 2
-    cols = _taps(ix, w, k)
-    # Planar float64 (exact for uint8): the arithmetic then runs along contiguous W.
-    planes = imgs.permute(0, 3, 1, 2).reshape(n, c, h * w).to(torch.float64)
-    rows = []
-    for ry in _taps(iy, h, k):
-        v = [
-            torch.gather(planes, 2, (ry * w + cx).reshape(n, 1, h * w).expand(n, c, h * w))
-            for cx in cols
-        ]
-        v = [t.reshape(n, c, h, w) for t in v]
-        rows.append(_cubic(*v, dx) if cubic else _linear(*v, dx))
-    v = _cubic(*rows, dy) if cubic else _linear(*rows, dy)
+    c = kc // k
+    mats = torch.from_numpy(mats_np).to(table.device)
+    xx, yy = _source_coords(mats, band, w, 0), _source_coords(mats, band, w, 3)
+    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+    ix, dx = _split(xx, w)  # [n, rows, W] capped floors, [n, 1, rows, W] fractions
+    iy, dy = _split(yy, h)
+    rows = band.stop - band.start
+    col = ix + _REACH
+    wide = w + 2 * _REACH + 1
+    lines = []
+    for j in range(k):  # tap row iy - 1 + j (bicubic) or iy + j, edge-clamped
+        ry = (iy + ((j - 1) if cubic else j)).clamp(0, h - 1)
+        index = (ry * wide + col).reshape(n, 1, rows * w).expand(n, kc, rows * w)
+        terms = torch.gather(table, 2, index).reshape(n, k, c, rows, w).unbind(1)
+        lines.append(_horner(list(terms), dx))
+    v = _cubic(*lines, dy) if cubic else _linear(*lines, dy)
     # bicubic: <= 0 -> 0, >= 255 -> 255, else (UINT8) truncation; bilinear stays in range.
     px = v.clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
     return torch.where(inside[..., None], px, fills.reshape(n, 1, 1, c))
