@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data bench-order clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu bench-feed gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data bench-order clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,10 @@ bench-scale: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/scale_bench.py --gpu --batch 256 --steps 20 --warmup 5 --loader-workers 8
+
+# Views/s into a DeiT-S⚗ student with 8 loader workers, --render host vs device (CUDA).
+bench-feed: $(STAMP)
+	$(BIN)/python benchmarks/feed_bench.py
 
 # Every stage on CUDA over digits (a CUDA machine only).
 gpu-smoke: $(STAMP)
