@@ -122,10 +122,11 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
     url = str(tmp_path / "s.zarr")
     job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
     request = StoreRequest(epochs=1, k=5, shard_views=512)
-    precompute(job, request, workers=0)
+    assert precompute(job, request, workers=0).kernel_views == 0  # auto: the host on a CPU
     # The teacher's views rendered by the kernels in two render processes: the same store.
     twin = str(tmp_path / "twin.zarr")
-    precompute(replace(job, url=twin, render="device", loader_workers=2), request, workers=0)
+    made = precompute(replace(job, url=twin, render="device", loader_workers=2), request, workers=0)
+    assert made.kernel_views == made.views > 0  # train and val: every view through the kernels
     ours, theirs = (
         TargetStore(url).read_arrays(0, "train"),
         TargetStore(twin).read_arrays(0, "train"),
@@ -196,3 +197,13 @@ def test_render_mode_auto_is_the_host_until_the_device_measures_faster():
     assert render_mode("device", torch.device("cpu")) == "device"
     with pytest.raises(DeitPipeError, match="--render must be one of auto, host, device"):
         render_mode("gpu", torch.device("cpu"))
+
+
+def test_precompute_says_how_many_views_the_kernels_rendered(tmp_path):
+    args = ["precompute", "--data", "digits", "--out", str(tmp_path / "s.zarr"), "--epochs", "1"]
+    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0"]
+    device = CliRunner().invoke(main, [*args, "--render", "device"])
+    assert device.exit_code == 0, device.output
+    assert "rendered by the kernels: 1,797" in " ".join(device.output.split())  # train + val
+    host = CliRunner().invoke(main, [*args[:4], str(tmp_path / "h.zarr"), *args[5:]])
+    assert host.exit_code == 0 and "kernels" not in host.output, host.output

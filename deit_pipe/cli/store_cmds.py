@@ -367,13 +367,18 @@ def precompute(**opts) -> None:
         f"{summary.tasks} shards, {summary.views:,} views in {summary.seconds:.1f} s "
         f"({summary.views_per_second:,.0f} views/s); store {job.url}: "
         f"{summary.bytes_on_disk:,} bytes"
-        + (
-            f"; the kernels rendered {summary.kernel_views:,} views, Pillow the rest"
-            if summary.kernel_views
-            else ""
-        ),
+        + _kernel_share(summary),
         highlight=False,
     )
+
+
+def _kernel_share(summary) -> str:
+    """How many views the kernels rendered (`--render device`), and Pillow the rest."""
+    if not summary.kernel_views:
+        return ""
+    rest = summary.views - summary.kernel_views
+    pillow = f", Pillow {rest:,} (steps without a kernel)" if rest else ""
+    return f"; rendered by the kernels: {summary.kernel_views:,}{pillow}"
 
 
 def _job_and_request(opts: dict):
