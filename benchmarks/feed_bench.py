@@ -18,9 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from report import record_section  # benchmarks/ is on the path of a script run from it
+from scale_bench import median_step
 
 from deit_pipe.data import ViewConfig, open_source
 from deit_pipe.data.recipe import Recipe
@@ -31,12 +31,6 @@ from deit_pipe.student.train import TrainConfig, train
 from deit_pipe.teacher import TeacherConfig
 
 RENDERS = ("host", "device")
-
-
-def _medians(run_dir: Path, warmup: int) -> dict:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "img_s" in r][warmup:]
-    return {k: float(np.median([r[k] for r in steps])) for k in ("img_s", "step_s")}
 
 
 def main(a) -> dict:
@@ -62,7 +56,7 @@ def main(a) -> dict:
                 loader_workers=a.loader_workers, render=render, log_every=a.warmup + a.steps,
             )  # fmt: skip
             train(cfg)
-            out[render] = _medians(Path(cfg.out), a.warmup)
+            out[render] = {k: median_step(Path(cfg.out), a.warmup, k) for k in ("img_s", "step_s")}
             print(f"--render {render}: {out[render]}", flush=True)
         name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
         return {

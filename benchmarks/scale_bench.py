@@ -41,9 +41,10 @@ STUDENTS = {
 PAPER_TEACHER_SHARE = {"DeiT-S⚗": 0.54, "DeiT-Ti⚗": 0.81}
 
 
-def median_step(run: Path, warmup: int) -> float:
+def median_step(run: Path, warmup: int, key: str = "step_s") -> float:
+    """The median of a run's per-step `key` (`step_s`, `img_s`) after `warmup` steps."""
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return float(np.median([r["step_s"] for r in rows if "step_s" in r][warmup:]))
+    return float(np.median([r[key] for r in rows if key in r][warmup:]))
 
 
 def student_steps(root: Path, url: str, data: str, recipe: dict, device: str, a) -> dict:

@@ -366,8 +366,7 @@ def precompute(**opts) -> None:
     console.print(
         f"{summary.tasks} shards, {summary.views:,} views in {summary.seconds:.1f} s "
         f"({summary.views_per_second:,.0f} views/s); store {job.url}: "
-        f"{summary.bytes_on_disk:,} bytes"
-        + _kernel_share(summary),
+        f"{summary.bytes_on_disk:,} bytes" + _kernel_share(summary),
         highlight=False,
     )
 

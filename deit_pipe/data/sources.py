@@ -60,11 +60,8 @@ class FileSplit(PerProcess, Split):
 
     def load(self, index: int) -> Image.Image:
         if isinstance(self.root, Root):  # behind a URL: one GET per image
-            data = self.root.read(self.paths[index])
-            return decode_image(data, f"{self.root.location}/{self.paths[index]}")
-        if self._real_root is None:
-            self._real_root = os.path.realpath(self.root)
-        return load_image(self.root, self.paths[index], self._real_root)
+            return decode_image(self.raw(index), self._name(index))
+        return load_image(self.root, self.paths[index], self._resolved_root())
 
     def open(self, index: int) -> Image.Image | EncodedJpeg:
         return open_image(self.raw(index), self._name(index))
@@ -73,6 +70,11 @@ class FileSplit(PerProcess, Split):
         if isinstance(self.root, Root):
             return f"{self.root.location}/{self.paths[index]}"
         return os.path.join(self.root, self.paths[index])
+
+    def _resolved_root(self) -> str:
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        return self._real_root
 
     def identity(self, h) -> None:
         # Relative paths and sizes: a copy in another folder or a bucket is the same dataset.
@@ -83,9 +85,7 @@ class FileSplit(PerProcess, Split):
         """Sample `index`'s encoded file."""
         if isinstance(self.root, Root):
             return self.root.read(self.paths[index])
-        if self._real_root is None:
-            self._real_root = os.path.realpath(self.root)
-        path = resolve_inside(self.root, self.paths[index], self._real_root)
+        path = resolve_inside(self.root, self.paths[index], self._resolved_root())
         try:
             with open(path, "rb") as f:
                 return f.read()

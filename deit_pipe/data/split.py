@@ -151,10 +151,13 @@ class ShardSplit(PerProcess, Split):
         self.cache.drop(self._block_key(index))
 
     def load(self, index: int) -> Image.Image:
-        return decode_image(self.raw(index), f"{self.root.location}/{self.paths[index]}")
+        return decode_image(self.raw(index), self._name(index))
 
     def open(self, index: int) -> Image.Image | EncodedJpeg:
-        return open_image(self.raw(index), f"{self.root.location}/{self.paths[index]}")
+        return open_image(self.raw(index), self._name(index))
+
+    def _name(self, index: int) -> str:
+        return f"{self.root.location}/{self.paths[index]}"
 
     def identity(self, h) -> None:
         """The sample count, sizes where known, and the bytes of a few images spread over the
