@@ -2,6 +2,7 @@
 host path), whatever the recipe, batch or device, and stores made before it still replay."""
 
 import json
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from deit_pipe.cli import main
-from deit_pipe.data import ViewConfig, collate_views, open_source, stored_views, train_transform
+from deit_pipe.data import (
+    ViewConfig,
+    collate_views,
+    finish,
+    open_source,
+    stored_views,
+    train_transform,
+)
 from deit_pipe.data.dataset import PairDataset
-from deit_pipe.data.device_render import covered, defer, realize
+from deit_pipe.data.device_render import Later, covered, defer, fingerprints, realize
 from deit_pipe.data.plan import MixConfig, plan
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.data.viewparams import ViewDrawer
@@ -78,6 +87,83 @@ def test_a_batch_rendered_on_the_device_is_the_host_batch(device):
             assert torch.equal(a[key], b[key]), key
 
 
+# Ops that read device data back to the host: on CUDA each waits for the device's queue.
+_READ_BACKS = {"_local_scalar_dense", "nonzero", "bincount", "is_nonzero", "equal", "item"}
+_READ_BACKS |= {"masked_select", "_unique2", "unique_dim", "unique_consecutive"}
+
+
+class _Dispatched(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _watch_blocking_copies(monkeypatch) -> list[str]:
+    """Where host data goes to a device in a way that waits on CUDA: `Tensor.to(device)`
+    of a host tensor without non_blocking, `torch.tensor`/`as_tensor` of Python data with
+    a device. Returns the list the calls are recorded in (their callers)."""
+    seen: list[str] = []
+    real_to, real_tensor, real_as_tensor = torch.Tensor.to, torch.tensor, torch.as_tensor
+
+    def where() -> str:
+        frame = traceback.extract_stack(limit=3)[0]
+        return f"{Path(frame.filename).name}:{frame.lineno}"
+
+    def to(self, *args, **kwargs):
+        moves = "device" in kwargs or any(isinstance(a, torch.device | str) for a in args)
+        if moves and self.device.type == "cpu" and not kwargs.get("non_blocking", False):
+            seen.append(where())
+        return real_to(self, *args, **kwargs)
+
+    def tensor(data, *args, **kwargs):
+        if kwargs.get("device") is not None:
+            seen.append(where())
+        return real_tensor(data, *args, **kwargs)
+
+    def as_tensor(data, *args, **kwargs):
+        if kwargs.get("device") is not None and not isinstance(data, torch.Tensor):
+            seen.append(where())
+        return real_as_tensor(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setattr(torch, "as_tensor", as_tensor)
+    return seen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", [n for n in RECIPES if "nearest" not in n])
+def test_the_device_stage_and_finishing_wait_for_nothing(name, device, monkeypatch):
+    """From the loader's batch to the forward pass, the device stage (resize, flips, the
+    auto-augment ops, jitter) and finishing (normalize, erasing, mixup and cutmix) read
+    nothing back and move host data only without waiting, so the host queues work ahead
+    of the device instead of waiting on it. The fingerprints' read-back is the one copy
+    back, and `wait=False` leaves it pending. (Affine ops with the nearest filter compute
+    their maps on the host; timm's auto-augment draws bilinear or bicubic.)"""
+    cfg = ViewConfig(**{**RECIPES[name], "input_size": 24, "re_prob": 0.7, "re_count": 2})
+    split = open_source("digits").split("train")
+    epoch_plan = plan(1, 1, len(split), 1, MixConfig(), 24)
+    dev = PairDataset(split, epoch_plan, cfg, render="device")
+    batch = collate_views([dev[p] for p in range(48)])
+    assert bool((batch["mix"] != 0).any()) and bool((batch["erase"][..., 2] > 0).any())
+    host = collate_views([PairDataset(split, epoch_plan, cfg)[p] for p in range(48)])
+    expected = finish(host, cfg, torch.device("cpu"))
+    copies = _watch_blocking_copies(monkeypatch)
+    with _Dispatched() as seen:
+        done = realize(batch, torch.device(device), wait=False)
+        views = finish(done, cfg, torch.device(device))
+    monkeypatch.undo()
+    assert not seen.ops & _READ_BACKS, sorted(seen.ops & _READ_BACKS)
+    assert copies == []
+    assert isinstance(done["fingerprint"], Later)
+    assert torch.equal(fingerprints(done), host["fingerprint"])  # hashed after finishing
+    assert torch.equal(views.cpu(), expected)
+
+
 PINNED = json.loads((Path(__file__).parent / "data" / "plan3_fingerprints.json").read_text())
 
 
@@ -114,9 +200,9 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
 
     rendered = []  # batch sizes the device path rendered: proof that it ran
 
-    def counting(batch, device):
+    def counting(batch, device, **kw):
         rendered.append(batch["device_views"]["count"])
-        return realize(batch, device)
+        return realize(batch, device, **kw)
 
     monkeypatch.setattr(train_module, "realize", counting)
     url = str(tmp_path / "s.zarr")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -177,7 +178,10 @@ def test_ddp_on_cpu_consumes_the_same_slots(exact_store, tmp_path):
         assert abs(a["loss"] - b["loss"]) < 1e-4
 
 
-def test_tampered_fingerprint_stops_training(exact_store, tmp_path):
+@pytest.mark.parametrize("render", ["host", "device"])
+def test_tampered_fingerprint_stops_training(exact_store, tmp_path, render):
+    """Checked before the step's update (device-rendered views: after the backward pass,
+    from fingerprints hashed late), so the run stops with nothing learnt from the view."""
     import shutil
 
     url = str(tmp_path / "tampered.zarr")
@@ -187,8 +191,13 @@ def test_tampered_fingerprint_stops_training(exact_store, tmp_path):
     plan = R.from_dict(zarr.open_group(url, mode="r").attrs["deit_pipe"]["plan"])
     assert plan.view.input_size == 32
     tamper_fingerprint(url, "train", 0, 7, 12345)
-    with pytest.raises(ReplayError, match="slot 7 of epoch 0"):
-        train(base_cfg(tmp_path / "run", store=url, distill="hard"))
+    stepped = []
+    with (
+        pytest.raises(ReplayError, match="slot 7 of epoch 0"),
+        patch.object(torch.optim.AdamW, "step", lambda *a, **k: stepped.append(1)),
+    ):
+        train(base_cfg(tmp_path / "run", store=url, distill="hard", render=render))
+    assert stepped == []
 
 
 def test_store_plan_with_another_input_size_stops_at_replay(exact_store, tmp_path):

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from deit_pipe.data.dataset import ReplayDataset, RunSampler, collate_views
+from deit_pipe.data.device_render import Later, fingerprints
 from deit_pipe.data.plan import block_of, step_slots
 
 
@@ -86,7 +87,8 @@ def merge_parts(
     parts: list[dict], device: torch.device, realize: Callable[[dict, torch.device], dict]
 ) -> dict:
     """One step's parts as one batch in slot order: device-rendered parts realized, the
-    views moved to `device` and concatenated there, everything sorted by slot."""
+    views moved to `device` and concatenated there, everything sorted by slot (pending
+    fingerprints stay pending: see `device_render.fingerprints`)."""
     parts = [realize(p, device) if "device_views" in p else p for p in parts if len(p["slot"])]
     slot = torch.cat([p["slot"] for p in parts])
     order = torch.argsort(slot)
@@ -96,7 +98,9 @@ def merge_parts(
             continue
         if key == "image":
             views = torch.cat([p[key].to(device, non_blocking=True) for p in parts])
-            batch[key] = views[order.to(device)]
+            batch[key] = views[order.to(device, non_blocking=True)]
+        elif key == "fingerprint" and any(isinstance(p[key], Later) for p in parts):
+            batch[key] = Later(lambda: torch.cat([fingerprints(p) for p in parts])[order])
         else:
             batch[key] = torch.cat([p[key] for p in parts])[order]
     return batch

@@ -14,6 +14,7 @@ Fingerprints are taken from the rendered bytes exactly as the host path takes th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +23,10 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from deit_pipe.choices import RENDERS
+from deit_pipe.data.augsteps import covered, plan_steps, run_steps
 from deit_pipe.data.jpeg import EncodedJpeg, PendingCrop
-from deit_pipe.data.kernels import affine, enhance, pointops, resample
-from deit_pipe.data.viewparams import AugOp, ViewDrawer, ViewParams
+from deit_pipe.data.kernels import resample
+from deit_pipe.data.viewparams import ViewDrawer, ViewParams
 from deit_pipe.data.views import (
     ViewConfig,
     apply_host,
@@ -94,78 +96,6 @@ def defer_eval(img: Image.Image, cfg: ViewConfig) -> DeviceView:
     return DeviceView(torch.from_numpy(np.array(img)), params, taps)
 
 
-# The affine ops (by timm name) as the inverse matrix Pillow builds for a w x h image: one
-# `transform_affine` call runs every affine op of a round that shares a filter.
-MATRICES = {
-    "Rotate": lambda a, w, h: affine.rotate_matrix(a, w, h),
-    "ShearX": lambda a, w, h: affine.shear_matrix(a, "x"),
-    "ShearY": lambda a, w, h: affine.shear_matrix(a, "y"),
-    "TranslateX": lambda a, w, h: affine.translate_matrix(a, 0.0),
-    "TranslateY": lambda a, w, h: affine.translate_matrix(0.0, a),
-    "TranslateXRel": lambda a, w, h: affine.translate_matrix(affine.translate_rel(a, w), 0.0),
-    "TranslateYRel": lambda a, w, h: affine.translate_matrix(0.0, affine.translate_rel(a, h)),
-}
-
-
-def _affine(x: torch.Tensor, ops: list[AugOp]) -> torch.Tensor:
-    _, h, w, _ = x.shape
-    mats = [MATRICES[op.name](op.args[0], w, h) for op in ops]
-    fill = torch.tensor([affine.fill_color(op.fill) for op in ops], dtype=torch.uint8)
-    return affine.transform_affine(x, mats, ops[0].resample, fill)
-
-
-def _arg(fn, convert=lambda a: a):
-    return lambda x, ops: fn(x, [convert(op.args[0]) for op in ops])
-
-
-def _plain(fn):
-    return lambda x, ops: fn(x)
-
-
-_ENHANCE = {"Color": enhance.color, "Contrast": enhance.contrast}
-_ENHANCE |= {"Brightness": enhance.brightness, "Sharpness": enhance.sharpness}
-# Each auto-augment op (by timm name) as a kernel over the views that drew it: (x, ops) → x.
-KERNELS = {
-    "AutoContrast": _plain(pointops.autocontrast),
-    "Equalize": _plain(pointops.equalize),
-    "Invert": _plain(pointops.invert),
-    "SolarizeAdd": _arg(pointops.solarize_add),
-    "Desaturate": _arg(enhance.color, enhance.desaturate_factor),
-}
-KERNELS |= dict.fromkeys(MATRICES, _affine)
-for _suffix in ("", "Increasing", "Original"):
-    KERNELS[f"Posterize{_suffix}"] = _arg(pointops.posterize)
-for _suffix in ("", "Increasing"):
-    KERNELS[f"Solarize{_suffix}"] = _arg(pointops.solarize)
-    KERNELS |= {f"{name}{_suffix}": _arg(fn) for name, fn in _ENHANCE.items()}
-# torchvision's ColorJitter on a PIL image is ImageEnhance too (brightness, contrast,
-# saturation = Color); hue (id 3) goes through Pillow's HSV conversion, left to the host.
-_JITTER = {0: enhance.brightness, 1: enhance.contrast, 2: enhance.color}
-
-
-def covered(p: ViewParams) -> bool:
-    """Whether the kernels render every step of this view (else the host renders it)."""
-    return (
-        p.augmix is None
-        and all(op.name in KERNELS for op in p.ops)
-        and all(fn in _JITTER for fn, _ in p.jitter)
-    )
-
-
-def _rounds(x: torch.Tensor, steps: list[tuple], apply) -> torch.Tensor:
-    """Step k of every view, views grouped by what their step k is (one kernel call a
-    group): `steps[i]` is view i's sequence, `apply(x, key, items)` runs one group."""
-    for k in range(max((len(s) for s in steps), default=0)):
-        groups: dict = {}
-        for i, seq in enumerate(steps):
-            if k < len(seq):
-                groups.setdefault(seq[k][0], []).append((i, seq[k][1]))
-        for key, members in groups.items():
-            index = torch.tensor([i for i, _ in members], device=x.device)
-            x[index] = apply(x[index], key, [item for _, item in members])
-    return x
-
-
 def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised batch tensor; in a loader worker, in shared memory from the start (as
     torch's `default_collate` makes its batches), so that handing it to the consumer copies
@@ -179,24 +109,29 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def prepare(views: list[DeviceView]) -> dict:
     """The host side of a batch of deferred views, done where the batch is collated (in a
     loader worker, in parallel with the others): the crops padded into one uint8 tensor
-    (each in its top-left corner) and their resize plan, the parameters, and the pixels of
-    the views Pillow rendered. `realize` does the rest on the consuming device."""
+    (each in its top-left corner), their resize plan, the flips and the auto-augment steps
+    (`augsteps.plan_steps`), and the pixels of the views Pillow rendered. Only tensors and
+    sizes: `realize` moves them to the consuming device and launches the kernels."""
     todo = [i for i, v in enumerate(views) if v.params is not None]
     done = [i for i, v in enumerate(views) if v.params is None]
     size = views[todo[0]].params.size if todo else tuple(views[0].pixels.shape[:2])
-    out = {"size": size, "count": len(views), "todo": todo, "done": done}
+    out = {"size": size, "count": len(views), "kernel_views": len(todo)}
     if done:
         ready = [views[i].pixels for i in done]
         out["ready"] = torch.stack(
             ready, out=batch_tensor((len(ready), *ready[0].shape), torch.uint8)
         )
+        out["todo"], out["done"] = (
+            torch.tensor(todo, dtype=torch.int64),
+            torch.tensor(done, dtype=torch.int64),
+        )
     if todo:
         crops = [views[i].pixels for i in todo]
-        out["params"] = [views[i].params for i in todo]
+        params = [views[i].params for i in todo]
         taps = [
             views[i].taps
             or resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
-            for i, c, p in zip(todo, crops, out["params"], strict=True)
+            for i, c, p in zip(todo, crops, params, strict=True)
         ]
         out["plan"] = resample.stack_taps(taps)
         hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
@@ -208,47 +143,90 @@ def prepare(views: list[DeviceView]) -> dict:
             else:
                 padded[i, : c.shape[0], : c.shape[1]] = c
         out["crops"] = padded
+        for flag in ("hflip", "vflip"):
+            flips = [i for i, p in enumerate(params) if getattr(p, flag)]
+            out[flag] = torch.tensor(flips, dtype=torch.int64)
+        out["steps"] = plan_steps(params)
     return out
 
 
 def _render(prepared: dict, device: torch.device) -> torch.Tensor:
     """The Pillow stage of a prepared batch's kernel views on `device`: resize, flips, then
-    the auto-augment ops and the jitter, round by round."""
-    params = prepared["params"]
+    the auto-augment ops and the jitter, round by round. Host tensors are moved without
+    waiting and nothing is read back, so the launches queue behind the device's work."""
     crops = prepared["crops"].to(device, non_blocking=True)
     x = resample.resize_batch(crops, prepared["plan"].to(device))
     for flag, dim in (("hflip", 2), ("vflip", 1)):
-        flips = [i for i, p in enumerate(params) if getattr(p, flag)]
-        if flips:
-            index = torch.tensor(flips, device=device)
+        if len(prepared[flag]):
+            index = prepared[flag].to(device, non_blocking=True)
             x[index] = x[index].flip(dim)
-    # Grouped by kernel and filter: every affine op of a round with the same filter shares
-    # one call (they differ only in their matrices), every other op has its own.
-    ops = [[((KERNELS[op.name], op.resample), op) for op in p.ops] for p in params]
-    x = _rounds(x, ops, lambda xs, key, items: key[0](xs, items))
-    jitter = [list(p.jitter) for p in params]
-    return _rounds(x, jitter, lambda xs, fn, factors: _JITTER[fn](xs, factors))
+    return run_steps(x, prepared["steps"])
 
 
-def realize(batch: dict, device: torch.device) -> dict:
+class Later:
+    """A value computed when first asked for (`get`): a device batch's fingerprints, whose
+    bytes are still on their way back to the host."""
+
+    def __init__(self, compute: Callable[[], torch.Tensor]):
+        self._compute: Callable[[], torch.Tensor] | None = compute
+        self._value: torch.Tensor | None = None
+
+    def get(self) -> torch.Tensor:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value
+
+
+def fingerprints(batch: dict) -> torch.Tensor:
+    """A batch's fingerprints (int64 [n]), whether taken already or still pending."""
+    fps = batch["fingerprint"]
+    return fps.get() if isinstance(fps, Later) else fps
+
+
+def _pending_fingerprints(image: torch.Tensor, batch: dict, now: bool) -> Later:
+    """The fingerprints of `image`'s bytes, hashed on the host as the host path hashes them.
+    On CUDA the copy back is queued behind the kernels into pinned memory without waiting
+    for them, so the caller can launch its own work before it asks; elsewhere a copy
+    unless hashed `now`, as the caller may write into `image` first."""
+    if image.device.type == "cuda":
+        host = torch.empty(image.shape, dtype=image.dtype, pin_memory=True)
+        host.copy_(image, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+    else:
+        host, ready = (image if now else image.clone()), None
+    erase, mix, lam, box, seed = (batch[k].numpy() for k in ("erase", "mix", "lam", "box", "seed"))
+
+    def compute() -> torch.Tensor:
+        if ready is not None:
+            ready.synchronize()
+        fps = [
+            view_fingerprint(img, erase[i], int(mix[i]), lam[i], box[i], seed[i])
+            for i, img in enumerate(host)
+        ]
+        return torch.from_numpy(np.array(fps, dtype=np.uint64).view(np.int64))
+
+    return Later(compute)
+
+
+def realize(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
     """A collated batch of deferred views (`device_views`: `prepare`d, or a list of
     `DeviceView`) rendered on `device`: the batch as the host path collates it (`image`
-    uint8 NHWC, on the device; `fingerprint` from those bytes), plus `host_rendered`, how
-    many views the kernels did not cover."""
+    uint8 NHWC, on the device; `fingerprint` from those bytes, with `wait=False` still
+    pending: see `fingerprints`), plus `host_rendered`, how many views the kernels
+    did not cover."""
     prepared = batch.pop("device_views")
     if isinstance(prepared, list):
         prepared = prepare(prepared)
-    n, todo, done = prepared["count"], prepared["todo"], prepared["done"]
-    image = torch.empty((n, *prepared["size"], 3), dtype=torch.uint8, device=device)
-    if todo:
-        image[todo] = _render(prepared, device)
-    if done:
-        image[done] = prepared["ready"].to(device)
-    host = image.cpu()  # one read-back a batch: the fingerprints hash the rendered bytes
-    erase, mix, lam = batch["erase"].numpy(), batch["mix"].numpy(), batch["lam"].numpy()
-    box, seed = batch["box"].numpy(), batch["seed"].numpy()
-    fps = [
-        view_fingerprint(host[i], erase[i], int(mix[i]), lam[i], box[i], seed[i]) for i in range(n)
-    ]
-    fps = torch.from_numpy(np.array(fps, dtype=np.uint64).view(np.int64))
-    return {**batch, "image": image, "fingerprint": fps, "host_rendered": len(done)}
+    n, kernel_views = prepared["count"], prepared["kernel_views"]
+    if kernel_views == n:
+        image = _render(prepared, device)
+    else:
+        image = torch.empty((n, *prepared["size"], 3), dtype=torch.uint8, device=device)
+        if kernel_views:
+            image[prepared["todo"].to(device, non_blocking=True)] = _render(prepared, device)
+        done = prepared["done"].to(device, non_blocking=True)
+        image[done] = prepared["ready"].to(device, non_blocking=True)
+    pending = _pending_fingerprints(image, batch, now=wait)
+    fps = pending.get() if wait else pending
+    return {**batch, "image": image, "fingerprint": fps, "host_rendered": n - kernel_views}

@@ -88,33 +88,46 @@ def finish(batch: dict[str, torch.Tensor], cfg: ViewConfig, device: torch.device
     """float32 NCHW views (channels-last in memory) on `device` from a collated batch of
     rendered views (uint8 NHWC)."""
     pixels = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
-    mean = torch.tensor([m * 255 for m in cfg.mean], dtype=torch.float32, device=device)
-    std = torch.tensor([s * 255 for s in cfg.std], dtype=torch.float32, device=device)
+    mean = _host_tensor([m * 255 for m in cfg.mean], np.float32, device)
+    std = _host_tensor([s * 255 for s in cfg.std], np.float32, device)
     x = (pixels.to(torch.float32) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    erase = batch["erase"].to(device, non_blocking=True)
+    erase = batch["erase"].numpy()  # the boxes are host data: what to launch needs no sync
     seeds = batch["seed"].to(device, non_blocking=True)
     for box in range(erase.shape[1]):
         _erase(x, erase[:, box], seeds, box, cfg.re_mode)
     return _mix(x, batch, device)
 
 
-def _erase(x: torch.Tensor, boxes: torch.Tensor, seeds: torch.Tensor, box: int, mode: str):
+def _host_tensor(values, dtype: type, device: torch.device) -> torch.Tensor:
+    """Host values (as NumPy `dtype`) on `device`, moved without waiting for its queue."""
+    return torch.from_numpy(np.asarray(values, dtype=dtype)).to(device, non_blocking=True)
+
+
+def _erase(x: torch.Tensor, boxes: np.ndarray, seeds: torch.Tensor, box: int, mode: str):
     """Fill box `box` of each view that has one, as timm's `RandomErasing` (after normalize)
-    does: noise per element (`pixel`), per channel (`rand`) or zeros (`const`)."""
-    rows = torch.nonzero(boxes[:, 2] > 0).flatten()
-    if len(rows) == 0:  # a host sync, once per box slot and batch
+    does: noise per element (`pixel`), per channel (`rand`) or zeros (`const`). `boxes`
+    (top, left, h, w per view) is read on the host, so nothing here waits on the device."""
+    rows_np = np.flatnonzero(boxes[:, 2] > 0)
+    if len(rows_np) == 0:
         return
-    top, left, h, w = (boxes[rows, i].to(torch.int64).view(-1, 1, 1, 1) for i in range(4))
-    n, c, height, width = len(rows), x.shape[1], x.shape[2], x.shape[3]
-    hmax, wmax = int(h.max()), int(w.max())
     dev = x.device
+    n, c, height, width = len(rows_np), x.shape[1], x.shape[2], x.shape[3]
+    hs, ws = boxes[rows_np, 2].astype(np.int64), boxes[rows_np, 3].astype(np.int64)
+    hmax, wmax, count = int(hs.max()), int(ws.max()), c * int((hs * ws).sum())
+    rows = _host_tensor(rows_np, np.int64, dev)
+    top, left, h, w = (
+        _host_tensor(boxes[rows_np, i], np.int64, dev).view(-1, 1, 1, 1)
+        for i in range(4)
+    )
     ch = torch.arange(c, device=dev).view(1, c, 1, 1)
     yy = torch.arange(hmax, device=dev).view(1, 1, hmax, 1)
     xx = torch.arange(wmax, device=dev).view(1, 1, 1, wmax)
     grid = (n, c, hmax, wmax)
-    inside = ((yy < h) & (xx < w)).expand(grid)
-    pos = torch.arange(n, device=dev).view(-1, 1, 1, 1).expand(grid)[inside]  # row in `rows`
-    chan, row, col = (t.expand(grid)[inside] for t in (ch, top + yy, left + xx))
+    inside = ((yy < h) & (xx < w)).expand(grid).reshape(-1)
+    # The grid positions inside a box, in order: the host knows how many there are.
+    at = torch.nonzero_static(inside, size=count)[:, 0]
+    pos = torch.div(at, c * hmax * wmax, rounding_mode="floor")  # row in `rows`
+    chan, row, col = (t.expand(grid).reshape(-1)[at] for t in (ch, top + yy, left + xx))
     index = chan * (height * width) + row * width + col  # NCHW position: the noise counter
     keys = noise_keys(seeds[rows], box)
     if mode == "pixel":
@@ -131,12 +144,12 @@ def _mix(x: torch.Tensor, batch: dict[str, torch.Tensor], device: torch.device) 
     1−λ from its partner, as timm's `Mixup` computes it: λ and 1−λ rounded to float32 once on
     the host, then two multiplies and an add, each its own kernel (no fused multiply-add can
     form); cutmix only copies."""
-    op = batch["mix"].to(device, non_blocking=True)
-    if not bool((op != 0).any()):
+    if not batch["mix"].numpy().any():  # host data: no sync
         return x
+    op = batch["mix"].to(device, non_blocking=True)
     n = x.shape[0]
     # A pair is one collated item: slot 2p's partner is the next row, 2p+1's the previous.
-    step = 1 - 2 * (batch["slot"].to(device) & 1)
+    step = 1 - 2 * (batch["slot"].to(device, non_blocking=True) & 1)
     partner = x[(torch.arange(n, device=device) + step).clamp(0, n - 1)]
     lam = batch["lam"].to(device, non_blocking=True)
     mixed = x * lam[:, 0].view(n, 1, 1, 1) + partner * lam[:, 1].view(n, 1, 1, 1)

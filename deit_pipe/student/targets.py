@@ -1,7 +1,9 @@
 """Where a training step's teacher targets come from: the store (offline), a live teacher
 (online, for comparison) or nowhere (plain supervised training).
 
-Offline, every replayed view's fingerprint is checked against the one stored for its slot.
+Offline, every replayed view's fingerprint is checked against the one stored for its slot,
+before the step's update (the loop asks after its backward pass, so that on CUDA the
+fingerprints of device-rendered views are hashed while the device computes).
 Targets arrive on the training device: the store sends k + k + 1 numbers a view (top-k
 probabilities, class ids, tail mass) and the dense distribution is built there, and only
 when the loss needs it (hard distillation reads the top-1 class alone).
@@ -28,15 +30,19 @@ class TeacherBatch(NamedTuple):
 
 class TeacherTargets(Protocol):
     """Where a step's teacher targets come from; the loop calls `start_epoch` before an
-    epoch's first step and `targets` for every batch."""
+    epoch's first step, then for every batch `targets` and, before the optimizer steps,
+    `check`."""
 
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None: ...
 
-    def targets(
-        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
-    ) -> TeacherBatch:
-        """Targets for the views at `slots` (their `fingerprints`, as replayed; the finished
-        `images`, for a teacher that runs on them)."""
+    def targets(self, slots: np.ndarray, images: torch.Tensor) -> TeacherBatch:
+        """Targets for the views at `slots` (the finished `images`, for a teacher that runs
+        on them)."""
+        ...
+
+    def check(self, slots: np.ndarray, fingerprints: np.ndarray) -> None:
+        """Raise `ReplayError` where a view at `slots`, as replayed (its `fingerprints`), is
+        not the view its targets were made from."""
         ...
 
 
@@ -46,10 +52,11 @@ class NoTeacher:
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
         pass
 
-    def targets(
-        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
-    ) -> TeacherBatch:
+    def targets(self, slots: np.ndarray, images: torch.Tensor) -> TeacherBatch:
         return TeacherBatch(None, None)
+
+    def check(self, slots: np.ndarray, fingerprints: np.ndarray) -> None:
+        pass
 
 
 class StoredTeacher:
@@ -84,14 +91,14 @@ class StoredTeacher:
             nxt = self.store.stored_epoch(epoch + 1, self.cycle_epochs)
         self.current = self.store.epoch(stored, prefetch=nxt)
 
-    def targets(
-        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
-    ) -> TeacherBatch:
+    def targets(self, slots: np.ndarray, images: torch.Tensor) -> TeacherBatch:
+        return stored_batch(self.current, np.asarray(slots), self.tau, self.want_soft, self.device)
+
+    def check(self, slots: np.ndarray, fingerprints: np.ndarray) -> None:
         slots = np.asarray(slots)
         bad = mismatches(self.current.fingerprint, slots, np.asarray(fingerprints))
         if len(bad):
             raise ReplayError(self._mismatch(int(slots[bad[0]]), len(bad)))
-        return stored_batch(self.current, slots, self.tau, self.want_soft, self.device)
 
     def _mismatch(self, slot: int, count: int) -> str:
         sample = int(self.plan.sample[slot])
@@ -126,8 +133,9 @@ class OnlineTeacher:
     def start_epoch(self, epoch: int, epochs: int, epoch_plan: EpochPlan) -> None:
         pass
 
-    def targets(
-        self, slots: np.ndarray, fingerprints: torch.Tensor, images: torch.Tensor
-    ) -> TeacherBatch:
+    def targets(self, slots: np.ndarray, images: torch.Tensor) -> TeacherBatch:
         logits = teacher_logits(self.model, images, self.device).double()
         return TeacherBatch(torch.softmax(logits / self.tau, dim=1).float(), logits.argmax(dim=1))
+
+    def check(self, slots: np.ndarray, fingerprints: np.ndarray) -> None:
+        pass  # it sees the views themselves

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from deit_pipe.data import collate_views, finish
 from deit_pipe.data.blockload import BlockRun, block_loader, merge_parts
 from deit_pipe.data.dataset import ReplayDataset, RunSampler
-from deit_pipe.data.device_render import realize, render_mode
+from deit_pipe.data.device_render import fingerprints, realize, render_mode
 from deit_pipe.errors import DivergedError
 from deit_pipe.outputs import make_dir, write_atomic
 from deit_pipe.storage.lock import WriterLock
@@ -186,7 +187,7 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     torch.manual_seed(step_seed(tr.cfg.train_seed, tr.step, tr.ctx.rank))  # drop-path: f(step)
     dev = tr.ctx.device
     if "parts" in batch:  # block order: each loader worker's share of the step
-        batch = merge_parts(batch["parts"], dev, realize)
+        batch = merge_parts(batch["parts"], dev, partial(realize, wait=False))
         tr.host_rendered += batch.pop("host_rendered")
     slots = batch["slot"].numpy()
     partners = epoch_plan.partner(slots)
@@ -197,10 +198,10 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
         tr.labels[own], tr.labels[other], lam, tr.source.num_classes, tr.cfg.smoothing
     )
     if "device_views" in batch:
-        batch = realize(batch, dev)
+        batch = realize(batch, dev, wait=False)
         tr.host_rendered += batch["host_rendered"]
     views = finish(batch, tr.recipe.view, dev).contiguous(memory_format=torch.channels_last)
-    soft, hard = tr.teacher.targets(slots, batch["fingerprint"].numpy(), views)
+    soft, hard = tr.teacher.targets(slots, views)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         outputs = tr.ddp(views)
     outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
@@ -211,6 +212,10 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     if tr.cfg.clip_grad:  # the norm is computed anyway: watched, read back with the loss
         norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.cfg.clip_grad)
         watched["grad_norm"] = norm.detach().float()
+    # Every replayed view must be the one its targets were made from, before the update it
+    # would feed. Asked this late, device-rendered views are hashed while the device runs
+    # the forward and backward passes launched above.
+    tr.teacher.check(slots, fingerprints(batch).numpy())
     tr.optimizer.step()
     slots_sum = torch.tensor(float(slots.sum()), dtype=torch.float64, device=dev)
     return {**watched, "slots_sum": slots_sum}  # the slot sum last: it is summed, not averaged

@@ -106,7 +106,7 @@ def fill_color(fillcolor: float | Sequence[float] | str | None, mode: str = "RGB
 def _fill_tensor(fill: Fill, n: int, c: int, device: torch.device) -> torch.Tensor:
     if fill is None:
         fill = 0  # Pillow zeroes the new image
-    t = torch.as_tensor(fill, dtype=torch.uint8).to(device)
+    t = torch.as_tensor(fill, dtype=torch.uint8).to(device, non_blocking=True)
     return t.reshape(-1).expand(c).expand(n, c) if t.numel() in (1, c) else t.reshape(n, c)
 
 
@@ -118,22 +118,26 @@ def transform_affine(
 ) -> torch.Tensor:
     """`img.transform(img.size, AFFINE, matrix, resample, fillcolor=fill)` per view.
 
-    `matrices` float64 [n, 6] (host; Pillow's inverse map, output -> input), `resample`
-    one of NEAREST/BILINEAR/BICUBIC for the whole call, `fill` uint8 [n, C], [C] or a
-    scalar (see `fill_color`; None is black).
+    `matrices` float64 [n, 6] (Pillow's inverse map, output -> input; computed on the
+    host, and best already on the images' device: a host copy here is moved without
+    waiting), `resample` one of NEAREST/BILINEAR/BICUBIC for the whole call, `fill` uint8
+    [n, C], [C] or a scalar (see `fill_color`; None is black).
     """
     n, h, w, c = imgs.shape
-    mats = np.asarray(matrices, dtype=np.float64).reshape(n, 6)
-    fills = _fill_tensor(fill, n, c, imgs.device)
     if resample not in (NEAREST, BILINEAR, BICUBIC):
         raise ValueError(f"resample {resample} is not NEAREST, BILINEAR or BICUBIC")
+    if not isinstance(matrices, torch.Tensor):
+        matrices = torch.from_numpy(np.asarray(matrices, dtype=np.float64))
+    mats = matrices.to(torch.float64).reshape(n, 6).to(imgs.device, non_blocking=True)
+    fills = _fill_tensor(fill, n, c, imgs.device)
     out = torch.empty_like(imgs)
     chunk = _CHUNK_PIXELS.get(imgs.device.type, _CHUNK_PIXELS["cuda"])
     step = max(1, chunk // (h * w))
     for s in range(0, n, step):
         sl = slice(s, min(n, s + step))
-        if resample == NEAREST:
-            out[sl] = _nearest(imgs[sl], mats[sl], fills[sl])
+        if resample == NEAREST:  # its coordinate maps are host arithmetic (rare: timm's
+            # auto-augment draws bilinear or bicubic)
+            out[sl] = _nearest(imgs[sl], mats[sl].cpu().numpy(), fills[sl])
             continue
         cubic = resample == BICUBIC
         table = _row_terms(imgs[sl].permute(0, 3, 1, 2), w, cubic)
@@ -254,7 +258,7 @@ def _interpolated(
     cubic: bool,
     size: tuple[int, int],
     band: slice,
-    mats_np: np.ndarray,
+    mats: torch.Tensor,
     fills: torch.Tensor,
 ) -> torch.Tensor:
     """Output rows `band` of the BICUBIC (`cubic`) or BILINEAR transform of the images whose
@@ -263,7 +267,6 @@ def _interpolated(
     n, kc, _ = table.shape
     k = 4 if cubic else 2
     c = kc // k
-    mats = torch.from_numpy(mats_np).to(table.device)
     xx, yy = _source_coords(mats, band, w, 0), _source_coords(mats, band, w, 3)
     inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
     ix, dx = _split(xx, w)  # [n, rows, W] capped floors, [n, 1, rows, W] fractions

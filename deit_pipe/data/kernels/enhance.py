@@ -42,7 +42,8 @@ Factors = torch.Tensor | Sequence[float] | float
 
 def _alpha(factor: Factors, n: int, device: torch.device) -> torch.Tensor:
     """Per-view float32 alpha [n, 1, 1, 1]; float64 -> float32 rounds to nearest, like C."""
-    t = torch.as_tensor(factor, dtype=torch.float64).to(torch.float32).to(device)
+    t = torch.as_tensor(factor, dtype=torch.float64).to(torch.float32)
+    t = t.to(device, non_blocking=True)
     return t.expand(n).reshape(n, 1, 1, 1) if t.dim() == 0 else t.reshape(n, 1, 1, 1)
 
 

@@ -27,7 +27,10 @@ __all__ = [
 
 
 def _per_view(values: torch.Tensor | list[int] | int, n: int, device: torch.device) -> torch.Tensor:
-    """A per-view integer parameter as int64 [n, 1, 1, 1] on the images' device."""
+    """A per-view integer parameter as int64 [n, 1, 1, 1] on the images' device (a Python
+    number is filled in there, not copied over)."""
+    if isinstance(values, int):
+        return torch.full((n, 1, 1, 1), values, dtype=torch.int64, device=device)
     t = torch.as_tensor(values, dtype=torch.int64, device=device)
     return t.expand(n).reshape(n, 1, 1, 1) if t.dim() == 0 else t.reshape(n, 1, 1, 1)
 
@@ -36,7 +39,7 @@ def apply_lut(imgs: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
     """`Image.point` with a per-view, per-band LUT: `luts` is uint8 [n, 256] (one table for
     every band, as `ImageOps._lut` triples it) or [n, C, 256]."""
     n, h, w, c = imgs.shape
-    luts = luts.to(device=imgs.device, dtype=torch.uint8)
+    luts = luts.to(device=imgs.device, dtype=torch.uint8, non_blocking=True)
     if luts.dim() == 2:
         luts = luts[:, None, :].expand(n, c, 256)
     # Flat index (view, band, value) into the stacked tables: one gather for the batch.
@@ -49,8 +52,11 @@ def channel_histograms(imgs: torch.Tensor) -> torch.Tensor:
     n, h, w, c = imgs.shape
     base = (torch.arange(n * c, device=imgs.device, dtype=torch.int32) * 256).reshape(n, 1, 1, c)
     flat = (base + imgs.to(torch.int32)).reshape(-1)  # int32: half the traffic of int64
-    # Integer counts: bincount's order of accumulation cannot change them.
-    return torch.bincount(flat, minlength=n * c * 256).reshape(n, c, 256)
+    # Integer counts: the order of accumulation cannot change them. An index_add rather
+    # than bincount, which on CUDA reads the index range back to the host (a stall).
+    hist = torch.zeros(n * c * 256, dtype=torch.int64, device=imgs.device)
+    ones = torch.ones(1, dtype=torch.int64, device=imgs.device).expand(flat.numel())
+    return hist.index_add_(0, flat, ones).reshape(n, c, 256)
 
 
 def invert(imgs: torch.Tensor) -> torch.Tensor:
