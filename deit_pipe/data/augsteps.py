@@ -97,6 +97,7 @@ for _suffix in ("", "Increasing"):
 JITTER = {0: enhance.brightness, 1: enhance.contrast, 2: enhance.color}
 for _id, _fn in JITTER.items():
     KERNELS[f"jitter:{_id}"] = Kernel(lambda x, s, fn=_fn: fn(x, s.args))
+KERNELS["affine"] = Kernel(_run_affine)  # a round's affine ops with one filter, together
 
 
 def covered(p: ViewParams) -> bool:
@@ -163,6 +164,5 @@ def run_steps(x: torch.Tensor, steps: list[Step]) -> torch.Tensor:
 
     for s in steps:
         s = s._replace(index=move(s.index), args=move(s.args), fill=move(s.fill))
-        run = _run_affine if s.kernel == "affine" else KERNELS[s.kernel].run
-        x[s.index] = run(x[s.index], s)
+        x[s.index] = KERNELS[s.kernel].run(x[s.index], s)
     return x

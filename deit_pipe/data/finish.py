@@ -115,9 +115,8 @@ def _erase(x: torch.Tensor, boxes: np.ndarray, seeds: torch.Tensor, box: int, mo
     hs, ws = boxes[rows_np, 2].astype(np.int64), boxes[rows_np, 3].astype(np.int64)
     hmax, wmax, count = int(hs.max()), int(ws.max()), c * int((hs * ws).sum())
     rows = _host_tensor(rows_np, np.int64, dev)
-    top, left, h, w = (
-        _host_tensor(boxes[rows_np, i], np.int64, dev).view(-1, 1, 1, 1) for i in range(4)
-    )
+    sel = _host_tensor(boxes[rows_np], np.int64, dev)  # one copy: top, left, h, w
+    top, left, h, w = (sel[:, i].view(-1, 1, 1, 1) for i in range(4))
     ch = torch.arange(c, device=dev).view(1, c, 1, 1)
     yy = torch.arange(hmax, device=dev).view(1, 1, hmax, 1)
     xx = torch.arange(wmax, device=dev).view(1, 1, 1, wmax)
