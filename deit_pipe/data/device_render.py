@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from deit_pipe.choices import RENDERS
+from deit_pipe.data import jpegblocks
 from deit_pipe.data.augsteps import covered, plan_steps, run_steps
 from deit_pipe.data.jpeg import EncodedJpeg, PendingCrop
 from deit_pipe.data.kernels import resample
@@ -135,14 +136,24 @@ def prepare(views: list[DeviceView]) -> dict:
         ]
         out["plan"] = resample.stack_taps(taps)
         hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
+        pixels = list(range(len(crops)))
+        jpegs = [k for k, c in enumerate(crops) if isinstance(c, PendingCrop)]
+        if jpegs and jpegblocks.enabled():  # left as DCT blocks for the device
+            packed, left = jpegblocks.pack([crops[k] for k in jpegs], (hmax, wmax), batch_tensor)
+            if packed is not None:
+                packed["index"] = packed["index"].apply_(jpegs.__getitem__)
+                out["blocks"] = packed
+            decoded = set(jpegs) - {jpegs[k] for k in left}
+            pixels = [k for k in pixels if k not in decoded]
         # Not zeroed: padding is read only under zero weights, and x * 0 = 0 for any byte.
-        padded = batch_tensor((len(crops), hmax, wmax, crops[0].shape[2]), torch.uint8)
-        for i, c in enumerate(crops):
+        padded = batch_tensor((len(pixels), hmax, wmax, crops[0].shape[2]), torch.uint8)
+        for i, k in enumerate(pixels):
+            c = crops[k]
             if isinstance(c, PendingCrop):
                 c.into(padded[i].numpy())  # the region decoded in place
             else:
                 padded[i, : c.shape[0], : c.shape[1]] = c
-        out["crops"] = padded
+        out["crops"], out["pixel_rows"] = padded, torch.tensor(pixels, dtype=torch.int64)
         for flag in ("hflip", "vflip"):
             flips = [i for i, p in enumerate(params) if getattr(p, flag)]
             out[flag] = torch.tensor(flips, dtype=torch.int64)
@@ -150,11 +161,30 @@ def prepare(views: list[DeviceView]) -> dict:
     return out
 
 
+def _crops(prepared: dict, device: torch.device) -> torch.Tensor:
+    """The kernel views' padded source crops on `device`: JPEG blocks decoded there, the
+    rest as the loader decoded them."""
+    pixels, rows = prepared["crops"], prepared["pixel_rows"]
+    blocks = prepared.get("blocks")
+    if blocks is None:
+        return pixels.to(device, non_blocking=True)
+    decoded = jpegblocks.unpack(blocks, device)
+    n = prepared["kernel_views"]
+    if len(blocks["index"]) == n:  # every view a JPEG: the decoded batch is the batch
+        crops = decoded
+    else:
+        crops = torch.empty((n, *decoded.shape[1:]), dtype=torch.uint8, device=device)
+        crops[blocks["index"].to(device, non_blocking=True)] = decoded
+    if len(rows):  # after the blocks: a JPEG libjpeg refused as blocks is among these
+        crops[rows.to(device, non_blocking=True)] = pixels.to(device, non_blocking=True)
+    return crops
+
+
 def _render(prepared: dict, device: torch.device) -> torch.Tensor:
     """The Pillow stage of a prepared batch's kernel views on `device`: resize, flips, then
     the auto-augment ops and the jitter, round by round. Host tensors are moved without
     waiting and nothing is read back, so the launches queue behind the device's work."""
-    crops = prepared["crops"].to(device, non_blocking=True)
+    crops = _crops(prepared, device)
     x = resample.resize_batch(crops, prepared["plan"].to(device))
     for flag, dim in (("hflip", 2), ("vflip", 1)):
         if len(prepared[flag]):

@@ -34,11 +34,20 @@ _MODES = ("RGB", "L")  # the modes a region decodes to (grayscale is repeated to
 
 
 class EncodedJpeg:
-    """A JPEG with its header read: `size`, and `crop(box)` decoding only the box's region
-    (the same pixels as `decode_image(data).crop(box)`)."""
+    """A JPEG with its header read: `size`, its luma's `sampling` factors (h, v), and
+    `crop(box)` decoding only the box's region (the same pixels as
+    `decode_image(data).crop(box)`), or `blocks_into` its DCT blocks alone."""
 
-    def __init__(self, data: bytes, name: str, size: tuple[int, int], mode: str):
+    def __init__(
+        self,
+        data: bytes,
+        name: str,
+        size: tuple[int, int],
+        mode: str,
+        sampling: tuple[int, int] = (1, 1),
+    ):
         self.data, self.name, self.size, self.mode = data, name, size, mode
+        self.sampling = sampling
 
     def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
         """The region (left, top, right, bottom) as an RGB image."""
@@ -61,6 +70,26 @@ class EncodedJpeg:
             log.debug("%s: decoded whole by Pillow (%s)", self.name, got[1])
             out[: bottom - top, : right - left] = np.asarray(self.load().crop(box))
 
+    def blocks_into(
+        self,
+        imcus: tuple[int, int, int, int],
+        luma: np.ndarray,
+        chroma: np.ndarray,
+        quant: np.ndarray,
+    ) -> bool:
+        """Entropy-decode the quantised DCT blocks of iMCU columns and rows `imcus` (c0, r0,
+        c1, r1) into `luma` (int16 [rows, cols, 64], its top-left corner) and `chroma`
+        ([2, rows, cols, 64]), their tables into `quant` (uint16 [3, 64]); False where the
+        file is not one `kernels.jpegdecode` covers, or libjpeg finds fault with it: its
+        pixels are then the caller's to decode (`crop_into`, which refuses a broken file)."""
+        got = _bound().coefficients(
+            self.data, self.mode == "L", *imcus, luma, luma.strides[0], chroma,
+            chroma.strides[1], chroma.strides[0], quant,
+        )  # fmt: skip
+        if got is not None:
+            log.debug("%s: decoded to pixels on the host (%s)", self.name, got[1])
+        return got is None
+
     def load(self) -> Image.Image:
         """The whole image, decoded by Pillow."""
         return decode_image(self.data, self.name)
@@ -75,11 +104,13 @@ def open_image(data: bytes, name: str) -> Image.Image | EncodedJpeg:
     try:
         with Image.open(io.BytesIO(data)) as img:  # the header: size, mode, bomb check
             size, mode, fmt = img.size, img.mode, img.format
+            layers = getattr(img, "layer", None) or [(0, 1, 1, 0)]
     except UNREADABLE as exc:
         raise unreadable(exc, name) from None
     if fmt != "JPEG" or mode not in _MODES:
         return decode_image(data, name)
-    return EncodedJpeg(data, name, size, mode)
+    sampling = (max(layer[1] for layer in layers), max(layer[2] for layer in layers))
+    return EncodedJpeg(data, name, size, mode, sampling)
 
 
 class PendingCrop:

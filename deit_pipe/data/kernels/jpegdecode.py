@@ -1,0 +1,227 @@
+"""A JPEG crop's pixels from its quantised DCT blocks as batched integer kernels, bit-identical
+to the libjpeg-turbo that Pillow 13.0.0 bundles (3.1) at Pillow's settings.
+
+The host stops at the entropy decoding (`csrc/jpeg_region.c`, `coefficients`); the rest of a
+decode is integer arithmetic, run here on the device that consumes the views:
+
+- `jpeg_idct_islow` (jidctint.c): dequantise, then the column pass (`CONST_BITS` 13,
+  `PASS1_BITS` 2, `DESCALE` by 11) and the row pass (`DESCALE` by 18), plus `CENTERJSAMPLE`.
+  Its zero-AC shortcuts give the full formula's values, so there are none here. The last
+  step clamps to 0..255, as the SIMD versions Pillow's wheels run (SSE2/AVX2, NEON) saturate;
+  the C table's wrap-around differs only for values a valid 8-bit encoder never produces.
+- `h2v1_fancy_upsample`, `h1v2_fancy_upsample`, `h2v2_fancy_upsample` (jdsample.c): the
+  triangle filter, 3/4 nearer + 1/4 further sample in each upsampled dimension, with the
+  image's edge sample repeated (jdmainct.c's context rows at the top and bottom, the first
+  and last columns' special cases): here one separable 2x2-tap integer filter a view, whose
+  taps, weights and biases the host computes (`crop_maps`), so that 4:4:4, 4:2:2, 4:4:0 and
+  4:2:0 views share the kernel launches; 4:4:4 and grayscale are its identity case.
+- `ycc_rgb_convert` with `build_ycc_rgb_table` (jdcolor.c, jdcolext.c): table look-ups,
+  `SCALEBITS` 16, the green sum shifted right, a clamp.
+
+A grayscale view travels with zero chroma blocks, which decode to 128 everywhere, and the
+colour conversion then repeats its luma three times, as Pillow's `convert("RGB")` does.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+# jidctint.c's FIX_* constants: round(x * 2**13).
+_C = {
+    "0_298631336": 2446,
+    "0_390180644": 3196,
+    "0_541196100": 4433,
+    "0_765366865": 6270,
+    "0_899976223": 7373,
+    "1_175875602": 9633,
+    "1_501321110": 12299,
+    "1_847759065": 15137,
+    "1_961570560": 16069,
+    "2_053119869": 16819,
+    "2_562915447": 20995,
+    "3_072711026": 25172,
+}
+
+
+def _idct_1d(d: list[torch.Tensor], shift: int) -> list[torch.Tensor]:
+    """One pass of jidctint.c's `jpeg_idct_islow` over 8 int32 inputs, descaled by `shift`."""
+    z1 = (d[2] + d[6]) * _C["0_541196100"]
+    tmp2 = z1 + d[6] * -_C["1_847759065"]
+    tmp3 = z1 + d[2] * _C["0_765366865"]
+    tmp0, tmp1 = (d[0] + d[4]) << 13, (d[0] - d[4]) << 13
+    tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
+    o0, o1, o2, o3 = d[7], d[5], d[3], d[1]
+    z5 = (o0 + o2 + o1 + o3) * _C["1_175875602"]
+    z1 = (o0 + o3) * -_C["0_899976223"]
+    z2 = (o1 + o2) * -_C["2_562915447"]
+    z3 = (o0 + o2) * -_C["1_961570560"] + z5
+    z4 = (o1 + o3) * -_C["0_390180644"] + z5
+    t0 = o0 * _C["0_298631336"] + z1 + z3
+    t1 = o1 * _C["2_053119869"] + z2 + z4
+    t2 = o2 * _C["3_072711026"] + z2 + z3
+    t3 = o3 * _C["1_501321110"] + z1 + z4
+    half = 1 << (shift - 1)
+    out = [tmp10 + t3, tmp11 + t2, tmp12 + t1, tmp13 + t0]
+    out += [tmp13 - t0, tmp12 - t1, tmp11 - t2, tmp10 - t3]
+    return [(v + half) >> shift for v in out]
+
+
+def idct_islow(coefs: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
+    """int16 [..., 64] quantised blocks in natural order (row = vertical frequency) and their
+    int32 [..., 64] quantisation tables (broadcastable) -> uint8 [..., 8, 8] samples."""
+    x = (coefs.to(torch.int32) * quant).unflatten(-1, (8, 8))
+    cols = _idct_1d(list(x.unbind(-2)), 13 - 2)  # each [..., 8]: one frequency row
+    rows = _idct_1d(list(torch.stack(cols, -2).unbind(-1)), 13 + 2 + 3)
+    return (torch.stack(rows, -1) + 128).clamp_(0, 255).to(torch.uint8)
+
+
+def planes(blocks: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., R, C, 8, 8] blocks -> [..., R*8, C*8] sample planes."""
+    *lead, r, c, _, _ = blocks.shape
+    return blocks.transpose(-3, -2).reshape(*lead, r * 8, c * 8)
+
+
+def _tables() -> np.ndarray:
+    """jdcolor.c's `build_ycc_rgb_table`: Cr_r, Cb_b, Cr_g, Cb_g (int32 [4, 256])."""
+    x = np.arange(256, dtype=np.int64) - 128
+
+    def fix(v: float) -> int:
+        return int(v * (1 << 16) + 0.5)
+
+    half = 1 << 15
+    return np.stack(
+        [
+            (fix(1.40200) * x + half) >> 16,
+            (fix(1.77200) * x + half) >> 16,
+            -fix(0.71414) * x,
+            -fix(0.34414) * x + half,
+        ]
+    ).astype(np.int32)
+
+
+_YCC = torch.from_numpy(_tables())
+
+
+@functools.cache
+def _ycc(device: torch.device) -> torch.Tensor:
+    """The tables on `device`, moved once a process."""
+    return _YCC.to(device, non_blocking=True)
+
+
+def _take_rows(plane: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """plane[b, ..., rows[b, i], :] for a [B, ..., H, W] plane and [B, h] rows."""
+    index = rows.view(rows.shape[0], *([1] * (plane.dim() - 3)), -1, 1)
+    return plane.gather(-2, index.expand(*plane.shape[:-2], rows.shape[-1], plane.shape[-1]))
+
+
+def _take_cols(plane: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """plane[b, ..., :, cols[b, j]] for a [B, ..., H, W] plane and [B, w] columns."""
+    index = cols.view(cols.shape[0], *([1] * (plane.dim() - 2)), -1)
+    return plane.gather(-1, index.expand(*plane.shape[:-1], cols.shape[-1]))
+
+
+def decode_crops(
+    coef_y: torch.Tensor,
+    coef_c: torch.Tensor,
+    quant: torch.Tensor,
+    views: torch.Tensor,
+    out: tuple[int, int],
+) -> torch.Tensor:
+    """A batch of JPEG crops as uint8 [B, h, w, 3] RGB (`out` = (h, w)) from their blocks:
+    luma int16 [B, RY, CY, 64], chroma int16 [B, 2, RC, CC, 64], tables int32 [B, 3, 64]
+    and `crop_maps`' rows, all on one device. Rows and columns past a view's crop repeat
+    its edge: the caller's padding."""
+    b = coef_y.shape[0]
+    maps = crop_maps(views, out)
+    luma = planes(idct_islow(coef_y, quant[:, 0, None, None]))
+    y = _take_cols(_take_rows(luma, maps["y_rows"]), maps["y_cols"]).to(torch.int32)
+    chroma = planes(idct_islow(coef_c, quant[:, 1:, None, None])).to(torch.int32)
+    rows, row_w = maps["c_rows"], maps["c_row_w"].view(b, 1, 2, -1, 1)
+    v = _take_rows(chroma, rows[:, 0]) * row_w[:, :, 0]
+    v += _take_rows(chroma, rows[:, 1]) * row_w[:, :, 1]
+    cols, col_w = maps["c_cols"], maps["c_col_w"].view(b, 1, 2, 1, -1)
+    c = _take_cols(v, cols[:, 0]) * col_w[:, :, 0]
+    c += _take_cols(v, cols[:, 1]) * col_w[:, :, 1]
+    c += maps["row_bias"].view(b, 1, -1, 1)
+    c += maps["col_bias"].view(b, 1, 1, -1)
+    c >>= 4
+    table = _ycc(c.device)
+    cb, cr = c[:, 0], c[:, 1]
+    red = y + table[0][cr]
+    blue = y + table[1][cb]
+    green = y + ((table[3][cb] + table[2][cr]) >> 16)
+    return torch.stack([red, green, blue], -1).clamp_(0, 255).to(torch.uint8)
+
+
+def imcu_box(
+    size: tuple[int, int], sampling: tuple[int, int], box: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """The iMCU columns and rows (c0, r0, c1, r1) whose blocks a crop `box` (left, top,
+    right, bottom) of an image of `size` needs: its own, and the chroma sample beyond each
+    edge that the fancy upsampling reads where chroma is subsampled."""
+    (w, h), (hmax, vmax) = size, sampling
+    spans = []
+    for lo, hi, f, n in ((box[0], box[2], hmax, w), (box[1], box[3], vmax, h)):
+        samples = -(-n // f)  # chroma samples along this axis (downsampled_width)
+        first = max(lo // f - (f - 1), 0)
+        last = min((hi - 1) // f + (f - 1), samples - 1)
+        spans.append((first // 8, last // 8 + 1))  # one chroma block an iMCU
+    (c0, c1), (r0, r1) = spans
+    return c0, r0, c1, r1
+
+
+def _axis(
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    f: torch.Tensor,
+    n: torch.Tensor,
+    start: torch.Tensor,
+    pad: int,
+    gray: torch.Tensor,
+    across: torch.Tensor,
+    columns: bool,
+) -> dict[str, torch.Tensor]:
+    """One axis of `crop_maps` for [B, 1] per-view values: the crop [lo, hi) of an image `n`
+    long whose luma is sampled `f` times its chroma along it (`across` on the other axis),
+    its blocks starting at iMCU `start`, padded to `pad` by repeating its edge."""
+    pos = torch.minimum(lo + torch.arange(pad, device=lo.device), hi - 1)
+    near = pos // f
+    odd = pos % 2 == 1
+    # The output pair of a chroma sample leans on the sample before (upper/left) or after.
+    far = torch.where(odd, near + 1, near - 1).clamp_(min=0)
+    far = torch.minimum(far, (n + f - 1) // f - 1)
+    sub = (f == 2) & ~gray
+    far = torch.where(sub, far, near)
+    # 3x+y+1>>2 and +2 with one axis subsampled; both: 9/3/3/1 taps, +8 and +7 by column.
+    one_axis = torch.where(odd, 8, 4)
+    both = torch.where(odd, 7, 8) if columns else torch.zeros_like(one_axis)
+    bias = torch.where(sub, torch.where(across == 1, one_axis, both), 0)
+    weights = torch.stack([torch.where(sub, 3, 4), sub.int()], 1).expand(-1, 2, pad)
+    chroma = torch.stack([near, far], 1) - start[:, :, None] * 8
+    return {
+        "luma": pos - start * 8 * f,
+        "chroma": torch.where(gray[:, :, None], 0, chroma),  # zero blocks: 128 anywhere
+        "weights": weights.to(torch.int32),
+        "bias": bias.to(torch.int32),
+    }
+
+
+def crop_maps(views: torch.Tensor, out: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Where `decode_crops` reads each view's crop in its blocks, from int64 [B, 11] rows
+    (left, top, right, bottom, c0, r0, width, height, h and v luma sampling, gray), padded
+    to `out` (h, w): luma rows and columns, and the chroma upsampling's two rows and two
+    columns an output sample with their weights and rounding biases. Computed where the
+    views are decoded, from a few numbers each."""
+    left, top, right, bottom, c0, r0, width, height, fh, fv, gray = views[:, :, None].unbind(1)
+    gray = gray.bool()
+    rows = _axis(top, bottom, fv, height, r0, out[0], gray, fh, columns=False)
+    cols = _axis(left, right, fh, width, c0, out[1], gray, fv, columns=True)
+    return {
+        "y_rows": rows["luma"], "y_cols": cols["luma"],
+        "c_rows": rows["chroma"], "c_cols": cols["chroma"],
+        "c_row_w": rows["weights"], "c_col_w": cols["weights"],
+        "row_bias": rows["bias"], "col_bias": cols["bias"],
+    }  # fmt: skip

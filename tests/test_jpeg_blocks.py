@@ -1,0 +1,183 @@
+"""JPEG crops that travel as DCT blocks (`data.jpegblocks`, `kernels.jpegdecode`): the
+device's IDCT, upsampling and colour conversion give Pillow's bytes on every layout the
+kernels cover; everything else, and every file libjpeg finds fault with, is decoded to
+pixels on the host in the same batch; views and fingerprints do not depend on it."""
+
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deit_pipe.data import ViewConfig, collate_views, jpeg, jpegblocks, open_source
+from deit_pipe.data.dataset import PairDataset
+from deit_pipe.data.device_render import defer, prepare, realize
+from deit_pipe.data.files import decode_image
+from deit_pipe.data.plan import MixConfig, plan
+from deit_pipe.data.viewparams import ViewDrawer
+from deit_pipe.data.views import apply_host, train_transform
+from deit_pipe.errors import DataError
+from tests.test_device_render import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
+from tests.test_jpeg_region import KINDS, _boxes, _h1v2, _jpeg
+
+
+@pytest.fixture(autouse=True)
+def blocks_on(monkeypatch):
+    for name in ("DEIT_PIPE_JPEG_REGION", "DEIT_PIPE_JPEG_DCT"):
+        monkeypatch.delenv(name, raising=False)
+    jpeg._bound.cache_clear()
+    jpegblocks.enabled.cache_clear()
+    yield
+    jpeg._bound.cache_clear()
+    jpegblocks.enabled.cache_clear()
+
+
+def _decoded(data: bytes, boxes: list, device: str = "cpu") -> tuple[list, list[int]]:
+    """`boxes` of one file through pack and unpack: the crops, and those left to pixels."""
+    img = jpeg.open_image(data, "x")
+    assert isinstance(img, jpeg.EncodedJpeg)
+    crops = [jpeg.PendingCrop(img, box) for box in boxes]
+    out = (max(b[3] - b[1] for b in boxes), max(b[2] - b[0] for b in boxes))
+    packed, left = jpegblocks.pack(crops, out)
+    got = jpegblocks.unpack(packed, torch.device(device)).cpu().numpy()
+    return [g[: b[3] - b[1], : b[2] - b[0]] for g, b in zip(got, boxes, strict=True)], left
+
+
+def test_it_is_on_where_the_region_decoder_is():
+    assert jpegblocks.enabled()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_blocks_decode_to_pillows_crop(kind, device):
+    """Sizes 1 to 200 (multiples of the iMCU and not), random qualities down to 5 (large
+    coefficients), 11 boxes each, all of a file's crops in one batch: every byte Pillow's."""
+    rng = np.random.default_rng(len(kind) + 7)
+    sizes = [(1, 1), (3, 2), (16, 16), (17, 9), (200, 33), (8, 150)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 200, 2)) for _ in range(8)]
+    for w, h in sizes:
+        data = _jpeg(rng, w, h, int(rng.integers(5, 100)), **KINDS[kind])
+        whole = np.array(decode_image(data, "x"))
+        boxes = list(_boxes(rng, w, h, 4))
+        got, left = _decoded(data, boxes, device)
+        narrow = "gray" not in kind and "4:4:4" not in kind and w <= 4
+        assert left == ([] if not narrow else list(range(len(boxes)))), (kind, w, h)
+        for view, (x0, y0, x1, y1) in zip(got, boxes, strict=True):
+            if not narrow:
+                assert np.array_equal(view, whole[y0:y1, x0:x1]), (kind, w, h, (x0, y0, x1, y1))
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_blocks_of_a_4_4_0_file_decode_to_pillows_crop(progressive):
+    rng = np.random.default_rng(3 + progressive)
+    for w, h in [(8, 16), (136, 128), (40, 176), (5, 30)]:
+        data = _h1v2(rng, w, h, progressive)
+        whole = np.array(decode_image(data, "x"))
+        boxes = list(_boxes(rng, w, h, 8))
+        got, left = _decoded(data, boxes)
+        assert left == []
+        for view, (x0, y0, x1, y1) in zip(got, boxes, strict=True):
+            assert np.array_equal(view, whole[y0:y1, x0:x1]), (w, h, (x0, y0, x1, y1))
+
+
+def test_a_mixed_batch_decodes_what_blocks_cannot_on_the_host():
+    """4:2:0, grayscale, a file libjpeg warns of, a narrow 4:2:2 file (libjpeg's plain
+    upsampling) and a PNG in one batch: the first two as blocks, the rest as pixels, all of
+    them Pillow's bytes in their slots."""
+    rng = np.random.default_rng(5)
+    scrambled = bytearray(_jpeg(rng, 64, 48, 80, subsampling=2))
+    scrambled[len(scrambled) // 2 : len(scrambled) // 2 + 40] = bytes(range(40))
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(png, "PNG")
+    files = [
+        _jpeg(rng, 90, 70, 85, subsampling=2),
+        _jpeg(rng, 50, 61, 60, gray=True),
+        bytes(scrambled),
+        _jpeg(rng, 4, 40, 90, subsampling=1),
+        png.getvalue(),
+    ]
+    cfg = ViewConfig(input_size=16)
+    drawer = ViewDrawer(train_transform(cfg))
+    views, expected = [], []
+    for seed, data in enumerate(files):
+        img = jpeg.open_image(data, f"{seed}")
+        views.append(defer(img, seed, drawer, cfg)[0])
+        whole = decode_image(data, f"{seed}")
+        expected.append(apply_host(whole, drawer.draw(seed, *whole.size)[0]))
+    prepared = prepare(views)
+    assert prepared["blocks"]["index"].tolist() == [0, 1, 2, 3]  # tried as blocks
+    assert prepared["pixel_rows"].tolist() == [2, 3, 4]  # decoded to pixels after all
+    dummy = {
+        "erase": torch.zeros(5, 1, 4, dtype=torch.int32),
+        "mix": torch.zeros(5, dtype=torch.int64),
+        "lam": torch.ones(5, 2),
+        "box": torch.zeros(5, 4, dtype=torch.int32),
+        "seed": torch.arange(5),
+    }
+    batch = realize({**dummy, "device_views": prepared}, torch.device("cpu"))
+    assert torch.equal(batch["image"], torch.stack(expected))
+
+
+def test_damage_anywhere_is_refused_as_pillow_refuses_it():
+    """A bogus marker segment near the end of a tall file: blocks for its top rows are not
+    decoded (the tail is checked, as the region decoder checks it), and the pixel path
+    then refuses the file with Pillow's line."""
+    data = _jpeg(np.random.default_rng(0), 64, 256, 85, subsampling=2)
+    cut = len(data) - 200
+    bad = data[:cut] + b"\xff\xc4\x00\x05\x17\x00\x00" + data[cut:]
+    with pytest.raises(DataError) as whole:
+        decode_image(bad, "tall.jpg")
+    img = jpeg.open_image(bad, "tall.jpg")
+    pending = jpeg.PendingCrop(img, (0, 0, 64, 16))
+    packed, left = jpegblocks.pack([pending], (16, 64))
+    assert left == [0]
+    with pytest.raises(DataError, match=re.escape(str(whole.value))):
+        pending.into(np.empty((16, 64, 3), np.uint8))
+
+
+def _views(root, render: str) -> dict:
+    split = open_source(f"imagefolder:{root}").split("train")
+    cfg = ViewConfig(input_size=24, re_count=2)
+    views = PairDataset(split, plan(4, 2, len(split), 4, MixConfig(), 8), cfg, render)
+    batch = collate_views([views[p] for p in range(len(views))])
+    return realize(batch, torch.device("cpu")) if render == "device" else batch
+
+
+def test_training_views_are_the_same_with_and_without_blocks(tmp_path, monkeypatch):
+    """Device-rendered views with the blocks on and off, and host-rendered ones: the same
+    pixels and fingerprints."""
+    rng = np.random.default_rng(4)
+    for i in range(9):
+        w, h = (int(v) for v in rng.integers(40, 130, 2))
+        path = tmp_path / "train" / f"c{i % 2}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kind = dict(gray=True) if i == 8 else dict(subsampling=i % 3)
+        path.write_bytes(_jpeg(rng, w, h, int(rng.integers(10, 95)), **kind))
+    on, host = _views(tmp_path, "device"), _views(tmp_path, "host")
+    monkeypatch.setenv("DEIT_PIPE_JPEG_DCT", "0")
+    jpegblocks.enabled.cache_clear()
+    off = _views(tmp_path, "device")
+    for other in (off, host):
+        assert torch.equal(on["image"], other["image"])
+        assert torch.equal(on["fingerprint"], other["fingerprint"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decoding_blocks_waits_for_nothing(device, imagefolder, monkeypatch):
+    """The blocks' decode joins the device stage without a read-back or a blocking copy."""
+    cfg = ViewConfig(input_size=16)
+    split = open_source(f"imagefolder:{imagefolder}").split("train")
+    dev = PairDataset(split, plan(1, 1, len(split), 1, MixConfig(), 18), cfg, render="device")
+    batch = collate_views([dev[p] for p in range(len(dev))])
+    assert "blocks" in batch["device_views"]
+    host = collate_views([PairDataset(split, dev.plan, cfg)[p] for p in range(len(dev))])
+    realize({**batch, "device_views": dict(batch["device_views"])}, torch.device(device))
+    copies = _watch_blocking_copies(monkeypatch)
+    with _Dispatched() as seen:
+        done = realize(batch, torch.device(device), wait=False)
+    monkeypatch.undo()
+    assert not seen.ops & _READ_BACKS, sorted(seen.ops & _READ_BACKS)
+    assert copies == []
+    assert torch.equal(done["image"].cpu(), host["image"])
