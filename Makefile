@@ -11,7 +11,7 @@ setup: $(STAMP)
 # torch/torchvision are pinned first so pip takes them from the machine's local wheels.
 # constraints.txt pins the releases that decide a view's bytes (Pillow, timm); the install
 # compiles csrc/jpeg_region.c (setup.py), the decoder of a JPEG crop's region alone.
-$(STAMP): pyproject.toml setup.py constraints.txt csrc/jpeg_region.c
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard csrc/*.c csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'

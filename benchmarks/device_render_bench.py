@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from render_bench import _timm_transform, make_jpegs  # noqa: E402
 from report import record_section  # noqa: E402
 
-from deit_pipe.data import jpeg, open_source  # noqa: E402
+from deit_pipe.data import jpeg, jpegblocks, open_source  # noqa: E402
 from deit_pipe.data.device_render import _render, defer, prepare, realize  # noqa: E402
 from deit_pipe.data.kernels import affine  # noqa: E402
 from deit_pipe.data.recipe import PRESETS  # noqa: E402
@@ -42,8 +42,9 @@ from deit_pipe.data.views import render, train_transform  # noqa: E402
 
 HOST = "--render host, loader: open + draws + Pillow"
 DEVICE = "--render device, loader: open + draws"
-COLLATE = "--render device, loader: collate (crops decoded into the batch, taps; batch 128)"
+COLLATE = "--render device, loader: collate (JPEG crops to DCT blocks, taps; batch 128)"
 WHOLE = " [whole decode]"
+PIXELS = " [pixel crops]"
 KERNELS_CPU = "--render device, its kernels alone on the CPU (no read-back, no fingerprints)"
 KERNELS_CUDA = "--render device, its kernels alone on CUDA (batch 256)"
 H200_IMG_S = 4600  # DeiT-S⚗ offline on one H200 (BENCHMARKS.md, 2026-11-28)
@@ -133,6 +134,18 @@ def _ops_per_batch(views, batch: int) -> int:
 
 
 @contextmanager
+def _pixel_crops():
+    """JPEG crops decoded to pixels in the loader (the region decoder, no DCT blocks)."""
+    os.environ["DEIT_PIPE_JPEG_DCT"] = "0"
+    jpegblocks.enabled.cache_clear()
+    try:
+        yield
+    finally:
+        del os.environ["DEIT_PIPE_JPEG_DCT"]
+        jpegblocks.enabled.cache_clear()
+
+
+@contextmanager
 def _whole_decodes():
     """JPEGs decoded whole by Pillow (the loader before region decoding), for comparison."""
     os.environ["DEIT_PIPE_JPEG_REGION"] = "0"
@@ -176,6 +189,9 @@ def run_bench(images: int = 64, rounds: int = 5) -> dict:
         cpu = _consumer_ms(views, boxes, torch.device("cpu"), 128, max(2, rounds // 2))
         ms[COLLATE] = cpu["prepare"]
         ops = _ops_per_batch(views, 256)
+        with _pixel_crops():
+            pixel = _consumer_ms(views, boxes, torch.device("cpu"), 128, max(2, rounds // 2))
+            ms[COLLATE + PIXELS] = pixel["prepare"]
         with _whole_decodes():
             ms[HOST + WHOLE] = _per_view(host, n, rounds)
             ms[DEVICE + WHOLE] = _per_view(device, n, rounds)
@@ -184,6 +200,7 @@ def run_bench(images: int = 64, rounds: int = 5) -> dict:
                 "prepare"
             ]
         ms["--render device, realize on the CPU (batch 128)"] = cpu["realize"]
+        ms["--render device, realize on the CPU (batch 128)" + PIXELS] = pixel["realize"]
         ms[KERNELS_CPU] = cpu["kernels"]
         device_name = None
         if torch.cuda.is_available():
@@ -206,6 +223,7 @@ def summary(r: dict) -> str:
     ms = r["ms_per_view"]
     timm = ms["timm prefetcher (decode + Pillow)"]
     worker = ms[DEVICE] + ms[COLLATE]
+    pixels = ms[DEVICE] + ms[COLLATE + PIXELS]
     whole = ms[DEVICE + WHOLE] + ms[COLLATE + WHOLE]
     lines = [
         f"One thread, 224², {r['images']} generated JPEGs (as P7), DeiT recipe; medians of "
@@ -217,6 +235,8 @@ def summary(r: dict) -> str:
     lines += [f"| {k} | {v:.3f} | {v / timm:.2f} |" for k, v in ms.items()]
     lines += [
         "",
+        "[pixel crops]: `DEIT_PIPE_JPEG_DCT=0`, the loader before DCT blocks: the collation "
+        "decodes each JPEG crop's region to pixels on the host, into the batch. "
         "[whole decode]: `DEIT_PIPE_JPEG_REGION=0`, the loader before region decoding: the "
         "item decodes the whole image (and, for the device, copies the crop out), and the "
         "collation copies the crops into the batch.",
@@ -225,7 +245,7 @@ def summary(r: dict) -> str:
     lines += [
         "",
         f"**P7-host** (the loader's share: open, draws, the crop's decode, collation) = "
-        f"{worker / timm:.2f} (target ≤ 0.30; "
+        f"{worker / timm:.2f} (target ≤ 0.30; {pixels / timm:.2f} with pixel crops, "
         f"{whole / timm:.2f} decoding whole images).",
         f"**P7-cpu** (loader + realize on the CPU) = {(worker + cpu) / timm:.2f}: on a CPU "
         f"the kernels lose to Pillow, so `--render auto` renders on the host there "
@@ -244,6 +264,7 @@ def summary(r: dict) -> str:
         ("--render host", ms[HOST]),
         ("--render host [whole decode]", ms[HOST + WHOLE]),
         ("--render device (loader's share)", worker),
+        ("--render device [pixel crops]", pixels),
         ("--render device [whole decode]", whole),
     ):
         lines.append(f"| {name} | {cost:.3f} | {H200_IMG_S * cost / 1000:.1f} |")

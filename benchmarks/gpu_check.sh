@@ -19,7 +19,7 @@ python3 setup.py -q build_ext --inplace 2>&1 | tail -3 | tee "$O/build.log"
 # CUDA bytes == CPU bytes == Pillow's: finishing, the render kernels, the device stage.
 timeout ${TESTS_S:-240} python3 -m pytest -q -rA -p no:cacheprovider tests/test_portability.py \
   tests/test_kernels_resample.py tests/test_kernels_ops.py tests/test_device_render.py \
-  tests/test_jpeg_region.py 2>&1 | tee "$O/portability.log"
+  tests/test_jpeg_region.py tests/test_jpeg_blocks.py 2>&1 | tee "$O/portability.log"
 timeout ${RENDER_S:-120} python3 benchmarks/device_render_bench.py --images 64 --rounds 5 \
   2>&1 | tee "$O/device_render.log"
 # DeiT-S⚗ offline from one store, 8 loader workers, --render host then device (img_s).

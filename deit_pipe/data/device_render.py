@@ -3,8 +3,10 @@ that consumes them, with the same bytes as `views.apply_host`.
 
 A loader worker draws a view's parameters and cuts its crop out of the decoded image (a crop
 inside the image is a copy, no arithmetic: `Image.crop`); collating, it pads a batch's crops
-into one uint8 tensor and computes their resize taps on the host in float64 (`prepare`). The
-consumer moves that to its device and runs the kernels (`kernels/`, `realize`): the crop's
+into one uint8 tensor and computes their resize taps on the host in float64 (`prepare`). A
+JPEG's crop is decoded only as far as its DCT blocks there (`jpegblocks`), the rest of its
+decode left to the device. The consumer moves that to its device and runs the kernels
+(`kernels/`, `realize`): the JPEG crops' IDCT, upsampling and colour conversion, the crop's
 resize, the flips, then the auto-augment ops round by round, each op once for the views
 that drew it. Views whose parameters the kernels do not cover (AugMix, colour jitter,
 blur) are rendered by Pillow in the worker and ride along as pixels; `realize` counts them.

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from deit_pipe.data import jpeg
-from deit_pipe.data.kernels.jpegdecode import decode_crops, imcu_box
+from deit_pipe.data.kernels.jpegdecode import decode_crops, idct_islow, imcu_box, to_planes
 
 log = logging.getLogger(__name__)
 _COVERED = {(1, 1), (2, 1), (1, 2), (2, 2)}  # luma sampling: 4:4:4, 4:2:2, 4:4:0, 4:2:0
@@ -58,53 +58,64 @@ def pack(
     table = np.array(views, dtype=np.int64)
     luma_n = table[:, 11] * table[:, 12]
     chroma_n = 2 * table[:, 13] * table[:, 14]
-    luma = alloc((int(luma_n.sum()), 64), torch.int16)
-    chroma = alloc((int(chroma_n.sum()), 64), torch.int16)
+    split = int(luma_n.sum())  # every view's luma blocks, then every view's chroma blocks
+    blocks = alloc((split + int(chroma_n.sum()), 64), torch.int16)
     quant = np.zeros((len(take), 3, 64), np.uint16)
-    ly, lc = np.cumsum(luma_n) - luma_n, np.cumsum(chroma_n) - chroma_n
+    ly, lc = np.cumsum(luma_n) - luma_n, split + np.cumsum(chroma_n) - chroma_n
     for j, k in enumerate(take):
         (*_, gray, ry, cy, rc, cc, c1, r1), img = views[j], crops[k].image
-        y = luma[ly[j] : ly[j] + luma_n[j]].numpy().reshape(ry, cy, 64)
-        c = chroma[lc[j] : lc[j] + chroma_n[j]].numpy().reshape(2, rc, cc, 64)
+        y = blocks[ly[j] : ly[j] + luma_n[j]].numpy().reshape(ry, cy, 64)
+        c = blocks[lc[j] : lc[j] + chroma_n[j]].numpy().reshape(2, rc, cc, 64)
         if gray:  # zero chroma decodes to 128: the luma three times
             c[:] = 0
         if not img.blocks_into((*views[j][4:6], c1, r1), y, c, quant[j]):
             pixels.append(k)
-    packed = {"index": torch.tensor(take, dtype=torch.int64), "luma": luma, "chroma": chroma}
+    packed = {"index": torch.tensor(take, dtype=torch.int64), "blocks": blocks}
     packed["quant"] = torch.from_numpy(quant.astype(np.int32))
     packed["views"] = torch.from_numpy(table[:, :15].copy())
-    grids = table[:, 11:15].max(axis=0)
-    packed["shape"] = (*out, *(int(v) for v in grids))
+    packed["shape"] = (*out, split, *(int(v) for v in table[:, 11:15].max(axis=0)))
     return packed, sorted(pixels)
 
 
-def _padded(flat: torch.Tensor, grids: torch.Tensor, planes: int, shape: tuple[int, int]):
-    """Back-to-back blocks (each view `planes` grids of grids[v] = (rows, cols) blocks) into
-    a [n, planes, rows, cols, 64] tensor on their device, without reading anything back."""
-    n, (rows, cols) = len(grids), shape
+def _placed(grids: torch.Tensor, planes: int, total: int) -> tuple[torch.Tensor, ...]:
+    """For `total` back-to-back blocks, each view `planes` grids of grids[v] = (rows, cols)
+    blocks: each block's view, plane, row and column, computed on the device without
+    reading anything back."""
     counts = grids[:, 0] * grids[:, 1] * planes
-    total = flat.shape[0]
-    view = torch.repeat_interleave(torch.arange(n, device=flat.device), counts, output_size=total)
-    local = torch.arange(total, device=flat.device) - (counts.cumsum(0) - counts)[view]
+    view = torch.repeat_interleave(
+        torch.arange(len(grids), device=grids.device), counts, output_size=total
+    )
+    local = torch.arange(total, device=grids.device) - (counts.cumsum(0) - counts)[view]
     per_plane = (grids[:, 0] * grids[:, 1])[view]
     plane, at = local // per_plane, local % per_plane
     width = grids[:, 1][view]
-    dest = ((view * planes + plane) * rows + at // width) * cols + at % width
-    # Not zeroed: padding blocks decode to samples no map points at.
-    out = torch.empty((n * planes * rows * cols, 64), dtype=flat.dtype, device=flat.device)
-    return out.index_copy_(0, dest, flat).view(n, planes, rows, cols, 64)
+    return view, plane, at // width, at % width
 
 
 def unpack(packed: dict, device: torch.device) -> torch.Tensor:
     """The packed crops' pixels (uint8 [n, h, w, 3], padded to `pack`'s `out`) on `device`;
-    host tensors moved without waiting."""
-    luma, chroma, quant, views = (
-        packed[k].to(device, non_blocking=True) for k in ("luma", "chroma", "quant", "views")
+    host tensors moved without waiting. The IDCT runs on the blocks back to back (none
+    of the padding), which are then placed in padded planes for the upsampling."""
+    blocks, quant, views = (
+        packed[k].to(device, non_blocking=True) for k in ("blocks", "quant", "views")
     )
-    h, w, ry, cy, rc, cc = packed["shape"]
-    luma = _padded(luma, views[:, 11:13], 1, (ry, cy))[:, 0]
-    chroma = _padded(chroma, views[:, 13:15], 2, (rc, cc))
-    return decode_crops(luma, chroma, quant, views[:, :11], (h, w))
+    h, w, split, ry, cy, rc, cc = packed["shape"]
+    n, total = len(views), blocks.shape[0]
+    luma = _placed(views[:, 11:13], 1, split)
+    chroma = _placed(views[:, 13:15], 2, total - split)
+    table = torch.cat([luma[0] * 3, chroma[0] * 3 + 1 + chroma[1]])  # each block's table
+    samples = idct_islow(blocks, quant.view(-1, 64)[table]).view(total, 64)
+    planes = []
+    for (view, plane, row, col), at, count, (rows, cols) in (
+        (luma, 0, 1, (ry, cy)),
+        (chroma, split, 2, (rc, cc)),
+    ):
+        dest = ((view * count + plane) * rows + row) * cols + col
+        # Not zeroed: padding samples are never read (the maps point inside each crop).
+        grid = torch.empty((n * count * rows * cols, 64), dtype=torch.uint8, device=device)
+        grid.index_copy_(0, dest, samples[at : at + len(view)])
+        planes.append(to_planes(grid.view(n, count, rows, cols, 8, 8)))
+    return decode_crops(planes[0][:, 0], planes[1], views[:, :11], (h, w))
 
 
 @functools.cache

@@ -15,8 +15,8 @@ decode is integer arithmetic, run here on the device that consumes the views:
   and last columns' special cases): here one separable 2x2-tap integer filter a view, whose
   taps, weights and biases the host computes (`crop_maps`), so that 4:4:4, 4:2:2, 4:4:0 and
   4:2:0 views share the kernel launches; 4:4:4 and grayscale are its identity case.
-- `ycc_rgb_convert` with `build_ycc_rgb_table` (jdcolor.c, jdcolext.c): table look-ups,
-  `SCALEBITS` 16, the green sum shifted right, a clamp.
+- `ycc_rgb_convert` with `build_ycc_rgb_table` (jdcolor.c, jdcolext.c): the tables'
+  entries computed per sample (the same integers), `SCALEBITS` 16, a clamp.
 
 A grayscale view travels with zero chroma blocks, which decode to 128 everywhere, and the
 colour conversion then repeats its luma three times, as Pillow's `convert("RGB")` does.
@@ -24,9 +24,6 @@ colour conversion then repeats its luma three times, as Pillow's `convert("RGB")
 
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import torch
 
 # jidctint.c's FIX_* constants: round(x * 2**13).
@@ -78,37 +75,22 @@ def idct_islow(coefs: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
     return (torch.stack(rows, -1) + 128).clamp_(0, 255).to(torch.uint8)
 
 
-def planes(blocks: torch.Tensor) -> torch.Tensor:
+def to_planes(blocks: torch.Tensor) -> torch.Tensor:
     """uint8 [..., R, C, 8, 8] blocks -> [..., R*8, C*8] sample planes."""
     *lead, r, c, _, _ = blocks.shape
     return blocks.transpose(-3, -2).reshape(*lead, r * 8, c * 8)
 
 
-def _tables() -> np.ndarray:
-    """jdcolor.c's `build_ycc_rgb_table`: Cr_r, Cb_b, Cr_g, Cb_g (int32 [4, 256])."""
-    x = np.arange(256, dtype=np.int64) - 128
-
-    def fix(v: float) -> int:
-        return int(v * (1 << 16) + 0.5)
-
-    half = 1 << 15
-    return np.stack(
-        [
-            (fix(1.40200) * x + half) >> 16,
-            (fix(1.77200) * x + half) >> 16,
-            -fix(0.71414) * x,
-            -fix(0.34414) * x + half,
-        ]
-    ).astype(np.int32)
+def _fix(v: float) -> int:
+    """jdcolor.c's FIX(v): v in 16-bit fixed point, rounded."""
+    return int(v * (1 << 16) + 0.5)
 
 
-_YCC = torch.from_numpy(_tables())
-
-
-@functools.cache
-def _ycc(device: torch.device) -> torch.Tensor:
-    """The tables on `device`, moved once a process."""
-    return _YCC.to(device, non_blocking=True)
+# build_ycc_rgb_table's entries, computed per sample instead of looked up: with x the
+# chroma value minus 128, Cr_r = (FIX(1.402) x + ONE_HALF) >> 16, Cb_b likewise with
+# FIX(1.772), and green's table sum (-FIX(0.34414) x_b + ONE_HALF) + (-FIX(0.71414) x_r),
+# all exact in int32 (|products| < 2^24).
+_CR_R, _CB_B, _CB_G, _CR_G, _HALF = _fix(1.402), _fix(1.772), _fix(0.34414), _fix(0.71414), 1 << 15
 
 
 def _take_rows(plane: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -124,35 +106,28 @@ def _take_cols(plane: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 
 
 def decode_crops(
-    coef_y: torch.Tensor,
-    coef_c: torch.Tensor,
-    quant: torch.Tensor,
-    views: torch.Tensor,
-    out: tuple[int, int],
+    luma: torch.Tensor, chroma: torch.Tensor, views: torch.Tensor, out: tuple[int, int]
 ) -> torch.Tensor:
-    """A batch of JPEG crops as uint8 [B, h, w, 3] RGB (`out` = (h, w)) from their blocks:
-    luma int16 [B, RY, CY, 64], chroma int16 [B, 2, RC, CC, 64], tables int32 [B, 3, 64]
-    and `crop_maps`' rows, all on one device. Rows and columns past a view's crop repeat
-    its edge: the caller's padding."""
-    b = coef_y.shape[0]
+    """A batch of JPEG crops as uint8 [B, h, w, 3] RGB (`out` = (h, w)) from their decoded
+    sample planes, luma uint8 [B, H, W] and chroma [B, 2, Hc, Wc] (each view's blocks in
+    their top-left corners, `idct_islow` then `to_planes`), and `crop_maps`' rows, all on
+    one device. Rows and columns past a view's crop repeat its edge: the caller's padding."""
+    b = luma.shape[0]
     maps = crop_maps(views, out)
-    luma = planes(idct_islow(coef_y, quant[:, 0, None, None]))
     y = _take_cols(_take_rows(luma, maps["y_rows"]), maps["y_cols"]).to(torch.int32)
-    chroma = planes(idct_islow(coef_c, quant[:, 1:, None, None])).to(torch.int32)
     rows, row_w = maps["c_rows"], maps["c_row_w"].view(b, 1, 2, -1, 1)
-    v = _take_rows(chroma, rows[:, 0]) * row_w[:, :, 0]
-    v += _take_rows(chroma, rows[:, 1]) * row_w[:, :, 1]
+    v = _take_rows(chroma, rows[:, 0]).to(torch.int32) * row_w[:, :, 0]
+    v += _take_rows(chroma, rows[:, 1]).to(torch.int32) * row_w[:, :, 1]
     cols, col_w = maps["c_cols"], maps["c_col_w"].view(b, 1, 2, 1, -1)
     c = _take_cols(v, cols[:, 0]) * col_w[:, :, 0]
     c += _take_cols(v, cols[:, 1]) * col_w[:, :, 1]
     c += maps["row_bias"].view(b, 1, -1, 1)
     c += maps["col_bias"].view(b, 1, 1, -1)
     c >>= 4
-    table = _ycc(c.device)
-    cb, cr = c[:, 0], c[:, 1]
-    red = y + table[0][cr]
-    blue = y + table[1][cb]
-    green = y + ((table[3][cb] + table[2][cr]) >> 16)
+    cb, cr = c[:, 0] - 128, c[:, 1] - 128
+    red = y + ((cr * _CR_R + _HALF) >> 16)
+    blue = y + ((cb * _CB_B + _HALF) >> 16)
+    green = y + ((_HALF - cb * _CB_G - cr * _CR_G) >> 16)
     return torch.stack([red, green, blue], -1).clamp_(0, 255).to(torch.uint8)
 
 

@@ -1,0 +1,53 @@
+/* What the two halves of the JPEG extension share: the libjpeg Pillow loaded (bound at run
+ * time, `dp_lib`), error handling that longjmps instead of exiting, and the tail check that
+ * refuses a damaged file whatever the crop. */
+#ifndef DEIT_PIPE_JPEG_LIB_H
+#define DEIT_PIPE_JPEG_LIB_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jpeglib.h"
+
+typedef struct {
+    struct jpeg_error_mgr *(*std_error)(struct jpeg_error_mgr *);
+    void (*create)(j_decompress_ptr, int, size_t);
+    void (*destroy)(j_decompress_ptr);
+    void (*mem_src)(j_decompress_ptr, const unsigned char *, unsigned long);
+    int (*read_header)(j_decompress_ptr, boolean);
+    boolean (*start)(j_decompress_ptr);
+    void (*crop)(j_decompress_ptr, JDIMENSION *, JDIMENSION *);
+    JDIMENSION (*skip)(j_decompress_ptr, JDIMENSION);
+    JDIMENSION (*read)(j_decompress_ptr, JSAMPARRAY, JDIMENSION);
+    boolean (*finish)(j_decompress_ptr);
+    jvirt_barray_ptr *(*coefficients)(j_decompress_ptr);
+    int bound;
+} Lib;
+extern Lib dp_lib;
+
+
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jump;
+    int warned;
+    int stopped; /* the rows wanted are in: what libjpeg says of the cut-off rest is moot */
+} Errors;
+
+void dp_error_exit(j_common_ptr cinfo);
+
+void dp_emit_message(j_common_ptr cinfo, int level);
+
+void dp_output_message(j_common_ptr cinfo);
+
+enum { OK, FALLBACK, BROKEN, SHORT };
+
+/* Whether [p, end) holds only entropy-coded bytes, restart markers and a final EOI. */
+int dp_plain_tail(const unsigned char *p, const unsigned char *end);
+
+/* coefficients(...): jpeg_blocks.c */
+PyObject *dp_coefficients(PyObject *self, PyObject *args);
+#endif
