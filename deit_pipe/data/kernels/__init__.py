@@ -1,4 +1,6 @@
-"""The Pillow stage of a view as batched tensor kernels, bit-identical to the pinned Pillow.
+"""The Pillow stage of a view as batched tensor kernels, bit-identical to the pinned Pillow
+(and, in `jpegdecode`, a JPEG crop's decode after its entropy decoding, bit-identical to the
+libjpeg-turbo that Pillow bundles).
 
 Each module mirrors one family of Pillow's C functions (named in its docstring). Images are
 uint8 [B, H, W, C] tensors (Pillow's HWC layout, channels-last once permuted) on any device;
