@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,27 +135,25 @@ def _ops_per_batch(views, batch: int) -> int:
 
 
 @contextmanager
+def _env(name: str, cached) -> Iterator[None]:
+    """`name`=0 for the block, with `cached`'s answer recomputed on entry and on exit."""
+    os.environ[name] = "0"
+    cached.cache_clear()
+    try:
+        yield
+    finally:
+        del os.environ[name]
+        cached.cache_clear()
+
+
 def _pixel_crops():
     """JPEG crops decoded to pixels in the loader (the region decoder, no DCT blocks)."""
-    os.environ["DEIT_PIPE_JPEG_DCT"] = "0"
-    jpegblocks.enabled.cache_clear()
-    try:
-        yield
-    finally:
-        del os.environ["DEIT_PIPE_JPEG_DCT"]
-        jpegblocks.enabled.cache_clear()
+    return _env("DEIT_PIPE_JPEG_DCT", jpegblocks.enabled)
 
 
-@contextmanager
 def _whole_decodes():
     """JPEGs decoded whole by Pillow (the loader before region decoding), for comparison."""
-    os.environ["DEIT_PIPE_JPEG_REGION"] = "0"
-    jpeg._bound.cache_clear()
-    try:
-        yield
-    finally:
-        del os.environ["DEIT_PIPE_JPEG_REGION"]
-        jpeg._bound.cache_clear()
+    return _env("DEIT_PIPE_JPEG_REGION", jpeg._bound)
 
 
 def run_bench(images: int = 64, rounds: int = 5) -> dict:

@@ -76,13 +76,8 @@ static int coefs(const unsigned char *data, size_t size, int gray, int c0, int r
     Errors err;
     Progress progress;
     volatile int created = 0;
-    memset(&cinfo, 0, sizeof cinfo);
+    dp_init_errors(&cinfo, &err);
     memset(&progress, 0, sizeof progress);
-    cinfo.err = dp_lib.std_error(&err.pub);
-    err.pub.error_exit = dp_error_exit;
-    err.pub.emit_message = dp_emit_message;
-    err.pub.output_message = dp_output_message;
-    err.warned = err.stopped = 0;
     if (setjmp(err.jump)) {
         err.pub.format_message((j_common_ptr)&cinfo, why);
         if (created) dp_lib.destroy(&cinfo);
@@ -119,10 +114,7 @@ static int coefs(const unsigned char *data, size_t size, int gray, int c0, int r
         err.warned = 1;
     }
     if (err.stopped) { /* the tail was not decoded: refuse what a full decode would */
-        int m = progress.marker;
-        int benign = m == 0 || (m >= 0xD0 && m <= 0xD7) ||
-                     (m == 0xD9 && progress.rest == data + size);
-        if (!benign || !dp_plain_tail(progress.rest, data + size)) {
+        if (!dp_plain_tail(progress.marker, progress.rest, data + size)) {
             snprintf(why, JMSG_LENGTH_MAX, "a marker below the region");
             err.warned = 1;
         }

@@ -37,16 +37,15 @@ typedef struct {
     int stopped; /* the rows wanted are in: what libjpeg says of the cut-off rest is moot */
 } Errors;
 
-void dp_error_exit(j_common_ptr cinfo);
-
-void dp_emit_message(j_common_ptr cinfo, int level);
-
-void dp_output_message(j_common_ptr cinfo);
-
 enum { OK, FALLBACK, BROKEN, SHORT };
 
-/* Whether [p, end) holds only entropy-coded bytes, restart markers and a final EOI. */
-int dp_plain_tail(const unsigned char *p, const unsigned char *end);
+/* A zeroed decompress struct whose errors longjmp to err->jump and whose warnings are
+ * counted (the caller still calls setjmp: it must be in the caller's frame). */
+void dp_init_errors(j_decompress_ptr cinfo, Errors *err);
+
+/* Whether the rest of the file from p, the entropy decoder stopped at `marker` (0 if
+ * none), holds only entropy-coded bytes, restart markers and a final EOI. */
+int dp_plain_tail(int marker, const unsigned char *p, const unsigned char *end);
 
 /* coefficients(...): jpeg_blocks.c */
 PyObject *dp_coefficients(PyObject *self, PyObject *args);

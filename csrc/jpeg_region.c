@@ -20,15 +20,15 @@
 
 Lib dp_lib;
 
-void dp_error_exit(j_common_ptr cinfo) { longjmp(((Errors *)cinfo->err)->jump, 1); }
+static void dp_error_exit(j_common_ptr cinfo) { longjmp(((Errors *)cinfo->err)->jump, 1); }
 
-void dp_emit_message(j_common_ptr cinfo, int level) {
+static void dp_emit_message(j_common_ptr cinfo, int level) {
     Errors *err = (Errors *)cinfo->err;
     if (level < 0 && !err->stopped) /* corrupt or truncated data: Pillow decides */
         err->warned = 1;
 }
 
-void dp_output_message(j_common_ptr cinfo) { (void)cinfo; }
+static void dp_output_message(j_common_ptr cinfo) { (void)cinfo; }
 
 static PyObject *bind(PyObject *self, PyObject *args) {
     (void)self;
@@ -56,9 +56,22 @@ static PyObject *bind(PyObject *self, PyObject *args) {
 }
 
 
-/* Whether [p, end) holds only entropy-coded bytes (0xFF stuffed as FF 00), restart markers
- * and, as its last two bytes, the EOI marker: nothing a decoder could find fatal. */
-int dp_plain_tail(const unsigned char *p, const unsigned char *end) {
+void dp_init_errors(j_decompress_ptr cinfo, Errors *err) {
+    memset(cinfo, 0, sizeof *cinfo);
+    cinfo->err = dp_lib.std_error(&err->pub);
+    err->pub.error_exit = dp_error_exit;
+    err->pub.emit_message = dp_emit_message;
+    err->pub.output_message = dp_output_message;
+    err->warned = err->stopped = 0;
+}
+
+/* Whether the rest of the file from `p` (the entropy decoder stopped at `marker`, 0 if
+ * none) holds only entropy-coded bytes (0xFF stuffed as FF 00), restart markers and, as
+ * its last two bytes, the EOI marker: nothing a decoder could find fatal. */
+int dp_plain_tail(int marker, const unsigned char *p, const unsigned char *end) {
+    int benign = marker == 0 || (marker >= 0xD0 && marker <= 0xD7) ||
+                 (marker == 0xD9 && p == end);
+    if (!benign) return 0;
     while (p < end && (p = memchr(p, 0xFF, (size_t)(end - p))) != NULL) {
         const unsigned char *q = p + 1;
         while (q < end && *q == 0xFF) q++; /* fill bytes before a marker */
@@ -80,12 +93,7 @@ static int decode(const unsigned char *data, size_t size, int gray, int x0, int 
     Errors err;
     JSAMPLE *volatile row = NULL; /* volatile: read after a longjmp */
     volatile int created = 0;
-    memset(&cinfo, 0, sizeof cinfo);
-    cinfo.err = dp_lib.std_error(&err.pub);
-    err.pub.error_exit = dp_error_exit;
-    err.pub.emit_message = dp_emit_message;
-    err.pub.output_message = dp_output_message;
-    err.warned = err.stopped = 0;
+    dp_init_errors(&cinfo, &err);
     if (setjmp(err.jump)) {
         err.pub.format_message((j_common_ptr)&cinfo, why);
         free(row);
@@ -161,10 +169,7 @@ static int decode(const unsigned char *data, size_t size, int gray, int x0, int 
      * a skip to the very end marks the input finished without decoding it. */
     JDIMENSION left_over = cinfo.output_height - cinfo.output_scanline;
     const unsigned char *rest = cinfo.src->next_input_byte;
-    int marker = cinfo.unread_marker; /* one the entropy decoder stopped at, not yet read */
-    int benign = marker == 0 || (marker >= 0xD0 && marker <= 0xD7) ||
-                 (marker == 0xD9 && rest == data + size);
-    if (!err.warned && !(benign && dp_plain_tail(rest, data + size))) {
+    if (!err.warned && !dp_plain_tail(cinfo.unread_marker, rest, data + size)) {
         if (left_over > 1) dp_lib.skip(&cinfo, left_over - 1);
         if (left_over > 0 && dp_lib.read(&cinfo, rows, 1) != 1) err.warned = 1;
         if (!err.warned) dp_lib.finish(&cinfo);

@@ -20,7 +20,7 @@ from deit_pipe.data.viewparams import ViewDrawer
 from deit_pipe.data.views import apply_host, train_transform
 from deit_pipe.errors import DataError
 from tests.test_device_render import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
-from tests.test_jpeg_region import KINDS, _boxes, _h1v2, _jpeg
+from tests.test_jpeg_region import KINDS, _boxes, _h1v2, _jpeg, damaged_below
 
 
 @pytest.fixture(autouse=True)
@@ -124,16 +124,12 @@ def test_damage_anywhere_is_refused_as_pillow_refuses_it():
     """A bogus marker segment near the end of a tall file: blocks for its top rows are not
     decoded (the tail is checked, as the region decoder checks it), and the pixel path
     then refuses the file with Pillow's line."""
-    data = _jpeg(np.random.default_rng(0), 64, 256, 85, subsampling=2)
-    cut = len(data) - 200
-    bad = data[:cut] + b"\xff\xc4\x00\x05\x17\x00\x00" + data[cut:]
-    with pytest.raises(DataError) as whole:
-        decode_image(bad, "tall.jpg")
+    bad, refused = damaged_below(np.random.default_rng(0))
     img = jpeg.open_image(bad, "tall.jpg")
     pending = jpeg.PendingCrop(img, (0, 0, 64, 16))
     packed, left = jpegblocks.pack([pending], (16, 64))
     assert left == [0]
-    with pytest.raises(DataError, match=re.escape(str(whole.value))):
+    with pytest.raises(DataError, match=re.escape(refused)):
         pending.into(np.empty((16, 64, 3), np.uint8))
 
 

@@ -154,18 +154,25 @@ def test_corrupt_data_gives_whatever_pillow_gives():
         assert np.array_equal(img.crop_array((0, 0, 64, 8)), whole[0:8]), seed
 
 
-def test_damage_below_the_crop_is_refused_as_pillow_refuses_it():
-    """A bogus marker segment near the end of a tall file: Pillow refuses the file, and so
-    does a crop of its top rows, so no view depends on whether its crop reaches the damage
-    (nor can a machine decoding whole images fail to replay it)."""
-    data = _jpeg(np.random.default_rng(0), 64, 256, 85, subsampling=2)
+def damaged_below(rng) -> tuple[bytes, str]:
+    """A tall 64x256 4:2:0 JPEG with a bogus marker segment near its end, and the line
+    Pillow refuses it with."""
+    data = _jpeg(rng, 64, 256, 85, subsampling=2)
     cut = len(data) - 200
     bad = data[:cut] + b"\xff\xc4\x00\x05\x17\x00\x00" + data[cut:]
     with pytest.raises(DataError) as whole:
         decode_image(bad, "tall.jpg")
+    return bad, str(whole.value)
+
+
+def test_damage_below_the_crop_is_refused_as_pillow_refuses_it():
+    """A bogus marker segment near the end of a tall file: Pillow refuses the file, and so
+    does a crop of its top rows, so no view depends on whether its crop reaches the damage
+    (nor can a machine decoding whole images fail to replay it)."""
+    bad, refused = damaged_below(np.random.default_rng(0))
     img = region.open_image(bad, "tall.jpg")
     assert isinstance(img, region.EncodedJpeg)
-    with pytest.raises(DataError, match=re.escape(str(whole.value))):
+    with pytest.raises(DataError, match=re.escape(refused)):
         img.crop_array((0, 0, 64, 16))
 
 

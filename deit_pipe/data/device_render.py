@@ -143,7 +143,7 @@ def prepare(views: list[DeviceView]) -> dict:
         if jpegs and jpegblocks.enabled():  # left as DCT blocks for the device
             packed, left = jpegblocks.pack([crops[k] for k in jpegs], (hmax, wmax), batch_tensor)
             if packed is not None:
-                packed["index"] = packed["index"].apply_(jpegs.__getitem__)
+                packed["index"] = torch.tensor(jpegs, dtype=torch.int64)[packed["index"]]
                 out["blocks"] = packed
             decoded = set(jpegs) - {jpegs[k] for k in left}
             pixels = [k for k in pixels if k not in decoded]
