@@ -72,50 +72,60 @@ def pack(
             pixels.append(k)
     packed = {"index": torch.tensor(take, dtype=torch.int64), "blocks": blocks}
     packed["quant"] = torch.from_numpy(quant.astype(np.int32))
-    packed["views"] = torch.from_numpy(table[:, :15].copy())
-    packed["shape"] = (*out, split, *(int(v) for v in table[:, 11:15].max(axis=0)))
+    packed["views"] = torch.from_numpy(table[:, :11].copy())
+    grids = tuple(int(v) for v in table[:, 11:15].max(axis=0))
+    packed["segments"] = _segments(table[:, 11:15], grids)
+    packed["shape"] = (*out, *grids)
     return packed, sorted(pixels)
 
 
-def _placed(grids: torch.Tensor, planes: int, total: int) -> tuple[torch.Tensor, ...]:
-    """For `total` back-to-back blocks, each view `planes` grids of grids[v] = (rows, cols)
-    blocks: each block's view, plane, row and column, computed on the device without
-    reading anything back."""
-    counts = grids[:, 0] * grids[:, 1] * planes
-    view = torch.repeat_interleave(
-        torch.arange(len(grids), device=grids.device), counts, output_size=total
+def _segments(grids: np.ndarray, padded: tuple[int, ...]) -> torch.Tensor:
+    """The block stream's runs, one a plane of a view (every view's luma, then each view's
+    Cb and Cr), as int64 [3n, 6] rows: first block, columns, the padded grid's columns and
+    its offset in blocks, the plane's quantisation table and block count; the device
+    places each block from its run's row."""
+    n = len(grids)
+    ry, cy, rc, cc = padded
+    v = np.arange(n)
+    luma = np.stack([grids[:, 1], np.full(n, cy), v * ry * cy, 3 * v, grids[:, 0] * grids[:, 1]])
+    v2, plane = np.repeat(v, 2), np.tile([0, 1], n)
+    chroma = np.stack(
+        [
+            np.repeat(grids[:, 3], 2),
+            np.full(2 * n, cc),
+            n * ry * cy + (2 * v2 + plane) * rc * cc,
+            3 * v2 + 1 + plane,
+            np.repeat(grids[:, 2] * grids[:, 3], 2),
+        ]
     )
-    local = torch.arange(total, device=grids.device) - (counts.cumsum(0) - counts)[view]
-    per_plane = (grids[:, 0] * grids[:, 1])[view]
-    plane, at = local // per_plane, local % per_plane
-    width = grids[:, 1][view]
-    return view, plane, at // width, at % width
+    runs = np.concatenate([luma, chroma], axis=1).T
+    first = np.cumsum(runs[:, 4]) - runs[:, 4]
+    return torch.from_numpy(np.concatenate([first[:, None], runs], axis=1).astype(np.int64))
 
 
 def unpack(packed: dict, device: torch.device) -> torch.Tensor:
     """The packed crops' pixels (uint8 [n, h, w, 3], padded to `pack`'s `out`) on `device`;
     host tensors moved without waiting. The IDCT runs on the blocks back to back (none
-    of the padding), which are then placed in padded planes for the upsampling."""
-    blocks, quant, views = (
-        packed[k].to(device, non_blocking=True) for k in ("blocks", "quant", "views")
+    of the padding), which are then placed in padded planes for the upsampling, each by
+    its run's row of `segments` (no read-back: the block count travels as a size)."""
+    blocks, quant, views, segments = (
+        packed[k].to(device, non_blocking=True) for k in ("blocks", "quant", "views", "segments")
     )
-    h, w, split, ry, cy, rc, cc = packed["shape"]
+    h, w, ry, cy, rc, cc = packed["shape"]
     n, total = len(views), blocks.shape[0]
-    luma = _placed(views[:, 11:13], 1, split)
-    chroma = _placed(views[:, 13:15], 2, total - split)
-    table = torch.cat([luma[0] * 3, chroma[0] * 3 + 1 + chroma[1]])  # each block's table
+    runs = torch.arange(len(segments), device=device)
+    run = torch.repeat_interleave(runs, segments[:, 5], output_size=total)
+    first, cols, pitch, base, table, _ = segments[run].unbind(1)
+    local = torch.arange(total, device=device) - first
+    row = local // cols
+    dest = base + row * pitch + (local - row * cols)
     samples = idct_islow(blocks, quant.view(-1, 64)[table]).view(total, 64)
-    planes = []
-    for (view, plane, row, col), at, count, (rows, cols) in (
-        (luma, 0, 1, (ry, cy)),
-        (chroma, split, 2, (rc, cc)),
-    ):
-        dest = ((view * count + plane) * rows + row) * cols + col
-        # Not zeroed: padding samples are never read (the maps point inside each crop).
-        grid = torch.empty((n * count * rows * cols, 64), dtype=torch.uint8, device=device)
-        grid.index_copy_(0, dest, samples[at : at + len(view)])
-        planes.append(to_planes(grid.view(n, count, rows, cols, 8, 8)))
-    return decode_crops(planes[0][:, 0], planes[1], views[:, :11], (h, w))
+    # Not zeroed: padding samples are never read (the maps point inside each crop).
+    grid = torch.empty((n * (ry * cy + 2 * rc * cc), 64), dtype=torch.uint8, device=device)
+    grid.index_copy_(0, dest, samples)
+    luma = to_planes(grid[: n * ry * cy].view(n, ry, cy, 8, 8))
+    chroma = to_planes(grid[n * ry * cy :].view(n, 2, rc, cc, 8, 8))
+    return decode_crops(luma, chroma, views, (h, w))
 
 
 @functools.cache

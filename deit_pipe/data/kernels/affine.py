@@ -24,6 +24,7 @@ Images are uint8 [n, H, W, C]; matrices float64 [n, 6] on the host; fill uint8 [
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -189,44 +190,47 @@ def translate_y(
 # ---------------------------------------------------------------- BILINEAR / BICUBIC
 
 
-def _source_coords(mats: torch.Tensor, band: slice, w: int, row: int) -> torch.Tensor:
-    """`a[row] * (x + 0.5) + a[row+1] * (y + 0.5) + a[row+2]` for the output rows `band`,
-    [n, rows, W] float64, each product and sum rounded on its own, in C's left-to-right
-    order."""
+def _source_coords(mats: torch.Tensor, band: slice, w: int) -> torch.Tensor:
+    """`a0 (x + 0.5) + a1 (y + 0.5) + a2` and `a3 (x + 0.5) + a4 (y + 0.5) + a5` for the
+    output rows `band`, [n, 2, rows, W] float64 (x' then y'), each product and sum rounded
+    on its own, in C's left-to-right order."""
+    a = mats.view(-1, 2, 3)
     xs = torch.arange(w, dtype=torch.float64, device=mats.device) + 0.5  # exact
     ys = torch.arange(band.start, band.stop, dtype=torch.float64, device=mats.device) + 0.5
-    px = torch.mul(mats[:, row, None], xs)[:, None, :]
-    py = torch.mul(mats[:, row + 1, None], ys)[:, :, None]
-    return torch.add(torch.add(px, py), mats[:, row + 2, None, None])
-
-
-def _split(v: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`v -= 0.5; i = FLOOR(v); d = v - i` (exact); i capped so outside points stay in int64."""
-    v = torch.sub(v, 0.5)
-    fl = torch.floor(v)
-    d = torch.sub(v, fl)
-    return fl.clamp(-_REACH, size + _REACH).to(torch.int64), d[:, None]
+    px = torch.mul(a[:, :, 0, None], xs)[:, :, None, :]
+    py = torch.mul(a[:, :, 1, None], ys)[:, :, :, None]
+    return torch.add(torch.add(px, py), a[:, :, 2, None, None])
 
 
 _REACH = 4  # floors are capped to -4 .. size + 4: every tap beyond is an edge-clamped one
+# The first pass's terms from the k edge-clamped columns around a floor: bicubic p1..p4 of
+# `BICUBIC` over columns i - 1 .. i + 2, bilinear (a, b - a) over i, i + 1.
+_TERMS = {
+    True: ((0, 1, 0, 0), (-1, 0, 1, 0), (2, -2, 1, -1), (-1, 1, -1, 1)),
+    False: ((1, 0), (-1, 1)),
+}
+
+
+@functools.lru_cache(maxsize=16)
+def _terms_matrix(cubic: bool, device: torch.device) -> torch.Tensor:
+    return torch.tensor(_TERMS[cubic], dtype=torch.float64).to(device, non_blocking=True)
 
 
 def _row_terms(planes: torch.Tensor, w: int, cubic: bool) -> torch.Tensor:
-    """The first pass's terms for every source row and every capped floor column i:
-    bicubic p1..p4 of `BICUBIC` over the edge-clamped columns i - 1 .. i + 2, bilinear
-    (a, b - a) over i, i + 1. They are sums of uint8 values, so exact integers whatever
-    the order: computed once per source pixel in int16 rather than once per output pixel
-    and tap row. planes: uint8-valued [n, C, H, W]; returns float64 [n, C * k, H * W'],
-    W' = w + 2 * _REACH + 1 columns, terms major."""
+    """The first pass's terms (`_TERMS`) for every source row and every capped floor
+    column. They are sums of uint8 values by small integers, so exact whatever the order:
+    computed once per source pixel rather than once per output pixel and tap row.
+    planes: uint8-valued [n, C, H, W]; returns int16 [n, k * C, H * W'], W' = w + 2 *
+    _REACH + 1 columns, terms major (|terms| <= 4 * 255: a quarter of float64's memory,
+    and each op that reads them promotes them to float64 exactly)."""
     n, c, h, _ = planes.shape
-    cols = torch.arange(-_REACH, w + _REACH + 1, device=planes.device)
-    first, k = (-1, 4) if cubic else (0, 2)
-    v = [planes[..., (cols + first + j).clamp(0, w - 1)].to(torch.int16) for j in range(k)]
-    if cubic:
-        terms = [v[1], v[2] - v[0], 2 * (v[0] - v[1]) + v[2] - v[3], v[1] - v[0] - v[2] + v[3]]
-    else:
-        terms = [v[0], v[1] - v[0]]
-    return torch.stack(terms, dim=1).to(torch.float64).reshape(n, k * c, -1)
+    k = 4 if cubic else 2
+    dev = planes.device
+    cols = torch.arange(-_REACH, w + _REACH + 1, device=dev)
+    taps = torch.add(cols, torch.arange(k, device=dev).sub_(1 if cubic else 0)[:, None])
+    v = planes[..., taps.clamp_(0, w - 1)].to(torch.float64)  # [n, C, H, k, W']
+    terms = torch.matmul(_terms_matrix(cubic, dev), v).to(torch.int16)  # [n, C, H, k, W']
+    return terms.permute(0, 3, 1, 2, 4).reshape(n, k * c, -1)
 
 
 def _horner(terms: list[torch.Tensor], d: torch.Tensor) -> torch.Tensor:
@@ -262,24 +266,28 @@ def _interpolated(
     fills: torch.Tensor,
 ) -> torch.Tensor:
     """Output rows `band` of the BICUBIC (`cubic`) or BILINEAR transform of the images whose
-    first-pass terms are `table` (`_row_terms`): uint8 [n, rows, W, C]."""
+    first-pass terms are `table` (`_row_terms`): uint8 [n, rows, W, C]. All k tap rows are
+    gathered and interpolated along x in one go, then along y."""
     h, w = size
     n, kc, _ = table.shape
     k = 4 if cubic else 2
-    c = kc // k
-    xx, yy = _source_coords(mats, band, w, 0), _source_coords(mats, band, w, 3)
-    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-    ix, dx = _split(xx, w)  # [n, rows, W] capped floors, [n, 1, rows, W] fractions
-    iy, dy = _split(yy, h)
-    rows = band.stop - band.start
-    col = ix + _REACH
-    wide = w + 2 * _REACH + 1
-    lines = []
-    for j in range(k):  # tap row iy - 1 + j (bicubic) or iy + j, edge-clamped
-        ry = (iy + ((j - 1) if cubic else j)).clamp(0, h - 1)
-        index = (ry * wide + col).reshape(n, 1, rows * w).expand(n, kc, rows * w)
-        terms = torch.gather(table, 2, index).reshape(n, k, c, rows, w).unbind(1)
-        lines.append(_horner(list(terms), dx))
+    c, rows = kc // k, band.stop - band.start
+    xy = _source_coords(mats, band, w)
+    inside = (xy >= 0).all(1) & (xy[:, 0] < w) & (xy[:, 1] < h)
+    v = torch.sub(xy, 0.5)  # `v -= 0.5; i = FLOOR(v); d = v - i` (exact)
+    fl = torch.floor(v)
+    d = torch.sub(v, fl)
+    # Floors capped (exact integers in float64), then the tap rows iy - 1 .. iy + 2
+    # (bicubic) or iy, iy + 1, edge-clamped, at the capped floor column's terms.
+    col = fl[:, 0].clamp(-_REACH, w + _REACH).add_(_REACH)
+    top = fl[:, 1, None].clamp(-_REACH, h + _REACH)
+    shift = torch.arange(k, dtype=torch.float64, device=mats.device).sub_(1 if cubic else 0)
+    ry = torch.add(top, shift[:, None, None]).clamp_(0, h - 1)  # [n, k, rows, W]
+    index = ry.mul_(w + 2 * _REACH + 1).add_(col[:, None]).to(torch.int64)
+    index = index.reshape(n, 1, -1).expand(n, kc, -1)
+    terms = torch.gather(table, 2, index).reshape(n, k, c, k, rows, w).unbind(1)
+    lines = _horner(list(terms), d[:, None, None, 0]).unbind(2)  # k of [n, C, rows, W]
+    dy = d[:, None, 1]
     v = _cubic(*lines, dy) if cubic else _linear(*lines, dy)
     # bicubic: <= 0 -> 0, >= 255 -> 255, else (UINT8) truncation; bilinear stays in range.
     px = v.clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)

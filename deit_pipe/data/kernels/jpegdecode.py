@@ -24,6 +24,8 @@ colour conversion then repeats its luma three times, as Pillow's `convert("RGB")
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # jidctint.c's FIX_* constants: round(x * 2**13).
@@ -43,8 +45,8 @@ _C = {
 }
 
 
-def _idct_1d(d: list[torch.Tensor], shift: int) -> list[torch.Tensor]:
-    """One pass of jidctint.c's `jpeg_idct_islow` over 8 int32 inputs, descaled by `shift`."""
+def _idct_1d(d: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One pass of jidctint.c's `jpeg_idct_islow` over 8 integer inputs, before its descale."""
     z1 = (d[2] + d[6]) * _C["0_541196100"]
     tmp2 = z1 + d[6] * -_C["1_847759065"]
     tmp3 = z1 + d[2] * _C["0_765366865"]
@@ -60,19 +62,40 @@ def _idct_1d(d: list[torch.Tensor], shift: int) -> list[torch.Tensor]:
     t1 = o1 * _C["2_053119869"] + z2 + z4
     t2 = o2 * _C["3_072711026"] + z2 + z3
     t3 = o3 * _C["1_501321110"] + z1 + z4
-    half = 1 << (shift - 1)
-    out = [tmp10 + t3, tmp11 + t2, tmp12 + t1, tmp13 + t0]
-    out += [tmp13 - t0, tmp12 - t1, tmp11 - t2, tmp10 - t3]
-    return [(v + half) >> shift for v in out]
+    return [
+        tmp10 + t3,
+        tmp11 + t2,
+        tmp12 + t1,
+        tmp13 + t0,
+        tmp13 - t0,
+        tmp12 - t1,
+        tmp11 - t2,
+        tmp10 - t3,
+    ]
+
+
+@functools.lru_cache(maxsize=8)
+def _pass_matrix(device: torch.device) -> torch.Tensor:
+    """`_idct_1d` as the integer matrix it is (float64 [8, 8], out = M @ in): a pass only
+    adds and multiplies by constants. Built on `device` from the identity, once."""
+    eye = torch.eye(8, dtype=torch.int64, device=device)
+    return torch.stack(_idct_1d(list(eye.unbind(0))), 0).to(torch.float64)
 
 
 def idct_islow(coefs: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
-    """int16 [..., 64] quantised blocks in natural order (row = vertical frequency) and their
-    int32 [..., 64] quantisation tables (broadcastable) -> uint8 [..., 8, 8] samples."""
-    x = (coefs.to(torch.int32) * quant).unflatten(-1, (8, 8))
-    cols = _idct_1d(list(x.unbind(-2)), 13 - 2)  # each [..., 8]: one frequency row
-    rows = _idct_1d(list(torch.stack(cols, -2).unbind(-1)), 13 + 2 + 3)
-    return (torch.stack(rows, -1) + 128).clamp_(0, 255).to(torch.uint8)
+    """int16 [N, 64] quantised blocks in natural order (row = vertical frequency) and their
+    [N, 64] (or broadcastable) quantisation tables -> uint8 [N, 8, 8] samples.
+
+    Each pass is a matrix product in float64, where every product and partial sum is an
+    integer below 2^53 for any int16 coefficient and 8-bit table, hence exact whatever the
+    summation order (BLAS, FMA, the GPU's); the descales are exact floors of a power-of-two
+    division, as C's `>>` of a negative JLONG floors."""
+    m = _pass_matrix(coefs.device)
+    x = coefs.to(torch.float64).mul_(quant).unflatten(-1, (8, 8))  # [N, v, u]
+    # In place: a batch's blocks are hundreds of MB in float64.
+    cols = torch.matmul(m, x).add_(2.0**10).mul_(2.0**-11).floor_()  # DESCALE by 13 - 2
+    rows = torch.matmul(cols, m.T).add_(2.0**17).mul_(2.0**-18).floor_()  # by 13 + 2 + 3
+    return rows.add_(128.0).clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def to_planes(blocks: torch.Tensor) -> torch.Tensor:
@@ -148,55 +171,38 @@ def imcu_box(
     return c0, r0, c1, r1
 
 
-def _axis(
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    f: torch.Tensor,
-    n: torch.Tensor,
-    start: torch.Tensor,
-    pad: int,
-    gray: torch.Tensor,
-    across: torch.Tensor,
-    columns: bool,
-) -> dict[str, torch.Tensor]:
-    """One axis of `crop_maps` for [B, 1] per-view values: the crop [lo, hi) of an image `n`
-    long whose luma is sampled `f` times its chroma along it (`across` on the other axis),
-    its blocks starting at iMCU `start`, padded to `pad` by repeating its edge."""
-    pos = torch.minimum(lo + torch.arange(pad, device=lo.device), hi - 1)
-    near = pos // f
-    odd = pos % 2 == 1
-    # The output pair of a chroma sample leans on the sample before (upper/left) or after.
-    far = torch.where(odd, near + 1, near - 1).clamp_(min=0)
-    far = torch.minimum(far, (n + f - 1) // f - 1)
-    sub = (f == 2) & ~gray
-    far = torch.where(sub, far, near)
-    # 3x+y+1>>2 and +2 with one axis subsampled; both: 9/3/3/1 taps, +8 and +7 by column.
-    one_axis = torch.where(odd, 8, 4)
-    both = torch.where(odd, 7, 8) if columns else torch.zeros_like(one_axis)
-    bias = torch.where(sub, torch.where(across == 1, one_axis, both), 0)
-    weights = torch.stack([torch.where(sub, 3, 4), sub.int()], 1).expand(-1, 2, pad)
-    chroma = torch.stack([near, far], 1) - start[:, :, None] * 8
-    return {
-        "luma": pos - start * 8 * f,
-        "chroma": torch.where(gray[:, :, None], 0, chroma),  # zero blocks: 128 anywhere
-        "weights": weights.to(torch.int32),
-        "bias": bias.to(torch.int32),
-    }
-
-
 def crop_maps(views: torch.Tensor, out: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Where `decode_crops` reads each view's crop in its blocks, from int64 [B, 11] rows
     (left, top, right, bottom, c0, r0, width, height, h and v luma sampling, gray), padded
-    to `out` (h, w): luma rows and columns, and the chroma upsampling's two rows and two
-    columns an output sample with their weights and rounding biases. Computed where the
-    views are decoded, from a few numbers each."""
-    left, top, right, bottom, c0, r0, width, height, fh, fv, gray = views[:, :, None].unbind(1)
-    gray = gray.bool()
-    rows = _axis(top, bottom, fv, height, r0, out[0], gray, fh, columns=False)
-    cols = _axis(left, right, fh, width, c0, out[1], gray, fv, columns=True)
+    to `out` (h, w) by repeating the crop's edge: luma rows and columns, and the chroma
+    upsampling's two rows and two columns an output sample with their weights and rounding
+    biases. Computed where the views are decoded, from a few numbers each, both axes at
+    once (axis 0 the columns, 1 the rows: the rows' (x, y) pairs), in integer arithmetic."""
+    b, pad = views.shape[0], max(out)
+    # Each [B, 2, 1]: the crop [lo, hi) of an image n long whose luma is sampled f times
+    # its chroma along the axis, its blocks starting at iMCU `start`.
+    lo, hi, start, n, f = views[:, :10].view(b, 5, 2, 1).unbind(1)
+    color = 1 - views[:, 10, None, None]  # a gray view's zero blocks decode to 128 anywhere
+    pos = torch.minimum(lo + torch.arange(pad, device=views.device), hi - 1)
+    near = pos // f
+    odd = pos % 2
+    # The output pair of a chroma sample leans on the sample before (upper/left) or after.
+    far = torch.minimum((near + 2 * odd - 1).clamp_(min=0), (n + f - 1) // f - 1)
+    sub = (f == 2) * color  # 1 where this axis is upsampled
+    far = near + sub * (far - near)
+    # 3x+y+1>>2 and +2 with one axis subsampled (scaled by 4: +4, +8); both: 9/3/3/1 taps,
+    # +8 and +7 by column, the rows adding none.
+    one_axis = (f.flip(1) == 1) * 1
+    columns = (torch.arange(2, device=views.device) == 0)[:, None]
+    bias = sub * (one_axis * (4 + 4 * odd) + (1 - one_axis) * (8 - odd) * columns)
+    chroma = (torch.stack([near, far], 1) - start[:, None] * 8) * color[:, None]
+    luma = pos - start * 8 * f
+    weights = torch.cat([4 - sub, sub], 2).to(torch.int32)  # [B, 2 axes, 2 taps]
+    bias = bias.to(torch.int32)
+    (h, w), (x, y) = out, (0, 1)
     return {
-        "y_rows": rows["luma"], "y_cols": cols["luma"],
-        "c_rows": rows["chroma"], "c_cols": cols["chroma"],
-        "c_row_w": rows["weights"], "c_col_w": cols["weights"],
-        "row_bias": rows["bias"], "col_bias": cols["bias"],
+        "y_rows": luma[:, y, :h], "y_cols": luma[:, x, :w],
+        "c_rows": chroma[:, :, y, :h], "c_cols": chroma[:, :, x, :w],
+        "c_row_w": weights[:, y], "c_col_w": weights[:, x],
+        "row_bias": bias[:, y, :h], "col_bias": bias[:, x, :w],
     }  # fmt: skip
