@@ -107,21 +107,27 @@ def _consumer_ms(views, boxes, device: torch.device | None, batch: int, rounds: 
 
 
 class _Ops(TorchDispatchMode):
-    """Counts the ATen ops a block dispatches: on CUDA, kernel launches (and views) that the
-    host issues one by one."""
+    """Counts the ATen ops a block dispatches, and of them those that launch a kernel on
+    CUDA (not views: ops whose result aliases an input without writing it)."""
 
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.count = self.launches = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
+        returns = func._schema.returns
+        alias = returns[0].alias_info if returns else None
+        view = (alias is not None and not alias.is_write) or func.__name__.startswith(
+            "_unsafe_view"
+        )
+        self.launches += not view
         return func(*args, **(kwargs or {}))
 
 
-def _ops_per_batch(views, batch: int) -> int:
-    """ATen ops `_render` dispatches for one batch of `batch` views, with CUDA's chunking
-    (counted on the CPU: the same calls, the same Python)."""
+def _ops_per_batch(views, batch: int) -> tuple[int, int]:
+    """ATen ops `_render` dispatches for one batch of `batch` views, and the kernels among
+    them, with CUDA's chunking (counted on the CPU: the same calls, the same Python)."""
     views = (views * (batch // len(views) + 1))[:batch]
     prepared = prepare(views)
     saved = dict(affine._CHUNK_PIXELS)
@@ -131,7 +137,7 @@ def _ops_per_batch(views, batch: int) -> int:
             _render(prepared, torch.device("cpu"))
     finally:
         affine._CHUNK_PIXELS.update(saved)
-    return ops.count
+    return ops.count, ops.launches
 
 
 @contextmanager
@@ -212,7 +218,8 @@ def run_bench(images: int = 64, rounds: int = 5) -> dict:
             "rounds": rounds,
             "ms_per_view": ms,
             "cuda_device": device_name,
-            "ops_per_batch_256": ops,
+            "ops_per_batch_256": ops[0],
+            "kernels_per_batch_256": ops[1],
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -270,7 +277,8 @@ def summary(r: dict) -> str:
     lines += [
         "",
         f"The device stage of a batch of 256 dispatches {r['ops_per_batch_256']:,} ATen ops "
-        "with CUDA's chunking (counted on the CPU), and none of them waits for the device: "
+        f"with CUDA's chunking (counted on the CPU), of which {r['kernels_per_batch_256']:,} "
+        "launch a kernel (the rest are views), and none of them waits for the device: "
         "no read-back, no blocking host copy (`tests/test_device_render.py`). The one copy "
         "back is the fingerprints', which training hashes after launching its backward pass.",
     ]

@@ -177,3 +177,50 @@ def test_decoding_blocks_waits_for_nothing(device, imagefolder, monkeypatch):
     assert not seen.ops & _READ_BACKS, sorted(seen.ops & _READ_BACKS)
     assert copies == []
     assert torch.equal(done["image"].cpu(), host["image"])
+
+
+def _islow_reference(block: np.ndarray) -> np.ndarray:
+    """jidctint.c's `jpeg_idct_islow` written out as C has it (int64, both passes with their
+    descales, CENTERJSAMPLE, then the SIMD saturation) for one dequantised [8, 8] block."""
+    fix = {"a": 4433, "b": 15137, "c": 6270, "d": 2446, "e": 16819, "f": 25172, "g": 12299}
+    fix |= {"h": 7373, "i": 20995, "j": 16069, "k": 3196, "l": 9633}
+
+    def one(d: list[int], shift: int) -> list[int]:
+        z1 = (d[2] + d[6]) * fix["a"]
+        tmp2, tmp3 = z1 + d[6] * -fix["b"], z1 + d[2] * fix["c"]
+        tmp0, tmp1 = (d[0] + d[4]) << 13, (d[0] - d[4]) << 13
+        tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
+        t0, t1, t2, t3 = d[7], d[5], d[3], d[1]
+        z1, z2, z3, z4 = t0 + t3, t1 + t2, t0 + t2, t1 + t3
+        z5 = (z3 + z4) * fix["l"]
+        t0, t1, t2, t3 = t0 * fix["d"], t1 * fix["e"], t2 * fix["f"], t3 * fix["g"]
+        z1, z2 = z1 * -fix["h"], z2 * -fix["i"]
+        z3, z4 = z3 * -fix["j"] + z5, z4 * -fix["k"] + z5
+        t0, t1, t2, t3 = t0 + z1 + z3, t1 + z2 + z4, t2 + z2 + z3, t3 + z1 + z4
+        out = [tmp10 + t3, tmp11 + t2, tmp12 + t1, tmp13 + t0]
+        out += [tmp13 - t0, tmp12 - t1, tmp11 - t2, tmp10 - t3]
+        return [(v + (1 << (shift - 1))) >> shift for v in out]
+
+    x = block.astype(np.int64).tolist()
+    work = np.array([one([x[v][u] for v in range(8)], 11) for u in range(8)]).T  # [y, u]
+    rows = np.array([one(list(work[y]), 18) for y in range(8)])
+    return np.clip(rows + 128, 0, 255).astype(np.uint8)
+
+
+def test_the_idct_is_jidctint_on_any_coefficients_and_tables():
+    """The IDCT's matrix products equal jidctint.c's flow graph, descales and saturation
+    included, beyond what images hold: coefficients up to +-2047 (DC +-8191) under tables
+    of 1..255, where most samples saturate and every rounding branch is taken."""
+    from deit_pipe.data.kernels.jpegdecode import idct_islow
+
+    rng = np.random.default_rng(7)
+    coefs = rng.integers(-2047, 2048, (300, 64))
+    coefs[:100, 0] = rng.integers(-8191, 8192, 100)
+    coefs[100:200] //= rng.integers(1, 64, (100, 1))  # small ACs: the usual case
+    coefs[200:, 1:] *= rng.random((100, 63)) < 0.1  # sparse blocks, zero-AC columns
+    quant = rng.integers(1, 256, (300, 64))
+    quant[200:] = 1
+    got = idct_islow(torch.from_numpy(coefs.astype(np.int16)), torch.from_numpy(quant))
+    want = np.stack([_islow_reference(b.reshape(8, 8)) for b in coefs * quant])
+    assert np.array_equal(got.numpy(), want)
+    assert 0 < (want == 255).mean() < 0.5 and 0 < (want == 0).mean() < 0.5

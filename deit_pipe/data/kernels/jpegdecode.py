@@ -6,14 +6,17 @@ decode is integer arithmetic, run here on the device that consumes the views:
 
 - `jpeg_idct_islow` (jidctint.c): dequantise, then the column pass (`CONST_BITS` 13,
   `PASS1_BITS` 2, `DESCALE` by 11) and the row pass (`DESCALE` by 18), plus `CENTERJSAMPLE`.
-  Its zero-AC shortcuts give the full formula's values, so there are none here. The last
+  Its zero-AC shortcuts give the full formula's values, so there are none here. A pass
+  only adds and multiplies by constants, so it runs as one exact float64 matrix product
+  (two launches for the batch's blocks instead of a hundred int32 ops). The last
   step clamps to 0..255, as the SIMD versions Pillow's wheels run (SSE2/AVX2, NEON) saturate;
   the C table's wrap-around differs only for values a valid 8-bit encoder never produces.
 - `h2v1_fancy_upsample`, `h1v2_fancy_upsample`, `h2v2_fancy_upsample` (jdsample.c): the
   triangle filter, 3/4 nearer + 1/4 further sample in each upsampled dimension, with the
   image's edge sample repeated (jdmainct.c's context rows at the top and bottom, the first
   and last columns' special cases): here one separable 2x2-tap integer filter a view, whose
-  taps, weights and biases the host computes (`crop_maps`), so that 4:4:4, 4:2:2, 4:4:0 and
+  taps, weights and biases are computed on the device from 11 numbers a view
+  (`crop_maps`), so that 4:4:4, 4:2:2, 4:4:0 and
   4:2:0 views share the kernel launches; 4:4:4 and grayscale are its identity case.
 - `ycc_rgb_convert` with `build_ycc_rgb_table` (jdcolor.c, jdcolext.c): the tables'
   entries computed per sample (the same integers), `SCALEBITS` 16, a clamp.
