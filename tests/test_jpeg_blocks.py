@@ -20,7 +20,7 @@ from deit_pipe.data.viewparams import ViewDrawer
 from deit_pipe.data.views import apply_host, train_transform
 from deit_pipe.errors import DataError
 from tests.test_device_render import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
-from tests.test_jpeg_region import KINDS, _boxes, _h1v2, _jpeg, damaged_below
+from tests.test_jpeg_region import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below
 
 
 @pytest.fixture(autouse=True)
@@ -133,14 +133,6 @@ def test_damage_anywhere_is_refused_as_pillow_refuses_it():
         pending.into(np.empty((16, 64, 3), np.uint8))
 
 
-def _views(root, render: str) -> dict:
-    split = open_source(f"imagefolder:{root}").split("train")
-    cfg = ViewConfig(input_size=24, re_count=2)
-    views = PairDataset(split, plan(4, 2, len(split), 4, MixConfig(), 8), cfg, render)
-    batch = collate_views([views[p] for p in range(len(views))])
-    return realize(batch, torch.device("cpu")) if render == "device" else batch
-
-
 def test_training_views_are_the_same_with_and_without_blocks(tmp_path, monkeypatch):
     """Device-rendered views with the blocks on and off, and host-rendered ones: the same
     pixels and fingerprints."""
@@ -151,10 +143,10 @@ def test_training_views_are_the_same_with_and_without_blocks(tmp_path, monkeypat
         path.parent.mkdir(parents=True, exist_ok=True)
         kind = dict(gray=True) if i == 8 else dict(subsampling=i % 3)
         path.write_bytes(_jpeg(rng, w, h, int(rng.integers(10, 95)), **kind))
-    on, host = _views(tmp_path, "device"), _views(tmp_path, "host")
+    on, host = _views(tmp_path, "device", 24, 4), _views(tmp_path, "host", 24, 4)
     monkeypatch.setenv("DEIT_PIPE_JPEG_DCT", "0")
     jpegblocks.enabled.cache_clear()
-    off = _views(tmp_path, "device")
+    off = _views(tmp_path, "device", 24, 4)
     for other in (off, host):
         assert torch.equal(on["image"], other["image"])
         assert torch.equal(on["fingerprint"], other["fingerprint"])

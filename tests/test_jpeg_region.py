@@ -183,10 +183,11 @@ def test_it_can_be_turned_off(monkeypatch):
     assert isinstance(region.open_image(data, "x"), Image.Image)
 
 
-def _views(root, render: str) -> dict:
+def _views(root, render: str, size: int = 32, epochs: int = 5) -> dict:
+    """Every training view of the JPEGs in `root`, rendered with `render` (on the CPU)."""
     split = open_source(f"imagefolder:{root}").split("train")
-    cfg = ViewConfig(input_size=32, re_count=2)
-    views = PairDataset(split, plan(5, 2, len(split), 5, MixConfig(), 8), cfg, render)
+    cfg = ViewConfig(input_size=size, re_count=2)
+    views = PairDataset(split, plan(epochs, 2, len(split), epochs, MixConfig(), 8), cfg, render)
     batch = collate_views([views[p] for p in range(len(views))])
     return realize(batch, torch.device("cpu")) if render == "device" else batch
 

@@ -16,8 +16,8 @@ decode is integer arithmetic, run here on the device that consumes the views:
   image's edge sample repeated (jdmainct.c's context rows at the top and bottom, the first
   and last columns' special cases): here one separable 2x2-tap integer filter a view, whose
   taps, weights and biases are computed on the device from 11 numbers a view
-  (`crop_maps`), so that 4:4:4, 4:2:2, 4:4:0 and
-  4:2:0 views share the kernel launches; 4:4:4 and grayscale are its identity case.
+  (`crop_maps`), so that 4:4:4, 4:2:2, 4:4:0 and 4:2:0 views share the kernel launches;
+  4:4:4 and grayscale are its identity case.
 - `ycc_rgb_convert` with `build_ycc_rgb_table` (jdcolor.c, jdcolext.c): the tables'
   entries computed per sample (the same integers), `SCALEBITS` 16, a clamp.
 
@@ -65,16 +65,8 @@ def _idct_1d(d: list[torch.Tensor]) -> list[torch.Tensor]:
     t1 = o1 * _C["2_053119869"] + z2 + z4
     t2 = o2 * _C["3_072711026"] + z2 + z3
     t3 = o3 * _C["1_501321110"] + z1 + z4
-    return [
-        tmp10 + t3,
-        tmp11 + t2,
-        tmp12 + t1,
-        tmp13 + t0,
-        tmp13 - t0,
-        tmp12 - t1,
-        tmp11 - t2,
-        tmp10 - t3,
-    ]
+    out = [tmp10 + t3, tmp11 + t2, tmp12 + t1, tmp13 + t0]
+    return out + [tmp13 - t0, tmp12 - t1, tmp11 - t2, tmp10 - t3]
 
 
 @functools.lru_cache(maxsize=8)
