@@ -7,7 +7,8 @@ exists in one place.
 
 DEVICES = ("auto", "cpu", "cuda")
 # Who runs a view's Pillow stage: Pillow on the loader's host, or exact tensor kernels on the
-# device that consumes the views (same bytes); auto = the host for now (`render_mode`).
+# device that consumes the views (same bytes); auto = the host, except that training on CUDA
+# times both and keeps the faster (`student.rendertrial`).
 RENDERS = ("auto", "host", "device")
 DISTILL = ("none", "soft", "hard")
 KL_REDUCTIONS = ("batchmean", "numel")

@@ -137,6 +137,8 @@ def test_resume_after_sigkill_gives_identical_weights(exact_store, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_on_cpu_consumes_the_same_slots(exact_store, tmp_path):
+    """Two ranks take the single process's steps; with a render trial (steps 1-4 on the
+    host, 5-8 on the kernels, then the ranks' agreed choice) they stay in step."""
     common = [
         "--store",
         exact_store,
@@ -146,7 +148,7 @@ def test_ddp_on_cpu_consumes_the_same_slots(exact_store, tmp_path):
         "--batch-size",
         "128",
         "--max-steps",
-        "3",
+        "9",
         "--drop-path",
         "0",
         "--device",
@@ -166,6 +168,8 @@ def test_ddp_on_cpu_consumes_the_same_slots(exact_store, tmp_path):
             *common,
             "--nproc-per-node",
             "2",
+            "--render-trial",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -173,6 +177,8 @@ def test_ddp_on_cpu_consumes_the_same_slots(exact_store, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((ddp / "config.json").read_text())["world_size"] == 2
+    trial = [r for r in map(json.loads, (ddp / "metrics.jsonl").open()) if "render_trial" in r]
+    assert [r["step"] for r in trial] == [8]
     for a, b in zip(losses(single), losses(ddp), strict=True):
         assert a["slots_sum"] == b["slots_sum"]
         assert abs(a["loss"] - b["loss"]) < 1e-4

@@ -193,7 +193,8 @@ def render_option(fn):
         default="auto",
         show_default=True,
         help="Pillow in the loader workers (host) or exact kernels on the device that "
-        "consumes the views (device); the same bytes. auto = the host for now.",
+        "consumes the views (device); the same bytes. auto: `train` on CUDA times both "
+        "and keeps the faster (--render-trial), anything else takes the host.",
     )(fn)
 
 

@@ -93,6 +93,14 @@ def _train_options(fn):
         click.option("--loader-workers", type=int, default=0, show_default=True),
         render_option,
         click.option(
+            "--render-trial",
+            type=int,
+            default=None,
+            help="With --render auto: steps timed with each renderer before the run keeps "
+            "the faster [default: sized from --loader-workers, on CUDA, for long runs]; "
+            "0: no trial (the host).",
+        ),
+        click.option(
             "--ckpt-every", type=int, default=0, show_default=True, help="Checkpoint every N steps."
         ),
         click.option("--eval-every", type=int, default=1, show_default=True, help="Epochs."),
@@ -256,6 +264,13 @@ class StepProgress:
             w = record["waiting"]
             done = f"waiting for the teacher: epoch {w['epoch']}, {w['done']}/{w['total']} shards"
             self.bar.update(self.task, done=done + " done")
+        elif "render_trial" in record:
+            t = record["render_trial"]
+            self.bar.console.print(
+                f"render trial ({t['steps']} steps each): host {t['host_img_s']:,.0f} img/s, "
+                f"device {t['device_img_s']:,.0f} img/s: the {t['chosen']} renders from here",
+                highlight=False,
+            )
         elif "eval" in record:
             tops = " ".join(f"{h} {v['top1']:.3f}" for h, v in sorted(record["eval"].items()))
             self.bar.console.print(f"epoch {record['epoch']}: val top-1 {tops}", highlight=False)

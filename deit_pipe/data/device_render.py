@@ -42,11 +42,10 @@ from deit_pipe.errors import DeitPipeError
 
 def render_mode(render: str, device: torch.device) -> str:
     """`--render auto|host|device` for views consumed on `device`. Both paths give the same
-    bytes, so this is only a speed choice, and auto takes the host for now: on a CPU the
-    kernels run 2x (32² views) to 7x (224²) slower than Pillow, and on an H200 the device
-    path's consumer side measured 1.0 ms a view (BENCHMARKS.md, 2026-12-04), more than a
-    host loader's cores cost, before its host work moved into the loader workers; auto
-    turns to the device on CUDA once `make gpu-check` shows it faster."""
+    bytes, so this is only a speed choice. auto starts on the host: on a CPU the kernels
+    run 2x (32² views) to 12x (224²) slower than Pillow, and on a GPU the answer depends on
+    the GPU, the model and the host's cores, so training on CUDA measures it
+    (`student.rendertrial`) and may switch; precompute, verify, audit and eval keep the host."""
     if render not in RENDERS:
         raise DeitPipeError(f"--render must be one of {', '.join(RENDERS)}, got {render!r}")
     return "host" if render == "auto" else render

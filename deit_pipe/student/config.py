@@ -67,6 +67,7 @@ class TrainConfig:
     train_seed: int = 0  # the model's init and drop-path (the plan's seed is the recipe's)
     loader_workers: int = 0
     render: str = "auto"  # who renders the training views (RENDERS); the bytes are the same
+    render_trial: int | None = None  # auto: steps timed per renderer (None: sized on CUDA; 0: none)
     ckpt_every: int = 0  # steps; 0 = at epoch end only
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     log_every: int = 1  # steps between loss read-backs (each one waits for the device)
@@ -113,6 +114,7 @@ class TrainConfig:
             "loader_workers": 0,
             "eval_batch_size": 1,
             "max_steps": 1,
+            "render_trial": 0,
         }
         for name, low in at_least.items():
             value = getattr(self, name)

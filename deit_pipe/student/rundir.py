@@ -23,6 +23,8 @@ RESUMABLE = {
     "resume",
     "max_steps",
     "loader_workers",
+    "render",  # Pillow or the kernels: the same bytes
+    "render_trial",
     "data_cache",  # where local copies of the data are kept, not what they hold
     "data_cache_size",
     "log_every",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -34,6 +34,7 @@ from deit_pipe.student.checkpoint import save_checkpoint
 from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.evaluate import evaluate
 from deit_pipe.student.losses import mixed_label_targets
+from deit_pipe.student.rendertrial import RenderTrial, render_trial
 from deit_pipe.student.rundir import truncate_metrics
 from deit_pipe.student.trainer import Trainer, build_trainer
 
@@ -97,10 +98,10 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
 
 
 def run_loader(tr: Trainer) -> tuple[ReplayDataset, Iterable[dict]]:
-    """One loader for the run, from the resume step to the last (or `max_steps`) step. In
-    the block order its workers split the blocks between them (`data.blockload`)."""
+    """One loader for the run, from the current step to the last (or `max_steps`) step,
+    rendering with `tr.render`. In the block order its workers split the blocks between
+    them (`data.blockload`)."""
     cycle = tr.store.spec.epochs if tr.store is not None and tr.cfg.cycle_epochs else None
-    tr.render = render_mode(tr.cfg.render, tr.ctx.device)
     dataset = ReplayDataset(tr.source.split("train"), tr.recipe, cycle, tr.render)
     end = min(tr.total_steps, tr.cfg.max_steps or tr.total_steps)
     workers = tr.cfg.loader_workers
@@ -123,16 +124,44 @@ def run_loader(tr: Trainer) -> tuple[ReplayDataset, Iterable[dict]]:
     return dataset, loader
 
 
+def run_batches(tr: Trainer, trial: RenderTrial | None) -> Iterator[tuple[ReplayDataset, dict]]:
+    """The run's batches with their dataset: from one loader, and from a new one each time
+    the render trial switches renderer (the next step's views, the same bytes)."""
+    while True:
+        dataset, loader = run_loader(tr)
+        for batch in loader:
+            yield dataset, batch
+            if trial is not None and trial.switch:
+                break
+        else:
+            return
+        if hasattr(loader, "close"):  # block order's generator: its DataLoader goes with it
+            loader.close()
+        del dataset, loader  # a DataLoader's persistent workers stop when it goes
+        tr.render, trial.switch = trial.switch, None
+
+
 def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]) -> dict:
-    dataset, loader = run_loader(tr)
+    tr.render = render_mode(tr.cfg.render, tr.ctx.device)
+    trial = render_trial(
+        tr.cfg.render,
+        tr.ctx.device,
+        loader_workers=tr.cfg.loader_workers,
+        steps_left=min(tr.total_steps, tr.cfg.max_steps or tr.total_steps) - tr.step,
+        batch_size=tr.cfg.batch_size,
+        world_size=tr.ctx.world_size,
+        trial=tr.cfg.render_trial,
+    )
     pending: list[tuple[dict, dict[str, torch.Tensor]]] = []  # steps not yet read back
     result: dict = {}
     epoch, tick = -1, time.perf_counter()
-    for batch in loader:
+    for dataset, batch in run_batches(tr, trial):
+        waited = False
         if tr.step // tr.per_epoch != epoch:
             epoch = tr.step // tr.per_epoch
             if tr.cfg.follow:
                 wait_for_teacher(tr, dataset.view_epoch(epoch), report)
+                waited = True
             tr.teacher.start_epoch(epoch, tr.cfg.epochs, dataset.epoch_plan(epoch))
         start = time.perf_counter()
         values = train_step(tr, batch, dataset.epoch_plan(epoch))
@@ -156,10 +185,13 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
         epoch_done = tr.step % tr.per_epoch == 0
         if len(pending) >= tr.cfg.log_every or epoch_done or _checkpoint_due(tr):
             flush_steps(tr, pending, metrics, report)
-        if _checkpoint_due(tr):
+        saved = _checkpoint_due(tr)
+        if saved:
             save(tr)
         if epoch_done:
             result = end_epoch(tr, epoch, metrics, report) or result
+        if trial is not None and trial.chosen is None:
+            trial_step(tr, trial, waited or saved or epoch_done, metrics, report)
     flush_steps(tr, pending, metrics, report)
     if tr.step % tr.per_epoch:  # stopped by max_steps mid-epoch: keep where we are
         save(tr)
@@ -176,6 +208,17 @@ def wait_for_teacher(tr: Trainer, stored_epoch: int, report) -> None:
     tr.store.wait_for_epoch(stored_epoch, stall_timeout=tr.cfg.follow_timeout, on_wait=waiting)
     if tr.ctx.world_size > 1:
         dist.barrier()
+
+
+def trial_step(
+    tr: Trainer, trial: RenderTrial, interrupted: bool, metrics: MetricsWriter, report
+) -> None:
+    """Tell the render trial a step is done; once it has chosen, say what it measured."""
+    trial.stepped(interrupted)
+    if trial.chosen is not None:
+        record = {"step": tr.step, "render_trial": trial.summary()}
+        metrics.write(record)
+        report({**record, "total_steps": tr.total_steps})
 
 
 def _checkpoint_due(tr: Trainer) -> bool:

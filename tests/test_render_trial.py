@@ -1,0 +1,111 @@
+"""`train --render auto`: a trial times both renderers and keeps the faster, and a run that
+switches renderer mid-way learns exactly what a run on one renderer learns."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from deit_pipe.cli import main
+from deit_pipe.data.device_render import realize
+from deit_pipe.student import train as train_module
+from deit_pipe.student.rendertrial import PAYS, RenderTrial, render_trial, window_steps
+from tests.test_train import TINY_ARGS
+
+ARGS = ["train", "--data", "digits", *TINY_ARGS, "--epochs", "2", "--batch-size", "128"]
+ARGS += ["--distill", "none", "--drop-path", "0", "--device", "cpu", "--max-steps", "13"]
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def host_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trial") / "host"
+    done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render", "host"])
+    assert done.exit_code == 0, done.output
+    return out
+
+
+@pytest.mark.parametrize("winner", ["host", "device"])
+def test_a_run_that_tries_both_renderers_learns_what_a_host_run_learns(
+    host_run, tmp_path, monkeypatch, winner
+):
+    """Steps 1-3 warm the host loader, 4-5 are timed; 6-8 warm the kernels' loader, 9-10
+    are timed; from step 11 the winner renders (the timings decide in real runs: here the
+    winner is imposed, so that both outcomes are seen). Every step's loss, and the weights at
+    the end, are the host run's."""
+    rendered = []  # the steps whose views the kernels rendered
+
+    def counting(batch, device, **kw):
+        rendered.append(batch["device_views"]["count"])
+        return realize(batch, device, **kw)
+
+    measured = RenderTrial._faster
+    monkeypatch.setattr(train_module, "realize", counting)
+    monkeypatch.setattr(RenderTrial, "_faster", lambda self: (measured(self), winner)[1])
+    out = tmp_path / "auto"
+    done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
+    assert done.exit_code == 0, done.output
+    assert f"the {winner} renders from here" in " ".join(done.output.split())
+    rows, host = records(out), records(host_run)
+    trial = [r["render_trial"] for r in rows if "render_trial" in r]
+    assert len(trial) == 1 and trial[0]["chosen"] == winner and trial[0]["steps"] == 2
+    assert trial[0]["host_img_s"] > 0 and trial[0]["device_img_s"] > 0
+    assert len(rendered) == (5 if winner == "host" else 13 - 5)
+    losses = [(r["step"], r["loss"], r["slots_sum"]) for r in rows if "loss" in r]
+    assert losses == [(r["step"], r["loss"], r["slots_sum"]) for r in host if "loss" in r]
+    assert len(losses) == 13
+    a = torch.load(host_run / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the epoch's evaluation (step 11) says who rendered then
+    evals = [r for r in rows if "eval" in r]
+    assert [r["render"] for r in evals] == [winner]
+
+
+def test_a_window_that_meets_an_evaluation_starts_again(host_run, tmp_path):
+    """The epoch ends at step 11: a timed window over it is timed again from step 12."""
+    out = tmp_path / "auto"
+    args = [*ARGS[:-1], "16", "--out", str(out), "--render-trial", "4"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    trial = [r for r in records(out) if "render_trial" in r]
+    # host: warm 1-3, timed 4-7; device: warm 8-10, timed 11 (eval) → again 12-15
+    assert [r["step"] for r in trial] == [15]
+
+
+def test_which_runs_try_both_renderers():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    warm, timed = window_steps(8)
+    assert (warm, timed) == (11, 32)
+    needed = PAYS * 2 * (warm + timed)
+    kw = dict(loader_workers=8, batch_size=256)
+    trial = render_trial("auto", cuda, steps_left=needed, **kw)
+    assert (trial.warm, trial.timed, trial.path) == (11, 32, "host")
+    assert render_trial("auto", cuda, steps_left=needed - 1, **kw) is None  # too short to pay
+    assert render_trial("auto", cpu, steps_left=10**6, **kw) is None  # Pillow is faster there
+    assert render_trial("auto", cuda, steps_left=10**6, trial=0, **kw) is None
+    assert render_trial("host", cuda, steps_left=10**6, trial=5, **kw) is None  # asked for
+    assert render_trial("auto", cpu, steps_left=3, trial=5, **kw).timed == 5  # forced
+
+
+def test_a_bad_trial_length_is_refused_before_the_run_exists(tmp_path):
+    out = tmp_path / "run"
+    done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "-1"])
+    assert done.exit_code != 0 and "--render-trial must be ≥ 0, got -1" in done.output
+    assert not out.exists()
+
+
+def test_a_run_resumes_on_the_other_renderer(host_run, tmp_path):
+    """Who renders is how a run executes, not what it learns: a resume may change it."""
+    out = tmp_path / "resumed"
+    first = [*ARGS[:-1], "6", "--out", str(out), "--render", "host"]
+    assert CliRunner().invoke(main, first).exit_code == 0
+    done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render", "device", "--resume"])
+    assert done.exit_code == 0, done.output
+    a = torch.load(host_run / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
