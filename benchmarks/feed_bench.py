@@ -6,8 +6,9 @@ all in one run on the same store.
 `img_s` is the training loop's own figure: a batch's views over the wall time from the end
 of the previous step, waiting for the loader included (`student/train.py`); the table gives
 its median after warm-up, and the step alone (`step_s`) for reference. On CUDA this is the
-issue's "views/s into the student with 8 loader workers"; `--render auto` may turn to the
-device there only where the device column is the larger.
+issue's "views/s into the student with 8 loader workers". A third run, `--render auto` with
+a render trial of `--trial` timed steps a renderer (`student/rendertrial.py`), records what
+the trial measured and chose, to be held against the two columns.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(a) -> dict:
             train(cfg)
             out[render] = {k: median_step(Path(cfg.out), a.warmup, k) for k in ("img_s", "step_s")}
             print(f"--render {render}: {out[render]}", flush=True)
+        trial = auto_trial(a, url, root / "auto", device) if a.trial else None
         name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
         return {
             "device": name,
@@ -67,9 +69,28 @@ def main(a) -> dict:
             "loader_workers": a.loader_workers,
             "student": a.student,
             "medians": out,
+            "trial": trial,
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def auto_trial(a, url: str, out: Path, device: str) -> dict:
+    """`--render auto` with a trial of `a.trial` timed steps a renderer; the store's epoch is
+    cycled so the trial (and one restart of a window, at the epoch's end) fits."""
+    warm = a.loader_workers + 3
+    cfg = TrainConfig(
+        out=str(out), store=url, model=a.student, distill="hard",
+        model_overrides={} if a.size == 224 else {"img_size": a.size}, epochs=3,
+        cycle_epochs=True, batch_size=a.batch, max_steps=2 * (warm + a.trial) + a.trial + 1,
+        device=device, loader_workers=a.loader_workers, render="auto", render_trial=a.trial,
+        log_every=10,
+    )  # fmt: skip
+    train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    found = [r["render_trial"] for r in rows if "render_trial" in r]
+    print(f"--render auto: {found}", flush=True)
+    return found[0] if found else {}
 
 
 def summary(r: dict) -> str:
@@ -85,6 +106,13 @@ def summary(r: dict) -> str:
     lines += [f"| {k} | {v['img_s']:,.0f} | {v['step_s']:.3f} |" for k, v in m.items()]
     ratio = m["device"]["img_s"] / m["host"]["img_s"]
     lines += ["", f"device ÷ host: **{ratio:.2f}**."]
+    t = r.get("trial")
+    if t:
+        lines[-1] += (
+            f" `--render auto`'s trial ({t['steps']} timed steps a renderer): host "
+            f"{t['host_img_s']:,.0f} img/s, device {t['device_img_s']:,.0f} img/s, so the "
+            f"{t['chosen']}."
+        )
     return "\n".join(lines)
 
 
@@ -98,6 +126,7 @@ if __name__ == "__main__":
     p.add_argument("--source-size", type=int, default=256, help="the fake images' side")
     p.add_argument("--student", default="deit_small_distilled_patch16_224")
     p.add_argument("--teacher", default="regnety_160")
+    p.add_argument("--trial", type=int, default=6, help="--render auto's timed steps (0: none)")
     p.add_argument("--cpu", action="store_true", help="on the CPU even where CUDA is")
     args = p.parse_args()
     result = main(args)

@@ -274,7 +274,7 @@ def test_eval_views_on_the_device_are_timms_eval_views(interpolation, device):
     assert batch["host_rendered"] == 0
 
 
-def test_render_mode_auto_is_the_host_until_the_device_measures_faster():
+def test_render_mode_auto_starts_on_the_host():
     from deit_pipe.data.device_render import render_mode
     from deit_pipe.errors import DeitPipeError
 

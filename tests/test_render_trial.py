@@ -21,6 +21,16 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def steps(run_dir) -> list[tuple]:
+    return [(r["step"], r["loss"], r["slots_sum"]) for r in records(run_dir) if "loss" in r]
+
+
+def same_weights(a, b) -> bool:
+    a = torch.load(a / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(b / "checkpoint.pt", weights_only=True)["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture(scope="module")
 def host_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trial") / "host"
@@ -50,20 +60,64 @@ def test_a_run_that_tries_both_renderers_learns_what_a_host_run_learns(
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
     assert done.exit_code == 0, done.output
     assert f"the {winner} renders from here" in " ".join(done.output.split())
-    rows, host = records(out), records(host_run)
+    rows = records(out)
     trial = [r["render_trial"] for r in rows if "render_trial" in r]
     assert len(trial) == 1 and trial[0]["chosen"] == winner and trial[0]["steps"] == 2
     assert trial[0]["host_img_s"] > 0 and trial[0]["device_img_s"] > 0
     assert len(rendered) == (5 if winner == "host" else 13 - 5)
-    losses = [(r["step"], r["loss"], r["slots_sum"]) for r in rows if "loss" in r]
-    assert losses == [(r["step"], r["loss"], r["slots_sum"]) for r in host if "loss" in r]
-    assert len(losses) == 13
-    a = torch.load(host_run / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert steps(out) == steps(host_run) and len(steps(out)) == 13
+    assert same_weights(host_run, out)
     # the epoch's evaluation (step 11) says who rendered then
-    evals = [r for r in rows if "eval" in r]
-    assert [r["render"] for r in evals] == [winner]
+    assert [r["render"] for r in rows if "eval" in r] == [winner]
+
+
+def test_a_device_out_of_memory_in_the_trial_leaves_the_host_rendering(
+    host_run, tmp_path, monkeypatch
+):
+    """The kernels' first step runs out of the GPU's memory: that step is taken again from
+    a host loader, the trial keeps its windows and chooses the host, and the run is the
+    host run."""
+    calls = []
+
+    def out_of_memory(batch, device, **kw):
+        calls.append(batch["device_views"]["count"])
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_module, "realize", out_of_memory)
+    out = tmp_path / "auto"
+    done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
+    assert done.exit_code == 0, done.output
+    assert "device out of memory: the host renders" in " ".join(done.output.split())
+    rows = records(out)
+    trial = [(r["step"], r["render_trial"]) for r in rows if "render_trial" in r]
+    assert [step for step, _ in trial] == [10] and trial[0][1]["chosen"] == "host"
+    assert trial[0][1]["device_out_of_memory"] is True and trial[0][1]["device_img_s"] == 0
+    assert calls == [128]  # once: the step went on from the host
+    assert steps(out) == steps(host_run) and same_weights(host_run, out)
+
+
+def test_a_device_out_of_memory_after_the_trial_turns_the_run_to_the_host(
+    host_run, tmp_path, monkeypatch
+):
+    """The device won the trial (imposed), then a step's kernels run out of memory: the
+    run goes on from the host at that step, and learns what the host run learns."""
+    calls = []
+
+    def out_of_memory_at_step_12(batch, device, **kw):
+        calls.append(batch["device_views"]["count"])
+        if len(calls) == 7:  # steps 6-10 in the trial, 11 and then 12 on the device
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return realize(batch, device, **kw)
+
+    measured = RenderTrial._faster
+    monkeypatch.setattr(train_module, "realize", out_of_memory_at_step_12)
+    monkeypatch.setattr(RenderTrial, "_faster", lambda self: (measured(self), "device")[1])
+    out = tmp_path / "auto"
+    done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
+    assert done.exit_code == 0, done.output
+    assert len(calls) == 7 and [r["render"] for r in records(out) if "eval" in r] == ["device"]
+    assert steps(out) == steps(host_run) and len(steps(out)) == 13
+    assert same_weights(host_run, out)
 
 
 def test_a_window_that_meets_an_evaluation_starts_again(host_run, tmp_path):
@@ -106,6 +160,4 @@ def test_a_run_resumes_on_the_other_renderer(host_run, tmp_path):
     assert CliRunner().invoke(main, first).exit_code == 0
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render", "device", "--resume"])
     assert done.exit_code == 0, done.output
-    a = torch.load(host_run / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(host_run, out)

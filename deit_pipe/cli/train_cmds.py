@@ -266,9 +266,14 @@ class StepProgress:
             self.bar.update(self.task, done=done + " done")
         elif "render_trial" in record:
             t = record["render_trial"]
+            device = (
+                "out of memory"
+                if t.get("device_out_of_memory")
+                else f"{t['device_img_s']:,.0f} img/s"
+            )
             self.bar.console.print(
                 f"render trial ({t['steps']} steps each): host {t['host_img_s']:,.0f} img/s, "
-                f"device {t['device_img_s']:,.0f} img/s: the {t['chosen']} renders from here",
+                f"device {device}: the {t['chosen']} renders from here",
                 highlight=False,
             )
         elif "eval" in record:

@@ -9,14 +9,17 @@ to pay for it, `auto` times a window of steps with each renderer, after a warm-u
 a new loader's workers fill their queue, and keeps the faster. A window that meets an
 evaluation, a checkpoint or a wait for the teacher starts again after it, so only training
 steps are timed. Under DDP the windows fall on the same steps on every rank and the ranks
-agree on the slower rank's times. On a CPU `auto` takes the host without a trial: there the
-kernels measure 2x (32² views) to 12x (224²) slower than Pillow (BENCHMARKS.md);
-`render_trial` forces one anywhere.
+agree on the slowest rank's times. A step whose kernels run out of the GPU's memory is taken
+again from a host loader, and the host it is: a run sized to fill the GPU with Pillow's
+views must not fail for having been offered the kernels. On a CPU `auto` takes the host
+without a trial: there the kernels measure 2x (32² views) to 12x (224²) slower than Pillow
+(BENCHMARKS.md); `render_trial` forces one anywhere.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +50,7 @@ class RenderTrial:
     seconds: dict[str, float] = field(default_factory=dict)
     chosen: str | None = None
     switch: str | None = None  # the renderer the next step needs, until the loader has it
+    failed: bool = False  # the kernels ran out of the device's memory: the host renders
     _left: int = 0  # warm-up steps still to go
     _count: int = 0  # steps timed so far
     _start: float = 0.0
@@ -60,6 +64,15 @@ class RenderTrial:
         self.switch = self._next(interrupted) if self.chosen is None else None
         return self.switch
 
+    def device_failed(self) -> None:
+        """The kernels ran out of the device's memory (the step was not taken): the host
+        renders from that step, and for good. During the trial the device's window counts
+        as never faster and keeps its steps, so DDP ranks still decide together."""
+        self.failed, self.switch = True, "host"
+        if self.chosen is not None:
+            self.chosen = self.path = "host"
+        log.warning("render trial: the device ran out of memory rendering; the host renders")
+
     def _next(self, interrupted: bool) -> str | None:
         if self._left:
             self._left -= 1
@@ -72,19 +85,21 @@ class RenderTrial:
         self._count += 1
         if self._count < self.timed:
             return None
-        self.seconds[self.path] = self._now() - self._start
+        failed = self.path == "device" and self.failed
+        self.seconds[self.path] = math.inf if failed else self._now() - self._start
         if self.path == "host":
             self.path, self._left = "device", self.warm
             return "device"
         self.chosen = self._faster()
         log.info("render trial: %s", self.summary())
-        went, self.path = self.path, self.chosen
+        went, self.path = "host" if self.failed else self.path, self.chosen
         return self.chosen if self.chosen != went else None
 
     def summary(self) -> dict:
         """What the trial measured, for metrics.jsonl and the log."""
         rates = {f"{p}_img_s": self.timed * self.batch_size / s for p, s in self.seconds.items()}
-        return {"steps": self.timed, **rates, "chosen": self.chosen}
+        oom = {"device_out_of_memory": True} if self.failed else {}
+        return {"steps": self.timed, **rates, "chosen": self.chosen, **oom}
 
     def _faster(self) -> str:
         times = torch.tensor([self.seconds[p] for p in PATHS], dtype=torch.float64)

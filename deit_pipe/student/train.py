@@ -164,6 +164,14 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
                 waited = True
             tr.teacher.start_epoch(epoch, tr.cfg.epochs, dataset.epoch_plan(epoch))
         start = time.perf_counter()
+        try:
+            batch = device_stage(tr, batch)
+        except torch.cuda.OutOfMemoryError:
+            if trial is None or tr.render != "device":  # asked for: the user's to change
+                raise
+            trial.device_failed()  # this step again, from a host loader
+            torch.cuda.empty_cache()
+            continue
         values = train_step(tr, batch, dataset.epoch_plan(epoch))
         tr.step += 1
         tr.scheduler.step_update(tr.step)
@@ -225,13 +233,23 @@ def _checkpoint_due(tr: Trainer) -> bool:
     return bool(tr.cfg.ckpt_every) and tr.step % tr.cfg.ckpt_every == 0
 
 
-def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
-    """One optimisation step; returns its loss terms as device tensors (nothing read back)."""
-    torch.manual_seed(step_seed(tr.cfg.train_seed, tr.step, tr.ctx.rank))  # drop-path: f(step)
+def device_stage(tr: Trainer, batch: dict) -> dict:
+    """A batch whose views the kernels render (`--render device`) with its views rendered,
+    on the student's device (queued: nothing waits); any other batch as it is."""
     dev = tr.ctx.device
     if "parts" in batch:  # block order: each loader worker's share of the step
         batch = merge_parts(batch["parts"], dev, partial(realize, wait=False))
         tr.host_rendered += batch.pop("host_rendered")
+    elif "device_views" in batch:
+        batch = realize(batch, dev, wait=False)
+        tr.host_rendered += batch["host_rendered"]
+    return batch
+
+
+def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns its loss terms as device tensors (nothing read back)."""
+    torch.manual_seed(step_seed(tr.cfg.train_seed, tr.step, tr.ctx.rank))  # drop-path: f(step)
+    dev = tr.ctx.device
     slots = batch["slot"].numpy()
     partners = epoch_plan.partner(slots)
     lam = torch.as_tensor(epoch_plan.lam[slots // 2], dtype=torch.float32).to(dev)
@@ -240,9 +258,6 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     targets = mixed_label_targets(
         tr.labels[own], tr.labels[other], lam, tr.source.num_classes, tr.cfg.smoothing
     )
-    if "device_views" in batch:
-        batch = realize(batch, dev, wait=False)
-        tr.host_rendered += batch["host_rendered"]
     views = finish(batch, tr.recipe.view, dev).contiguous(memory_format=torch.channels_last)
     soft, hard = tr.teacher.targets(slots, views)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
