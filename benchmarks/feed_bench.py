@@ -28,6 +28,7 @@ from deit_pipe.data.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
+from deit_pipe.student.rendertrial import window_steps
 from deit_pipe.student.train import TrainConfig, train
 from deit_pipe.teacher import TeacherConfig
 
@@ -78,7 +79,7 @@ def main(a) -> dict:
 def auto_trial(a, url: str, out: Path, device: str) -> dict:
     """`--render auto` with a trial of `a.trial` timed steps a renderer; the store's epoch is
     cycled so the trial (and one restart of a window, at the epoch's end) fits."""
-    warm = a.loader_workers + 3
+    warm, _ = window_steps(a.loader_workers)
     cfg = TrainConfig(
         out=str(out), store=url, model=a.student, distill="hard",
         model_overrides={} if a.size == 224 else {"img_size": a.size}, epochs=3,

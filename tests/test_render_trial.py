@@ -11,7 +11,7 @@ from deit_pipe.cli import main
 from deit_pipe.data.device_render import realize
 from deit_pipe.student import train as train_module
 from deit_pipe.student.rendertrial import PAYS, RenderTrial, render_trial, window_steps
-from tests.test_train import TINY_ARGS
+from tests.test_train import TINY_ARGS, losses
 
 ARGS = ["train", "--data", "digits", *TINY_ARGS, "--epochs", "2", "--batch-size", "128"]
 ARGS += ["--distill", "none", "--drop-path", "0", "--device", "cpu", "--max-steps", "13"]
@@ -22,7 +22,7 @@ def records(run_dir):
 
 
 def steps(run_dir) -> list[tuple]:
-    return [(r["step"], r["loss"], r["slots_sum"]) for r in records(run_dir) if "loss" in r]
+    return [(r["step"], r["loss"], r["slots_sum"]) for r in losses(run_dir)]
 
 
 def same_weights(a, b) -> bool:

@@ -46,7 +46,7 @@ class RenderTrial:
     batch_size: int  # global: img/s are the run's
     device: torch.device
     world_size: int = 1
-    path: str = "host"
+    path: str = "host"  # the window being timed
     seconds: dict[str, float] = field(default_factory=dict)
     chosen: str | None = None
     switch: str | None = None  # the renderer the next step needs, until the loader has it
@@ -58,11 +58,10 @@ class RenderTrial:
     def __post_init__(self) -> None:
         self._left = self.warm
 
-    def stepped(self, interrupted: bool) -> str | None:
-        """After a step (and its evaluation or checkpoint, if any): the renderer to switch
-        to from the next step (also left in `switch`), or None to go on."""
+    def stepped(self, interrupted: bool) -> None:
+        """After a step (and its evaluation or checkpoint, if any): sets `switch` to the
+        renderer the next step needs where it changes."""
         self.switch = self._next(interrupted) if self.chosen is None else None
-        return self.switch
 
     def device_failed(self) -> None:
         """The kernels ran out of the device's memory (the step was not taken): the host
@@ -70,7 +69,7 @@ class RenderTrial:
         as never faster and keeps its steps, so DDP ranks still decide together."""
         self.failed, self.switch = True, "host"
         if self.chosen is not None:
-            self.chosen = self.path = "host"
+            self.chosen = "host"
         log.warning("render trial: the device ran out of memory rendering; the host renders")
 
     def _next(self, interrupted: bool) -> str | None:
@@ -85,15 +84,15 @@ class RenderTrial:
         self._count += 1
         if self._count < self.timed:
             return None
-        failed = self.path == "device" and self.failed
-        self.seconds[self.path] = math.inf if failed else self._now() - self._start
+        # Only the device's window can fail: the host's ended before the kernels ran.
+        self.seconds[self.path] = math.inf if self.failed else self._now() - self._start
         if self.path == "host":
             self.path, self._left = "device", self.warm
             return "device"
         self.chosen = self._faster()
         log.info("render trial: %s", self.summary())
-        went, self.path = "host" if self.failed else self.path, self.chosen
-        return self.chosen if self.chosen != went else None
+        rendering = "host" if self.failed else "device"
+        return self.chosen if self.chosen != rendering else None
 
     def summary(self) -> dict:
         """What the trial measured, for metrics.jsonl and the log."""

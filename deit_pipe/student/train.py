@@ -97,13 +97,18 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     return result
 
 
+def end_step(tr: Trainer) -> int:
+    """The step this run stops after: the last, or `max_steps`."""
+    return min(tr.total_steps, tr.cfg.max_steps or tr.total_steps)
+
+
 def run_loader(tr: Trainer) -> tuple[ReplayDataset, Iterable[dict]]:
     """One loader for the run, from the current step to the last (or `max_steps`) step,
     rendering with `tr.render`. In the block order its workers split the blocks between
     them (`data.blockload`)."""
     cycle = tr.store.spec.epochs if tr.store is not None and tr.cfg.cycle_epochs else None
     dataset = ReplayDataset(tr.source.split("train"), tr.recipe, cycle, tr.render)
-    end = min(tr.total_steps, tr.cfg.max_steps or tr.total_steps)
+    end = end_step(tr)
     workers = tr.cfg.loader_workers
     if tr.recipe.window:
         layout = {"world_size": tr.ctx.world_size, "rank": tr.ctx.rank, "start_step": tr.step}
@@ -147,7 +152,7 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
         tr.cfg.render,
         tr.ctx.device,
         loader_workers=tr.cfg.loader_workers,
-        steps_left=min(tr.total_steps, tr.cfg.max_steps or tr.total_steps) - tr.step,
+        steps_left=end_step(tr) - tr.step,
         batch_size=tr.cfg.batch_size,
         world_size=tr.ctx.world_size,
         trial=tr.cfg.render_trial,
