@@ -139,6 +139,23 @@ def test_shards_that_cannot_be_read_are_one_line(tmp_path, layouts):
     )
 
 
+@pytest.mark.parametrize("cut", ["half", "end blocks"])
+def test_a_tar_shard_cut_short_is_refused_not_read_as_a_shorter_one(tmp_path, layouts, cut):
+    wds = tmp_path / "w"
+    shutil.copytree(layouts["wds"].removeprefix("wds:"), wds)
+    shard = wds / "train-000001.tar"
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+        end = tar.offset  # where the end-of-archive blocks start
+    assert len(members) > 2 and data[end:] == b"\0" * (len(data) - end)
+    shard.write_bytes(data[: len(data) // 2] if cut == "half" else data[:end])
+    one_line(invoke("scan", "--data", f"wds:{wds}"), "truncated", "train-000001.tar")
+    refused = invoke(*PRE, "--data", f"wds:{wds}", "--out", tmp_path / "s.zarr")
+    one_line(refused, "train-000001.tar")
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_a_changed_image_the_identity_does_not_hash_is_caught_by_the_replay(layouts, tmp_path):
     import pyarrow.parquet as pq
 

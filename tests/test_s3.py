@@ -6,12 +6,10 @@ The server checks credentials (IAM auth on), so a wrong key is refused as by AWS
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-import boto3
 import numpy as np
 import pytest
 import s3fs
@@ -20,56 +18,7 @@ from click.testing import CliRunner
 from deit_pipe.cli import main
 from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server with one IAM user allowed everything and a bucket; yields options."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    # The first 3 requests (the IAM set-up below) are unauthenticated, every later one is checked.
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
-        client = dict(endpoint_url=endpoint, region_name="us-east-1")
-        iam = boto3.client("iam", aws_access_key_id="x", aws_secret_access_key="x", **client)
-        iam.create_user(UserName="deit")
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*"}]}
-        policy["Statement"][0]["Resource"] = "*"
-        iam.put_user_policy(UserName="deit", PolicyName="all", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName="deit")["AccessKey"]
-        creds = dict(
-            aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"]
-        )
-        boto3.client("s3", **creds, **client).create_bucket(Bucket="stores")
-        yield {
-            "key": key["AccessKeyId"],
-            "secret": key["SecretAccessKey"],
-            "client_kwargs": client,
-        }
-    finally:
-        server.kill()
-        server.wait()
+from tests.helpers import free_port
 
 
 def _precompute_args(url: str, opts: dict, *extra: str) -> list[str]:
@@ -187,7 +136,7 @@ def test_storage_failures_are_one_clear_line(s3, case, message):
     else:
         opts["client_kwargs"] = {
             **s3["client_kwargs"],
-            "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+            "endpoint_url": f"http://127.0.0.1:{free_port()}",
         }
         opts["config_kwargs"] = {"retries": {"max_attempts": 1}}  # botocore's, not the verdict
     data = message if case != "missing bucket" else "bucket does not exist"
@@ -271,69 +220,6 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
     )  # fmt: skip
     assert evaluated.exit_code == 0, evaluated.output
     assert any(len(p.name) == 32 for p in cache.iterdir())  # a shard's local copy
-
-
-def test_data_cache_fetches_once_refetches_what_changed_and_keeps_its_cap(s3, tmp_path, caplog):
-    from deit_pipe.data.cache import DataCache
-    from deit_pipe.data.files import Root
-
-    fs = s3fs.S3FileSystem(**s3, skip_instance_cache=True)
-    shards = {f"s{i}.bin": bytes([i]) * (1000 + i) for i in range(3)}
-    for name, data in shards.items():
-        fs.pipe(f"stores/cached/{name}", data)
-    cache_dir = tmp_path / "cache"
-
-    def read_all(cache: DataCache) -> dict[str, bytes]:
-        root = Root("s3://stores/cached", s3, cache)
-        whole = {name: root.read(name) for name in shards}
-        assert all(root.read(n, 10, 20) == whole[n][10:20] for n in shards)  # kept-open copies
-        return whole
-
-    cold = DataCache(cache_dir)
-    assert read_all(cold) == shards and cold.fetched == sum(map(len, shards.values()))
-    warm = DataCache(cache_dir)  # a later run: checked against the source, not fetched
-    assert read_all(warm) == shards and warm.fetched == 0
-    # Same size, new bytes (a new ETag): refused and read again, with a warning naming it.
-    shards["s1.bin"] = b"\xff" * len(shards["s1.bin"])
-    fs.pipe("stores/cached/s1.bin", shards["s1.bin"])
-    again = DataCache(cache_dir)
-    with caplog.at_level("WARNING"):
-        assert read_all(again) == shards and again.fetched == len(shards["s1.bin"])
-    assert "s3://stores/cached/s1.bin changed at the source" in caplog.text
-    # A local copy cut short (a full disk, a crash) is not trusted either.
-    copy = next(p for p in cache_dir.iterdir() if len(p.name) == 32 and p.stat().st_size == 1000)
-    copy.write_bytes(b"\0" * 10)
-    fixed = DataCache(cache_dir)
-    assert read_all(fixed) == shards and fixed.fetched == 1000
-    # The cap: least recently used copies go; a file over the cap is read remotely.
-    small = DataCache(tmp_path / "small", limit=2100)
-    assert read_all(small) == shards
-    kept = [p for p in (tmp_path / "small").iterdir() if len(p.name) == 32]
-    assert len(kept) == 2 and sum(p.stat().st_size for p in kept) <= 2100
-    tiny = DataCache(tmp_path / "tiny", limit=500)
-    assert read_all(tiny) == shards and tiny.fetched == 0
-
-
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--data-cache-size", "12Q"], "--data-cache-size '12Q'"),
-        (["--data-cache-size", "-5G"], "--data-cache-size '-5G'"),
-        (["--data-cache-size", "10G"], "--data-cache-size needs --data-cache"),
-        (["--data-cache", "{file}"], "not a writable folder"),
-    ],
-)
-def test_bad_data_cache_flags_are_one_line(tmp_path, args, needle):
-    user = tmp_path / "notes.txt"
-    user.write_text("mine")
-    args = [a.replace("{file}", str(user)) for a in args]
-    if args[0] == "--data-cache-size" and needle.startswith("--data-cache-size '"):
-        args = ["--data-cache", str(tmp_path / "c"), *args]
-    result = CliRunner().invoke(main, ["scan", "--data", "digits", *args])
-    assert result.exit_code != 0, result.output
-    line = result.output.strip().splitlines()[-1]
-    assert needle in line and "Traceback" not in result.output, result.output
-    assert user.read_text() == "mine"
 
 
 def test_data_and_store_each_take_their_own_storage_options(s3, imagefolder):

@@ -106,8 +106,8 @@ class Root(Place):
             path = self.path(rel)  # a whole file (an image): read once, not kept open
             copy = self._copy(rel, path)
             if copy:
-                with open(copy, "rb") as f:
-                    return f.read()
+                with copy:
+                    return copy.read()
             return self.fs.cat_file(path)
 
     def open(self, rel: str):
@@ -123,20 +123,35 @@ class Root(Place):
                 self._open[rel] = _Handle(self.fs, copy or path, bool(copy) or self.local)
         return self._open[rel]
 
-    def _copy(self, rel: str, path: str) -> str | None:
-        """A checked local copy of `rel` from the data cache, or None (no cache, too big)."""
+    def _copy(self, rel: str, path: str):
+        """A checked local copy of `rel` from the data cache, open for reading, or None (no
+        cache, too big)."""
         if self.data_cache is None:
             return None
-        return self.data_cache.local(self.fs, path, f"{self.location}/{rel}")
+        for _ in range(3):  # another process sharing the cache may evict it before the open
+            local = self.data_cache.local(self.fs, path, f"{self.location}/{rel}")
+            if local is None:
+                return None
+            try:
+                return open(local, "rb")  # noqa: SIM115 — the caller closes or keeps it
+            except FileNotFoundError:
+                continue
+        raise DataError(f"--data-cache {self.data_cache.directory}: {rel} evicted as fetched")
 
 
 class _Handle:
     """One open file: `os.pread` locally (no seek position shared between threads), an
     fsspec file with a read-ahead block cache remotely."""
 
-    def __init__(self, fs, path: str, local: bool):
+    def __init__(self, fs, where, local: bool):
+        """`where`: a backend path, or a file already open (a data cache's copy)."""
         self.local, self.lock = local, threading.Lock()
-        self.file = open(path, "rb") if local else fs.open(path, "rb", block_size=BLOCK)  # noqa: SIM115
+        if not isinstance(where, str):
+            self.file = where
+        elif local:
+            self.file = open(where, "rb")  # noqa: SIM115
+        else:
+            self.file = fs.open(where, "rb", block_size=BLOCK)
 
     def pread(self, start: int, end: int | None) -> bytes:
         if self.local:

@@ -38,8 +38,9 @@ def cache_dir() -> Path:
 def index_shard(root: Root, rel: str) -> dict:
     """{key, member, offset, size, label} lists of one shard's samples, in tar order."""
     path = root.path(rel)
-    # "2": indexes record repeated keys since; older cached ones are made again.
-    identity = json.dumps([root.location, rel, str(root.fs.ukey(path)), 2]).encode()
+    # "3": indexes of shards with no end-of-archive blocks are refused since; older cached
+    # ones are made again.
+    identity = json.dumps([root.location, rel, str(root.fs.ukey(path)), 3]).encode()
     cached = cache_dir() / f"{hashlib.blake2b(identity, digest_size=16).hexdigest()}.json"
     try:
         return json.loads(cached.read_text())
@@ -62,7 +63,8 @@ def _read_index(root: Root, rel: str) -> dict:
     order: list[str] = []
     repeated: list[str] = []
     try:
-        with tarfile.open(fileobj=root.open(rel), mode="r:") as tar:
+        file = root.open(rel)
+        with tarfile.open(fileobj=file, mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -83,6 +85,7 @@ def _read_index(root: Root, rel: str) -> dict:
                             f"{root.location}/{rel}:{key}.cls holds {text[:20]!r}, not an "
                             "integer label"
                         ) from None
+            _check_end(file, tar.offset, f"{root.location}/{rel}")
     except (tarfile.TarError, OSError) as exc:
         raise DataError(f"unreadable tar shard {root.location}/{rel}: {exc}") from None
     unlabelled = [k for k in order if k not in labels]
@@ -96,6 +99,19 @@ def _read_index(root: Root, rel: str) -> dict:
         "label": [labels[k] for k in order],
         "repeated": repeated,
     }
+
+
+def _check_end(file, offset: int, name: str) -> None:
+    """Refuse a shard cut short: `tarfile` reads a tar that ends early (a copy cut by a full
+    disk or an interrupted upload) as a shorter one, so the end-of-archive blocks (two of
+    512 zero bytes) must follow the last member's data, as POSIX has every writer put them."""
+    file.seek(offset)
+    end = file.read(2 * tarfile.BLOCKSIZE)
+    if len(end) < 2 * tarfile.BLOCKSIZE or end.count(0) != len(end):
+        raise DataError(
+            f"truncated or damaged tar shard {name}: no end-of-archive blocks after byte "
+            f"{offset} (its last member is cut or a header is damaged); copy it again"
+        )
 
 
 class TarSplit(ShardSplit):
