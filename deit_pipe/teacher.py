@@ -80,6 +80,40 @@ def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module
     return model, info
 
 
+def create_teacher(
+    name: str,
+    num_classes: int,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
+    init_seed: int = 0,
+    **model_kwargs: object,
+) -> torch.nn.Module:
+    """A teacher to run online (`ReplayLoader(teacher=…)`), as `precompute` builds its own.
+
+    Args:
+        name: a timm model (`regnety_160`, or a tag such as `regnety_160.deit_in1k`).
+        num_classes: the dataset's classes (refused where the weights predict others).
+        checkpoint: local weights (`.pth` loads with weights_only=True, or `.safetensors`).
+        pretrained: timm's weights for the tag (downloaded by timm where not cached).
+        random_init: a seeded random teacher (`init_seed`): tests and benchmarks only.
+        model_kwargs: more `timm.create_model` arguments.
+
+    Returns:
+        The model in eval mode, on the CPU.
+    """
+    cfg = TeacherConfig(
+        name,
+        str(checkpoint) if checkpoint else None,
+        pretrained,
+        random_init,
+        init_seed,
+        tuple(sorted(model_kwargs.items())),
+    )
+    return build_teacher(cfg, num_classes)[0]
+
+
 def _load_checkpoint(model: torch.nn.Module, cfg: TeacherConfig, num_classes: int) -> str:
     """Load `cfg.checkpoint` into `model`, naming what does not fit; its sha256."""
     path = Path(cfg.checkpoint)

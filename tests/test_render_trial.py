@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.data.device_render import realize
-from deit_pipe.student import train as train_module
+from deit_pipe.student import loader as loader_module
 from deit_pipe.student.rendertrial import PAYS, RenderTrial, render_trial, window_steps
 from tests.test_train import TINY_ARGS, losses
 
@@ -54,7 +54,7 @@ def test_a_run_that_tries_both_renderers_learns_what_a_host_run_learns(
         return realize(batch, device, **kw)
 
     measured = RenderTrial._faster
-    monkeypatch.setattr(train_module, "realize", counting)
+    monkeypatch.setattr(loader_module, "realize", counting)
     monkeypatch.setattr(RenderTrial, "_faster", lambda self: (measured(self), winner)[1])
     out = tmp_path / "auto"
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
@@ -83,7 +83,7 @@ def test_a_device_out_of_memory_in_the_trial_leaves_the_host_rendering(
         calls.append(batch["device_views"]["count"])
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train_module, "realize", out_of_memory)
+    monkeypatch.setattr(loader_module, "realize", out_of_memory)
     out = tmp_path / "auto"
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
     assert done.exit_code == 0, done.output
@@ -110,7 +110,7 @@ def test_a_device_out_of_memory_after_the_trial_turns_the_run_to_the_host(
         return realize(batch, device, **kw)
 
     measured = RenderTrial._faster
-    monkeypatch.setattr(train_module, "realize", out_of_memory_at_step_12)
+    monkeypatch.setattr(loader_module, "realize", out_of_memory_at_step_12)
     monkeypatch.setattr(RenderTrial, "_faster", lambda self: (measured(self), "device")[1])
     out = tmp_path / "auto"
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])

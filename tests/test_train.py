@@ -329,22 +329,22 @@ def test_one_loader_worker_serves_every_epoch_and_changes_nothing(
     exact_store, tmp_path, monkeypatch
 ):
     """The run-long DataLoader keeps its worker process across epochs (same PID)."""
-    import deit_pipe.student.train as train_module
     from deit_pipe.data.dataset import ReplayDataset
+    from deit_pipe.student.loader import ReplayLoader
 
-    original_item, original_step = ReplayDataset.__getitem__, train_module.train_step
+    original_item, original_batch = ReplayDataset.__getitem__, ReplayLoader._batch
     pids: dict[int, set] = {}
 
     def item_with_pid(self, item):
         views = original_item(self, item)
         return {**views, "pid": np.full(len(views["slot"]), os.getpid(), dtype=np.int64)}
 
-    def step_recording_pid(tr, batch, plan):
-        pids.setdefault(int(batch["epoch"][0]), set()).update(batch["pid"].tolist())
-        return original_step(tr, batch, plan)
+    def batch_recording_pid(self, raw, epoch, waited):
+        pids.setdefault(int(raw["epoch"][0]), set()).update(raw["pid"].tolist())
+        return original_batch(self, raw, epoch, waited)
 
     monkeypatch.setattr(ReplayDataset, "__getitem__", item_with_pid)
-    monkeypatch.setattr(train_module, "train_step", step_recording_pid)
+    monkeypatch.setattr(ReplayLoader, "_batch", batch_recording_pid)
     cfg = dict(store=exact_store, distill="hard", epochs=2, max_steps=None)
     train(base_cfg(tmp_path / "workers", loader_workers=1, **cfg))
     assert set(pids) == {0, 1} and len(set.union(*pids.values())) == 1

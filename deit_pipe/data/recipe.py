@@ -166,3 +166,9 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise PlanError(f"unknown recipe {name!r} (choose from {', '.join(PRESETS)})")
     return PRESETS[name]
+
+
+def schedule_of(name: str) -> Schedule:
+    """The optimisation defaults a recipe named `name` trains with: its preset's, or DeiT's
+    for a recipe of no preset."""
+    return PRESETS[name].schedule if name in PRESETS else Schedule()

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS, RENDERS
-from deit_pipe.data.recipe import PRESETS, Schedule, get_preset
+from deit_pipe.data.recipe import PRESETS, Schedule, get_preset, schedule_of
 from deit_pipe.errors import ConfigError, DeitPipeError, check
 from deit_pipe.limits import (
     MAX_BATCH,
@@ -23,10 +23,9 @@ from deit_pipe.limits import (
     check_at_most,
     memory_bytes,
 )
+from deit_pipe.student.losses import PAPER_ALPHA_TAU
 from deit_pipe.teacher import TeacherConfig
 
-# (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
-PAPER_ALPHA_TAU = {"none": (0.5, 1.0), "soft": (0.1, 3.0), "hard": (0.5, 1.0)}
 SCHEDULE_FIELDS = tuple(f.name for f in fields(Schedule))
 
 
@@ -172,7 +171,7 @@ class TrainConfig:
     def resolved(self, preset: str) -> TrainConfig:
         """A copy with every unset schedule field taken from `self.preset or preset`."""
         name = self.preset or preset
-        schedule = get_preset(name).schedule if name in PRESETS else Schedule()
+        schedule = schedule_of(name)
         unset = {f: getattr(schedule, f) for f in SCHEDULE_FIELDS if getattr(self, f) is None}
         return replace(self, preset=name if name in PRESETS else "deit", **unset)
 

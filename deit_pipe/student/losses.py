@@ -17,6 +17,9 @@ from torch import nn
 
 from deit_pipe.choices import DISTILL, KL_REDUCTIONS
 
+# (α, τ) per distillation mode: Touvron et al. 2021, §5 and facebookresearch/deit defaults.
+PAPER_ALPHA_TAU = {"none": (0.5, 1.0), "soft": (0.1, 3.0), "hard": (0.5, 1.0)}
+
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
@@ -40,6 +43,19 @@ def mixed_label_targets(
 
 
 class DistillationLoss(nn.Module):
+    """DeiT's objective over a batch: `loss, terms = criterion(outputs, label_targets,
+    teacher_soft, teacher_hard)`, `outputs` the student's (class, distillation) logits or
+    one tensor for a model without a distillation token.
+
+    Args:
+        distill: `none`, `soft` or `hard`.
+        alpha: the teacher term's weight α.
+        tau: the soft term's temperature τ (the teacher's distribution comes at τ).
+        kl_reduction: `batchmean` (DeiT's: the KL summed over classes, averaged over views)
+            or `numel` (averaged over every element).
+        teacher_smoothing: label smoothing of the hard teacher term.
+    """
+
     def __init__(
         self,
         distill: str = "none",
@@ -81,3 +97,32 @@ class DistillationLoss(nn.Module):
             )
         total = (1 - self.alpha) * base + self.alpha * teacher_term
         return total, {"base": base.detach(), "teacher": teacher_term.detach()}
+
+
+def distillation_loss(
+    distill: str = "hard",
+    *,
+    alpha: float | None = None,
+    tau: float | None = None,
+    kl_reduction: str = "batchmean",
+    teacher_smoothing: float = 0.0,
+) -> DistillationLoss:
+    """The loss `deit-pipe train` trains with, α and τ defaulting by mode as in the paper.
+
+    Args:
+        distill: `none`, `soft` or `hard`.
+        alpha: the teacher term's weight [default: 0.1 soft, 0.5 hard].
+        tau: the temperature [default: 3 soft, 1 hard]; give a `ReplayLoader` the same τ.
+        kl_reduction: `batchmean` or `numel` (soft).
+        teacher_smoothing: label smoothing of the hard teacher term.
+
+    Returns:
+        A `DistillationLoss`: `criterion(outputs, label_targets, teacher_soft, teacher_hard)`
+        gives (loss, {"base": …, "teacher": …}).
+    """
+    if distill not in PAPER_ALPHA_TAU:
+        raise ValueError(f"distill must be one of {DISTILL}, got {distill!r}")
+    paper_alpha, paper_tau = PAPER_ALPHA_TAU[distill]
+    alpha = paper_alpha if alpha is None else alpha
+    tau = paper_tau if tau is None else tau
+    return DistillationLoss(distill, alpha, tau, kl_reduction, teacher_smoothing)

@@ -63,6 +63,11 @@ class RenderTrial:
         renderer the next step needs where it changes."""
         self.switch = self._next(interrupted) if self.chosen is None else None
 
+    def take_switch(self) -> str | None:
+        """The renderer the loader must switch to from the next step, once (None: keep)."""
+        switch, self.switch = self.switch, None
+        return switch
+
     def device_failed(self) -> None:
         """The kernels ran out of the device's memory (the step was not taken): the host
         renders from that step, and for good. During the trial the device's window counts

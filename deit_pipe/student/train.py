@@ -12,20 +12,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
-from deit_pipe.data import collate_views, finish
-from deit_pipe.data.blockload import BlockRun, block_loader, merge_parts
-from deit_pipe.data.dataset import ReplayDataset, RunSampler
-from deit_pipe.data.device_render import fingerprints, realize, render_mode
 from deit_pipe.errors import DivergedError
 from deit_pipe.outputs import make_dir, write_atomic
 from deit_pipe.storage.lock import WriterLock
@@ -33,18 +26,12 @@ from deit_pipe.student import tblog
 from deit_pipe.student.checkpoint import save_checkpoint
 from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.evaluate import evaluate
-from deit_pipe.student.losses import mixed_label_targets
+from deit_pipe.student.loader import Batch, step_seed
 from deit_pipe.student.rendertrial import RenderTrial, render_trial
 from deit_pipe.student.rundir import truncate_metrics
 from deit_pipe.student.trainer import Trainer, build_trainer
 
 __all__ = ["TrainConfig", "train"]
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return int(
-        np.random.SeedSequence([seed, step, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1
-    )
 
 
 class MetricsWriter:
@@ -89,6 +76,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             result = run_loop(tr, metrics, report)
         finally:
             metrics.close()
+            tr.loader.close()
             if tr.store is not None:
                 tr.store.close()
     if tr.ctx.world_size > 1:  # leave together: a rank exiting early aborts gloo peers
@@ -99,55 +87,15 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
 
 def end_step(tr: Trainer) -> int:
     """The step this run stops after: the last, or `max_steps`."""
-    return min(tr.total_steps, tr.cfg.max_steps or tr.total_steps)
-
-
-def run_loader(tr: Trainer) -> tuple[ReplayDataset, Iterable[dict]]:
-    """One loader for the run, from the current step to the last (or `max_steps`) step,
-    rendering with `tr.render`. In the block order its workers split the blocks between
-    them (`data.blockload`)."""
-    cycle = tr.store.spec.epochs if tr.store is not None and tr.cfg.cycle_epochs else None
-    dataset = ReplayDataset(tr.source.split("train"), tr.recipe, cycle, tr.render)
-    end = end_step(tr)
-    workers = tr.cfg.loader_workers
-    if tr.recipe.window:
-        layout = {"world_size": tr.ctx.world_size, "rank": tr.ctx.rank, "start_step": tr.step}
-        run = BlockRun(dataset, tr.cfg.batch_size, end, **layout)
-        return dataset, block_loader(run, workers, pin_memory=tr.ctx.device.type == "cuda")
-    sampler = RunSampler(
-        len(dataset.split), tr.cfg.batch_size, end, tr.ctx.world_size, tr.ctx.rank, tr.step
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_views,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers else None,
-        pin_memory=tr.ctx.device.type == "cuda",
-    )
-    return dataset, loader
-
-
-def run_batches(tr: Trainer, trial: RenderTrial | None) -> Iterator[tuple[ReplayDataset, dict]]:
-    """The run's batches with their dataset: from one loader, and from a new one each time
-    the render trial switches renderer (the next step's views, the same bytes)."""
-    while True:
-        dataset, loader = run_loader(tr)
-        for batch in loader:
-            yield dataset, batch
-            if trial is not None and trial.switch:
-                break
-        else:
-            return
-        if hasattr(loader, "close"):  # block order's generator: its DataLoader goes with it
-            loader.close()
-        del dataset, loader  # a DataLoader's persistent workers stop when it goes
-        tr.render, trial.switch = trial.switch, None
+    return tr.loader.end
 
 
 def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]) -> dict:
-    tr.render = render_mode(tr.cfg.render, tr.ctx.device)
+    loader = tr.loader
+    loader.load_state_dict({**loader.state_dict(), "step": tr.step})  # resumed: from here
+    loader.on_wait = lambda epoch, done, total: report(
+        {"waiting": {"epoch": epoch, "done": done, "total": total}, "total_steps": tr.total_steps}
+    )
     trial = render_trial(
         tr.cfg.render,
         tr.ctx.device,
@@ -159,25 +107,21 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
     )
     pending: list[tuple[dict, dict[str, torch.Tensor]]] = []  # steps not yet read back
     result: dict = {}
-    epoch, tick = -1, time.perf_counter()
-    for dataset, batch in run_batches(tr, trial):
-        waited = False
-        if tr.step // tr.per_epoch != epoch:
-            epoch = tr.step // tr.per_epoch
-            if tr.cfg.follow:
-                wait_for_teacher(tr, dataset.view_epoch(epoch), report)
-                waited = True
-            tr.teacher.start_epoch(epoch, tr.cfg.epochs, dataset.epoch_plan(epoch))
+    tick = time.perf_counter()
+    while True:
         start = time.perf_counter()
         try:
-            batch = device_stage(tr, batch)
+            batch = next(loader)
+        except StopIteration:
+            break
         except torch.cuda.OutOfMemoryError:
-            if trial is None or tr.render != "device":  # asked for: the user's to change
+            if trial is None or loader.render != "device":  # asked for: the user's to change
                 raise
             trial.device_failed()  # this step again, from a host loader
+            loader.set_render(trial.take_switch())
             torch.cuda.empty_cache()
             continue
-        values = train_step(tr, batch, dataset.epoch_plan(epoch))
+        values = train_step(tr, batch)
         tr.step += 1
         tr.scheduler.step_update(tr.step)
         if tr.ema is not None:
@@ -188,7 +132,7 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
         # its launch: the device runs asynchronously).
         info = {
             "step": tr.step,
-            "epoch": epoch,
+            "epoch": batch.epoch,
             "lr": lr,
             "img_s": tr.cfg.batch_size / max(now - tick, 1e-9),
             "step_s": now - start,
@@ -202,32 +146,24 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
         if saved:
             save(tr)
         if epoch_done:
-            result = end_epoch(tr, epoch, metrics, report) or result
+            result = end_epoch(tr, batch.epoch, metrics, report) or result
         if trial is not None and trial.chosen is None:
-            trial_step(tr, trial, waited or saved or epoch_done, metrics, report)
+            trial_step(tr, trial, batch.waited or saved or epoch_done, metrics, report)
     flush_steps(tr, pending, metrics, report)
     if tr.step % tr.per_epoch:  # stopped by max_steps mid-epoch: keep where we are
         save(tr)
     return result
 
 
-def wait_for_teacher(tr: Trainer, stored_epoch: int, report) -> None:
-    """`--follow`: wait until the precompute has finished `stored_epoch`; ranks leave together."""
-
-    def waiting(epoch: int, done: int, total: int) -> None:
-        state = {"epoch": epoch, "done": done, "total": total}
-        report({"waiting": state, "total_steps": tr.total_steps})
-
-    tr.store.wait_for_epoch(stored_epoch, stall_timeout=tr.cfg.follow_timeout, on_wait=waiting)
-    if tr.ctx.world_size > 1:
-        dist.barrier()
-
-
 def trial_step(
     tr: Trainer, trial: RenderTrial, interrupted: bool, metrics: MetricsWriter, report
 ) -> None:
-    """Tell the render trial a step is done; once it has chosen, say what it measured."""
+    """Tell the render trial a step is done; switch renderer where it says; once it has
+    chosen, say what it measured."""
     trial.stepped(interrupted)
+    switch = trial.take_switch()
+    if switch is not None:
+        tr.loader.set_render(switch)  # the next step's views: the same bytes
     if trial.chosen is not None:
         record = {"step": tr.step, "render_trial": trial.summary()}
         metrics.write(record)
@@ -238,37 +174,14 @@ def _checkpoint_due(tr: Trainer) -> bool:
     return bool(tr.cfg.ckpt_every) and tr.step % tr.cfg.ckpt_every == 0
 
 
-def device_stage(tr: Trainer, batch: dict) -> dict:
-    """A batch whose views the kernels render (`--render device`) with its views rendered,
-    on the student's device (queued: nothing waits); any other batch as it is."""
-    dev = tr.ctx.device
-    if "parts" in batch:  # block order: each loader worker's share of the step
-        batch = merge_parts(batch["parts"], dev, partial(realize, wait=False))
-        tr.host_rendered += batch.pop("host_rendered")
-    elif "device_views" in batch:
-        batch = realize(batch, dev, wait=False)
-        tr.host_rendered += batch["host_rendered"]
-    return batch
-
-
-def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
+def train_step(tr: Trainer, batch: Batch) -> dict[str, torch.Tensor]:
     """One optimisation step; returns its loss terms as device tensors (nothing read back)."""
-    torch.manual_seed(step_seed(tr.cfg.train_seed, tr.step, tr.ctx.rank))  # drop-path: f(step)
+    torch.manual_seed(step_seed(tr.cfg.train_seed, batch.step, batch.rank))  # drop-path
     dev = tr.ctx.device
-    slots = batch["slot"].numpy()
-    partners = epoch_plan.partner(slots)
-    lam = torch.as_tensor(epoch_plan.lam[slots // 2], dtype=torch.float32).to(dev)
-    own = torch.from_numpy(epoch_plan.sample[slots]).to(dev)
-    other = torch.from_numpy(epoch_plan.sample[partners]).to(dev)
-    targets = mixed_label_targets(
-        tr.labels[own], tr.labels[other], lam, tr.source.num_classes, tr.cfg.smoothing
-    )
-    views = finish(batch, tr.recipe.view, dev).contiguous(memory_format=torch.channels_last)
-    soft, hard = tr.teacher.targets(slots, views)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        outputs = tr.ddp(views)
+        outputs = tr.ddp(batch.images)
     outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
-    loss, terms = tr.criterion(outputs, targets, soft, hard)
+    loss, terms = tr.criterion(outputs, batch.label_targets, batch.teacher_soft, batch.teacher_hard)
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     watched = {"loss": loss.detach(), **terms}
@@ -278,9 +191,9 @@ def train_step(tr: Trainer, batch: dict, epoch_plan) -> dict[str, torch.Tensor]:
     # Every replayed view must be the one its targets were made from, before the update it
     # would feed. Asked this late, device-rendered views are hashed while the device runs
     # the forward and backward passes launched above.
-    tr.teacher.check(slots, fingerprints(batch).numpy())
+    batch.check()
     tr.optimizer.step()
-    slots_sum = torch.tensor(float(slots.sum()), dtype=torch.float64, device=dev)
+    slots_sum = torch.tensor(float(batch.slots.sum()), dtype=torch.float64, device=dev)
     return {**watched, "slots_sum": slots_sum}  # the slot sum last: it is summed, not averaged
 
 
@@ -327,9 +240,10 @@ def end_epoch(tr: Trainer, epoch: int, metrics: MetricsWriter, report) -> dict |
     last = tr.step == tr.total_steps
     if (epoch + 1) % tr.cfg.eval_every == 0 or last:
         result = evaluate_heads(tr)
-        record = {"epoch": epoch, "step": tr.step, "eval": result, "render": tr.render}
-        if tr.render == "device":  # views whose ops no kernel covers, rendered by Pillow
-            record["host_rendered"] = tr.host_rendered
+        render = tr.loader.render
+        record = {"epoch": epoch, "step": tr.step, "eval": result, "render": render}
+        if render == "device":  # views whose ops no kernel covers, rendered by Pillow
+            record["host_rendered"] = tr.loader.host_rendered
         metrics.write(record)
         report({**record, "total_steps": tr.total_steps})
     save(tr)
@@ -342,7 +256,7 @@ def evaluate_heads(tr: Trainer) -> dict:
     kw = dict(
         batch_size=tr.cfg.eval_batch_size,
         device=tr.ctx.device,
-        render=tr.render,
+        render=tr.loader.render,
         rank=tr.ctx.rank,
         world_size=tr.ctx.world_size,
     )

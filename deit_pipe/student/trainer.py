@@ -9,29 +9,26 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
-from deit_pipe.data import Source, ViewConfig, open_checked, open_source
+from deit_pipe.data import Source, ViewConfig, open_checked
 from deit_pipe.data.cache import DataCache
 from deit_pipe.data.identity import content_fingerprint
-from deit_pipe.data.plan import steps_per_epoch
 from deit_pipe.data.recipe import Recipe
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import CheckpointError, ConfigError, DeitPipeError
-from deit_pipe.place import Place
-from deit_pipe.storage import TargetStore
 from deit_pipe.student.checkpoint import load_checkpoint
 from deit_pipe.student.config import TrainConfig
 from deit_pipe.student.init_from import init_from, load_source
+from deit_pipe.student.loader import ReplayLoader
 from deit_pipe.student.losses import DistillationLoss
 from deit_pipe.student.models import create_student, is_distilled
 from deit_pipe.student.rundir import check_run_dir, refuse_changed_resume
-from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher, TeacherTargets
+from deit_pipe.student.store import Store, open_store
 from deit_pipe.teacher import build_teacher
 
 log = logging.getLogger(__name__)
@@ -58,22 +55,25 @@ class Trainer:
     ctx: Context
     recipe: Recipe
     source: Source
-    store: TargetStore | None
+    store: Store | None
+    loader: ReplayLoader  # the run's batches: views, label and teacher targets
     model: torch.nn.Module  # the bare model (checkpoints, EMA, eval)
     ddp: torch.nn.Module  # what the step calls: DDP-wrapped and/or compiled
-    teacher: TeacherTargets
     criterion: DistillationLoss
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler
     ema: ModelEmaV3 | None
-    labels: torch.Tensor  # train labels by sample index, on the device
-    per_epoch: int
-    total_steps: int
     run_info: dict
     step: int = 0
     saved_step: int | None = None  # the step of OUT/checkpoint.pt, once there is one
-    render: str = "host"  # who renders the training views: host (Pillow) or device (kernels)
-    host_rendered: int = 0  # views the device path left to Pillow (ops no kernel covers)
+
+    @property
+    def per_epoch(self) -> int:
+        return self.loader.per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.loader.total_steps
 
     @property
     def out(self) -> Path:
@@ -117,28 +117,12 @@ def opened(cfg: TrainConfig) -> dict:
     return {"data_options": cfg.data_options, "data_cache": cache}
 
 
-def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, TargetStore | None]:
+def resolve_data(cfg: TrainConfig) -> tuple[Recipe, Source, Store | None]:
     """(recipe, source, store or None) for this run, refusing a store that cannot serve it."""
     if cfg.store:
-        store = TargetStore(Place(cfg.store, cfg.store_options), teacher=cfg.teacher_name)
-        store.check_files()
-        made_from = store.spec.dataset["spec"]
-        if cfg.data and cfg.data != made_from:
-            log.info("dataset %s given; the store was made from %s", cfg.data, made_from)
-        skipped = store.skipped().to_pylist()  # exclude exactly the files the teacher skipped
-        skip = {r["path"]: r["reason"] for r in skipped}
-        source = open_source(cfg.data or made_from, skip=skip, **opened(cfg))
-        store.check_run(  # epochs and completeness once the schedule is resolved
-            source=source,
-            recipe=cfg.recipe if cfg.recipe else None,
-            follow=True,
-        )
-        if cfg.distill == "soft" and store.spec.targets == "hard":
-            raise DeitPipeError(
-                f"{store.url} holds the teacher's top-1 class only (precompute --targets "
-                "hard): soft distillation needs --targets soft; use --distill hard or none"
-            )
-        return Recipe.from_dict(store.spec.recipe), source, store
+        store = open_store(cfg.store, storage_options=cfg.store_options, teacher=cfg.teacher_name)
+        source = store.open_data(cfg.data, **opened(cfg))
+        return store.recipe, source, store
     if cfg.teacher_name:
         raise DeitPipeError("--teacher-name picks the teacher(s) of a store: give --store")
     if not cfg.data:
@@ -193,24 +177,40 @@ def build_model(cfg: TrainConfig, ctx: Context, recipe: Recipe, num_classes: int
     return model.to(ctx.device, memory_format=torch.channels_last), provenance
 
 
-def build_teacher_targets(cfg: TrainConfig, ctx: Context, source: Source, store):
+def build_online_teacher(cfg: TrainConfig, ctx: Context, source: Source, store):
+    """The teacher to run online on the training views (`--teacher-model`), or None."""
     if cfg.distill != "none" and store is None and cfg.teacher is None:
         raise DeitPipeError(f"--distill {cfg.distill} needs --store or --teacher-model")
-    if store is not None:
-        return StoredTeacher(
-            store,
-            cfg.tau,
-            source.split("train"),
-            source.data,
-            cycle_epochs=cfg.cycle_epochs,
-            soft=cfg.distill == "soft",
-            device=ctx.device,
-        )
-    if cfg.teacher is not None:
-        model, _ = build_teacher(cfg.teacher, source.num_classes)
-        model = model.to(ctx.device, memory_format=torch.channels_last)
-        return OnlineTeacher(torch.compile(model) if cfg.compile else model, cfg.tau, ctx.device)
-    return NoTeacher()
+    if store is not None or cfg.teacher is None:
+        return None
+    model, _ = build_teacher(cfg.teacher, source.num_classes)
+    model = model.to(ctx.device, memory_format=torch.channels_last)
+    return torch.compile(model) if cfg.compile else model
+
+
+def build_loader(cfg: TrainConfig, ctx: Context, recipe, source, store) -> ReplayLoader:
+    """The run's loader: its batches, from step 0 (`run_loop` moves it to a resumed step)."""
+    return ReplayLoader(
+        store,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        data=source,
+        recipe=recipe,
+        teacher=build_online_teacher(cfg, ctx, source, store),
+        distill=cfg.distill,
+        tau=cfg.tau,
+        smoothing=cfg.smoothing,
+        device=ctx.device,
+        render=cfg.render,
+        loader_workers=cfg.loader_workers,
+        cycle_epochs=cfg.cycle_epochs,
+        follow=cfg.follow,
+        follow_timeout=cfg.follow_timeout,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        max_steps=cfg.max_steps,
+        check_before_yield=False,  # after the backward pass, so the device hashes meanwhile
+    )
 
 
 def build_optimization(cfg: TrainConfig, model: torch.nn.Module, ctx: Context, per_epoch: int):
@@ -260,14 +260,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     recipe, source, store = resolve_data(cfg)
     loaded = load_source(cfg.init_from) if cfg.init_from else None  # read and hashed once
     cfg = resolve_model(cfg.resolved(recipe.name), recipe, loaded)
-    if store is not None:
-        store.check_run(epochs=cfg.epochs, cycle_epochs=cfg.cycle_epochs, follow=cfg.follow)
-    split = source.split("train")
-    per_epoch = steps_per_epoch(len(split), cfg.batch_size)
-    if per_epoch == 0:
-        raise DeitPipeError(
-            f"global batch {cfg.batch_size} exceeds the {len(split)} views of an epoch"
-        )
+    loader = build_loader(cfg, ctx, recipe, source, store)
+    per_epoch = loader.per_epoch
     model, provenance = build_model(cfg, ctx, recipe, source.num_classes, loaded)
     optimizer, scheduler, ema = build_optimization(cfg, model, ctx, per_epoch)
     ddp = model
@@ -280,18 +274,15 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         recipe=recipe,
         source=source,
         store=store,
+        loader=loader,
         model=model,
         ddp=torch.compile(ddp) if cfg.compile else ddp,
-        teacher=build_teacher_targets(cfg, ctx, source, store),
         criterion=DistillationLoss(
             cfg.distill, cfg.alpha, cfg.tau, cfg.kl_reduction, cfg.teacher_smoothing
         ),
         optimizer=optimizer,
         scheduler=scheduler,
         ema=ema,
-        labels=torch.as_tensor(np.asarray(split.labels)).to(ctx.device),
-        per_epoch=per_epoch,
-        total_steps=per_epoch * cfg.epochs,
         run_info={},
     )
     tr.run_info = {
@@ -306,7 +297,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         "steps_per_epoch": per_epoch,
         "distilled_model": is_distilled(model),
         "lr_scaled": cfg.lr * cfg.batch_size / 512,
-        "store_identity": store.identity if store else None,
+        "store_identity": store.targets.identity if store else None,
         "init_from": provenance,
     }
     resume(tr)

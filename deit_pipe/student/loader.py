@@ -1,0 +1,411 @@
+"""The replay loader (`deit_pipe.ReplayLoader`): one rank's batches of a run, as the student
+consumes them — finished images on the device, mixed label targets, the teacher's targets
+for exactly those views, their slots — for `deit-pipe train` and any other training loop.
+
+One loader serves a whole run (every epoch, from any step): its DataLoader's workers persist
+and prefetch across epoch boundaries, a batch's views are rendered by the host (Pillow) or
+by the device's kernels (the same bytes), and every view's fingerprint is checked against
+the store's before the batch is used (`ReplayError` otherwise). Its position is a step
+(`state_dict`/`load_state_dict`, torchdata's convention): a loader restarted at step s
+yields the very batches s, s+1, … it would have yielded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from deit_pipe.data import Source, ViewConfig, collate_views, finish, open_checked
+from deit_pipe.data.blockload import BlockRun, block_loader, merge_parts
+from deit_pipe.data.cache import DataCache
+from deit_pipe.data.dataset import ReplayDataset, RunSampler
+from deit_pipe.data.device_render import fingerprints, realize, render_mode
+from deit_pipe.data.plan import steps_per_epoch
+from deit_pipe.data.recipe import Recipe, schedule_of
+from deit_pipe.device import resolve_device
+from deit_pipe.errors import DeitPipeError
+from deit_pipe.student.losses import PAPER_ALPHA_TAU, mixed_label_targets
+from deit_pipe.student.store import Store
+from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher, TeacherTargets
+
+STATE_VERSION = 1
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of a training step's own randomness (drop-path): a function of (seed,
+    step, rank), so a run resumed at any step continues exactly. Call
+    `torch.manual_seed(step_seed(seed, batch.step, batch.rank))` before the forward pass."""
+    return int(
+        np.random.SeedSequence([seed, step, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1
+    )
+
+
+@dataclass
+class TopK:
+    """The stored teacher's top-k for a batch's views: logits (descending), class ids and the
+    log-sum-exp of all logits at each stored temperature."""
+
+    values: torch.Tensor  # [n, k] float32 logits
+    indices: torch.Tensor  # [n, k] int64 class ids
+    lse: torch.Tensor  # [n, T] float32
+    temperatures: tuple[float, ...]
+
+
+@dataclass
+class Batch:
+    """One step's batch for one rank, on the loader's device.
+
+    `images` are the finished views (normalised, erased, mixed; float32, channels_last);
+    `label_targets` the mixed, smoothed labels; `teacher_soft` the teacher's distribution at
+    τ (soft distillation), `teacher_hard` its top-1 class. Call `check()` before the
+    optimiser steps when the loader was made with `check_before_yield=False`."""
+
+    images: torch.Tensor
+    label_targets: torch.Tensor
+    teacher_soft: torch.Tensor | None
+    teacher_hard: torch.Tensor | None
+    slots: np.ndarray  # [n] the views' slots in their epoch's plan
+    step: int  # the global step (every rank's batch of a step has the same one)
+    epoch: int  # the training epoch
+    rank: int
+    teacher_topk: TopK | None = None  # a single stored teacher's raw top-k, else None
+    waited: bool = False  # whether the step waited for a precompute still filling the store
+    _check: Callable[[], None] | None = field(default=None, repr=False)
+
+    def check(self) -> None:
+        """Raise `ReplayError` unless every view is the one its targets were made from."""
+        if self._check is not None:
+            check, self._check = self._check, None
+            check()
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+
+class ReplayLoader:
+    """One rank's batches of a training run replayed from a store (or, with `teacher`, a
+    teacher run online on the same views).
+
+    Args:
+        store: the `Store` (`open_store`); None with `data` for online or plain training.
+        batch_size: the global batch (every rank takes `batch_size / world_size` views).
+        epochs: training epochs [default: the store's preset schedule's].
+        data: a dataset spec or `Source` [default: the store's dataset].
+        recipe: the views' `Recipe` without a store [default: DeiT's for the dataset].
+        teacher: a teacher model to run online on the views instead of reading targets.
+        distill: `hard`, `soft` or `none`: which teacher targets a batch carries.
+        tau: the soft targets' temperature [default: 3 for soft, else 1, the paper's].
+        smoothing: label smoothing [default: the store's preset schedule's].
+        device: where batches go [default: CUDA when there is one, else the CPU].
+        render: `host` (Pillow), `device` (kernels, the same bytes) or `auto`.
+        loader_workers: DataLoader worker processes.
+        data_options, data_cache, data_cache_size: how a remote dataset is reached.
+        cycle_epochs: replay stored epoch e mod E past the store's E epochs.
+        follow: wait for each epoch's shards of a store still being filled (`on_wait`
+            hears of each wait, `follow_timeout` seconds without progress give up).
+        rank, world_size: [default: `torch.distributed`'s when initialised, else 0, 1].
+        start_step: the first step to yield (see `state_dict`).
+        max_steps: stop after this step.
+        check_before_yield: check fingerprints before a batch is yielded; False leaves
+            `batch.check()` to the caller (`deit-pipe train` checks after the backward
+            pass, so that the device hashes while it computes).
+
+    Raises:
+        StoreError, DataError, ReplayError, DeitPipeError: one line naming the culprit.
+    """
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        batch_size: int,
+        epochs: int | None = None,
+        data: str | Source | None = None,
+        recipe: Recipe | None = None,
+        teacher: nn.Module | TeacherTargets | None = None,
+        distill: str = "hard",
+        tau: float | None = None,
+        smoothing: float | None = None,
+        device: str | torch.device | None = None,
+        render: str = "host",
+        loader_workers: int = 0,
+        data_options: dict | None = None,
+        data_cache: str | os.PathLike | DataCache | None = None,
+        data_cache_size: int | None = None,
+        cycle_epochs: bool = False,
+        follow: bool = False,
+        follow_timeout: float = 1800.0,
+        on_wait: Callable[[int, int, int], None] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start_step: int = 0,
+        max_steps: int | None = None,
+        check_before_yield: bool = True,
+    ):
+        if distill not in PAPER_ALPHA_TAU:
+            raise DeitPipeError(f"distill must be one of none, soft, hard, got {distill!r}")
+        self.store, self.distill = store, distill
+        self.tau = PAPER_ALPHA_TAU[distill][1] if tau is None else tau
+        self.rank, self.world_size = _layout(rank, world_size)
+        self.device = torch.device(device) if device is not None else resolve_device("auto")
+        self.source = self._open_source(data, data_options, data_cache, data_cache_size)
+        self.recipe = self._recipe(recipe)
+        schedule = schedule_of(self.recipe.name)
+        self.epochs = epochs or schedule.epochs
+        self.smoothing = schedule.smoothing if smoothing is None else smoothing
+        self.batch_size, self.loader_workers = batch_size, loader_workers
+        self.cycle_epochs, self.follow = cycle_epochs, follow
+        self.follow_timeout, self.on_wait = follow_timeout, on_wait
+        split = self.source.split("train")
+        self.per_epoch = steps_per_epoch(len(split), batch_size)
+        if self.per_epoch == 0:
+            raise DeitPipeError(
+                f"global batch {batch_size} exceeds the {len(split)} views of an epoch"
+            )
+        self.total_steps = self.per_epoch * self.epochs
+        self.end = min(self.total_steps, max_steps or self.total_steps)
+        if store is not None:
+            store.targets.check_run(epochs=self.epochs, cycle_epochs=cycle_epochs, follow=follow)
+        self.teacher = self._teacher(teacher)
+        self.labels = torch.as_tensor(np.asarray(split.labels)).to(self.device)
+        self.render = render_mode(render, self.device)
+        self.step, self.check_before_yield = start_step, check_before_yield
+        self.host_rendered = 0  # views the device path left to Pillow (ops no kernel covers)
+        self._epoch, self._inner, self._dataset = -1, None, None
+
+    def _open_source(self, data, data_options, data_cache, data_cache_size) -> Source:
+        if isinstance(data, Source):
+            return data
+        if self.store is not None:
+            return self.store.open_data(
+                data,
+                data_options=data_options,
+                data_cache=data_cache,
+                data_cache_size=data_cache_size,
+            )
+        if data is None:
+            raise DeitPipeError("a replay loader needs a store, or data (a dataset spec)")
+        if data_cache is not None and not isinstance(data_cache, DataCache):
+            data_cache = DataCache(data_cache, data_cache_size)
+        return open_checked(data, data_options=data_options, data_cache=data_cache)
+
+    def _recipe(self, recipe: Recipe | None) -> Recipe:
+        if self.store is not None:
+            return self.store.recipe
+        return recipe if recipe is not None else Recipe(view=ViewConfig.for_source(self.source))
+
+    def _teacher(self, teacher) -> TeacherTargets:
+        if isinstance(teacher, nn.Module):
+            model = teacher.to(self.device, memory_format=torch.channels_last)
+            return OnlineTeacher(model, self.tau, self.device)
+        if teacher is not None:
+            return teacher
+        if self.distill == "none":
+            return NoTeacher()
+        if self.store is None:
+            raise DeitPipeError(f"--distill {self.distill} needs --store or --teacher-model")
+        if self.distill == "soft" and self.store.kind == "hard":
+            raise DeitPipeError(
+                f"{self.store.url} holds the teacher's top-1 class only (precompute --targets "
+                "hard): soft distillation needs --targets soft; use --distill hard or none"
+            )
+        return StoredTeacher(
+            self.store.targets,
+            self.tau,
+            self.source.split("train"),
+            self.source.data,
+            cycle_epochs=self.cycle_epochs,
+            soft=self.distill == "soft",
+            device=self.device,
+        )
+
+    # -- position ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Steps left to yield."""
+        return max(self.end - self.step, 0)
+
+    def state_dict(self) -> dict:
+        """The loader's position: the next step it yields (and what the steps mean)."""
+        return {"version": STATE_VERSION, "step": self.step, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`: the next batch is the one that followed it."""
+        if state.get("batch_size") != self.batch_size:
+            raise DeitPipeError(
+                f"the loader's state is of global batch {state.get('batch_size')}, not "
+                f"{self.batch_size}: a step holds other slots"
+            )
+        self.step = int(state["step"])
+        self._drop_inner()
+
+    def set_render(self, render: str) -> None:
+        """Render from the next step with `render` (`host` or `device`): the same bytes."""
+        render = render_mode(render, self.device)
+        if render != self.render:
+            self.render = render
+            self._drop_inner()
+
+    # -- iteration ----------------------------------------------------------------------------
+
+    def __iter__(self) -> ReplayLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.step >= self.end:
+            self._drop_inner()
+            raise StopIteration
+        if self._inner is None:
+            self._inner = self._open_inner()
+        try:
+            raw = next(self._inner)
+            epoch = self.step // self.per_epoch
+            waited = self._start_epoch(epoch) if epoch != self._epoch else False
+            batch = self._batch(raw, epoch, waited)
+        except BaseException:
+            self._drop_inner()  # the next call starts again at this step
+            raise
+        self.step += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop the DataLoader's workers (they also stop when the loader is dropped)."""
+        self._drop_inner()
+
+    def epoch_plan(self, epoch: int):
+        """The plan of the views training epoch `epoch` replays."""
+        return self._replay().epoch_plan(epoch)
+
+    def _replay(self) -> ReplayDataset:
+        if self._dataset is None or self._dataset.render != self.render:
+            cycle = self.store.epochs if self.store is not None and self.cycle_epochs else None
+            split = self.source.split("train")
+            self._dataset = ReplayDataset(split, self.recipe, cycle, self.render)
+        return self._dataset
+
+    def _open_inner(self) -> Iterable[dict]:
+        """A DataLoader from the current step to the end (in the block order, its workers
+        split the blocks between them: `data.blockload`)."""
+        dataset, workers = self._replay(), self.loader_workers
+        pin = self.device.type == "cuda"
+        if self.recipe.window:
+            layout = {"world_size": self.world_size, "rank": self.rank, "start_step": self.step}
+            run = BlockRun(dataset, self.batch_size, self.end, **layout)
+            return iter(block_loader(run, workers, pin_memory=pin))
+        sampler = RunSampler(
+            len(dataset.split), self.batch_size, self.end, self.world_size, self.rank, self.step
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_views,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+            pin_memory=pin,
+        )
+        return iter(loader)
+
+    def _drop_inner(self) -> None:
+        inner, self._inner = self._inner, None
+        if hasattr(inner, "close"):  # block order's generator: its DataLoader goes with it
+            inner.close()
+        del inner  # a DataLoader's persistent workers stop when it goes
+
+    def _start_epoch(self, epoch: int) -> bool:
+        """Before an epoch's first batch: wait for its targets (`follow`), load them."""
+        waited = False
+        if self.follow and self.store is not None:
+            stored = self._replay().view_epoch(epoch)
+            self.store.targets.wait_for_epoch(
+                stored, stall_timeout=self.follow_timeout, on_wait=self.on_wait or _quiet
+            )
+            if self.world_size > 1:  # ranks leave the wait together
+                dist.barrier()
+            waited = True
+        self.teacher.start_epoch(epoch, self.epochs, self.epoch_plan(epoch))
+        self._epoch = epoch
+        return waited
+
+    def _batch(self, raw: dict, epoch: int, waited: bool) -> Batch:
+        raw = self._device_stage(raw)
+        plan = self.epoch_plan(epoch)
+        slots = raw["slot"].numpy()
+        dev = self.device
+        lam = torch.as_tensor(plan.lam[slots // 2], dtype=torch.float32).to(dev)
+        own = torch.from_numpy(plan.sample[slots]).to(dev)
+        other = torch.from_numpy(plan.sample[plan.partner(slots)]).to(dev)
+        labels = mixed_label_targets(
+            self.labels[own], self.labels[other], lam, self.source.num_classes, self.smoothing
+        )
+        images = finish(raw, self.recipe.view, dev).contiguous(memory_format=torch.channels_last)
+        soft, hard = self.teacher.targets(slots, images)
+        teacher = self.teacher
+
+        def check() -> None:
+            teacher.check(slots, fingerprints(raw).numpy())
+
+        batch = Batch(
+            images=images,
+            label_targets=labels,
+            teacher_soft=soft,
+            teacher_hard=hard,
+            slots=slots,
+            step=self.step,
+            epoch=epoch,
+            rank=self.rank,
+            teacher_topk=self._topk(slots),
+            waited=waited,
+            _check=check,
+        )
+        if self.check_before_yield:
+            batch.check()
+        return batch
+
+    def _device_stage(self, raw: dict) -> dict:
+        """A batch whose views the kernels render, rendered on the device (queued)."""
+        if "parts" in raw:  # block order: each loader worker's share of the step
+            raw = merge_parts(raw["parts"], self.device, partial(realize, wait=False))
+            self.host_rendered += raw.pop("host_rendered")
+        elif "device_views" in raw:
+            raw = realize(raw, self.device, wait=False)
+            self.host_rendered += raw["host_rendered"]
+        return raw
+
+    def _topk(self, slots: np.ndarray) -> TopK | None:
+        current = getattr(self.teacher, "current", None)
+        if getattr(current, "values", None) is None or getattr(current, "lse", None) is None:
+            return None
+        return TopK(
+            torch.from_numpy(current.values[slots].astype(np.float32)).to(self.device),
+            torch.from_numpy(current.indices[slots].astype(np.int64)).to(self.device),
+            torch.from_numpy(current.lse[slots].astype(np.float32)).to(self.device),
+            tuple(current.temperatures),
+        )
+
+
+def _layout(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size): as given, else torch.distributed's when it is initialised."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if not 0 <= rank < world_size:
+        raise DeitPipeError(f"rank {rank} is not in a world of {world_size}")
+    return rank, world_size
+
+
+def _quiet(epoch: int, done: int, total: int) -> None:
+    pass
+
+
+__all__ = ["Batch", "ReplayLoader", "TopK", "step_seed"]
