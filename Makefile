@@ -24,8 +24,8 @@ demo: $(STAMP)
 	$(BIN)/deit-pipe demo --out runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check deit_pipe tests benchmarks
-	$(BIN)/ruff format --check deit_pipe tests benchmarks
+	$(BIN)/ruff check deit_pipe tests benchmarks examples
+	$(BIN)/ruff format --check deit_pipe tests benchmarks examples
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -2,7 +2,7 @@
 only its DCT blocks for the device (csrc/jpeg_blocks.c).
 
 Optional: without a C compiler the build goes on without it and views decode with Pillow
-whole, the same bytes, slower (`deit_pipe.data.jpeg`).
+whole, the same bytes, slower (`deit_pipe.data.decode.jpeg`).
 """
 
 from setuptools import Extension, setup

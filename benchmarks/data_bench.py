@@ -29,11 +29,11 @@ from report import record_section  # noqa: E402
 from run_all import machine  # noqa: E402
 
 from deit_pipe.data import open_source  # noqa: E402
-from deit_pipe.data.blockload import BlockRun, block_loader  # noqa: E402
-from deit_pipe.data.cache import DataCache  # noqa: E402
-from deit_pipe.data.dataset import ReplayDataset, collate_views  # noqa: E402
-from deit_pipe.data.order import resolve_order  # noqa: E402
-from deit_pipe.data.recipe import PRESETS  # noqa: E402
+from deit_pipe.data.loaders.blocks import BlockRun, block_loader  # noqa: E402
+from deit_pipe.data.loaders.dataset import ReplayDataset, collate_views  # noqa: E402
+from deit_pipe.data.plan.order import resolve_order  # noqa: E402
+from deit_pipe.data.plan.recipe import PRESETS  # noqa: E402
+from deit_pipe.data.sources.cache import DataCache  # noqa: E402
 
 IMAGES, VIEWS, ROUNDS, BATCH = 400, 384, 3, 128
 CACHED = "parquet:s3://data/pq100"
@@ -156,7 +156,7 @@ def main() -> None:
         "read twice in a worker's cache, so those rows run with the cache off (a Parquet "
         "sample reads its whole row group; a tar member is one range read). Block order: "
         "`blocks` with W sized to ~128 MiB a window (here the whole set is one window), "
-        "each block read whole once per window, as `data.blockload` does. Bytes read per "
+        "each block read whole once per window, as `data.loaders.blocks` does. Bytes read per "
         f"view ÷ the mean JPEG ({mean_jpeg / 1e3:.0f} KB) is the read amplification. "
         "Data cache rows: `--data-cache` on local disk; cold starts empty and fetches each "
         "shard whole on first use (timed), warm is a later run over the same cache (one "

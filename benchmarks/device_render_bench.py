@@ -34,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from render_bench import _timm_transform, make_jpegs  # noqa: E402
 from report import record_section  # noqa: E402
 
-from deit_pipe.data import jpeg, jpegblocks, open_source  # noqa: E402
-from deit_pipe.data.device_render import _render, defer, prepare, realize  # noqa: E402
-from deit_pipe.data.kernels import affine  # noqa: E402
-from deit_pipe.data.recipe import PRESETS  # noqa: E402
-from deit_pipe.data.viewparams import ViewDrawer  # noqa: E402
-from deit_pipe.data.views import render, train_transform  # noqa: E402
+from deit_pipe.data import open_source  # noqa: E402
+from deit_pipe.data.decode import jpeg  # noqa: E402
+from deit_pipe.data.device import jpegblocks  # noqa: E402
+from deit_pipe.data.device.kernels import affine  # noqa: E402
+from deit_pipe.data.device.render import _render, defer, prepare, realize  # noqa: E402
+from deit_pipe.data.plan.recipe import PRESETS  # noqa: E402
+from deit_pipe.data.views.host import render, train_transform  # noqa: E402
+from deit_pipe.data.views.params import ViewDrawer  # noqa: E402
 
 HOST = "--render host, loader: open + draws + Pillow"
 DEVICE = "--render device, loader: open + draws"

@@ -24,7 +24,7 @@ from report import record_section  # benchmarks/ is on the path of a script run 
 from scale_bench import median_step
 
 from deit_pipe.data import ViewConfig, open_source
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job

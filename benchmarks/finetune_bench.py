@@ -16,7 +16,7 @@ from pathlib import Path
 
 from report import record_section  # benchmarks/ is on the path of a script run from it
 
-from deit_pipe.data.recipe import PRESETS
+from deit_pipe.data.plan.recipe import PRESETS
 from deit_pipe.demo import STUDENT, DemoConfig, store_job, student_config, train_teacher
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest

@@ -79,7 +79,7 @@ def run(data: str, order: str, seed: int, out: Path, teacher: Path | None) -> fl
             data=data, recipe=recipe, model="deit_tiny_patch16_224", distill="none", **common
         )
     else:
-        from deit_pipe.data.recipe import Recipe
+        from deit_pipe.data.plan.recipe import Recipe
         from deit_pipe.pipeline.precompute import precompute
         from deit_pipe.pipeline.request import StoreRequest
         from deit_pipe.pipeline.tasks import Job

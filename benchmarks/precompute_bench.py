@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from deit_pipe.data import PairDataset, ViewConfig, collate_views, finish, open_source
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job

@@ -35,16 +35,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import record_section  # noqa: E402
 
 from deit_pipe.data import collate_views, open_source  # noqa: E402
-from deit_pipe.data.dataset import ReplayDataset  # noqa: E402
-from deit_pipe.data.recipe import PRESETS  # noqa: E402
-from deit_pipe.data.reference import timm_seeded  # noqa: E402
-from deit_pipe.data.viewparams import ViewDrawer  # noqa: E402
-from deit_pipe.data.views import (  # noqa: E402
+from deit_pipe.data.loaders.dataset import ReplayDataset  # noqa: E402
+from deit_pipe.data.plan.recipe import PRESETS  # noqa: E402
+from deit_pipe.data.views.host import (  # noqa: E402
     _patch_posterize,
     apply_host,
     fingerprint,
     train_transform,
 )
+from deit_pipe.data.views.params import ViewDrawer  # noqa: E402
+from deit_pipe.data.views.reference import timm_seeded  # noqa: E402
 from deit_pipe.pipeline.render import _dataset as epoch_views  # noqa: E402
 from deit_pipe.pipeline.render import render_items  # noqa: E402
 

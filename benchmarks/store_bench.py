@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deit_pipe.data import mismatches
-from deit_pipe.data.recipe import PLAN_VERSION
+from deit_pipe.data.plan.recipe import PLAN_VERSION
 from deit_pipe.storage import StoreSpec, TargetStore, create_store
 from deit_pipe.student.targets import stored_batch
 

@@ -14,7 +14,7 @@ DISTILL = ("none", "soft", "hard")
 KL_REDUCTIONS = ("batchmean", "numel")
 TARGETS = ("soft", "hard")  # top-k logits + logsumexp, or the teacher's top-1 class alone
 VALUE_DTYPES = ("float16", "float32")
-# Recipe presets (`data.recipe.PRESETS` holds their values) and what each is for.
+# Recipe presets (`data.plan.recipe.PRESETS` holds their values) and what each is for.
 PRESET_SUMMARIES = {
     "deit": "the DeiT paper's ImageNet recipe: 3 repeats, RandAugment m9, erasing 0.25, "
     "mixup 0.8 / cutmix 1.0 on every pair; AdamW 5e-4, 300 epochs",

@@ -31,7 +31,7 @@ import torch
 from deit_pipe.audit import audit, classifier_label
 from deit_pipe.audit.audit import AUDIT_FILES
 from deit_pipe.data import MixConfig, ViewConfig, open_source
-from deit_pipe.data.recipe import PRESETS, Recipe
+from deit_pipe.data.plan.recipe import PRESETS, Recipe
 from deit_pipe.outputs import (
     check_output_dir,
     check_replace,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deit_pipe.data.recipe import PLAN_VERSION
+from deit_pipe.data.plan.recipe import PLAN_VERSION
 from deit_pipe.storage import StoreSpec, create_store
 from deit_pipe.storage.writer import StoreWriter
 

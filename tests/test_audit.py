@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from deit_pipe.audit import classifier_metrics, disagreement_matrix
 from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, open_source
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job

@@ -13,11 +13,11 @@ import torch
 
 from benchmarks.layouts import write_parquet, write_wds
 from deit_pipe.data import open_source
-from deit_pipe.data.blockload import BlockRun, block_loader, merge_parts
-from deit_pipe.data.dataset import ReplayDataset
-from deit_pipe.data.device_render import realize
-from deit_pipe.data.plan import block_of, plan
-from deit_pipe.data.recipe import PRESETS
+from deit_pipe.data.device.render import realize
+from deit_pipe.data.loaders.blocks import BlockRun, block_loader, merge_parts
+from deit_pipe.data.loaders.dataset import ReplayDataset
+from deit_pipe.data.plan.epoch import block_of, plan
+from deit_pipe.data.plan.recipe import PRESETS
 from deit_pipe.storage import TargetStore
 from tests.cli_utils import invoke, one_line
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from benchmarks.layouts import write_parquet
 from deit_pipe.cli import main
-from deit_pipe.data.cache import INDEX, DataCache
-from deit_pipe.data.files import Root
+from deit_pipe.data.sources.cache import INDEX, DataCache
+from deit_pipe.data.sources.files import Root
 from deit_pipe.errors import DataError
 from deit_pipe.outputs import mark_output
 from tests.cli_utils import one_line
@@ -236,8 +236,8 @@ def test_an_older_cache_folder_is_adopted_and_its_unproved_copies_fetched_again(
 
 _SHARER = """
 import hashlib, json, sys
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.files import Root
+from deit_pipe.data.sources.cache import DataCache
+from deit_pipe.data.sources.files import Root
 opts, folder, limit, names, rounds = json.loads(sys.argv[1])
 cache = DataCache(folder, limit)
 root = Root("s3://stores/shared", opts, cache)

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, open_source
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job

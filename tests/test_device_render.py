@@ -21,12 +21,12 @@ from deit_pipe.data import (
     stored_views,
     train_transform,
 )
-from deit_pipe.data.dataset import PairDataset
-from deit_pipe.data.device_render import Later, covered, defer, fingerprints, realize
-from deit_pipe.data.plan import MixConfig, plan
-from deit_pipe.data.recipe import Recipe
-from deit_pipe.data.viewparams import ViewDrawer
-from deit_pipe.data.views import apply_host
+from deit_pipe.data.device.render import Later, covered, defer, fingerprints, realize
+from deit_pipe.data.loaders.dataset import PairDataset
+from deit_pipe.data.plan.epoch import MixConfig, plan
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.views.host import apply_host
+from deit_pipe.data.views.params import ViewDrawer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 RECIPES = {
@@ -194,7 +194,7 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
     from deit_pipe.pipeline.request import StoreRequest
     from deit_pipe.pipeline.tasks import Job
     from deit_pipe.storage import TargetStore
-    from deit_pipe.student import train as train_module
+    from deit_pipe.student import loader as loader_module
     from deit_pipe.student.train import train
     from tests.test_train import RECIPE, TEACHER, base_cfg, losses
 
@@ -204,7 +204,7 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
         rendered.append(batch["device_views"]["count"])
         return realize(batch, device, **kw)
 
-    monkeypatch.setattr(train_module, "realize", counting)
+    monkeypatch.setattr(loader_module, "realize", counting)
     url = str(tmp_path / "s.zarr")
     job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
     request = StoreRequest(epochs=1, k=5, shard_views=512)
@@ -257,8 +257,8 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
 def test_eval_views_on_the_device_are_timms_eval_views(interpolation, device):
     """timm's eval transform (resize the shorter side to input/crop_pct, centre crop) on
     images of assorted sizes and aspect ratios, including ones smaller than the view."""
-    from deit_pipe.data.device_render import defer_eval
-    from deit_pipe.data.views import eval_transform
+    from deit_pipe.data.device.render import defer_eval
+    from deit_pipe.data.views.host import eval_transform
 
     cfg = ViewConfig(input_size=24, interpolation=interpolation, crop_pct=0.9)
     rng = np.random.default_rng(5)
@@ -275,7 +275,7 @@ def test_eval_views_on_the_device_are_timms_eval_views(interpolation, device):
 
 
 def test_render_mode_auto_starts_on_the_host():
-    from deit_pipe.data.device_render import render_mode
+    from deit_pipe.data.device.render import render_mode
     from deit_pipe.errors import DeitPipeError
 
     assert render_mode("auto", torch.device("cpu")) == "host"

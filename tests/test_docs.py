@@ -1,6 +1,6 @@
 """Docs that cannot drift: every `deit-pipe …` command line in README.md and docs/*.md parses
 with the real click group (its subcommand and every flag exist), and DESIGN.md's layout
-block names every module of the package."""
+block draws the package's folder tree as it is: every module, and nothing else."""
 
 import re
 import shlex
@@ -69,18 +69,55 @@ def test_the_doc_check_catches_a_planted_wrong_flag():
     assert not command_problems("deit-pipe precompute --dask-workers=2 [--dry-run]")
 
 
-def test_design_layout_names_every_module():
-    text = (ROOT / "docs" / "DESIGN.md").read_text()
+def layout_paths(text: str) -> set[str]:
+    """The package paths DESIGN.md's layout block draws: folders as `name/` lines, and the
+    modules on a line belonging to the deepest folder drawn left of them."""
     layout = re.search(r"## Layout[^\n]*\n```\n(.*?)```", text, flags=re.S).group(1)
+    folders: list[tuple[int, str]] = []  # (indent, path) of the folders above this line
+    found = set()
+    for line in layout.splitlines()[1:]:  # the first line is the package itself
+        indent = len(line) - len(line.lstrip())
+        if line.strip() and indent == 0:  # past the package: csrc/, tests/, …
+            break
+        first = line.split()[0] if line.strip() else ""
+        folders = [(i, f) for i, f in folders if i < indent]
+        base = folders[-1][1] if folders else ""
+        if re.fullmatch(r"\w+/", first):
+            folders.append((indent, base + first))
+            found.add(base + first)
+            base += first  # modules after a folder on its own line are its own
+        for name in re.findall(r"(?<![\w/.])(\w+\.py)\b", line):
+            if name != "__init__.py":
+                found.add(base + name)
+    return found
+
+
+def package_paths() -> set[str]:
     package = ROOT / "deit_pipe"
-    missing = [
-        str(path.relative_to(package))
-        for path in sorted(package.rglob("*.py"))
-        if path.name != "__init__.py" and not re.search(rf"\b{re.escape(path.name)}", layout)
-    ]
-    missing += [
-        f"{d.name}/"
-        for d in sorted(package.iterdir())
-        if d.is_dir() and (d / "__init__.py").exists() and f"{d.name}/" not in layout
-    ]
-    assert not missing, f"DESIGN.md's layout block does not name: {', '.join(missing)}"
+    paths = {
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "__init__.py" and "__pycache__" not in p.parts
+    }
+    folders = {
+        f"{d.relative_to(package)}/"
+        for d in package.rglob("*")
+        if d.is_dir() and (d / "__init__.py").exists()
+    }
+    return paths | folders
+
+
+def test_design_layout_and_the_folder_tree_agree():
+    drawn = layout_paths((ROOT / "docs" / "DESIGN.md").read_text())
+    actual = package_paths()
+    missing = sorted(actual - drawn)
+    assert not missing, f"DESIGN.md's layout block does not draw: {', '.join(missing)}"
+    invented = sorted(drawn - actual)
+    assert not invented, f"DESIGN.md's layout block draws what does not exist: {invented}"
+
+
+def test_the_layout_check_catches_a_planted_module():
+    text = (ROOT / "docs" / "DESIGN.md").read_text()
+    planted = text.replace("      epoch.py ", "      epoch.py  ghost.py ", 1)
+    assert planted != text
+    assert "data/plan/ghost.py" in layout_paths(planted) - package_paths()

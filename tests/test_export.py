@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deit_pipe.data import ViewConfig, open_source
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job

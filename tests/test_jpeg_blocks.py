@@ -1,4 +1,4 @@
-"""JPEG crops that travel as DCT blocks (`data.jpegblocks`, `kernels.jpegdecode`): the
+"""JPEG crops that travel as DCT blocks (`data.device.jpegblocks`, `kernels.jpegdecode`): the
 device's IDCT, upsampling and colour conversion give Pillow's bytes on every layout the
 kernels cover; everything else, and every file libjpeg finds fault with, is decoded to
 pixels on the host in the same batch; views and fingerprints do not depend on it."""
@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from deit_pipe.data import ViewConfig, collate_views, jpeg, jpegblocks, open_source
-from deit_pipe.data.dataset import PairDataset
-from deit_pipe.data.device_render import defer, prepare, realize
-from deit_pipe.data.files import decode_image
-from deit_pipe.data.plan import MixConfig, plan
-from deit_pipe.data.viewparams import ViewDrawer
-from deit_pipe.data.views import apply_host, train_transform
+from deit_pipe.data import ViewConfig, collate_views, open_source
+from deit_pipe.data.decode import jpeg
+from deit_pipe.data.decode.pillow import decode_image
+from deit_pipe.data.device import jpegblocks
+from deit_pipe.data.device.render import defer, prepare, realize
+from deit_pipe.data.loaders.dataset import PairDataset
+from deit_pipe.data.plan.epoch import MixConfig, plan
+from deit_pipe.data.views.host import apply_host, train_transform
+from deit_pipe.data.views.params import ViewDrawer
 from deit_pipe.errors import DataError
 from tests.test_device_render import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
 from tests.test_jpeg_region import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below
@@ -203,7 +205,7 @@ def test_the_idct_is_jidctint_on_any_coefficients_and_tables():
     """The IDCT's matrix products equal jidctint.c's flow graph, descales and saturation
     included, beyond what images hold: coefficients up to +-2047 (DC +-8191) under tables
     of 1..255, where most samples saturate and every rounding branch is taken."""
-    from deit_pipe.data.kernels.jpegdecode import idct_islow
+    from deit_pipe.data.device.kernels.jpegdecode import idct_islow
 
     rng = np.random.default_rng(7)
     coefs = rng.integers(-2047, 2048, (300, 64))

@@ -1,4 +1,4 @@
-"""Decoding only a crop's region of a JPEG (`data.jpeg`): the bytes of Pillow's full decode
+"""Decoding only a crop's region of a JPEG (`data.decode.jpeg`): the bytes of Pillow's full decode
 then `crop`, on every subsampling (4:4:0 too), progressive and restart-marker files, and
 boxes on every border; anything it does not cover decodes whole with Pillow, and views,
 stores and their replay are the same with it on or off."""
@@ -15,11 +15,11 @@ from PIL import Image
 
 from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, collate_views, open_source
-from deit_pipe.data import jpeg as region
-from deit_pipe.data.dataset import PairDataset
-from deit_pipe.data.device_render import realize
-from deit_pipe.data.files import decode_image
-from deit_pipe.data.plan import MixConfig, plan
+from deit_pipe.data.decode import jpeg as region
+from deit_pipe.data.decode.pillow import decode_image
+from deit_pipe.data.device.render import realize
+from deit_pipe.data.loaders.dataset import PairDataset
+from deit_pipe.data.plan.epoch import MixConfig, plan
 from deit_pipe.errors import DataError
 from tests.conftest import truncated_jpeg_bytes
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as tv
 
-from deit_pipe.data.kernels import resample as rs
+from deit_pipe.data.device.kernels import resample as rs
 
 PINNED_PILLOW = "13.0.0"
 pytestmark = pytest.mark.skipif(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from deit_pipe.data import MixConfig, plan, step_slots, steps_per_epoch
-from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
+from deit_pipe.data.plan.epoch import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from deit_pipe.errors import PlanError
 
 

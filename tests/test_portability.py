@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.data import open_source
-from deit_pipe.data.finish import erasing_noise
+from deit_pipe.data.device.finish import erasing_noise
 from deit_pipe.errors import StoreFormatError, StoreMismatchError
 from deit_pipe.storage import FORMAT_VERSION, TargetStore, create_store
 from tests.store_utils import fill_all, make_spec
@@ -25,7 +25,7 @@ from tests.store_utils import fill_all, make_spec
 RENDER = """
 import hashlib, json, sys, torch
 from deit_pipe.data import *
-from deit_pipe.data.device_render import realize
+from deit_pipe.data.device.render import realize
 spec, pairs, render = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 src = open_source(spec); split = src.split("train")
 cfg = ViewConfig.for_source(src, re_prob=0.5, re_count=2, re_mode="pixel")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import tests.precompute_utils as putils
 from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, collate_views, finish, open_source, stored_views
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.pipeline.precompute import pending, precompute, prepare_store, run
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job

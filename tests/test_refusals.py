@@ -250,8 +250,8 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint
 
     original = train_module.train_step
 
-    def poisoned(tr, batch, epoch_plan):
-        values = original(tr, batch, epoch_plan)
+    def poisoned(tr, batch):
+        values = original(tr, batch)
         if poison == "loss" and tr.step == 2:  # the third step
             values["loss"] = values["loss"] * float("nan")
         if poison == "weights" and tr.step == 3:  # the fourth, whose end saves

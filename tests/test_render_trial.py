@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from deit_pipe.cli import main
-from deit_pipe.data.device_render import realize
+from deit_pipe.data.device.render import realize
 from deit_pipe.student import loader as loader_module
 from deit_pipe.student.rendertrial import PAYS, RenderTrial, render_trial, window_steps
 from tests.test_train import TINY_ARGS, losses

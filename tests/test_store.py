@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, open_source
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.errors import (
     StoreCorruptError,
     StoreFormatError,

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.data import ViewConfig, open_source
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.errors import ReplayError, StoreMismatchError
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
@@ -192,7 +192,7 @@ def test_tampered_fingerprint_stops_training(exact_store, tmp_path, render):
 
     url = str(tmp_path / "tampered.zarr")
     shutil.copytree(exact_store, url)
-    from deit_pipe.data.recipe import Recipe as R
+    from deit_pipe.data.plan.recipe import Recipe as R
 
     plan = R.from_dict(zarr.open_group(url, mode="r").attrs["deit_pipe"]["plan"])
     assert plan.view.input_size == 32
@@ -329,7 +329,7 @@ def test_one_loader_worker_serves_every_epoch_and_changes_nothing(
     exact_store, tmp_path, monkeypatch
 ):
     """The run-long DataLoader keeps its worker process across epochs (same PID)."""
-    from deit_pipe.data.dataset import ReplayDataset
+    from deit_pipe.data.loaders.dataset import ReplayDataset
     from deit_pipe.student.loader import ReplayLoader
 
     original_item, original_batch = ReplayDataset.__getitem__, ReplayLoader._batch

@@ -9,9 +9,9 @@ from timm.data import auto_augment as timm_aa
 from torchvision.transforms import transforms as tv_transforms
 
 from deit_pipe.data import ViewConfig, train_transform
-from deit_pipe.data.reference import timm_view
-from deit_pipe.data.viewparams import ViewDrawer
-from deit_pipe.data.views import render
+from deit_pipe.data.views.host import render
+from deit_pipe.data.views.params import ViewDrawer
+from deit_pipe.data.views.reference import timm_view
 from deit_pipe.errors import PlanError
 
 RECIPES = {

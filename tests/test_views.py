@@ -23,10 +23,10 @@ from deit_pipe.data import (
     render,
     train_transform,
 )
-from deit_pipe.data.dataset import EvalDataset
-from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
-from deit_pipe.data.viewparams import ViewDrawer
-from deit_pipe.data.views import erasing_boxes
+from deit_pipe.data.loaders.dataset import EvalDataset
+from deit_pipe.data.plan.epoch import MIX_CUTMIX, MIX_MIXUP
+from deit_pipe.data.views.host import erasing_boxes
+from deit_pipe.data.views.params import ViewDrawer
 
 CFG = ViewConfig(input_size=32, hflip=0.0)
 N_PAIRS = 24
@@ -73,7 +73,7 @@ def test_same_fingerprints_in_a_fresh_process(dataset):
 
 
 def test_run_sampler_feeds_each_rank_its_slots_across_epochs():
-    from deit_pipe.data.plan import steps_per_epoch
+    from deit_pipe.data.plan.epoch import steps_per_epoch
 
     batch, slots = 8, 100
     per_epoch = steps_per_epoch(slots, batch)
@@ -241,7 +241,7 @@ def test_render_never_touches_the_global_python_and_numpy_rngs():
 def test_erasing_noise_is_one_function_on_numpy_and_torch_lanes():
     """The CPU computes the noise hash on NumPy uint32 lanes, other devices on torch int64
     lanes: the same integers, so the same bits (CUDA itself: test_portability.py)."""
-    from deit_pipe.data.finish import _lanes_numpy, _lanes_torch, noise_keys
+    from deit_pipe.data.device.finish import _lanes_numpy, _lanes_torch, noise_keys
 
     keys = noise_keys(torch.tensor([0, 1, -1, 2**62 + 12345], dtype=torch.int64), 1)
     index = torch.arange(0, 3 * 224 * 224, 7)

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Subset
 from deit_pipe.audit.agreement import disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap
 from deit_pipe.data import collate_views, finish, mismatches, stored_views
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.device_render import realize, render_mode
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.device.render import realize, render_mode
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, OutputPathError, ReplayError
 from deit_pipe.outputs import check_output_dir, check_replace, make_dir, mark_output

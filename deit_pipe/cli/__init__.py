@@ -167,7 +167,7 @@ def build_recipe(source, opts: dict):
 
     The recipe flags are consumed from `opts`; `preset` and `plan_seed` stay.
     """
-    from deit_pipe.data.recipe import get_preset
+    from deit_pipe.data.plan.recipe import get_preset
 
     preset = get_preset(opts["preset"] or source.default_recipe)
     fields = {field: opts.pop(flag) for flag, field in RECIPE_FLAGS.items()}
@@ -176,7 +176,7 @@ def build_recipe(source, opts: dict):
         fields["scale"] = (scale_min, 1.0)
     if isinstance(fields["auto_augment"], str) and fields["auto_augment"].lower() == "none":
         fields["auto_augment"] = ""
-    from deit_pipe.data.order import resolve_order
+    from deit_pipe.data.plan.order import resolve_order
 
     fields["order"] = resolve_order(opts.pop("order"), source.data, source.split("train"))
     return preset.recipe(source, seed=opts["plan_seed"], **fields)
@@ -184,7 +184,7 @@ def build_recipe(source, opts: dict):
 
 def render_option(fn):
     """`--render auto|host|device`: who runs the training views' Pillow stage (the bytes are
-    the same either way; `data.device_render.render_mode` resolves auto)."""
+    the same either way; `data.device.render.render_mode` resolves auto)."""
     from deit_pipe.choices import RENDERS
 
     return click.option(
@@ -236,7 +236,7 @@ def data_cache_option(fn):
     @functools.wraps(fn)
     def command(*args, data_cache_size: str | None, **kwargs):
         if kwargs["data_cache"] is not None:
-            from deit_pipe.data.cache import DataCache, parse_size
+            from deit_pipe.data.sources.cache import DataCache, parse_size
 
             limit = parse_size(data_cache_size) if data_cache_size else None
             kwargs["data_cache"] = DataCache(kwargs["data_cache"], limit)

@@ -94,8 +94,8 @@ def views(
 ) -> None:
     """Render the first slots of an epoch as a labelled grid (mixed pairs visible)."""
     from deit_pipe.data import open_source
-    from deit_pipe.data.plan import MIX_NAMES
-    from deit_pipe.data.preview import check_view_request, save_view_grid
+    from deit_pipe.data.loaders.preview import check_view_request, save_view_grid
+    from deit_pipe.data.plan.epoch import MIX_NAMES
 
     out = check_view_request(out, epoch, count, force)
     source = open_source(data, data_options=data_options)

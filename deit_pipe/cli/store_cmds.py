@@ -159,7 +159,7 @@ def _duration(seconds: float) -> str:
 
 
 def _print_cost(cost, job, epochs: int, split) -> None:
-    from deit_pipe.data.order import describe_order, sorted_blocks_warning
+    from deit_pipe.data.plan.order import describe_order, sorted_blocks_warning
 
     split_views = " + ".join(f"{v:,} {s}" for s, v in cost.views.items())
     how = "measured here" if cost.measured else "given"

@@ -1,6 +1,7 @@
 """Stage 0: dataset sources, the stateless epoch plan, view rendering and fingerprints."""
 
-from deit_pipe.data.dataset import (
+from deit_pipe.data.device.finish import finish
+from deit_pipe.data.loaders.dataset import (
     EvalDataset,
     PairDataset,
     RunSampler,
@@ -8,11 +9,10 @@ from deit_pipe.data.dataset import (
     mismatches,
     stored_views,
 )
-from deit_pipe.data.finish import finish
-from deit_pipe.data.plan import EpochPlan, MixConfig, plan, step_slots, steps_per_epoch
-from deit_pipe.data.scan import ScanReport, open_checked, scan
-from deit_pipe.data.sources import Source, Split, open_source
-from deit_pipe.data.views import (
+from deit_pipe.data.plan.epoch import EpochPlan, MixConfig, plan, step_slots, steps_per_epoch
+from deit_pipe.data.sources.scan import ScanReport, open_checked, scan
+from deit_pipe.data.sources.source import Source, Split, open_source
+from deit_pipe.data.views.host import (
     ViewConfig,
     eval_transform,
     fingerprint,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from deit_pipe.data import Source
-from deit_pipe.data.identity import dataset_record
-from deit_pipe.data.order import sorted_blocks_warning
+from deit_pipe.data.plan.order import sorted_blocks_warning
+from deit_pipe.data.sources.identity import dataset_record
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, check
 from deit_pipe.limits import (

@@ -18,8 +18,8 @@ import torch
 import torch.multiprocessing as torch_mp
 
 from deit_pipe.data import Source, collate_views, open_checked, stored_views
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.sources.cache import DataCache
 
 _STATE: dict = {}  # this process's dataset for the (recipe, split, epoch) it renders now
 

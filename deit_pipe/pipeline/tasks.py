@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from deit_pipe.data import Source, finish, open_checked
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.device_render import realize, render_mode
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.device.render import realize, render_mode
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.pipeline.render import RenderPool, shard_batches
 from deit_pipe.place import Place
 from deit_pipe.storage import StoreWriter

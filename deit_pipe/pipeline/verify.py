@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.device_render import realize, render_mode
-from deit_pipe.data.identity import blocks_problem, same_dataset
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.device.render import realize, render_mode
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.sources.cache import DataCache
+from deit_pipe.data.sources.identity import blocks_problem, same_dataset
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DataError, StoreCorruptError, StoreMismatchError
 from deit_pipe.place import Place

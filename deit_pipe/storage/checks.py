@@ -56,7 +56,7 @@ class StoreChecks:
         With `follow`, epochs still being filled, or not yet added by a job extending the
         store, are accepted (the run waits for them)."""
         if source is not None:  # a data.Source: the same images, and the same blocks
-            from deit_pipe.data.identity import dataset_problem
+            from deit_pipe.data.sources.identity import dataset_problem
 
             problem = dataset_problem(self.spec.dataset, source, self.url)
             if problem:

@@ -12,7 +12,7 @@ import fsspec
 import fsspec.implementations.local
 import zarr
 
-from deit_pipe.data.recipe import PLAN_VERSION
+from deit_pipe.data.plan.recipe import PLAN_VERSION
 from deit_pipe.errors import (
     StoreCorruptError,
     StoreFormatError,

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from deit_pipe.data.sources import Source
+from deit_pipe.data.sources.source import Source
 from deit_pipe.errors import StoreCorruptError, StoreError, StoreFormatError, StoreMismatchError
 from deit_pipe.place import Place
 from deit_pipe.storage.done import Progress, read_progress

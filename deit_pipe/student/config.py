@@ -3,7 +3,7 @@
 Every default lives here, not in the CLI: the teacher weight α and temperature τ follow the
 distillation mode (the paper's λ = 0.1, τ = 3 for soft; λ = 1/2 for hard), and the schedule
 (lr, warmup, weight decay, drop-path, smoothing, epochs) follows the recipe preset — the
-store's own unless `preset` names another (`data.recipe.PRESETS`).
+store's own unless `preset` names another (`data.plan.recipe.PRESETS`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS, RENDERS
-from deit_pipe.data.recipe import PRESETS, Schedule, get_preset, schedule_of
+from deit_pipe.data.plan.recipe import PRESETS, Schedule, get_preset, schedule_of
 from deit_pipe.errors import ConfigError, DeitPipeError, check
 from deit_pipe.limits import (
     MAX_BATCH,

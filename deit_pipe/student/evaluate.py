@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import EvalDataset, Split, ViewConfig, collate_views, finish
-from deit_pipe.data.device_render import realize
+from deit_pipe.data.device.render import realize
 from deit_pipe.student.models import heads
 
 

@@ -24,12 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deit_pipe.data import Source, ViewConfig, collate_views, finish, open_checked
-from deit_pipe.data.blockload import BlockRun, block_loader, merge_parts
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.dataset import ReplayDataset, RunSampler
-from deit_pipe.data.device_render import fingerprints, realize, render_mode
-from deit_pipe.data.plan import steps_per_epoch
-from deit_pipe.data.recipe import Recipe, schedule_of
+from deit_pipe.data.device.render import fingerprints, realize, render_mode
+from deit_pipe.data.loaders.blocks import BlockRun, block_loader, merge_parts
+from deit_pipe.data.loaders.dataset import ReplayDataset, RunSampler
+from deit_pipe.data.plan.epoch import steps_per_epoch
+from deit_pipe.data.plan.recipe import Recipe, schedule_of
+from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError
 from deit_pipe.student.losses import PAPER_ALPHA_TAU, mixed_label_targets
@@ -40,9 +40,19 @@ STATE_VERSION = 1
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """The torch seed of a training step's own randomness (drop-path): a function of (seed,
-    step, rank), so a run resumed at any step continues exactly. Call
-    `torch.manual_seed(step_seed(seed, batch.step, batch.rank))` before the forward pass."""
+    """The torch seed of a training step's own randomness (drop-path), as `deit-pipe train`
+    seeds it: a function of (seed, step, rank), so a run resumed at any step continues
+    exactly. Call `torch.manual_seed(step_seed(seed, batch.step, batch.rank))` before the
+    forward pass.
+
+    Args:
+        seed: the run's training seed (`--train-seed`).
+        step: the global step (`Batch.step`).
+        rank: this process's rank (`Batch.rank`).
+
+    Returns:
+        A non-negative 63-bit integer for `torch.manual_seed`.
+    """
     return int(
         np.random.SeedSequence([seed, step, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1
     )
@@ -153,6 +163,11 @@ class ReplayLoader:
         if distill not in PAPER_ALPHA_TAU:
             raise DeitPipeError(f"distill must be one of none, soft, hard, got {distill!r}")
         self.store, self.distill = store, distill
+        if distill == "soft" and store is not None and store.kind == "hard" and teacher is None:
+            raise DeitPipeError(
+                f"{store.url} holds the teacher's top-1 class only (precompute --targets "
+                "hard): soft distillation needs --targets soft; use --distill hard or none"
+            )
         self.tau = PAPER_ALPHA_TAU[distill][1] if tau is None else tau
         self.rank, self.world_size = _layout(rank, world_size)
         self.device = torch.device(device) if device is not None else resolve_device("auto")
@@ -212,11 +227,6 @@ class ReplayLoader:
             return NoTeacher()
         if self.store is None:
             raise DeitPipeError(f"--distill {self.distill} needs --store or --teacher-model")
-        if self.distill == "soft" and self.store.kind == "hard":
-            raise DeitPipeError(
-                f"{self.store.url} holds the teacher's top-1 class only (precompute --targets "
-                "hard): soft distillation needs --targets soft; use --distill hard or none"
-            )
         return StoredTeacher(
             self.store.targets,
             self.tau,
@@ -293,7 +303,7 @@ class ReplayLoader:
 
     def _open_inner(self) -> Iterable[dict]:
         """A DataLoader from the current step to the end (in the block order, its workers
-        split the blocks between them: `data.blockload`)."""
+        split the blocks between them: `data.loaders.blocks`)."""
         dataset, workers = self._replay(), self.loader_workers
         pin = self.device.type == "cuda"
         if self.recipe.window:

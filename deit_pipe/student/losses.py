@@ -32,8 +32,18 @@ def mixed_label_targets(
     num_classes: int,
     smoothing: float = 0.1,
 ) -> torch.Tensor:
-    """timm `mixup_target`: λ·smooth(y) + (1−λ)·smooth(y_partner), per view, on the labels'
-    device."""
+    """timm's `mixup_target`, per view: λ·smooth(y) + (1−λ)·smooth(y_partner).
+
+    Args:
+        labels: [n] int64 class ids of the views' own samples.
+        partner_labels: [n] those of the samples each view is mixed with.
+        lam: [n] the share of the own sample (1 where a view is not mixed).
+        num_classes: C.
+        smoothing: label smoothing ε (each label: 1 − ε + ε/C, others ε/C).
+
+    Returns:
+        [n, C] float32 targets on the labels' device.
+    """
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
     shape, dev = (len(labels), num_classes), labels.device

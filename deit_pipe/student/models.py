@@ -27,7 +27,20 @@ def create_student(
     num_heads: int | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """A freshly initialised (seeded) timm model; ViT overrides apply when given."""
+    """A student as `deit-pipe train` makes it: a timm model initialised from `seed` (the
+    global torch RNG is left as it was), a distilled DeiT set to train both heads.
+
+    Args:
+        name: a timm model (`deit_tiny_distilled_patch16_224`, `vit_small_patch16_224`, …).
+        num_classes: the store's classes.
+        drop_path: the stochastic-depth rate.
+        img_size, patch_size, depth, embed_dim, num_heads: ViT overrides (small views).
+        seed: the initialisation's seed (`--train-seed`).
+
+    Returns:
+        The model on the CPU; a distilled DeiT returns (class, distillation) logits while
+        training and their average in eval mode.
+    """
     overrides = {
         k: v
         for k, v in zip(

@@ -1,7 +1,7 @@
 """`train --render auto`: which renderer feeds this run faster is measured, not assumed.
 
 Pillow in the loader workers and the kernels on the student's device give the same bytes
-(`data.device_render`), so a run may switch between them at any step and learn exactly the
+(`data.device.render`), so a run may switch between them at any step and learn exactly the
 same thing. Which one is faster depends on all of the run at once: the GPU (the kernels are
 float64 and integer work, cheap on an H100, dear on a GPU with 1/64-rate FP64), the model's
 own step time, the host's cores and the loader workers. So on CUDA, for a run long enough

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from deit_pipe.data import Source, open_source
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.device_render import render_mode
-from deit_pipe.data.identity import same_dataset
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.device.render import render_mode
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.sources.cache import DataCache
+from deit_pipe.data.sources.identity import same_dataset
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError, StoreError, StoreMismatchError
 from deit_pipe.place import Place

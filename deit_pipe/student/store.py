@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from deit_pipe.data import Source, open_source
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.recipe import Recipe, Schedule, schedule_of
+from deit_pipe.data.plan.recipe import Recipe, Schedule, schedule_of
+from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
 

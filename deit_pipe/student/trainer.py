@@ -16,9 +16,9 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
 from deit_pipe.data import Source, ViewConfig, open_checked
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.identity import content_fingerprint
-from deit_pipe.data.recipe import Recipe
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.sources.cache import DataCache
+from deit_pipe.data.sources.identity import content_fingerprint
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import CheckpointError, ConfigError, DeitPipeError
 from deit_pipe.student.checkpoint import load_checkpoint

@@ -18,10 +18,10 @@ import json
 from dataclasses import dataclass, field, replace
 
 from deit_pipe.choices import PRESET_SUMMARIES
-from deit_pipe.data.plan import RA_BLOCK, EpochPlan, MixConfig, plan
-from deit_pipe.data.sources import Source
-from deit_pipe.data.split import Split
-from deit_pipe.data.views import ViewConfig
+from deit_pipe.data.plan.epoch import RA_BLOCK, EpochPlan, MixConfig, plan
+from deit_pipe.data.sources.source import Source
+from deit_pipe.data.sources.split import Split
+from deit_pipe.data.views.host import ViewConfig
 from deit_pipe.errors import PlanError, check
 from deit_pipe.limits import MAX_REPEATS, check_at_most
 
@@ -36,7 +36,7 @@ class Recipe:
     view: ViewConfig = field(default_factory=ViewConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     name: str = "deit"  # the preset it started from; its values are recorded beside it
-    order: str = "global"  # or "blocks:W" (see data.plan), W resolved by data.order
+    order: str = "global"  # or "blocks:W" (see data.plan.epoch), W resolved by data.plan.order
 
     def __post_init__(self) -> None:
         check(self.repeats >= 1, f"--repeats must be at least 1, got {self.repeats}")

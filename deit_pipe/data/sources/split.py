@@ -10,15 +10,16 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from deit_pipe.data.files import Root, decode_image
-from deit_pipe.data.jpeg import EncodedJpeg, open_image
+from deit_pipe.data.decode.jpeg import EncodedJpeg, open_image
+from deit_pipe.data.decode.pillow import decode_image
+from deit_pipe.data.sources.files import Root
 from deit_pipe.errors import DataError
 from deit_pipe.place import PerProcess
 
 IDENTITY_SAMPLES = 8  # encoded images hashed into a sharded split's identity (see `identity`)
 RUN = 100  # samples per block where the data has no read unit of its own (files, a tar's members)
 # Per process: what a loader worker keeps of the blocks it reads. The block order's window
-# is sized so that the blocks alive at once fit (see `data.order`).
+# is sized so that the blocks alive at once fit (see `data.plan.order`).
 CACHE = 256 << 20
 
 
@@ -38,7 +39,7 @@ class Split(ABC):
 
     def open(self, index: int) -> Image.Image | EncodedJpeg:
         """Sample `index` for a training view: `.size`, and `.crop(box)` with the pixels of
-        `load(index).crop(box)`; a JPEG decodes only the crop's region (`data.jpeg`)."""
+        `load(index).crop(box)`; a JPEG decodes only the crop's region (`data.decode.jpeg`)."""
         return self.load(index)
 
     @abstractmethod
@@ -46,7 +47,7 @@ class Split(ABC):
         """Feed what identifies this split's images (beyond its labels) into hash `h`."""
 
     def content(self, h) -> None:
-        """Feed what identifies the images whatever holds them (see `data.identity`)."""
+        """Feed what identifies the images whatever holds them (see `data.sources.identity`)."""
         self.identity(h)
 
     def blocks(self) -> np.ndarray:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deit_pipe.data.plan import MIX_CUTMIX, MIX_MIXUP
-from deit_pipe.data.views import ViewConfig
+from deit_pipe.data.plan.epoch import MIX_CUTMIX, MIX_MIXUP
+from deit_pipe.data.views.host import ViewConfig
 
 _M32 = 0xFFFF_FFFF
 _TAG_NOISE = 0x4E015E  # the erasing-noise stream of a view seed

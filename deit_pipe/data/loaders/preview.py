@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deit_pipe.data.dataset import PairDataset, collate_views
-from deit_pipe.data.finish import finish
-from deit_pipe.data.plan import MIX_NAMES, EpochPlan
-from deit_pipe.data.sources import Source
-from deit_pipe.data.views import ViewConfig
+from deit_pipe.data.device.finish import finish
+from deit_pipe.data.loaders.dataset import PairDataset, collate_views
+from deit_pipe.data.plan.epoch import MIX_NAMES, EpochPlan
+from deit_pipe.data.sources.source import Source
+from deit_pipe.data.views.host import ViewConfig
 from deit_pipe.errors import check
 from deit_pipe.limits import MAX_EPOCHS
 from deit_pipe.outputs import check_output_file, write_output

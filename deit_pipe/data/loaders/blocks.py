@@ -1,6 +1,6 @@
 """A run's training views in block order, each block read by one loader worker once per window.
 
-With the block order (`data.plan`), a step's views come from the W blocks of a window. A
+With the block order (`data.plan.epoch`), a step's views come from the W blocks of a window. A
 `DataLoader` that hands whole steps to its workers in turn would make every worker read
 every block. Here every worker walks all the steps but renders only the slots whose block
 it owns (block b belongs to worker b mod N), reads each of its blocks whole on first use
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from deit_pipe.data.dataset import ReplayDataset, RunSampler, collate_views
-from deit_pipe.data.device_render import Later, fingerprints
-from deit_pipe.data.plan import block_of, step_slots
+from deit_pipe.data.device.render import Later, fingerprints
+from deit_pipe.data.loaders.dataset import ReplayDataset, RunSampler, collate_views
+from deit_pipe.data.plan.epoch import block_of, step_slots
 
 
 class BlockRun(IterableDataset):

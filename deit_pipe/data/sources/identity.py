@@ -14,8 +14,8 @@ import hashlib
 
 import numpy as np
 
-from deit_pipe.data.sources import Source
-from deit_pipe.data.split import Split
+from deit_pipe.data.sources.source import Source
+from deit_pipe.data.sources.split import Split
 
 
 def content_fingerprint(source: Source) -> str:

@@ -17,7 +17,7 @@ from timm.data import auto_augment as timm_aa
 from timm.data import transforms as timm_transforms
 from torchvision.transforms import transforms as tv_transforms
 
-from deit_pipe.data.views import ViewConfig, erasing_boxes
+from deit_pipe.data.views.host import ViewConfig, erasing_boxes
 
 _TAG_NUMPY = 0x5EED_A7  # the NumPy stream of a view seed (as viewparams)
 

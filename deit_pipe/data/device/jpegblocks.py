@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deit_pipe.data import jpeg
-from deit_pipe.data.kernels.jpegdecode import decode_crops, idct_islow, imcu_box, to_planes
+from deit_pipe.data.decode import jpeg
+from deit_pipe.data.device.kernels.jpegdecode import decode_crops, idct_islow, imcu_box, to_planes
 
 log = logging.getLogger(__name__)
 _COVERED = {(1, 1), (2, 1), (1, 2), (2, 2)}  # luma sampling: 4:4:4, 4:2:2, 4:4:0, 4:2:0

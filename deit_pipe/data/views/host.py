@@ -26,9 +26,9 @@ from timm.data import create_transform
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import functional as F
 
-from deit_pipe.data.jpeg import EncodedJpeg
-from deit_pipe.data.sources import Source
-from deit_pipe.data.viewparams import AugMix, AugOp, ViewDrawer, ViewParams
+from deit_pipe.data.decode.jpeg import EncodedJpeg
+from deit_pipe.data.sources.source import Source
+from deit_pipe.data.views.params import AugMix, AugOp, ViewDrawer, ViewParams
 from deit_pipe.errors import check
 from deit_pipe.limits import MAX_INPUT_SIZE, MAX_RE_COUNT, check_at_most
 

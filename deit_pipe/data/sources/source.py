@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.files import Root, data_errors, decode_image
-from deit_pipe.data.jpeg import EncodedJpeg, open_image
-from deit_pipe.data.split import RUN, Split, sample_bytes
+from deit_pipe.data.decode.jpeg import EncodedJpeg, open_image
+from deit_pipe.data.decode.pillow import decode_image
+from deit_pipe.data.sources.cache import DataCache
+from deit_pipe.data.sources.files import Root, data_errors
+from deit_pipe.data.sources.split import RUN, Split, sample_bytes
 from deit_pipe.errors import DataError
 from deit_pipe.place import PerProcess, is_url
 
@@ -129,7 +130,7 @@ class Source:
     splits: dict[str, Split]
     default_input_size: int = 224
     default_hflip: float = 0.5
-    default_recipe: str = "deit"  # the preset for this kind of data (see data.recipe)
+    default_recipe: str = "deit"  # the preset for this kind of data (see data.plan.recipe)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     # Files the source does not read (unsupported extensions, a tar's repeated keys):
     # (name, why), counted and named in the log and in `scan`, never dropped unsaid.
@@ -215,8 +216,8 @@ def open_source(
     if kind == "imagefolder" and arg:
         return note_ignored(_imagefolder(data, Path(arg).expanduser(), skip or {}))
     if kind in ("parquet", "wds") and arg:
-        from deit_pipe.data.parquet import open_parquet
-        from deit_pipe.data.webdataset import open_webdataset
+        from deit_pipe.data.sources.parquet import open_parquet
+        from deit_pipe.data.sources.webdataset import open_webdataset
 
         opener = open_parquet if kind == "parquet" else open_webdataset
         location = arg if is_url(arg) else str(Path(arg).expanduser())

@@ -19,8 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from deit_pipe.data.kernels import affine, enhance, pointops
-from deit_pipe.data.viewparams import AugOp, ViewParams
+from deit_pipe.data.device.kernels import affine, enhance, pointops
+from deit_pipe.data.views.params import AugOp, ViewParams
 
 __all__ = ["KERNELS", "JITTER", "Step", "covered", "plan_steps", "run_steps"]
 

@@ -18,8 +18,8 @@ import re
 
 import numpy as np
 
-from deit_pipe.data.files import Root, data_errors
-from deit_pipe.data.split import ShardSplit, class_list
+from deit_pipe.data.sources.files import Root, data_errors
+from deit_pipe.data.sources.split import ShardSplit, class_list
 from deit_pipe.errors import DataError
 
 LAYOUTS = {"train": ("data/train-*.parquet", "train/*.parquet"),

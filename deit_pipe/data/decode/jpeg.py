@@ -27,7 +27,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from deit_pipe.data.files import UNREADABLE, decode_image, unreadable
+from deit_pipe.data.decode.pillow import UNREADABLE, decode_image, unreadable
 
 log = logging.getLogger(__name__)
 _MODES = ("RGB", "L")  # the modes a region decodes to (grayscale is repeated to RGB)

@@ -1,6 +1,6 @@
 """Which order an epoch's samples take: `global` or `blocks:W`, resolved once per store.
 
-The block order (see `data.plan`) is the default for sharded sources (`parquet:`, `wds:`),
+The block order (see `data.plan.epoch`) is the default for sharded sources (`parquet:`, `wds:`),
 where reading a sample means reading its block; `global` stays the default elsewhere. An
 unsized `--order blocks` takes the largest window whose blocks stay under `WINDOW_BYTES`,
 so a rank's loader holds at most about two windows (one ending, one starting) at a time.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deit_pipe.data.split import Split
+from deit_pipe.data.sources.split import Split
 from deit_pipe.errors import PlanError
 
 SHARDED = ("parquet", "wds")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from deit_pipe.data.cache import DataCache
-from deit_pipe.data.sources import SPLITS, Source, open_source
+from deit_pipe.data.sources.cache import DataCache
+from deit_pipe.data.sources.source import SPLITS, Source, open_source
 from deit_pipe.errors import DataError
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deit_pipe.data.files import Root
-from deit_pipe.data.split import RUN, ShardSplit, class_list
+from deit_pipe.data.sources.files import Root
+from deit_pipe.data.sources.split import RUN, ShardSplit, class_list
 from deit_pipe.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -25,18 +25,18 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from deit_pipe.choices import RENDERS
-from deit_pipe.data import jpegblocks
-from deit_pipe.data.augsteps import covered, plan_steps, run_steps
-from deit_pipe.data.jpeg import EncodedJpeg, PendingCrop
-from deit_pipe.data.kernels import resample
-from deit_pipe.data.viewparams import ViewDrawer, ViewParams
-from deit_pipe.data.views import (
+from deit_pipe.data.decode.jpeg import EncodedJpeg, PendingCrop
+from deit_pipe.data.device import jpegblocks
+from deit_pipe.data.device.augsteps import covered, plan_steps, run_steps
+from deit_pipe.data.device.kernels import resample
+from deit_pipe.data.views.host import (
     ViewConfig,
     apply_host,
     erasing_boxes,
     eval_transform,
     view_fingerprint,
 )
+from deit_pipe.data.views.params import ViewDrawer, ViewParams
 from deit_pipe.errors import DeitPipeError
 
 

@@ -1,4 +1,4 @@
-"""A dataset root on this machine or behind an fsspec URL (s3://, gs://, …), and image decoding.
+"""A dataset root on this machine or behind an fsspec URL (s3://, gs://, …).
 
 A `Root` is picklable and opens its file system lazily in each process: a DataLoader worker
 forked from a process that already read, or a dask worker on another host, opens its own
@@ -8,39 +8,15 @@ handles (fsspec clients are not fork-safe). Remote reads are range requests; a f
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from PIL import Image, UnidentifiedImageError
-
 from deit_pipe.errors import CREDENTIALS_HINT, DataError, DeitPipeError, backend_problem
 from deit_pipe.place import Place, is_url
 
 BLOCK = 4 << 20  # bytes per remote read-ahead block: one request fetches several JPEGs
-
-
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """`data` decoded as RGB; a DataError naming `name` when it is not a readable image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            # An RGB file is used as decoded: `convert` would copy it (0.1 ms per view).
-            return img if img.mode == "RGB" else img.convert("RGB")
-    except UNREADABLE as exc:
-        raise unreadable(exc, name) from None
-
-
-UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what Pillow raises for one
-
-
-def unreadable(exc: Exception, name: str) -> DataError:
-    """Pillow's failure on an in-memory image as one line naming `name` (Pillow names the
-    buffer, "<_io.BytesIO object at 0x…>": say what it means instead)."""
-    why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
-    return DataError(f"unreadable image {name}: {why}")
 
 
 @contextmanager

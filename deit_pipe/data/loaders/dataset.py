@@ -15,13 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deit_pipe.data.device_render import DeviceView, batch_tensor, defer, defer_eval, prepare
-from deit_pipe.data.finish import mix_params
-from deit_pipe.data.plan import EpochPlan, step_slots, steps_per_epoch
-from deit_pipe.data.recipe import Recipe
-from deit_pipe.data.sources import Source, Split
-from deit_pipe.data.viewparams import ViewDrawer
-from deit_pipe.data.views import (
+from deit_pipe.data.device.finish import mix_params
+from deit_pipe.data.device.render import DeviceView, batch_tensor, defer, defer_eval, prepare
+from deit_pipe.data.plan.epoch import EpochPlan, step_slots, steps_per_epoch
+from deit_pipe.data.plan.recipe import Recipe
+from deit_pipe.data.sources.source import Source, Split
+from deit_pipe.data.views.host import (
     ViewConfig,
     eval_transform,
     hwc,
@@ -29,6 +28,7 @@ from deit_pipe.data.views import (
     train_transform,
     view_fingerprint,
 )
+from deit_pipe.data.views.params import ViewDrawer
 
 RENDER_MODES = ("host", "device")  # who runs a training view's Pillow stage (same bytes)
 
