@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu bench-feed gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data bench-order clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu bench-feed gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data bench-order bench-replay clean
 
 setup: $(STAMP)
 
@@ -77,3 +77,7 @@ bench-order: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Stored epochs, top-k and online distillation side by side: what replay costs in accuracy.
+bench-replay: $(STAMP)
+	$(BIN)/python benchmarks/replay_accuracy.py
