@@ -112,3 +112,33 @@ def check(ok: bool, message: str) -> None:
     """Raise ConfigError(message) unless `ok`: argument checks that read as the rule."""
     if not ok:
         raise ConfigError(message)
+
+
+# The object-store libraries whose own failures mean options they were given do not fit.
+BACKENDS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "google", "adlfs", "azure")
+
+
+def raised_in_backend(exc: BaseException) -> str | None:
+    """The object-store library `exc` (or one behind it) was raised in, or None: a failure
+    deep in s3fs or botocore is the options' or the endpoint's, not a bug to show whole."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        tb = seen.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            if module.split(".")[0] in BACKENDS:
+                return module.split(".")[0]
+            tb = tb.tb_next
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def backend_line(exc: BaseException, backend: str) -> str:
+    """One line for a failure inside an object-store library: what it said, and where the
+    options it was given come from."""
+    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return (
+        f"the storage backend ({backend}) refused the request: {type(exc).__name__}: {text}; "
+        "check --storage-options / --data-storage-options (their keys and value types) and "
+        "the endpoint"
+    )

@@ -4,8 +4,8 @@ Lightning, Accelerate — replays a store exactly as `deit-pipe train` does."""
 from __future__ import annotations
 
 import importlib
-import itertools
 import inspect
+import itertools
 import json
 import os
 import re
@@ -132,6 +132,8 @@ def test_a_loader_resumed_from_its_state_yields_the_same_batches(store):
     assert not _same(again, first)
     with pytest.raises(dp.DeitPipeError, match="global batch 64, not 32"):
         dp.ReplayLoader(opened, **{**kw, "batch_size": 32}).load_state_dict(state)
+    with pytest.raises(dp.DeitPipeError, match="replays only in its own order"):
+        dp.ReplayLoader(opened, **{**kw, "order": "blocks:4"})
 
 
 def test_a_store_that_does_not_replay_stops_a_users_loop_before_the_optimiser(store, tmp_path):

@@ -236,3 +236,28 @@ def test_data_and_store_each_take_their_own_storage_options(s3, imagefolder):
     assert refused.exit_code == 1 and "\n" not in line and "s3://stores/own/imgs" in line, line
     bad = CliRunner().invoke(main, [*scan, "--data-storage-options", "[1]"])
     assert "--data-storage-options must be a JSON object" in bad.output
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"key": 5, "secret": [1]},  # values of the wrong type
+        {"nonsense_kwarg": 1},  # a key no backend takes
+        {"client_kwargs": {"endpoint_url": 5}},
+    ],
+    ids=["wrong types", "unknown key", "endpoint of the wrong type"],
+)
+def test_storage_options_a_backend_refuses_are_one_line(s3, tmp_path, bad):
+    """Options s3fs or botocore refuse deep inside, on every command and both flags."""
+    merged = {**s3, **bad}
+    if "client_kwargs" in bad:
+        merged["client_kwargs"] = {**s3["client_kwargs"], **bad["client_kwargs"]}
+    text = json.dumps(merged)
+    for args in (
+        ["inspect", "s3://stores/nothing-here", "--storage-options", text],
+        ["scan", "--data", "imagefolder:s3://stores/own/imgs", "--data-storage-options", text],
+    ):
+        result = CliRunner().invoke(main, args)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, result.output[-2000:]
+        assert lines[0].startswith("error: ") and "Traceback" not in result.output

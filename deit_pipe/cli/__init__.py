@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 
 from deit_pipe import __version__
-from deit_pipe.errors import DeitPipeError
+from deit_pipe.errors import DeitPipeError, backend_line, raised_in_backend
 
 console = Console(stderr=False)
 
@@ -52,14 +52,21 @@ def renamed_flags(args: list[str]) -> list[str]:
 
 
 class _Group(click.Group):
-    """Turns a DeitPipeError anywhere below into one line on stderr and exit code 1, and a
-    bad flag or value into one line naming it and exit code 2."""
+    """Turns a DeitPipeError anywhere below (or a failure inside an object-store library:
+    options it cannot take) into one line on stderr and exit code 1, and a bad flag or
+    value into one line naming it and exit code 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except DeitPipeError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            backend = raised_in_backend(exc)  # bad storage options: the backend's to say
+            if backend is None:
+                raise
+            click.echo(f"error: {backend_line(exc, backend)}", err=True)
             sys.exit(1)
 
     def main(self, args=None, *rest, **kwargs):

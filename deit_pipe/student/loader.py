@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -116,6 +116,8 @@ class ReplayLoader:
         smoothing: label smoothing [default: the store's preset schedule's].
         device: where batches go [default: CUDA when there is one, else the CPU].
         render: `host` (Pillow), `device` (kernels, the same bytes) or `auto`.
+        order: `global` or `blocks:W` without a store [default: the recipe's]; a store
+            replays in its own order only.
         loader_workers: DataLoader worker processes.
         data_options, data_cache, data_cache_size: how a remote dataset is reached.
         cycle_epochs: replay stored epoch e mod E past the store's E epochs.
@@ -146,6 +148,7 @@ class ReplayLoader:
         smoothing: float | None = None,
         device: str | torch.device | None = None,
         render: str = "host",
+        order: str | None = None,
         loader_workers: int = 0,
         data_options: dict | None = None,
         data_cache: str | os.PathLike | DataCache | None = None,
@@ -172,7 +175,7 @@ class ReplayLoader:
         self.rank, self.world_size = _layout(rank, world_size)
         self.device = torch.device(device) if device is not None else resolve_device("auto")
         self.source = self._open_source(data, data_options, data_cache, data_cache_size)
-        self.recipe = self._recipe(recipe)
+        self.recipe = self._recipe(recipe, order)
         schedule = schedule_of(self.recipe.name)
         self.epochs = epochs or schedule.epochs
         self.smoothing = schedule.smoothing if smoothing is None else smoothing
@@ -212,10 +215,18 @@ class ReplayLoader:
             data_cache = DataCache(data_cache, data_cache_size)
         return open_checked(data, data_options=data_options, data_cache=data_cache)
 
-    def _recipe(self, recipe: Recipe | None) -> Recipe:
+    def _recipe(self, recipe: Recipe | None, order: str | None) -> Recipe:
         if self.store is not None:
-            return self.store.recipe
-        return recipe if recipe is not None else Recipe(view=ViewConfig.for_source(self.source))
+            held = self.store.recipe
+            if order is not None and order != held.order:
+                raise DeitPipeError(
+                    f"order {order!r}: {self.store.url} holds views of the {held.order} order, "
+                    "and a store replays only in its own order (drop it, or precompute a store "
+                    "in that order)"
+                )
+            return held
+        recipe = recipe if recipe is not None else Recipe(view=ViewConfig.for_source(self.source))
+        return recipe if order is None else replace(recipe, order=order)
 
     def _teacher(self, teacher) -> TeacherTargets:
         if isinstance(teacher, nn.Module):
