@@ -220,3 +220,33 @@ def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
     result = invoke("train", "--data", "digits", "--out", tmp_path / "run", "--tensorboard")
     one_line(result, "--tensorboard needs the tensorboard package")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_export_is_shareable_and_an_unfinished_run_says_so(audited, tmp_path):
+    run, _ = audited
+    out = tmp_path / "done"
+    assert invoke("export", run, "--out", out).exit_code == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"], modes  # not owner-only
+    assert "Unfinished" not in (out / "README.md").read_text()
+    short = tmp_path / "short"
+    cfg = TrainConfig(
+        out=str(short), store=str(run.parent / "store.zarr"), model_overrides=TINY, epochs=1,
+        batch_size=128, max_steps=2, device="cpu",
+    )  # fmt: skip
+    train(cfg)
+    result = invoke("export", short, "--out", tmp_path / "early")
+    assert result.exit_code == 0, result.output
+    assert "stopped at step 2 of 11" in " ".join(result.output.split())
+    assert (
+        "**Unfinished run**: exported at step 2 of 11" in (tmp_path / "early/README.md").read_text()
+    )
+
+
+def test_tensorboard_where_its_folder_is_a_file_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tb").write_text("mine")
+    result = invoke("train", "--data", "digits", "--out", run, "--tensorboard", "--resume")
+    one_line(result, f"{run / 'tb'} is a file")
+    assert (run / "tb").read_text() == "mine" and sorted(p.name for p in run.iterdir()) == ["tb"]

@@ -161,3 +161,18 @@ def test_a_run_resumes_on_the_other_renderer(host_run, tmp_path):
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render", "device", "--resume"])
     assert done.exit_code == 0, done.output
     assert same_weights(host_run, out)
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--render-trial", "100000"], "--render-trial must be ≤ 10000"),
+        (["--render", "host", "--render-trial", "5"], "with --render host it would do nothing"),
+        (["--render", "device", "--render-trial", "5"], "with --render device it would do"),
+    ],
+)
+def test_a_render_trial_that_cannot_run_is_one_line(tmp_path, flags, needle):
+    result = CliRunner().invoke(main, [*ARGS, "--out", str(tmp_path / "run"), *flags])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and needle in lines[0], result.output
+    assert not (tmp_path / "run").exists()

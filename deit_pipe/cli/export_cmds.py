@@ -43,6 +43,12 @@ def export_cmd(
     from deit_pipe.student.export import export_run
 
     result = export_run(run, out, ema=ema, head=head, audit=audit_dir, force=force)
+    if result.unfinished:
+        console.print(
+            f"warning: {run} stopped at {result.unfinished}: the export is of an unfinished "
+            "run (its card says so)",
+            highlight=False,
+        )
     console.print(
         f"exported {run} (step {result.step}, {result.head} head"
         f"{', EMA' if ema else ''}) to {result.out}; load it with "

@@ -24,6 +24,14 @@ class ExportResult:
     step: int
     metrics: dict[str, dict]  # per head: top1, top5, precision, recall, f1, auc on val
     audit: dict | None
+    total_steps: int | None = None  # the run's planned steps (None: not recorded)
+
+    @property
+    def unfinished(self) -> str | None:
+        """`step S of T`, where the run stopped before its last step (`--max-steps`, a kill)."""
+        if self.total_steps is None or self.step >= self.total_steps:
+            return None
+        return f"step {self.step} of {self.total_steps}"
 
 
 HEAD_LABELS = {"cls": "cls head", "dist": "dist head", "avg": "cls+dist"}
@@ -93,6 +101,11 @@ def render_card(run: Run, result: ExportResult) -> str:
         f"A DeiT student trained with deit-pipe: the {weights} of run `{run.path.name}` at step "
         f"{result.step}; its forward returns the **{HEAD_LABELS[result.head]}** logits.",
         "",
+        *(
+            [f"**Unfinished run**: exported at {result.unfinished} (stopped early).", ""]
+            if result.unfinished
+            else []
+        ),
         *_rearranged(result.head),
         "```python",
         "import timm",

@@ -27,6 +27,7 @@ from deit_pipe.student.losses import PAPER_ALPHA_TAU
 from deit_pipe.teacher import TeacherConfig
 
 SCHEDULE_FIELDS = tuple(f.name for f in fields(Schedule))
+MAX_RENDER_TRIAL = 10_000  # timed steps per renderer: a trial is a small share of a run
 
 
 @dataclass
@@ -118,6 +119,15 @@ class TrainConfig:
         for name, low in at_least.items():
             value = getattr(self, name)
             check(value is None or value >= low, f"{_flag(name)} must be ≥ {low}, got {value}")
+        check(
+            self.render_trial is None or self.render_trial <= MAX_RENDER_TRIAL,
+            f"--render-trial must be ≤ {MAX_RENDER_TRIAL} steps, got {self.render_trial}",
+        )
+        check(
+            self.render_trial is None or self.render == "auto",
+            f"--render-trial times both renderers under --render auto; with --render "
+            f"{self.render} it would do nothing: drop it, or use --render auto",
+        )
         check(self.batch_size % 2 == 0, f"--batch-size must be even (pairs), got {self.batch_size}")
         check(
             self.follow_timeout is None or self.follow_timeout > 0,  # inf: wait for ever

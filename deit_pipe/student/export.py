@@ -12,6 +12,8 @@ are exact in floating point, so the forward returns that head's logits bit for b
 from __future__ import annotations
 
 import json
+import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -117,7 +119,10 @@ def export_run(
     metrics = val_metrics(run, model)
     audited = audit_summary(Path(audit), run, ema) if audit else None
     model.load_state_dict(arrange_head(model.state_dict(), head))
-    result = ExportResult(out, head, ema, int(run.checkpoint["step"]), metrics, audited)
+    per_epoch, epochs = run.config.get("steps_per_epoch"), run.config.get("epochs")
+    total = per_epoch * epochs if per_epoch and epochs else None
+    step = int(run.checkpoint["step"])
+    result = ExportResult(out, head, ema, step, metrics, audited, total_steps=total)
     try:
         make_dir(out, "export folder")
         replace_owned(out, EXPORT_FILES)
@@ -163,7 +168,9 @@ def write_timm_folder(model: torch.nn.Module, run: Run, result: ExportResult) ->
         )
     except (ValueError, AssertionError) as exc:  # an argument timm cannot serialise
         raise DeitPipeError(f"timm cannot export {run.config['model']}: {exc}") from None
+    # safetensors writes its file owner-only (0600): it is to share, as config.json is
     path = result.out / "config.json"
+    os.chmod(result.out / "model.safetensors", stat.S_IMODE(path.stat().st_mode))
     config = json.loads(path.read_text())
     for key in SOURCE_FIELDS:
         config["pretrained_cfg"].pop(key, None)

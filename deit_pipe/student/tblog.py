@@ -14,8 +14,15 @@ TB_DIR = "tb"
 NOT_SCALARS = ("step", "epoch")  # the axis, not curves
 
 
-def require() -> None:
-    """Refuse `--tensorboard` up front, before a run directory exists, if it cannot work."""
+def require(run_dir: Path | str | None = None) -> None:
+    """Refuse `--tensorboard` up front, before a run directory exists, if it cannot work:
+    without the package, or where RUN/tb is something other than a folder."""
+    tb = Path(run_dir) / TB_DIR if run_dir is not None else None
+    if tb is not None and (tb.exists() or tb.is_symlink()) and not tb.is_dir():
+        raise ConfigError(
+            f"{tb} is a file, not the folder of TensorBoard events --tensorboard writes: move "
+            "it away, or drop --tensorboard (nothing was changed)"
+        )
     try:
         import tensorboard  # noqa: F401
     except ImportError:

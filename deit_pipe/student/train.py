@@ -59,7 +59,7 @@ class MetricsWriter:
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Train; returns the last evaluation. Writes config.json, metrics.jsonl, checkpoint.pt."""
     if cfg.tensorboard:
-        tblog.require()
+        tblog.require(cfg.out)
     tr = build_trainer(cfg)
     with ExitStack() as held:
         if tr.ctx.main:  # rank 0 writes the run directory, and holds it while it does
