@@ -72,6 +72,12 @@ def check_output_dir(path: Path | str, owned: Iterable[str], what: str) -> Path:
         )
     if path.is_dir():
         foreign = [e for e in entries(path) if e not in {*owned, OUTPUT_MARK}]
+        owner = deit_pipe_output(path)
+        if foreign and owner is not None:  # ours, of another kind: say what it is
+            raise OutputPathError(
+                f"{path} is {owner}, not a folder for the {what}: choose another path "
+                "(nothing was changed)"
+            )
         if foreign:
             shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
             raise OutputPathError(
@@ -93,6 +99,19 @@ def check_replace(path: Path, owned: Iterable[str], what: str, force: bool) -> N
             f"{OUTPUT_MARK}): pass --force to replace them, or choose another path "
             "(nothing was changed)"
         )
+
+
+def deit_pipe_output(path: Path) -> str | None:
+    """What deit-pipe made `path` as, where it did ("a training run", "a target store", its
+    marked kind), or None: refusals name deit-pipe's own outputs as such, not as foreign."""
+    what = marked(path)
+    if what is not None:
+        return f"deit-pipe's {what}"
+    if (path / "zarr.json").is_file():
+        return "a target store"
+    if (path / "checkpoint.pt").is_file() or (path / "metrics.jsonl").is_file():
+        return "a training run"
+    return None
 
 
 def marked(path: Path) -> str | None:

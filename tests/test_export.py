@@ -250,3 +250,14 @@ def test_tensorboard_where_its_folder_is_a_file_is_one_line(tmp_path):
     result = invoke("train", "--data", "digits", "--out", run, "--tensorboard", "--resume")
     one_line(result, f"{run / 'tb'} is a file")
     assert (run / "tb").read_text() == "mine" and sorted(p.name for p in run.iterdir()) == ["tb"]
+
+
+def test_deit_pipes_own_outputs_are_named_as_such_when_refused(audited, tmp_path):
+    run, report = audited
+    store = run.parent / "store.zarr"
+    before = sorted(p.name for p in run.iterdir())
+    one_line(invoke("export", run, "--out", run), f"{run} is a training run", "not a folder")
+    assert sorted(p.name for p in run.iterdir()) == before
+    trained = invoke("train", "--store", store, "--out", store, "--device", "cpu")
+    one_line(trained, f"{store} is a target store, not a folder for the run")
+    one_line(invoke("export", run, "--out", report), "is deit-pipe's audit report")
