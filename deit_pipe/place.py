@@ -20,6 +20,7 @@ from deit_pipe.errors import (
     CREDENTIALS_HINT,
     DeitPipeError,
     StoreAccessError,
+    StoreCorruptError,
     StoreError,
     backend_problem,
 )
@@ -147,8 +148,10 @@ WRITE_ERRORS = {
 
 
 @contextmanager
-def storage_errors(url: str) -> Iterator[None]:
-    """Turn a storage backend's exception into a one-line `StoreAccessError` naming `url`."""
+def storage_errors(url: str, metadata: str = "a Zarr metadata file") -> Iterator[None]:
+    """Turn a storage backend's exception into a one-line `StoreAccessError` naming `url`,
+    and Zarr's refusal of damaged metadata (`metadata`, where known) into a
+    `StoreCorruptError` saying what to do."""
     try:
         yield
     except DeitPipeError:
@@ -181,10 +184,24 @@ def storage_errors(url: str) -> Iterator[None]:
             raise
         raise error from None
     except Exception as exc:
+        if _zarr_metadata_error(exc):
+            raise StoreCorruptError(
+                f"{url}: {metadata} is damaged ({' '.join(str(exc).split())[:200]}): restore "
+                "it from a copy, or remake the store with precompute --overwrite (nothing was "
+                "changed)"
+            ) from None
         error = _backend_error(url, exc)
         if error is None:
             raise
         raise error from None
+
+
+def _zarr_metadata_error(exc: BaseException) -> bool:
+    """Zarr's refusal of a metadata document it cannot read (a key missing, a wrong node type)."""
+    kind = type(exc)
+    return kind.__module__.startswith("zarr") and (
+        "Metadata" in kind.__name__ or "NodeType" in kind.__name__
+    )
 
 
 def _backend_error(url: str, exc: BaseException) -> StoreAccessError | None:

@@ -283,3 +283,15 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_damaged_group_metadata_file_is_one_line_on_inspect_and_repair(tmp_path, store):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    (copy / "train" / "zarr.json").write_text("{}")
+    one_line(invoke("inspect", copy), "train/zarr.json is damaged", "restore it")
+    repaired = invoke(*PRE, "--out", copy, "--repair")
+    one_line(repaired, "train/zarr.json is damaged", "--overwrite")
+    assert (copy / "train" / "zarr.json").read_text() == "{}"

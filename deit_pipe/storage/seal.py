@@ -19,7 +19,7 @@ def split_salt(group, spec, url: str, teacher: str, split: str) -> int:
     """The checksum salt of `teacher`'s `split` arrays, from the group's seal, which must be
     this teacher's as the metadata describes it; 0 for a group made before seals."""
     where = spec.prefix(teacher) + split
-    with storage_errors(url):
+    with storage_errors(url, f"{where}/zarr.json"):
         seal = group[where].attrs.get(SEAL)
     if seal is None:  # made before seals: the teacher is unproved, as it always was
         return 0
