@@ -71,3 +71,36 @@ def test_draws_cover_every_op_and_magnitude_range():
 def test_an_unsupported_transform_is_one_line():
     with pytest.raises(PlanError, match="GaussianBlur.*not supported"):
         ViewDrawer(tv_transforms.Compose([tv_transforms.GaussianBlur(3)]))
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_one_pixel_wide_images_render_as_timm_renders_them_on_both_paths(tmp_path, kind):
+    """timm's crop of a 1×1 or 2×1 image can be empty (Pillow resizes it to black): the host
+    path (JPEG crops decoded alone) and the device path give timm's bytes."""
+    import io
+
+    from deit_pipe.data import collate_views
+    from deit_pipe.data.decode.jpeg import open_image
+    from deit_pipe.data.device.render import defer, realize
+
+    cfg = ViewConfig(input_size=16)
+    tf = train_transform(cfg)
+    drawer = ViewDrawer(tf)
+    for size in ((1, 1), (2, 1), (1, 2), (1, 7)):
+        pixels = np.random.default_rng(size).integers(0, 256, (size[1], size[0], 3), np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format=kind.upper())
+        img = open_image(buf.getvalue(), f"tiny.{kind}")
+        decoded = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        for seed in range(40):
+            expected, _ = timm_view(decoded, seed, tf, cfg)
+            host, boxes = render(img, seed, drawer, cfg)
+            assert torch.equal(host, expected), (size, seed)
+            view, _ = defer(img, seed, drawer, cfg)
+            item = {
+                "device_views": [view], "erase": boxes[None], "slot": np.zeros(1, np.int64),
+                "seed": np.array([seed], np.int64), "mix": np.zeros(1, np.int64),
+                "lam": np.ones((1, 2)), "box": np.zeros((1, 4), np.int64),
+            }  # fmt: skip
+            device = realize(collate_views([item]), torch.device("cpu"))["image"][0]
+            assert torch.equal(device, expected), (size, seed, "device")

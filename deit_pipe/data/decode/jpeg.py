@@ -51,6 +51,9 @@ class EncodedJpeg:
 
     def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
         """The region (left, top, right, bottom) as an RGB image."""
+        left, top, right, bottom = box
+        if right <= left or bottom <= top:  # timm's crop of a 1-pixel image can be empty
+            return self.load().crop(box)  # decoded whole, as timm does (a broken file fails)
         return Image.fromarray(self.crop_array(box))
 
     def crop_array(self, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -68,9 +68,9 @@ def defer(
     after, from the same generator) and the crop; `prepare` and `realize` do the rest."""
     params, rng = drawer.draw(view_seed, *img.size)
     boxes = erasing_boxes(rng, cfg, *params.size)
-    if not covered(params):
-        return DeviceView(apply_host(img, params), None), boxes
     top, left, h, w = params.crop
+    if not covered(params) or h < 1 or w < 1:  # an empty crop (a 1-pixel image): Pillow's
+        return DeviceView(apply_host(img, params), None), boxes
     box = (left, top, left + w, top + h)
     if isinstance(img, EncodedJpeg):  # decoded when collated, into the batch's tensor
         return DeviceView(PendingCrop(img, box), params), boxes
