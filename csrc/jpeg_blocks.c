@@ -87,6 +87,10 @@ static int coefs(const unsigned char *data, size_t size, int gray, int c0, int r
     created = 1;
     dp_lib.mem_src(&cinfo, data, (unsigned long)size);
     dp_lib.read_header(&cinfo, TRUE);
+    if (dp_too_large(&cinfo, why)) {
+        dp_lib.destroy(&cinfo);
+        return BROKEN;
+    }
     if (!covered_layout(&cinfo, gray, why)) {
         dp_lib.destroy(&cinfo);
         return FALLBACK;

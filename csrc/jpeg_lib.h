@@ -47,6 +47,19 @@ void dp_init_errors(j_decompress_ptr cinfo, Errors *err);
  * none), holds only entropy-coded bytes, restart markers and a final EOI. */
 int dp_plain_tail(int marker, const unsigned char *p, const unsigned char *end);
 
+/* Pillow's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): a header claiming more
+ * pixels is refused before libjpeg allocates anything for it, whoever checked it before. */
+#define DP_MAX_PIXELS 178956970.0
+
+/* Whether the header's image is larger than DP_MAX_PIXELS (its size then in `why`). */
+static inline int dp_too_large(j_decompress_ptr cinfo, char *why) {
+    double pixels = (double)cinfo->image_width * (double)cinfo->image_height;
+    if (pixels <= DP_MAX_PIXELS) return 0;
+    snprintf(why, JMSG_LENGTH_MAX, "a %ux%u image: more pixels than Pillow decodes",
+             (unsigned)cinfo->image_width, (unsigned)cinfo->image_height);
+    return 1;
+}
+
 /* coefficients(...): jpeg_blocks.c */
 PyObject *dp_coefficients(PyObject *self, PyObject *args);
 #endif

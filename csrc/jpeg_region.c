@@ -104,6 +104,10 @@ static int decode(const unsigned char *data, size_t size, int gray, int x0, int 
     created = 1;
     dp_lib.mem_src(&cinfo, data, (unsigned long)size);
     dp_lib.read_header(&cinfo, TRUE);
+    if (dp_too_large(&cinfo, why)) {
+        dp_lib.destroy(&cinfo);
+        return BROKEN;
+    }
     int is_rgb = (cinfo.jpeg_color_space == JCS_YCbCr || cinfo.jpeg_color_space == JCS_RGB) &&
                  cinfo.num_components == 3;
     int is_gray = cinfo.jpeg_color_space == JCS_GRAYSCALE && cinfo.num_components == 1;

@@ -226,3 +226,31 @@ def test_a_store_made_decoding_whole_images_verifies_decoding_regions(
     checked = CliRunner().invoke(main, ["verify", str(url), "--all", "--render", "host"])
     assert checked.exit_code == 0, checked.output
     assert region._bound() is not None
+
+
+def test_a_header_larger_than_pillow_decodes_is_refused_before_any_allocation():
+    """A 65500×65500 header on a few hundred bytes: libjpeg would allocate its whole
+    coefficient array (17 GB) before it found the data missing; the extension refuses it
+    on the header, whoever checked the file before."""
+    import resource
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 65500, 65500)
+    ext = region._bound()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = np.zeros((8, 8, 3), np.uint8)
+    got = ext.region(bytes(data), False, 0, 0, 8, 8, out, out.strides[0])
+    assert got == (True, "a 65500x65500 image: more pixels than Pillow decodes")
+    luma, chroma = np.zeros((1, 1, 64), np.int16), np.zeros((2, 1, 1, 64), np.int16)
+    quant = np.zeros((3, 64), np.uint16)
+    got = ext.coefficients(
+        bytes(data), False, 0, 0, 1, 1, luma, luma.strides[0], chroma, chroma.strides[1],
+        chroma.strides[0], quant,
+    )  # fmt: skip
+    assert got == (True, "a 65500x65500 image: more pixels than Pillow decodes")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KiB
+    with pytest.raises(DataError, match="decompression bomb|exceeds limit"):
+        region.open_image(bytes(data), "bomb.jpg")
