@@ -76,3 +76,29 @@ def test_a_changed_image_file_is_named_and_a_moved_dataset_verifies(imagefolder,
     partners = {report["epochs"][i]["first_mismatch"].get("mixed_with") for i in (0, 1)}
     assert "train/dog/2.jpg" in named | partners
     assert report["epochs"][2]["mismatches"] == 0  # val images are untouched
+
+
+def test_every_damaged_chunk_is_listed_with_the_repair_that_mends_it(digits_store, tmp_path):
+    """Chunks that fail their crc32c in two epochs: verify goes on past the first, names each
+    damaged shard array (no raw checksum bytes), and `precompute --repair` mends them."""
+    url = tmp_path / "damaged.zarr"
+    shutil.copytree(digits_store, url)
+    for epoch, name in ((0, "topk_values"), (1, "fingerprint")):
+        chunk = sorted((url / "train" / name / "c" / str(epoch)).rglob("*"))[-1]
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["verify", str(url)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "2 damaged shard(s), first: " in result.output and "--repair" in result.output
+    assert "b'" not in result.output  # no raw checksum bytes
+    report = verify(str(url))
+    assert [(e.epoch, len(e.damaged)) for e in report.epochs] == [(0, 1), (1, 1), (0, 0)]
+    assert "train/fingerprint epoch 1" in report.epochs[1].damaged[0]
+    args = ["--epochs", "2", "--teacher-model", "regnety_002", "--random-init"]
+    repaired = CliRunner().invoke(
+        main, ["precompute", "--data", "digits", "--out", str(url), *args, "--dask-workers", "0",
+               "--repair"],
+    )  # fmt: skip
+    assert repaired.exit_code == 0, repaired.output
+    assert verify(str(url), all_views=True).ok

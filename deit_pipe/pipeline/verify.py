@@ -148,7 +148,14 @@ def verify(
     report.epochs = [check for check, _ in jobs]
     total, rendered = sum(_views_in(store.spec, c.split, r) for c, r in jobs), 0
     for check, rows in jobs:
-        arrays = store.read_arrays(check.epoch, check.split)
+        try:
+            arrays = store.read_arrays(check.epoch, check.split)
+        except (DoneFlagError, TeacherSealError):
+            raise
+        except StoreCorruptError:  # a chunk fails to decode: find every shard it spoils
+            problems = epoch_damage(store, check.split, check.epoch, done[check.split][check.epoch])
+            check.damaged = [str(p) for p in problems]
+            continue  # its views cannot be compared: --repair recomputes them
         # Values too, not only fingerprints: a lost chunk reads as zeros, which only the
         # checksums recorded at write time tell from data.
         problems = epoch_damage(

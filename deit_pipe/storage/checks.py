@@ -121,19 +121,27 @@ class StoreChecks:
         only this record tells from data. `arrays`, `done`: the epoch's, if already read."""
         self._require_split(split)
         prefix = self.prefix if prefix is None else prefix
-        if arrays is None:
-            arrays = self.read_arrays(epoch, split, prefix)
         if done is None:
             done = self._done_row_of(split, epoch, prefix)
         sums = self._read(split, CHECKSUM, epoch, prefix)
         salt = self._salt(split, prefix)
         length, views = self.spec.layout(split)[0], self.spec.views(split)
+        where = f"{prefix}{split}"
         problems = []
         for shard in (int(s) for s in np.flatnonzero(done)):
             rows = slice(shard * length, min((shard + 1) * length, views))
             for a, name in enumerate(self.spec.arrays):
-                if shard_checksum(arrays[name][rows], salt) != sums[shard, a]:
-                    where = f"{prefix}{split}"
+                try:  # shard by shard: a chunk that fails to decode names its own shard
+                    data = (
+                        arrays[name][rows]
+                        if arrays
+                        else self._read(split, name, (epoch, rows), prefix)
+                    )
+                except StoreCorruptError as exc:
+                    why = str(exc).rpartition("): ")[2].split(";")[0]
+                    problems.append(ShardProblem(self.url, where, epoch, shard, name, why))
+                    continue
+                if shard_checksum(data, salt) != sums[shard, a]:
                     why = self._why_differs(where, name, epoch, shard, int(sums[shard, a]))
                     problems.append(ShardProblem(self.url, where, epoch, shard, name, why))
         return problems

@@ -163,7 +163,8 @@ class TargetStore(StoreChecks, FollowStore):
                 ) from None
             # the array's own path: teachers/B/train/… for a second teacher's damage
             raise StoreCorruptError(
-                f"corrupted data in {self.url}/{prefix}{split}/{name} (epoch {index}): {exc}"
+                f"corrupted data in {self.url}/{prefix}{split}/{name} (epoch "
+                f"{index[0] if isinstance(index, tuple) else index}): {_chunk_failure(exc)}"
             ) from None
 
     def _gone(self) -> bool:
@@ -176,3 +177,11 @@ class TargetStore(StoreChecks, FollowStore):
 
     def close(self) -> None:
         self._prefetcher.shutdown(wait=False, cancel_futures=True)
+
+
+def _chunk_failure(exc: Exception) -> str:
+    """Zarr's failure on a chunk in words (its message holds the raw checksum bytes)."""
+    text = str(exc)
+    if "checksum" in text.lower():
+        return "a chunk fails its crc32c checksum; rerun the precompute command with --repair"
+    return " ".join(text.split())[:200]
