@@ -96,7 +96,8 @@ def _consumer_ms(views, boxes, device: torch.device | None, batch: int, rounds: 
             torch.cuda.synchronize()
 
     def kernels():  # the Pillow stage alone: no read-back, no fingerprints
-        _render(prepared, device)
+        for chunk in prepared["chunks"]:
+            _render(chunk, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -136,7 +137,8 @@ def _ops_per_batch(views, batch: int) -> tuple[int, int]:
     affine._CHUNK_PIXELS["cpu"] = affine._CHUNK_PIXELS["cuda"]
     try:
         with _Ops() as ops:
-            _render(prepared, torch.device("cpu"))
+            for chunk in prepared["chunks"]:
+                _render(chunk, torch.device("cpu"))
     finally:
         affine._CHUNK_PIXELS.update(saved)
     return ops.count, ops.launches

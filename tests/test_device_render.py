@@ -87,6 +87,40 @@ def test_a_batch_rendered_on_the_device_is_the_host_batch(device):
             assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_device_stage_is_split_by_pixels_and_stays_the_host_batch(device, monkeypatch):
+    """Images of very different sizes, the kernels' budget made small: the batch launches in
+    chunks each under the budget (a view over it alone renders on the host), and the bytes
+    are the host batch's: the kernels' memory does not grow with the largest image."""
+    import deit_pipe.data.device.render as render_module
+    from deit_pipe.data.device.render import prepare, view_cost
+
+    monkeypatch.setattr(render_module, "CHUNK_PIXELS", 4 * 48 * 48)
+    rng = np.random.default_rng(5)
+    sizes = [(8, 8), (120, 40), (40, 120), (16, 16), (200, 200), (12, 30), (64, 64), (9, 90)]
+    cfg = ViewConfig(input_size=16)
+    drawer = ViewDrawer(train_transform(cfg))
+    views, expected = [], []
+    for seed, (w, h) in enumerate(sizes * 3):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        views.append(defer(img, seed, drawer, cfg)[0])
+        expected.append(apply_host(img, drawer.draw(seed, w, h)[0]))
+    prepared = prepare(list(views))
+    assert len(prepared["chunks"]) > 1 and prepared["kernel_views"] < len(views)  # split
+    for chunk in prepared["chunks"]:
+        n, hmax, wmax = len(chunk["index"]), *chunk["crops"].shape[1:3]
+        assert n * view_cost((hmax, wmax), (16, 16)) <= 4 * 48 * 48, (n, hmax, wmax)
+    n = len(views)
+    batch = {
+        "device_views": views, "erase": np.zeros((n, 1, 4), np.int32), "slot": np.arange(n),
+        "seed": np.arange(n), "mix": np.zeros(n, np.int64), "lam": np.ones((n, 2)),
+        "box": np.zeros((n, 4), np.int64),
+    }  # fmt: skip
+    batch = {k: torch.as_tensor(v) if k != "device_views" else v for k, v in batch.items()}
+    done = realize(batch, torch.device(device))
+    assert torch.equal(done["image"].cpu(), torch.stack(expected))
+
+
 # Ops that read device data back to the host: on CUDA each waits for the device's queue.
 _READ_BACKS = {"_local_scalar_dense", "nonzero", "bincount", "is_nonzero", "equal", "item"}
 _READ_BACKS |= {"masked_select", "_unique2", "unique_dim", "unique_consecutive"}

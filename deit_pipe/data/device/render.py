@@ -69,7 +69,9 @@ def defer(
     params, rng = drawer.draw(view_seed, *img.size)
     boxes = erasing_boxes(rng, cfg, *params.size)
     top, left, h, w = params.crop
-    if not covered(params) or h < 1 or w < 1:  # an empty crop (a 1-pixel image): Pillow's
+    # Pillow's: ops no kernel covers, an empty crop (a 1-pixel image), a crop over the
+    # kernels' chunk budget alone (a huge image: their memory stays bounded)
+    if not covered(params) or h < 1 or w < 1 or view_cost((h, w), params.size) > CHUNK_PIXELS:
         return DeviceView(apply_host(img, params), None), boxes
     box = (left, top, left + w, top + h)
     if isinstance(img, EncodedJpeg):  # decoded when collated, into the batch's tensor
@@ -87,11 +89,12 @@ def defer_eval(img: Image.Image, cfg: ViewConfig) -> DeviceView:
     image. A filter the eval path has no kernel for renders on the host."""
     size = cfg.input_size
     resample_filter = _EVAL_FILTERS.get(cfg.interpolation)
-    if resample_filter is None:
+    short = math.floor(size / cfg.crop_pct)  # the resize's shorter side, before the crop
+    scale = short / min(img.size)
+    resized = (math.ceil(img.height * scale), math.ceil(img.width * scale))
+    if resample_filter is None or view_cost((img.height, img.width), resized) > CHUNK_PIXELS:
         return DeviceView(eval_transform(cfg)(img).permute(1, 2, 0).contiguous(), None)
-    taps = resample.eval_taps(
-        img.size, math.floor(size / cfg.crop_pct), (size, size), int(resample_filter)
-    )
+    taps = resample.eval_taps(img.size, short, (size, size), int(resample_filter))
     params = ViewParams(
         (0, 0, img.height, img.width), (size, size), int(resample_filter), False, False
     )
@@ -108,57 +111,98 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
 
 
+# The kernels' working set, in padded pixels: the views launched together are padded to the
+# largest source crop (or output) on each axis, so a chunk of n views costs n × max(H, oh) ×
+# max(W, ow), and a batch is split into chunks of at most this many (a view alone over it
+# renders on the host: `defer`). Its peak memory is then fixed whatever the mix of image
+# sizes (docs/DESIGN.md states the bytes); an ImageNet batch of 256 fits in one chunk.
+CHUNK_PIXELS = 1 << 26
+
+
+def view_cost(crop: tuple[int, int], size: tuple[int, int]) -> int:
+    """A view's padded pixels in a chunk of its own: source crop (h, w) and output size."""
+    return max(crop[0], size[0]) * max(crop[1], size[1])
+
+
+def chunks(shapes: list[tuple[int, int]], sizes: list[tuple[int, int]]) -> list[list[int]]:
+    """The views (by position) launched together: all at once where they fit under
+    `CHUNK_PIXELS`, else packed largest first, each chunk under it (a view over it alone)."""
+    dims = [(max(h, o[0]), max(w, o[1])) for (h, w), o in zip(shapes, sizes, strict=True)]
+    hmax, wmax = max(d[0] for d in dims), max(d[1] for d in dims)
+    if len(dims) * hmax * wmax <= CHUNK_PIXELS:
+        return [list(range(len(dims)))]
+    out: list[list[int]] = []
+    current, hmax, wmax = [], 0, 0
+    for i in sorted(range(len(dims)), key=lambda k: -dims[k][0] * dims[k][1]):
+        h, w = max(hmax, dims[i][0]), max(wmax, dims[i][1])
+        if current and (len(current) + 1) * h * w > CHUNK_PIXELS:
+            out.append(current)
+            current, h, w = [], dims[i][0], dims[i][1]
+        current.append(i)
+        hmax, wmax = h, w
+    return [*out, current]
+
+
 def prepare(views: list[DeviceView]) -> dict:
     """The host side of a batch of deferred views, done where the batch is collated (in a
-    loader worker, in parallel with the others): the crops padded into one uint8 tensor
-    (each in its top-left corner), their resize plan, the flips and the auto-augment steps
-    (`augsteps.plan_steps`), and the pixels of the views Pillow rendered. Only tensors and
-    sizes: `realize` moves them to the consuming device and launches the kernels."""
+    loader worker, in parallel with the others): the kernel views in chunks of bounded
+    padded size (`chunks`), each with its crops padded into one uint8 tensor, its resize
+    plan, flips and auto-augment steps; and the pixels of the views Pillow rendered. Only
+    tensors and sizes: `realize` moves them to the consuming device and launches the
+    kernels, chunk by chunk."""
     todo = [i for i, v in enumerate(views) if v.params is not None]
     done = [i for i, v in enumerate(views) if v.params is None]
     size = views[todo[0]].params.size if todo else tuple(views[0].pixels.shape[:2])
-    out = {"size": size, "count": len(views), "kernel_views": len(todo)}
+    out = {"size": size, "count": len(views), "kernel_views": len(todo), "chunks": []}
     if done:
         ready = [views[i].pixels for i in done]
         out["ready"] = torch.stack(
             ready, out=batch_tensor((len(ready), *ready[0].shape), torch.uint8)
         )
-        out["todo"], out["done"] = (
-            torch.tensor(todo, dtype=torch.int64),
-            torch.tensor(done, dtype=torch.int64),
-        )
+        out["done"] = torch.tensor(done, dtype=torch.int64)
     if todo:
-        crops = [views[i].pixels for i in todo]
-        params = [views[i].params for i in todo]
-        taps = [
-            views[i].taps
-            or resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
-            for i, c, p in zip(todo, crops, params, strict=True)
-        ]
-        out["plan"] = resample.stack_taps(taps)
-        hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
-        pixels = list(range(len(crops)))
-        jpegs = [k for k, c in enumerate(crops) if isinstance(c, PendingCrop)]
-        if jpegs and jpegblocks.enabled():  # left as DCT blocks for the device
-            packed, left = jpegblocks.pack([crops[k] for k in jpegs], (hmax, wmax), batch_tensor)
-            if packed is not None:
-                packed["index"] = torch.tensor(jpegs, dtype=torch.int64)[packed["index"]]
-                out["blocks"] = packed
-            decoded = set(jpegs) - {jpegs[k] for k in left}
-            pixels = [k for k in pixels if k not in decoded]
-        # Not zeroed: padding is read only under zero weights, and x * 0 = 0 for any byte.
-        padded = batch_tensor((len(pixels), hmax, wmax, crops[0].shape[2]), torch.uint8)
-        for i, k in enumerate(pixels):
-            c = crops[k]
-            if isinstance(c, PendingCrop):
-                c.into(padded[i].numpy())  # the region decoded in place
-            else:
-                padded[i, : c.shape[0], : c.shape[1]] = c
-        out["crops"], out["pixel_rows"] = padded, torch.tensor(pixels, dtype=torch.int64)
-        for flag in ("hflip", "vflip"):
-            flips = [i for i, p in enumerate(params) if getattr(p, flag)]
-            out[flag] = torch.tensor(flips, dtype=torch.int64)
-        out["steps"] = plan_steps(params)
+        shapes = [tuple(views[i].pixels.shape[:2]) for i in todo]
+        groups = chunks(shapes, [views[i].params.size for i in todo])
+        for group in groups:
+            chunk = _prepare_chunk([views[todo[k]] for k in group])
+            chunk["index"] = torch.tensor([todo[k] for k in group], dtype=torch.int64)
+            out["chunks"].append(chunk)
+    return out
+
+
+def _prepare_chunk(views: list[DeviceView]) -> dict:
+    """One chunk of kernel views: crops padded into one tensor, their plan and steps."""
+    out: dict = {"kernel_views": len(views)}
+    crops = [v.pixels for v in views]
+    params = [v.params for v in views]
+    taps = [
+        v.taps or resample.resize_taps((c.shape[1], c.shape[0]), p.size[::-1], p.interpolation)
+        for v, c, p in zip(views, crops, params, strict=True)
+    ]
+    out["plan"] = resample.stack_taps(taps)
+    hmax, wmax = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
+    pixels = list(range(len(crops)))
+    jpegs = [k for k, c in enumerate(crops) if isinstance(c, PendingCrop)]
+    if jpegs and jpegblocks.enabled():  # left as DCT blocks for the device
+        packed, left = jpegblocks.pack([crops[k] for k in jpegs], (hmax, wmax), batch_tensor)
+        if packed is not None:
+            packed["index"] = torch.tensor(jpegs, dtype=torch.int64)[packed["index"]]
+            out["blocks"] = packed
+        decoded = set(jpegs) - {jpegs[k] for k in left}
+        pixels = [k for k in pixels if k not in decoded]
+    # Not zeroed: padding is read only under zero weights, and x * 0 = 0 for any byte.
+    padded = batch_tensor((len(pixels), hmax, wmax, crops[0].shape[2]), torch.uint8)
+    for i, k in enumerate(pixels):
+        c = crops[k]
+        if isinstance(c, PendingCrop):
+            c.into(padded[i].numpy())  # the region decoded in place
+        else:
+            padded[i, : c.shape[0], : c.shape[1]] = c
+    out["crops"], out["pixel_rows"] = padded, torch.tensor(pixels, dtype=torch.int64)
+    for flag in ("hflip", "vflip"):
+        flips = [i for i, p in enumerate(params) if getattr(p, flag)]
+        out[flag] = torch.tensor(flips, dtype=torch.int64)
+    out["steps"] = plan_steps(params)
     return out
 
 
@@ -242,22 +286,23 @@ def _pending_fingerprints(image: torch.Tensor, batch: dict, now: bool) -> Later:
 
 def realize(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
     """A collated batch of deferred views (`device_views`: `prepare`d, or a list of
-    `DeviceView`) rendered on `device`: the batch as the host path collates it (`image`
-    uint8 NHWC, on the device; `fingerprint` from those bytes, with `wait=False` still
-    pending: see `fingerprints`), plus `host_rendered`, how many views the kernels
-    did not cover."""
+    `DeviceView`) rendered on `device`, chunk by chunk: the batch as the host path collates
+    it (`image` uint8 NHWC, on the device; `fingerprint` from those bytes, with
+    `wait=False` still pending: see `fingerprints`), plus `host_rendered`, how many views
+    the kernels did not cover."""
     prepared = batch.pop("device_views")
     if isinstance(prepared, list):
         prepared = prepare(prepared)
-    n, kernel_views = prepared["count"], prepared["kernel_views"]
-    if kernel_views == n:
-        image = _render(prepared, device)
+    n, kernel_views, parts = prepared["count"], prepared["kernel_views"], prepared["chunks"]
+    if len(parts) == 1 and kernel_views == n:  # the common case: the batch in one launch
+        image = _render(parts[0], device)
     else:
         image = torch.empty((n, *prepared["size"], 3), dtype=torch.uint8, device=device)
-        if kernel_views:
-            image[prepared["todo"].to(device, non_blocking=True)] = _render(prepared, device)
-        done = prepared["done"].to(device, non_blocking=True)
-        image[done] = prepared["ready"].to(device, non_blocking=True)
+        for chunk in parts:
+            image[chunk["index"].to(device, non_blocking=True)] = _render(chunk, device)
+        if kernel_views < n:
+            done = prepared["done"].to(device, non_blocking=True)
+            image[done] = prepared["ready"].to(device, non_blocking=True)
     pending = _pending_fingerprints(image, batch, now=wait)
     fps = pending.get() if wait else pending
     return {**batch, "image": image, "fingerprint": fps, "host_rendered": n - kernel_views}
