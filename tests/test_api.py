@@ -180,3 +180,18 @@ def test_every_public_name_is_documented_with_its_arguments():
             assert "Args:" in doc, f"{name}'s docstring has no Args: section"
         if inspect.isfunction(obj):
             assert "Returns:" in doc, f"{name}'s docstring has no Returns: section"
+
+
+def test_an_online_teacher_through_the_loader_gives_the_stored_targets(store):
+    """A comparison run: the store's views, the teacher run on them live instead of read —
+    the same teacher (a seeded random RegNetY, as the store's) gives the stored top-1."""
+    opened = dp.open_store(store)
+    kw = dict(batch_size=128, epochs=1, device="cpu", max_steps=3)
+    teacher = dp.create_teacher("regnety_002", opened.num_classes, random_init=True)
+    online = dp.ReplayLoader(opened, teacher=teacher, **kw)
+    offline = dp.ReplayLoader(opened, **kw)
+    for live, stored in zip(online, offline, strict=True):
+        assert torch.equal(live.images, stored.images)
+        assert torch.equal(live.teacher_hard, stored.teacher_hard)
+        assert live.teacher_topk is None and stored.teacher_topk.indices.shape[1] == 3
+        assert torch.equal(stored.teacher_topk.indices[:, 0], stored.teacher_hard)
