@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.layouts import write_parquet, write_wds
 from deit_pipe.data import open_source
-from deit_pipe.data.device.render import realize
+from deit_pipe.data.device.render import device_pixels
 from deit_pipe.data.loaders.blocks import BlockRun, block_loader, merge_parts
 from deit_pipe.data.loaders.dataset import ReplayDataset
 from deit_pipe.data.plan.epoch import block_of, plan
@@ -74,7 +74,7 @@ def _steps(split, recipe, world: int, workers: int, start: int = 0) -> list[tupl
         replay = ReplayDataset(split, recipe)
         run = BlockRun(replay, 12, 3, world_size=world, rank=rank, start_step=start)
         merged = [
-            merge_parts(b["parts"], torch.device("cpu"), realize)
+            merge_parts(b["parts"], torch.device("cpu"), device_pixels)
             for b in block_loader(run, workers)
         ]
         per_rank.append([(b["slot"].numpy(), b["fingerprint"].numpy()) for b in merged])
@@ -107,7 +107,7 @@ def test_a_block_is_read_once_per_window(shards):
     replay = ReplayDataset(split, _recipe(source, 2))
     run = BlockRun(replay, 18, 1)  # one epoch, one step of every slot
     for batch in block_loader(run, 0):
-        merge_parts(batch["parts"], torch.device("cpu"), realize)
+        merge_parts(batch["parts"], torch.device("cpu"), device_pixels)
     assert split.cache.bytes_read == split.group_bytes.sum()  # every row group once
     assert split.block_bytes() > 0
 

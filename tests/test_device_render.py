@@ -224,6 +224,7 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
     (a mismatch stops the run) and take the same steps as --render host."""
     from dataclasses import replace
 
+    from deit_pipe.data.device.render import device_pixels
     from deit_pipe.pipeline.precompute import precompute
     from deit_pipe.pipeline.request import StoreRequest
     from deit_pipe.pipeline.tasks import Job
@@ -234,11 +235,12 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
 
     rendered = []  # batch sizes the device path rendered: proof that it ran
 
-    def counting(batch, device, **kw):
-        rendered.append(batch["device_views"]["count"])
-        return realize(batch, device, **kw)
+    def counting(batch, device, **kw):  # the training loader's batches
+        if "device_views" in batch:
+            rendered.append(batch["device_views"]["count"])
+        return device_pixels(batch, device, **kw)
 
-    monkeypatch.setattr(loader_module, "realize", counting)
+    monkeypatch.setattr(loader_module, "device_pixels", counting)
     url = str(tmp_path / "s.zarr")
     job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
     request = StoreRequest(epochs=1, k=5, shard_views=512)

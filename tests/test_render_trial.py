@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from deit_pipe.cli import main
-from deit_pipe.data.device.render import realize
+from deit_pipe.data.device.render import device_pixels
 from deit_pipe.student import loader as loader_module
 from deit_pipe.student.rendertrial import PAYS, RenderTrial, render_trial, window_steps
 from tests.test_train import TINY_ARGS, losses
@@ -49,12 +49,13 @@ def test_a_run_that_tries_both_renderers_learns_what_a_host_run_learns(
     the end, are the host run's."""
     rendered = []  # the steps whose views the kernels rendered
 
-    def counting(batch, device, **kw):
-        rendered.append(batch["device_views"]["count"])
-        return realize(batch, device, **kw)
+    def counting(batch, device, **kw):  # the training loader's batches (not eval's)
+        if "device_views" in batch:
+            rendered.append(batch["device_views"]["count"])
+        return device_pixels(batch, device, **kw)
 
     measured = RenderTrial._faster
-    monkeypatch.setattr(loader_module, "realize", counting)
+    monkeypatch.setattr(loader_module, "device_pixels", counting)
     monkeypatch.setattr(RenderTrial, "_faster", lambda self: (measured(self), winner)[1])
     out = tmp_path / "auto"
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
@@ -80,10 +81,12 @@ def test_a_device_out_of_memory_in_the_trial_leaves_the_host_rendering(
     calls = []
 
     def out_of_memory(batch, device, **kw):
+        if "device_views" not in batch:
+            return device_pixels(batch, device, **kw)
         calls.append(batch["device_views"]["count"])
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(loader_module, "realize", out_of_memory)
+    monkeypatch.setattr(loader_module, "device_pixels", out_of_memory)
     out = tmp_path / "auto"
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])
     assert done.exit_code == 0, done.output
@@ -104,13 +107,15 @@ def test_a_device_out_of_memory_after_the_trial_turns_the_run_to_the_host(
     calls = []
 
     def out_of_memory_at_step_12(batch, device, **kw):
+        if "device_views" not in batch:
+            return device_pixels(batch, device, **kw)
         calls.append(batch["device_views"]["count"])
         if len(calls) == 7:  # steps 6-10 in the trial, 11 and then 12 on the device
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return realize(batch, device, **kw)
+        return device_pixels(batch, device, **kw)
 
     measured = RenderTrial._faster
-    monkeypatch.setattr(loader_module, "realize", out_of_memory_at_step_12)
+    monkeypatch.setattr(loader_module, "device_pixels", out_of_memory_at_step_12)
     monkeypatch.setattr(RenderTrial, "_faster", lambda self: (measured(self), "device")[1])
     out = tmp_path / "auto"
     done = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--render-trial", "2"])

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from deit_pipe.audit.agreement import disagreement_matrix
 from deit_pipe.audit.plots import agreement_heatmap
 from deit_pipe.data import collate_views, finish, mismatches, stored_views
-from deit_pipe.data.device.render import realize, render_mode
+from deit_pipe.data.device.render import device_pixels, render_mode
 from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.device import resolve_device
@@ -237,8 +237,7 @@ def train_view_agreement(
             collate_fn=collate_views,
         )
         for batch in loader:
-            if "device_views" in batch:
-                batch = realize(batch, device)
+            batch = device_pixels(batch, device)
             slots = batch["slot"].numpy()
             if len(mismatches(targets.fingerprint, slots, batch["fingerprint"].numpy())):
                 raise ReplayError(

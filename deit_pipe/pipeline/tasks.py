@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from deit_pipe.data import Source, finish, open_checked
-from deit_pipe.data.device.render import realize, render_mode
+from deit_pipe.data.device.render import device_pixels, render_mode
 from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.pipeline.render import RenderPool, shard_batches
@@ -138,11 +138,10 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     k, temps = writer.spec.k, writer.spec.temperatures
     for batch in batches:
         t0 = time.perf_counter()
-        if "device_views" in batch:  # the Pillow stage on the teacher's device
-            batch = realize(batch, device)
-            kernel_views += len(batch["slot"]) - batch.pop("host_rendered")
-        elif device.type == "cuda":  # uint8: a quarter of float32's host→device traffic
-            batch["image"] = batch["image"].pin_memory()
+        if device.type == "cuda" and "image" in batch:  # uint8: a quarter of float32's
+            batch["image"] = batch["image"].pin_memory()  # host→device traffic
+        batch = device_pixels(batch, device)  # the kernels on the teacher's device, or not
+        kernel_views += len(batch["slot"]) - batch.pop("host_rendered")
         logits = teacher_logits(model, finish(batch, job.recipe.view, device), device)
         top = logits.topk(k, dim=1, sorted=True)
         values.append(top.values.cpu().numpy())

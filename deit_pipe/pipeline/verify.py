@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
-from deit_pipe.data.device.render import realize, render_mode
+from deit_pipe.data.device.render import device_pixels, render_mode
 from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.data.sources.identity import blocks_problem, same_dataset
@@ -163,8 +163,7 @@ def verify(
         )
         check.damaged = [str(p) for p in problems] + _other_teachers(store, check, arrays)
         for views in _render(source, recipe, check, rows, workers, render):
-            if "device_views" in views:
-                views = realize(views, target)
+            views = device_pixels(views, target)
             rendered += len(views["slot"])
             _compare(arrays["fingerprint"], source, recipe, check, views)
             if progress:

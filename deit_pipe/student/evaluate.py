@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from deit_pipe.data import EvalDataset, Split, ViewConfig, collate_views, finish
-from deit_pipe.data.device.render import realize
+from deit_pipe.data.device.render import device_pixels
 from deit_pipe.student.models import heads
 
 
@@ -35,8 +35,7 @@ def predict(
     )
     out: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
-        if "device_views" in batch:
-            batch = realize(batch, device)
+        batch = device_pixels(batch, device)
         x = finish(batch, view, device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = heads(model, x)

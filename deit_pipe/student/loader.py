@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deit_pipe.data import Source, ViewConfig, collate_views, finish, open_checked
-from deit_pipe.data.device.render import fingerprints, realize, render_mode
+from deit_pipe.data.device.render import device_pixels, fingerprints, render_mode
 from deit_pipe.data.loaders.blocks import BlockRun, block_loader, merge_parts
 from deit_pipe.data.loaders.dataset import ReplayDataset, RunSampler
 from deit_pipe.data.plan.epoch import steps_per_epoch
@@ -394,10 +394,10 @@ class ReplayLoader:
     def _device_stage(self, raw: dict) -> dict:
         """A batch whose views the kernels render, rendered on the device (queued)."""
         if "parts" in raw:  # block order: each loader worker's share of the step
-            raw = merge_parts(raw["parts"], self.device, partial(realize, wait=False))
-            self.host_rendered += raw.pop("host_rendered")
-        elif "device_views" in raw:
-            raw = realize(raw, self.device, wait=False)
+            raw = merge_parts(raw["parts"], self.device, partial(device_pixels, wait=False))
+        else:
+            raw = device_pixels(raw, self.device, wait=False)
+        if self.render == "device":  # views the kernels left to Pillow
             self.host_rendered += raw["host_rendered"]
         return raw
 

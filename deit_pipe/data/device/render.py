@@ -238,6 +238,15 @@ def _render(prepared: dict, device: torch.device) -> torch.Tensor:
     return run_steps(x, prepared["steps"])
 
 
+def device_pixels(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
+    """Any collated batch with its views' pixels: one whose Pillow stage the kernels run,
+    rendered on `device` (`realize`); one the host rendered, as it is. Either way with
+    `host_rendered`, how many of its views Pillow rendered."""
+    if "device_views" in batch:
+        return realize(batch, device, wait=wait)
+    return {**batch, "host_rendered": len(batch["slot"])}
+
+
 class Later:
     """A value computed when first asked for (`get`): a device batch's fingerprints, whose
     bytes are still on their way back to the host."""

@@ -84,12 +84,12 @@ def block_loader(run: BlockRun, workers: int, pin_memory: bool = False) -> Itera
 
 
 def merge_parts(
-    parts: list[dict], device: torch.device, realize: Callable[[dict, torch.device], dict]
+    parts: list[dict], device: torch.device, pixels: Callable[[dict, torch.device], dict]
 ) -> dict:
-    """One step's parts as one batch in slot order: device-rendered parts realized, the
-    views moved to `device` and concatenated there, everything sorted by slot (pending
-    fingerprints stay pending: see `device_render.fingerprints`)."""
-    parts = [realize(p, device) if "device_views" in p else p for p in parts if len(p["slot"])]
+    """One step's parts as one batch in slot order: each part's pixels made (`pixels`:
+    `device.render.device_pixels`), the views moved to `device` and concatenated there,
+    everything sorted by slot (pending fingerprints stay pending: see `fingerprints`)."""
+    parts = [pixels(p, device) for p in parts if len(p["slot"])]
     slot = torch.cat([p["slot"] for p in parts])
     order = torch.argsort(slot)
     batch: dict = {"host_rendered": sum(p.get("host_rendered", 0) for p in parts)}
