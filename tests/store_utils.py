@@ -1,6 +1,9 @@
-"""Deterministic random teacher logits, shard by shard, for store tests and benchmarks."""
+"""Deterministic random teacher logits, shard by shard, for store tests and benchmarks; a
+store's data files and edits of its metadata."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -100,3 +103,17 @@ def resign_meta(url: str, edit) -> None:
     meta = group.attrs["deit_pipe"]
     edit(meta)
     group.attrs["deit_pipe"] = {**meta, "checksum": meta_checksum(meta)}
+
+
+# Files whose bytes record when, not what: completion times and locks.
+WHEN = ("done_at/", ".deit-pipe.lock")
+
+
+def data_files(path: Path) -> dict[str, bytes]:
+    """Every file of a store but its root metadata and completion times, with its bytes."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in files
+        if p.relative_to(path) != Path("zarr.json") and not any(w in str(p) for w in WHEN)
+    }

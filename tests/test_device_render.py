@@ -2,7 +2,6 @@
 host path), whatever the recipe, batch or device, and stores made before it still replay."""
 
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from deit_pipe.cli import main
 from deit_pipe.data import (
@@ -27,8 +25,8 @@ from deit_pipe.data.plan.epoch import MixConfig, plan
 from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.data.views.host import apply_host
 from deit_pipe.data.views.params import ViewDrawer
+from tests.dispatch_utils import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 RECIPES = {
     "deit": dict(input_size=32),
     "random-interp-vflip": dict(input_size=20, interpolation="random", vflip=0.5),
@@ -121,52 +119,7 @@ def test_the_device_stage_is_split_by_pixels_and_stays_the_host_batch(device, mo
     assert torch.equal(done["image"].cpu(), torch.stack(expected))
 
 
-# Ops that read device data back to the host: on CUDA each waits for the device's queue.
-_READ_BACKS = {"_local_scalar_dense", "nonzero", "bincount", "is_nonzero", "equal", "item"}
 _READ_BACKS |= {"masked_select", "_unique2", "unique_dim", "unique_consecutive"}
-
-
-class _Dispatched(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
-def _watch_blocking_copies(monkeypatch) -> list[str]:
-    """Where host data goes to a device in a way that waits on CUDA: `Tensor.to(device)`
-    of a host tensor without non_blocking, `torch.tensor`/`as_tensor` of Python data with
-    a device. Returns the list the calls are recorded in (their callers)."""
-    seen: list[str] = []
-    real_to, real_tensor, real_as_tensor = torch.Tensor.to, torch.tensor, torch.as_tensor
-
-    def where() -> str:
-        frame = traceback.extract_stack(limit=3)[0]
-        return f"{Path(frame.filename).name}:{frame.lineno}"
-
-    def to(self, *args, **kwargs):
-        moves = "device" in kwargs or any(isinstance(a, torch.device | str) for a in args)
-        if moves and self.device.type == "cpu" and not kwargs.get("non_blocking", False):
-            seen.append(where())
-        return real_to(self, *args, **kwargs)
-
-    def tensor(data, *args, **kwargs):
-        if kwargs.get("device") is not None:
-            seen.append(where())
-        return real_tensor(data, *args, **kwargs)
-
-    def as_tensor(data, *args, **kwargs):
-        if kwargs.get("device") is not None and not isinstance(data, torch.Tensor):
-            seen.append(where())
-        return real_as_tensor(data, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "to", to)
-    monkeypatch.setattr(torch, "tensor", tensor)
-    monkeypatch.setattr(torch, "as_tensor", as_tensor)
-    return seen
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -231,7 +184,7 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
     from deit_pipe.storage import TargetStore
     from deit_pipe.student import loader as loader_module
     from deit_pipe.student.train import train
-    from tests.test_train import RECIPE, TEACHER, base_cfg, losses
+    from tests.train_utils import RECIPE, TEACHER, base_cfg, losses
 
     rendered = []  # batch sizes the device path rendered: proof that it ran
 

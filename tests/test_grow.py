@@ -13,22 +13,13 @@ from deit_pipe.place import Place
 from deit_pipe.storage import TargetStore
 from deit_pipe.storage.format import job_identity
 from tests.cli_utils import invoke, one_line
+from tests.store_utils import data_files
 
 CLI = str(Path(sys.executable).parent / "deit-pipe")
 PRE = ["precompute", "--data", "fake:400", "--teacher-model", "regnety_002", "--random-init"]
 PRE += ["--batch-size", "100", "--dask-workers", "0", "--preset", "small"]
 # What differs between two makings of one store: when shards completed, when it was created.
 WHEN = ("done_at/", ".deit-pipe.lock")
-
-
-def data_files(path: Path) -> dict[str, bytes]:
-    """Every file of a store but its root metadata and completion times, with its bytes."""
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    return {
-        str(p.relative_to(path)): p.read_bytes()
-        for p in files
-        if p.relative_to(path) != Path("zarr.json") and not any(w in str(p) for w in WHEN)
-    }
 
 
 def same_as(url: Path, reference: Path) -> None:

@@ -21,8 +21,8 @@ from deit_pipe.data.plan.epoch import MixConfig, plan
 from deit_pipe.data.views.host import apply_host, train_transform
 from deit_pipe.data.views.params import ViewDrawer
 from deit_pipe.errors import DataError
-from tests.test_device_render import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
-from tests.test_jpeg_region import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below
+from tests.dispatch_utils import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
+from tests.jpeg_utils import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below
 
 
 @pytest.fixture(autouse=True)

@@ -14,26 +14,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from deit_pipe.cli import main
-from deit_pipe.data import ViewConfig, collate_views, open_source
 from deit_pipe.data.decode import jpeg as region
 from deit_pipe.data.decode.pillow import decode_image
-from deit_pipe.data.device.render import realize
-from deit_pipe.data.loaders.dataset import PairDataset
-from deit_pipe.data.plan.epoch import MixConfig, plan
 from deit_pipe.errors import DataError
 from tests.conftest import truncated_jpeg_bytes
-
-KINDS = {
-    "4:4:4": dict(subsampling=0),
-    "4:2:2": dict(subsampling=1),
-    "4:2:0": dict(subsampling=2),
-    "gray": dict(gray=True),
-    "4:2:0 progressive": dict(subsampling=2, progressive=True),
-    "4:2:2 progressive optimized": dict(subsampling=1, progressive=True, optimize=True),
-    "4:4:4 progressive": dict(subsampling=0, progressive=True),
-    "4:2:0 restart markers": dict(subsampling=2, restart_marker_blocks=3),
-    "gray progressive": dict(gray=True, progressive=True),
-}
+from tests.jpeg_utils import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below
 
 
 @pytest.fixture(autouse=True)
@@ -42,25 +27,6 @@ def region_on(monkeypatch):
     region._bound.cache_clear()
     yield
     region._bound.cache_clear()
-
-
-def _jpeg(rng, w: int, h: int, quality: int, gray=False, **save) -> bytes:
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([np.sin(xx / 5 + c) * np.cos(yy / 7) * 90 + 128 for c in range(3)], -1)
-    pixels = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-    img = Image.fromarray(pixels).convert("L") if gray else Image.fromarray(pixels)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality, **save)
-    return buf.getvalue()
-
-
-def _boxes(rng, w: int, h: int, count: int):
-    """Random boxes, then the whole image, its corners and one-pixel rows and columns."""
-    for _ in range(count):
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        yield x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
-    yield from [(0, 0, w, h), (w - 1, h - 1, w, h), (0, h - 1, w, h), (w - 1, 0, w, 1)]
-    yield from [(0, 0, 1, h), (w // 2, 0, w, h), (0, h // 2, w, h // 2 + 1)]
 
 
 def test_the_region_decoder_is_built_and_bound():
@@ -90,18 +56,6 @@ def test_a_region_is_the_full_decodes_crop(kind):
         img.crop_into(box, slot)
         assert np.array_equal(slot[: y1 - y0, : x1 - x0], whole[y0:y1, x0:x1])
         assert (slot[y1 - y0 :] == 7).all() and (slot[:, x1 - x0 :] == 7).all()
-
-
-def _h1v2(rng, w: int, h: int, progressive: bool) -> bytes:
-    """A 4:4:0 (h1v2) JPEG, which Pillow cannot write: a 4:2:2 file of 2w × h/2 whose SOF is
-    rewritten to w × h with luma sampled 1×2. Its MCUs (and each component's block counts)
-    are the same four blocks, so the entropy-coded data stays valid."""
-    data = bytearray(_jpeg(rng, 2 * w, h // 2, 85, subsampling=1, progressive=progressive))
-    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
-    struct.pack_into(">HH", data, sof + 5, h, w)
-    assert data[sof + 11] == 0x21  # luma: 2 across, 1 down
-    data[sof + 11] = 0x12
-    return bytes(data)
 
 
 @pytest.mark.parametrize("progressive", [False, True])
@@ -154,17 +108,6 @@ def test_corrupt_data_gives_whatever_pillow_gives():
         assert np.array_equal(img.crop_array((0, 0, 64, 8)), whole[0:8]), seed
 
 
-def damaged_below(rng) -> tuple[bytes, str]:
-    """A tall 64x256 4:2:0 JPEG with a bogus marker segment near its end, and the line
-    Pillow refuses it with."""
-    data = _jpeg(rng, 64, 256, 85, subsampling=2)
-    cut = len(data) - 200
-    bad = data[:cut] + b"\xff\xc4\x00\x05\x17\x00\x00" + data[cut:]
-    with pytest.raises(DataError) as whole:
-        decode_image(bad, "tall.jpg")
-    return bad, str(whole.value)
-
-
 def test_damage_below_the_crop_is_refused_as_pillow_refuses_it():
     """A bogus marker segment near the end of a tall file: Pillow refuses the file, and so
     does a crop of its top rows, so no view depends on whether its crop reaches the damage
@@ -181,15 +124,6 @@ def test_it_can_be_turned_off(monkeypatch):
     region._bound.cache_clear()
     data = _jpeg(np.random.default_rng(1), 30, 20, 90)
     assert isinstance(region.open_image(data, "x"), Image.Image)
-
-
-def _views(root, render: str, size: int = 32, epochs: int = 5) -> dict:
-    """Every training view of the JPEGs in `root`, rendered with `render` (on the CPU)."""
-    split = open_source(f"imagefolder:{root}").split("train")
-    cfg = ViewConfig(input_size=size, re_count=2)
-    views = PairDataset(split, plan(epochs, 2, len(split), epochs, MixConfig(), 8), cfg, render)
-    batch = collate_views([views[p] for p in range(len(views))])
-    return realize(batch, torch.device("cpu")) if render == "device" else batch
 
 
 @pytest.mark.parametrize("render", ["host", "device"])

@@ -11,7 +11,7 @@ from deit_pipe.cli import main
 from deit_pipe.data.device.render import device_pixels
 from deit_pipe.student import loader as loader_module
 from deit_pipe.student.rendertrial import PAYS, RenderTrial, render_trial, window_steps
-from tests.test_train import TINY_ARGS, losses
+from tests.train_utils import TINY_ARGS, losses
 
 ARGS = ["train", "--data", "digits", *TINY_ARGS, "--epochs", "2", "--batch-size", "128"]
 ARGS += ["--distill", "none", "--drop-path", "0", "--device", "cpu", "--max-steps", "13"]

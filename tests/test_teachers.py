@@ -11,7 +11,7 @@ import torch
 
 from deit_pipe.storage import TargetStore, dense_soft
 from tests.cli_utils import invoke, one_line
-from tests.test_grow import data_files
+from tests.store_utils import data_files
 
 PRE = ["precompute", "--data", "fake:400", "--random-init", "--batch-size", "100"]
 PRE += ["--dask-workers", "0", "--preset", "small", "--epochs", "2", "--top-k", "3"]

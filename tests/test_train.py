@@ -14,31 +14,13 @@ import zarr
 from click.testing import CliRunner
 
 from deit_pipe.cli import main
-from deit_pipe.data import ViewConfig, open_source
-from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.errors import ReplayError, StoreMismatchError
 from deit_pipe.pipeline.precompute import precompute
 from deit_pipe.pipeline.request import StoreRequest
 from deit_pipe.pipeline.tasks import Job
 from deit_pipe.student.train import TrainConfig, train
-from deit_pipe.teacher import TeacherConfig
 from tests.store_utils import resign_meta, tamper_fingerprint
-
-TEACHER = TeacherConfig("regnety_002", random_init=True)
-TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
-RECIPE = Recipe(view=ViewConfig.for_source(open_source("digits")))
-TINY_ARGS = [
-    "--img-size",
-    "32",
-    "--patch-size",
-    "8",
-    "--depth",
-    "1",
-    "--embed-dim",
-    "32",
-    "--num-heads",
-    "2",
-]
+from tests.train_utils import RECIPE, TEACHER, TINY, TINY_ARGS, base_cfg, losses
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +30,6 @@ def exact_store(tmp_path_factory):
     job = Job(url=url, data="digits", recipe=RECIPE, teacher=TEACHER, batch_size=256)
     precompute(job, StoreRequest(epochs=2, k=10, value_dtype="float32", shard_views=512), workers=0)
     return url
-
-
-def base_cfg(out, **kw) -> TrainConfig:
-    defaults = dict(
-        out=str(out),
-        model="deit_tiny_distilled_patch16_224",
-        model_overrides=TINY,
-        epochs=1,
-        batch_size=128,
-        warmup_epochs=0.2,
-        max_steps=5,
-    )
-    return TrainConfig(**{**defaults, **kw})
-
-
-def losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "loss" in r]
 
 
 @pytest.mark.parametrize("distill,tau,alpha", [("soft", 3.0, 0.1), ("hard", 1.0, 0.5)])

@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from tests.cli_utils import invoke, one_line
-from tests.test_grow import data_files
+from tests.store_utils import data_files
 
 PRE = ["precompute", "--data", "fake:100", "--random-init", "--batch-size", "50"]
 PRE += ["--dask-workers", "0", "--preset", "small", "--epochs", "1", "--top-k", "3"]
