@@ -173,6 +173,47 @@ def run(plan: Plan, work: Path) -> dict:
     return out
 
 
+def probe(work: Path, seed: int = 0) -> dict:
+    """Is a student of few stored epochs memorising them? Its hard-distillation loss (the
+    averaged heads, eval mode) on the views it replayed — stored epoch 0 — against views of
+    the same images it never saw — epoch T − 1 of the plan, with their teacher targets —
+    beside the online student's (it saw both)."""
+    import torch
+
+    import deit_pipe as dp
+    from deit_pipe.student.runs import load_run
+
+    stores = sorted(work.glob("store-E*-k10.zarr"), key=lambda p: -int(p.name[7:].split("-")[0]))
+    full = stores[0]  # the most epochs: epoch T - 1 is there
+    store = dp.open_store(full)
+    last = store.epochs - 1
+    criterion = dp.distillation_loss("hard")
+    out = {}
+    for name in ("hard E=1", "hard E=2", "hard E=6", "hard E=20", "online hard"):
+        run = work / "runs" / f"{name.replace(' ', '_').replace('=', '')}-{seed}"
+        if not (run / "checkpoint.pt").exists():
+            continue
+        model = load_run(run).model().eval()
+        losses = {}
+        for label, epoch in (("replayed", 0), ("fresh", last)):
+            kw = dict(batch_size=256, epochs=store.epochs, device="cpu", distill="hard")
+            loader = dp.ReplayLoader(store, **kw)
+            loader.load_state_dict({**loader.state_dict(), "step": epoch * loader.per_epoch})
+            total, count = 0.0, 0
+            with torch.no_grad():
+                for batch in loader:
+                    if batch.epoch != epoch:
+                        break
+                    outputs = model(batch.images)
+                    loss, _ = criterion(outputs, batch.label_targets, None, batch.teacher_hard)
+                    total, count = total + loss.item() * len(batch), count + len(batch)
+            loader.close()
+            losses[label] = total / count
+        out[name] = losses
+    store.close()
+    return out
+
+
 def table_text(result: dict, command: str) -> str:
     rows_ = result["rows"]
     anchor = np.array(rows_["online hard"]["top1"])
@@ -206,6 +247,20 @@ def table_text(result: dict, command: str) -> str:
             f"| {r['bytes_per_image']:,.0f} | {passes} | {np.mean(r['last_epoch_loss']):.3f} "
             f"| {np.mean(r['seconds']):.0f} |"
         )
+    if result.get("probe"):
+        lines += [
+            "",
+            "Memorisation (`probe`, seed 0): each hard student's hard-distillation loss (its "
+            "averaged heads, eval mode) on the views it replayed (stored epoch 0) and on views "
+            f"of the same images it never saw (epoch {plan['epochs'] - 1} of the plan, with "
+            "their teacher targets):",
+            "",
+            "| student | loss on replayed views | loss on fresh views | fresh − replayed |",
+            "|---|---|---|---|",
+        ]
+        for name, p in result["probe"].items():
+            gap = p["fresh"] - p["replayed"]
+            lines.append(f"| {name} | {p['replayed']:.3f} | {p['fresh']:.3f} | {gap:+.3f} |")
     return "\n".join(lines)
 
 
@@ -252,11 +307,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description="What replay costs in accuracy")
     p.add_argument("--small", action="store_true", help="the CI check: a few seconds of runs")
     p.add_argument("--out", type=Path, default=None, help="work folder [a temporary one]")
+    p.add_argument(
+        "--probe-only",
+        action="store_true",
+        help="the memorisation probe alone, on --out of an earlier run (replay.json kept)",
+    )
     args = p.parse_args()
     plan = SMALL if args.small else FULL
     work = args.out or Path(tempfile.mkdtemp(prefix="deit-pipe-replay-"))
     work.mkdir(parents=True, exist_ok=True)
-    result = run(plan, work)
+    saved = HERE / "replay.json"
+    result = json.loads(saved.read_text()) if args.probe_only else run(plan, work)
+    if not args.small:
+        result["probe"] = probe(work)
     command = "python benchmarks/replay_accuracy.py" + (" --small" if args.small else "")
     text = table_text(result, command)
     target = work if args.small else HERE
