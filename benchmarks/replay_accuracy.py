@@ -241,10 +241,12 @@ def table_text(result: dict, command: str) -> str:
         top = np.array(r["top1"]) * 100
         gap = top.mean() - anchor.mean() * 100
         spread = f"{top.std(ddof=1):.1f}" if len(top) > 1 else "–"
-        passes = f"{r['teacher_passes']:,}" if r["teacher_passes"] else "–"
+        teacher = r["distill"] != "none"  # a plain student reads no targets
+        passes = f"{r['teacher_passes']:,}" if teacher and r["teacher_passes"] else "0"
+        stored = r["bytes_per_image"] if teacher else 0.0
         lines.append(
             f"| {name} | {top.mean():.1f} ± {spread} | {gap:+.1f} | {gap / (std * 100):+.1f} "
-            f"| {r['bytes_per_image']:,.0f} | {passes} | {np.mean(r['last_epoch_loss']):.3f} "
+            f"| {stored:,.0f} | {passes} | {np.mean(r['last_epoch_loss']):.3f} "
             f"| {np.mean(r['seconds']):.0f} |"
         )
     if result.get("probe"):
