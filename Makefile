@@ -10,7 +10,7 @@ setup: $(STAMP)
 
 # torch/torchvision are pinned first so pip takes them from the machine's local wheels.
 # constraints.txt pins the releases that decide a view's bytes (Pillow, timm); the install
-# compiles csrc/jpeg_region.c (setup.py), the decoder of a JPEG crop's region alone.
+# compiles csrc/jpeg_region.c and csrc/jpeg_blocks.c (setup.py): a JPEG crop decoded alone, or to its DCT blocks.
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard csrc/*.c csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
