@@ -96,8 +96,8 @@ def _consumer_ms(views, boxes, device: torch.device | None, batch: int, rounds: 
             torch.cuda.synchronize()
 
     def kernels():  # the Pillow stage alone: no read-back, no fingerprints
-        for chunk in prepared["chunks"]:
-            _render(chunk, device)
+        for wave in prepared["waves"]:
+            _render(wave, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -137,8 +137,8 @@ def _ops_per_batch(views, batch: int) -> tuple[int, int]:
     affine._CHUNK_PIXELS["cpu"] = affine._CHUNK_PIXELS["cuda"]
     try:
         with _Ops() as ops:
-            for chunk in prepared["chunks"]:
-                _render(chunk, torch.device("cpu"))
+            for wave in prepared["waves"]:
+                _render(wave, torch.device("cpu"))
     finally:
         affine._CHUNK_PIXELS.update(saved)
     return ops.count, ops.launches

@@ -87,13 +87,13 @@ def test_a_batch_rendered_on_the_device_is_the_host_batch(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_device_stage_is_split_by_pixels_and_stays_the_host_batch(device, monkeypatch):
-    """Images of very different sizes, the kernels' budget made small: the batch launches in
-    chunks each under the budget (a view over it alone renders on the host), and the bytes
+    """Images of very different sizes, the kernels' budget made small: the batch runs in
+    waves each under the budget (a view over it alone renders on the host), and the bytes
     are the host batch's: the kernels' memory does not grow with the largest image."""
     import deit_pipe.data.device.render as render_module
     from deit_pipe.data.device.render import prepare, view_cost
 
-    monkeypatch.setattr(render_module, "CHUNK_PIXELS", 4 * 48 * 48)
+    monkeypatch.setattr(render_module, "WAVE_PIXELS", 4 * 48 * 48)
     rng = np.random.default_rng(5)
     sizes = [(8, 8), (120, 40), (40, 120), (16, 16), (200, 200), (12, 30), (64, 64), (9, 90)]
     cfg = ViewConfig(input_size=16)
@@ -104,9 +104,9 @@ def test_the_device_stage_is_split_by_pixels_and_stays_the_host_batch(device, mo
         views.append(defer(img, seed, drawer, cfg)[0])
         expected.append(apply_host(img, drawer.draw(seed, w, h)[0]))
     prepared = prepare(list(views))
-    assert len(prepared["chunks"]) > 1 and prepared["kernel_views"] < len(views)  # split
-    for chunk in prepared["chunks"]:
-        n, hmax, wmax = len(chunk["index"]), *chunk["crops"].shape[1:3]
+    assert len(prepared["waves"]) > 1 and prepared["kernel_views"] < len(views)  # split
+    for wave in prepared["waves"]:
+        n, hmax, wmax = len(wave["index"]), *wave["crops"].shape[1:3]
         assert n * view_cost((hmax, wmax), (16, 16)) <= 4 * 48 * 48, (n, hmax, wmax)
     n = len(views)
     batch = {

@@ -109,9 +109,9 @@ def test_a_mixed_batch_decodes_what_blocks_cannot_on_the_host():
         whole = decode_image(data, f"{seed}")
         expected.append(apply_host(whole, drawer.draw(seed, *whole.size)[0]))
     prepared = prepare(views)
-    chunk = prepared["chunks"][0]  # five small views: one launch
-    assert chunk["blocks"]["index"].tolist() == [0, 1, 2, 3]  # tried as blocks
-    assert chunk["pixel_rows"].tolist() == [2, 3, 4]  # decoded to pixels after all
+    wave = prepared["waves"][0]  # five small views: one wave
+    assert wave["blocks"]["index"].tolist() == [0, 1, 2, 3]  # tried as blocks
+    assert wave["pixel_rows"].tolist() == [2, 3, 4]  # decoded to pixels after all
     dummy = {
         "erase": torch.zeros(5, 1, 4, dtype=torch.int32),
         "mix": torch.zeros(5, dtype=torch.int64),
@@ -162,7 +162,7 @@ def test_decoding_blocks_waits_for_nothing(device, imagefolder, monkeypatch):
     split = open_source(f"imagefolder:{imagefolder}").split("train")
     dev = PairDataset(split, plan(1, 1, len(split), 1, MixConfig(), 18), cfg, render="device")
     batch = collate_views([dev[p] for p in range(len(dev))])
-    assert "blocks" in batch["device_views"]["chunks"][0]
+    assert "blocks" in batch["device_views"]["waves"][0]
     host = collate_views([PairDataset(split, dev.plan, cfg)[p] for p in range(len(dev))])
     realize({**batch, "device_views": dict(batch["device_views"])}, torch.device(device))
     copies = _watch_blocking_copies(monkeypatch)

@@ -70,8 +70,8 @@ def defer(
     boxes = erasing_boxes(rng, cfg, *params.size)
     top, left, h, w = params.crop
     # Pillow's: ops no kernel covers, an empty crop (a 1-pixel image), a crop over the
-    # kernels' chunk budget alone (a huge image: their memory stays bounded)
-    if not covered(params) or h < 1 or w < 1 or view_cost((h, w), params.size) > CHUNK_PIXELS:
+    # kernels' wave budget alone (a huge image: their memory stays bounded)
+    if not covered(params) or h < 1 or w < 1 or view_cost((h, w), params.size) > WAVE_PIXELS:
         return DeviceView(apply_host(img, params), None), boxes
     box = (left, top, left + w, top + h)
     if isinstance(img, EncodedJpeg):  # decoded when collated, into the batch's tensor
@@ -92,7 +92,7 @@ def defer_eval(img: Image.Image, cfg: ViewConfig) -> DeviceView:
     short = math.floor(size / cfg.crop_pct)  # the resize's shorter side, before the crop
     scale = short / min(img.size)
     resized = (math.ceil(img.height * scale), math.ceil(img.width * scale))
-    if resample_filter is None or view_cost((img.height, img.width), resized) > CHUNK_PIXELS:
+    if resample_filter is None or view_cost((img.height, img.width), resized) > WAVE_PIXELS:
         return DeviceView(eval_transform(cfg)(img).permute(1, 2, 0).contiguous(), None)
     taps = resample.eval_taps(img.size, short, (size, size), int(resample_filter))
     params = ViewParams(
@@ -112,30 +112,30 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 # The kernels' working set, in padded pixels: the views launched together are padded to the
-# largest source crop (or output) on each axis, so a chunk of n views costs n × max(H, oh) ×
-# max(W, ow), and a batch is split into chunks of at most this many (a view alone over it
+# largest source crop (or output) on each axis, so a wave of n views costs n × max(H, oh) ×
+# max(W, ow), and a batch is split into waves of at most this many (a view alone over it
 # renders on the host: `defer`). Its peak memory is then fixed whatever the mix of image
-# sizes (docs/DESIGN.md states the bytes); an ImageNet batch of 256 fits in one chunk.
-CHUNK_PIXELS = 1 << 26
+# sizes (docs/DESIGN.md states the bytes); an ImageNet batch of 256 fits in one wave.
+WAVE_PIXELS = 1 << 26
 
 
 def view_cost(crop: tuple[int, int], size: tuple[int, int]) -> int:
-    """A view's padded pixels in a chunk of its own: source crop (h, w) and output size."""
+    """A view's padded pixels in a wave of its own: source crop (h, w) and output size."""
     return max(crop[0], size[0]) * max(crop[1], size[1])
 
 
-def chunks(shapes: list[tuple[int, int]], sizes: list[tuple[int, int]]) -> list[list[int]]:
+def waves(shapes: list[tuple[int, int]], sizes: list[tuple[int, int]]) -> list[list[int]]:
     """The views (by position) launched together: all at once where they fit under
-    `CHUNK_PIXELS`, else packed largest first, each chunk under it (a view over it alone)."""
+    `WAVE_PIXELS`, else packed largest first, each wave under it (a view over it alone)."""
     dims = [(max(h, o[0]), max(w, o[1])) for (h, w), o in zip(shapes, sizes, strict=True)]
     hmax, wmax = max(d[0] for d in dims), max(d[1] for d in dims)
-    if len(dims) * hmax * wmax <= CHUNK_PIXELS:
+    if len(dims) * hmax * wmax <= WAVE_PIXELS:
         return [list(range(len(dims)))]
     out: list[list[int]] = []
     current, hmax, wmax = [], 0, 0
     for i in sorted(range(len(dims)), key=lambda k: -dims[k][0] * dims[k][1]):
         h, w = max(hmax, dims[i][0]), max(wmax, dims[i][1])
-        if current and (len(current) + 1) * h * w > CHUNK_PIXELS:
+        if current and (len(current) + 1) * h * w > WAVE_PIXELS:
             out.append(current)
             current, h, w = [], dims[i][0], dims[i][1]
         current.append(i)
@@ -145,15 +145,15 @@ def chunks(shapes: list[tuple[int, int]], sizes: list[tuple[int, int]]) -> list[
 
 def prepare(views: list[DeviceView]) -> dict:
     """The host side of a batch of deferred views, done where the batch is collated (in a
-    loader worker, in parallel with the others): the kernel views in chunks of bounded
-    padded size (`chunks`), each with its crops padded into one uint8 tensor, its resize
+    loader worker, in parallel with the others): the kernel views in waves of bounded
+    padded size (`waves`), each with its crops padded into one uint8 tensor, its resize
     plan, flips and auto-augment steps; and the pixels of the views Pillow rendered. Only
-    tensors and sizes: `realize` moves them to the consuming device and launches the
-    kernels, chunk by chunk."""
+    tensors and sizes: `realize` moves them to the consuming device and waves the
+    kernels, wave by wave."""
     todo = [i for i, v in enumerate(views) if v.params is not None]
     done = [i for i, v in enumerate(views) if v.params is None]
     size = views[todo[0]].params.size if todo else tuple(views[0].pixels.shape[:2])
-    out = {"size": size, "count": len(views), "kernel_views": len(todo), "chunks": []}
+    out = {"size": size, "count": len(views), "kernel_views": len(todo), "waves": []}
     if done:
         ready = [views[i].pixels for i in done]
         out["ready"] = torch.stack(
@@ -162,16 +162,16 @@ def prepare(views: list[DeviceView]) -> dict:
         out["done"] = torch.tensor(done, dtype=torch.int64)
     if todo:
         shapes = [tuple(views[i].pixels.shape[:2]) for i in todo]
-        groups = chunks(shapes, [views[i].params.size for i in todo])
+        groups = waves(shapes, [views[i].params.size for i in todo])
         for group in groups:
-            chunk = _prepare_chunk([views[todo[k]] for k in group])
-            chunk["index"] = torch.tensor([todo[k] for k in group], dtype=torch.int64)
-            out["chunks"].append(chunk)
+            wave = _prepare_wave([views[todo[k]] for k in group])
+            wave["index"] = torch.tensor([todo[k] for k in group], dtype=torch.int64)
+            out["waves"].append(wave)
     return out
 
 
-def _prepare_chunk(views: list[DeviceView]) -> dict:
-    """One chunk of kernel views: crops padded into one tensor, their plan and steps."""
+def _prepare_wave(views: list[DeviceView]) -> dict:
+    """One wave of kernel views: crops padded into one tensor, their plan and steps."""
     out: dict = {"kernel_views": len(views)}
     crops = [v.pixels for v in views]
     params = [v.params for v in views]
@@ -228,7 +228,7 @@ def _crops(prepared: dict, device: torch.device) -> torch.Tensor:
 def _render(prepared: dict, device: torch.device) -> torch.Tensor:
     """The Pillow stage of a prepared batch's kernel views on `device`: resize, flips, then
     the auto-augment ops and the jitter, round by round. Host tensors are moved without
-    waiting and nothing is read back, so the launches queue behind the device's work."""
+    waiting and nothing is read back, so the waves queue behind the device's work."""
     crops = _crops(prepared, device)
     x = resample.resize_batch(crops, prepared["plan"].to(device))
     for flag, dim in (("hflip", 2), ("vflip", 1)):
@@ -270,7 +270,7 @@ def fingerprints(batch: dict) -> torch.Tensor:
 def _pending_fingerprints(image: torch.Tensor, batch: dict, now: bool) -> Later:
     """The fingerprints of `image`'s bytes, hashed on the host as the host path hashes them.
     On CUDA the copy back is queued behind the kernels into pinned memory without waiting
-    for them, so the caller can launch its own work before it asks; elsewhere a copy
+    for them, so the caller can wave its own work before it asks; elsewhere a copy
     unless hashed `now`, as the caller may write into `image` first."""
     if image.device.type == "cuda":
         host = torch.empty(image.shape, dtype=image.dtype, pin_memory=True)
@@ -295,20 +295,20 @@ def _pending_fingerprints(image: torch.Tensor, batch: dict, now: bool) -> Later:
 
 def realize(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
     """A collated batch of deferred views (`device_views`: `prepare`d, or a list of
-    `DeviceView`) rendered on `device`, chunk by chunk: the batch as the host path collates
+    `DeviceView`) rendered on `device`, wave by wave: the batch as the host path collates
     it (`image` uint8 NHWC, on the device; `fingerprint` from those bytes, with
     `wait=False` still pending: see `fingerprints`), plus `host_rendered`, how many views
     the kernels did not cover."""
     prepared = batch.pop("device_views")
     if isinstance(prepared, list):
         prepared = prepare(prepared)
-    n, kernel_views, parts = prepared["count"], prepared["kernel_views"], prepared["chunks"]
-    if len(parts) == 1 and kernel_views == n:  # the common case: the batch in one launch
+    n, kernel_views, parts = prepared["count"], prepared["kernel_views"], prepared["waves"]
+    if len(parts) == 1 and kernel_views == n:  # the common case: the batch in one wave
         image = _render(parts[0], device)
     else:
         image = torch.empty((n, *prepared["size"], 3), dtype=torch.uint8, device=device)
-        for chunk in parts:
-            image[chunk["index"].to(device, non_blocking=True)] = _render(chunk, device)
+        for wave in parts:
+            image[wave["index"].to(device, non_blocking=True)] = _render(wave, device)
         if kernel_views < n:
             done = prepared["done"].to(device, non_blocking=True)
             image[done] = prepared["ready"].to(device, non_blocking=True)
