@@ -23,7 +23,7 @@ from deit_pipe.limits import (
     check_at_most,
     memory_bytes,
 )
-from deit_pipe.student.losses import PAPER_ALPHA_TAU
+from deit_pipe.student.losses import alpha_tau
 from deit_pipe.teacher import TeacherConfig
 
 SCHEDULE_FIELDS = tuple(f.name for f in fields(Schedule))
@@ -95,9 +95,7 @@ class TrainConfig:
                 raise DeitPipeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if self.preset is not None:
             get_preset(self.preset)
-        alpha, tau = PAPER_ALPHA_TAU[self.distill]
-        self.alpha = alpha if self.alpha is None else self.alpha
-        self.tau = tau if self.tau is None else self.tau
+        self.alpha, self.tau = alpha_tau(self.distill, self.alpha, self.tau)
         self._check_values()
 
     def _check_values(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from deit_pipe.data.plan.recipe import Recipe, schedule_of
 from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError
-from deit_pipe.student.losses import PAPER_ALPHA_TAU, mixed_label_targets
+from deit_pipe.student.losses import PAPER_ALPHA_TAU, alpha_tau, mixed_label_targets
 from deit_pipe.student.store import Store
 from deit_pipe.student.targets import NoTeacher, OnlineTeacher, StoredTeacher, TeacherTargets
 
@@ -86,9 +86,15 @@ class Batch:
     step: int  # the global step (every rank's batch of a step has the same one)
     epoch: int  # the training epoch
     rank: int
-    teacher_topk: TopK | None = None  # a single stored teacher's raw top-k, else None
     waited: bool = False  # whether the step waited for a precompute still filling the store
     _check: Callable[[], None] | None = field(default=None, repr=False)
+    _topk: Callable[[], TopK | None] = field(default=lambda: None, repr=False)
+
+    @cached_property
+    def teacher_topk(self) -> TopK | None:
+        """A single stored teacher's raw top-k of these views, else None: gathered when first
+        asked for, so a loop that never reads it (`deit-pipe train`) never pays for it."""
+        return self._topk()
 
     def check(self) -> None:
         """Raise `ReplayError` unless every view is the one its targets were made from."""
@@ -171,7 +177,7 @@ class ReplayLoader:
                 f"{store.url} holds the teacher's top-1 class only (precompute --targets "
                 "hard): soft distillation needs --targets soft; use --distill hard or none"
             )
-        self.tau = PAPER_ALPHA_TAU[distill][1] if tau is None else tau
+        self.tau = alpha_tau(distill, None, tau)[1]
         self.rank, self.world_size = _layout(rank, world_size)
         self.device = torch.device(device) if device is not None else resolve_device("auto")
         self.source = self._open_source(data, data_options, data_cache, data_cache_size)
@@ -211,9 +217,8 @@ class ReplayLoader:
             )
         if data is None:
             raise DeitPipeError("a replay loader needs a store, or data (a dataset spec)")
-        if data_cache is not None and not isinstance(data_cache, DataCache):
-            data_cache = DataCache(data_cache, data_cache_size)
-        return open_checked(data, data_options=data_options, data_cache=data_cache)
+        cache = DataCache.of(data_cache, data_cache_size)
+        return open_checked(data, data_options=data_options, data_cache=cache)
 
     def _recipe(self, recipe: Recipe | None, order: str | None) -> Recipe:
         if self.store is not None:
@@ -383,7 +388,7 @@ class ReplayLoader:
             step=self.step,
             epoch=epoch,
             rank=self.rank,
-            teacher_topk=self._topk(slots),
+            _topk=self._topk(slots),
             waited=waited,
             _check=check,
         )
@@ -401,14 +406,15 @@ class ReplayLoader:
             self.host_rendered += raw["host_rendered"]
         return raw
 
-    def _topk(self, slots: np.ndarray) -> TopK | None:
-        current = getattr(self.teacher, "current", None)
+    def _topk(self, slots: np.ndarray) -> Callable[[], TopK | None]:
+        """What gathers the batch's raw top-k from this epoch's slice (None: not stored)."""
+        current, device = getattr(self.teacher, "current", None), self.device
         if getattr(current, "values", None) is None or getattr(current, "lse", None) is None:
-            return None
-        return TopK(
-            torch.from_numpy(current.values[slots].astype(np.float32)).to(self.device),
-            torch.from_numpy(current.indices[slots].astype(np.int64)).to(self.device),
-            torch.from_numpy(current.lse[slots].astype(np.float32)).to(self.device),
+            return lambda: None
+        return lambda: TopK(
+            torch.from_numpy(current.values[slots].astype(np.float32)).to(device),
+            torch.from_numpy(current.indices[slots].astype(np.int64)).to(device),
+            torch.from_numpy(current.lse[slots].astype(np.float32)).to(device),
             tuple(current.temperatures),
         )
 

@@ -21,6 +21,12 @@ from deit_pipe.choices import DISTILL, KL_REDUCTIONS
 PAPER_ALPHA_TAU = {"none": (0.5, 1.0), "soft": (0.1, 3.0), "hard": (0.5, 1.0)}
 
 
+def alpha_tau(distill: str, alpha: float | None, tau: float | None) -> tuple[float, float]:
+    """α and τ as given, each unset one the paper's for the mode (`PAPER_ALPHA_TAU`)."""
+    paper_alpha, paper_tau = PAPER_ALPHA_TAU[distill]
+    return (paper_alpha if alpha is None else alpha, paper_tau if tau is None else tau)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
@@ -132,7 +138,5 @@ def distillation_loss(
     """
     if distill not in PAPER_ALPHA_TAU:
         raise ValueError(f"distill must be one of {DISTILL}, got {distill!r}")
-    paper_alpha, paper_tau = PAPER_ALPHA_TAU[distill]
-    alpha = paper_alpha if alpha is None else alpha
-    tau = paper_tau if tau is None else tau
+    alpha, tau = alpha_tau(distill, alpha, tau)
     return DistillationLoss(distill, alpha, tau, kl_reduction, teacher_smoothing)

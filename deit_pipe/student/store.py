@@ -115,10 +115,9 @@ class Store:
         if data and data != made_from:
             log.info("dataset %s given; the store was made from %s", data, made_from)
         skip = {r["path"]: r["reason"] for r in self.targets.skipped().to_pylist()}
-        if data_cache is not None and not isinstance(data_cache, DataCache):
-            data_cache = DataCache(data_cache, data_cache_size)
+        cache = DataCache.of(data_cache, data_cache_size)
         source = open_source(
-            data or made_from, skip=skip, data_options=data_options, data_cache=data_cache
+            data or made_from, skip=skip, data_options=data_options, data_cache=cache
         )
         self.targets.check_run(source=source, recipe=None, follow=True)
         return source

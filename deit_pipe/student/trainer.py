@@ -113,7 +113,7 @@ def setup_distributed(device: str) -> Context:
 
 def opened(cfg: TrainConfig) -> dict:
     """How the run's dataset is reached: fsspec options and the local data cache."""
-    cache = DataCache(cfg.data_cache, cfg.data_cache_size) if cfg.data_cache else None
+    cache = DataCache.of(cfg.data_cache or None, cfg.data_cache_size)
     return {"data_options": cfg.data_options, "data_cache": cache}
 
 

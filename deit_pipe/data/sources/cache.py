@@ -85,6 +85,11 @@ class DataCache:
         self.fetched = 0  # bytes fetched from the source by this process (benchmarks, logs)
         self._proved: dict[str, tuple] = {}  # key → the copy's identity, proved in this process
 
+    @classmethod
+    def of(cls, where: str | os.PathLike | DataCache | None, limit: int | None = None):
+        """`where` as a DataCache (one is returned as it is; None stays None)."""
+        return where if where is None or isinstance(where, DataCache) else cls(where, limit)
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_proved": {}}  # each process proves the copies it reads
 
