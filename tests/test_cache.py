@@ -288,3 +288,22 @@ def test_verify_through_a_damaged_cache_copy_fetches_it_again(s3, s3_parquet, tm
     )  # fmt: skip
     assert verified.exit_code == 0, verified.output
     assert all(copy.read_bytes() != data for copy, data in damaged.items())  # fetched again
+
+
+def test_a_link_in_the_cache_folder_is_refused_and_its_target_left_as_it_is(tmp_path):
+    """A symlink named as a copy (or a folder linked as the cache itself): the cache would
+    evict through it, so it is foreign, and what it points at keeps its bytes."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.pdf").write_bytes(b"%PDF-1.7 mine")
+    before = checksums(mine)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / ("ab" * 16)).symlink_to(mine / "thesis.pdf")
+    with pytest.raises(DataError, match=f"holds '{'ab' * 16}'"):
+        DataCache(folder, limit=10)
+    linked = tmp_path / "linked"
+    linked.symlink_to(mine, target_is_directory=True)
+    with pytest.raises(DataError, match="holds 'thesis.pdf'"):
+        DataCache(linked, limit=10)
+    assert checksums(mine) == before and os.listdir(mine) == ["thesis.pdf"]
