@@ -14,7 +14,7 @@ setup(
             ["csrc/jpeg_region.c", "csrc/jpeg_blocks.c"],
             include_dirs=["csrc/libjpeg-turbo"],
             libraries=["dl"],
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O2", "-ftree-vectorize"],
             optional=True,
         )
     ]

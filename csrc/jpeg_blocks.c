@@ -6,6 +6,8 @@
  * are not decoded at all. The tail is then checked for markers as region() checks it. */
 #include "jpeg_lib.h"
 
+#include <math.h>
+
 typedef struct {
     struct jpeg_progress_mgr pub;
     JDIMENSION rows;           /* the iMCU rows wanted: [0, rows) */
@@ -60,6 +62,68 @@ static int covered_layout(j_decompress_ptr cinfo, int gray, char *why) {
                  (int)cinfo->jpeg_color_space, cinfo->num_components, hmax, vmax,
                  cinfo->data_precision);
     return ok && cinfo->data_precision == 8;
+}
+
+/* k_u cos((2x + 1) u pi / 16), [x][u]: the IDCT's basis with libjpeg's scaling */
+static const double BASIS[DCTSIZE][DCTSIZE] = {
+    {1, 1.3870398453221475, 1.3065629648763766, 1.1758756024193588, 1.0000000000000002, 0.78569495838710235, 0.54119610014619712, 0.27589937928294311},
+    {1, 1.1758756024193588, 0.54119610014619712, -0.27589937928294295, -1, -1.3870398453221475, -1.3065629648763768, -0.78569495838710213},
+    {1, 0.78569495838710235, -0.54119610014619701, -1.3870398453221475, -1.0000000000000002, 0.27589937928294306, 1.3065629648763764, 1.1758756024193591},
+    {1, 0.27589937928294311, -1.3065629648763766, -0.78569495838710213, 0.99999999999999978, 1.1758756024193591, -0.54119610014619723, -1.3870398453221477},
+    {1, -0.27589937928294295, -1.3065629648763768, 0.78569495838710168, 1.0000000000000002, -1.1758756024193586, -0.54119610014619812, 1.3870398453221475},
+    {1, -0.7856949583871019, -0.54119610014619779, 1.3870398453221475, -0.99999999999999889, -0.27589937928294267, 1.3065629648763766, -1.1758756024193584},
+    {1, -1.1758756024193588, 0.54119610014619735, 0.27589937928294372, -0.99999999999999956, 1.3870398453221477, -1.3065629648763761, 0.78569495838710124},
+    {1, -1.3870398453221475, 1.3065629648763764, -1.1758756024193586, 0.99999999999999878, -0.78569495838710124, 0.54119610014619668, -0.27589937928294345},
+};
+
+/* Whether a block's IDCT gives the same bytes through libjpeg-turbo's SIMD (16-bit lanes:
+ * pmullw dequantises, paddw sums, packssdw saturates pass 1, so corrupt coefficients wrap
+ * or saturate there), its C code (which wraps a sample outside [-512, 511] through
+ * range_limit[x & 1023]) and the device's exact integer IDCT with the final saturation.
+ * With F = coefficient x quantiser, k_0 = 1 and k_u = sqrt(2), pass 1 gives
+ * p_u(y) = 4 sum_v F(u,v) k_v cos(..), a sample is sum_u p_u(y) k_u cos(..) / 32, and
+ * every 16-bit value is a sum of F's down a column or of p's along a row. So the test:
+ * W = sum |F| k_u k_v <= 4064 (k_u k_v rounded up to halves here) bounds them all (4W < 32768, |sample| <= W/8 + rounding), and
+ * a block beyond that (stripes have W ~ 2300, a checkerboard ~ 5300, uniform noise at
+ * quality 100 ~ 7000) has its two passes computed here, with margins for islow's
+ * rounding. Only corrupt data fails it; such a crop is decoded to pixels by the libjpeg
+ * Pillow uses, whose bytes are Pillow's by construction. */
+static int exact_block(const JCOEF *coef, const UINT16 *quant, const int *weight) {
+    if (weight) { /* 8-bit tables: 64 x 32768 x 1020 < 2^31, and the sum vectorises */
+        int w = 0;
+        for (int k = 0; k < DCTSIZE2; k++) w += (coef[k] < 0 ? -coef[k] : coef[k]) * weight[k];
+        if (w <= 2 * 4064) return 1;
+    } else {
+        long long w = 0;
+        for (int k = 0; k < DCTSIZE2; k++)
+            w += (k == 0 ? 2 : k < DCTSIZE || k % DCTSIZE == 0 ? 3 : 4) *
+                 llabs((long long)coef[k] * quant[k]);
+        if (w <= 2 * 4064) return 1;
+    }
+    double f[DCTSIZE2];
+    for (int k = 0; k < DCTSIZE2; k++) f[k] = (double)coef[k] * quant[k];
+    double p[DCTSIZE][DCTSIZE]; /* pass 1: [y][u] */
+    for (int u = 0; u < DCTSIZE; u++) {
+        double column = 0;
+        for (int v = 0; v < DCTSIZE; v++) column += fabs(f[v * DCTSIZE + u]);
+        if (column > 32700) return 0;
+        for (int y = 0; y < DCTSIZE; y++) {
+            double s = 0;
+            for (int v = 0; v < DCTSIZE; v++) s += f[v * DCTSIZE + u] * BASIS[y][v];
+            p[y][u] = 4 * s;
+        }
+    }
+    for (int y = 0; y < DCTSIZE; y++) {
+        double along = 0;
+        for (int u = 0; u < DCTSIZE; u++) along += fabs(p[y][u]);
+        if (along > 32700) return 0;
+        for (int x = 0; x < DCTSIZE; x++) {
+            double s = 0;
+            for (int u = 0; u < DCTSIZE; u++) s += p[y][u] * BASIS[x][u];
+            if (fabs(s / 32) > 508) return 0;
+        }
+    }
+    return 1;
 }
 
 /* The quantised DCT blocks of iMCU columns [c0, c1) and rows [r0, r1), each component's
@@ -147,9 +211,22 @@ static int coefs(const unsigned char *data, size_t size, int gray, int c0, int r
         int h = comp->h_samp_factor, v = comp->v_samp_factor;
         unsigned char *base = ci == 0 ? out_y : out_c + (size_t)(ci - 1) * plane_c;
         size_t stride = ci == 0 ? stride_y : stride_c;
+        /* 2 k_u k_v rounded up (2 for the DC, 3 along the edges, 4 elsewhere) x quantiser */
+        int weight[DCTSIZE2], narrow = 1;
+        for (int k = 0; k < DCTSIZE2; k++) {
+            int q = comp->quant_table->quantval[k];
+            weight[k] = (k == 0 ? 2 : k < DCTSIZE || k % DCTSIZE == 0 ? 3 : 4) * q;
+            narrow &= q <= 255;
+        }
         for (int r = r0 * v; r < r1 * v; r++) {
             JBLOCKARRAY row = cinfo.mem->access_virt_barray((j_common_ptr)&cinfo, arrays[ci],
                                                             (JDIMENSION)r, 1, FALSE);
+            for (int b = c0 * h; b < c1 * h; b++)
+                if (!exact_block(row[0][b], comp->quant_table->quantval, narrow ? weight : NULL)) {
+                    snprintf(why, JMSG_LENGTH_MAX, "coefficients beyond the exact IDCT's range");
+                    dp_lib.destroy(&cinfo);
+                    return FALLBACK;
+                }
             memcpy(base + (size_t)(r - r0 * v) * stride, row[0][c0 * h],
                    (size_t)(c1 - c0) * h * sizeof(JBLOCK));
         }

@@ -77,3 +77,32 @@ def _views(root, render: str, size: int = 32, epochs: int = 5) -> dict:
     views = PairDataset(split, plan(epochs, 2, len(split), epochs, MixConfig(), 8), cfg, render)
     batch = collate_views([views[p] for p in range(len(views))])
     return realize(batch, torch.device("cpu")) if render == "device" else batch
+
+
+def damaged_decodable(rng, kind: str, tries: int, w: int = 64, h: int = 48) -> list[bytes]:
+    """Uniform-noise JPEGs of `kind` at quality 5 (quantisers of 255: a corrupt coefficient
+    leaves 16 bits once dequantised), each with one bit flipped in its entropy-coded data,
+    kept where Pillow decodes them without an error."""
+    pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    save = dict(KINDS[kind])
+    img = (
+        Image.fromarray(pixels).convert("L") if save.pop("gray", False) else Image.fromarray(pixels)
+    )
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=5, **save)
+    data = buf.getvalue()
+    sos = data.find(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    kept = []
+    for _ in range(tries):
+        damaged = bytearray(data)
+        at = int(rng.integers(start, len(data) - 2))
+        damaged[at] ^= 1 << int(rng.integers(0, 8))
+        if 0xFF in damaged[at - 1 : at + 1] or 0xFF in data[at - 1 : at + 1]:
+            continue  # a marker made or unmade: a different file, not a damaged one
+        try:
+            decode_image(bytes(damaged), "damaged.jpg")
+        except DataError:
+            continue
+        kept.append(bytes(damaged))
+    return kept

@@ -22,7 +22,7 @@ from deit_pipe.data.views.host import apply_host, train_transform
 from deit_pipe.data.views.params import ViewDrawer
 from deit_pipe.errors import DataError
 from tests.dispatch_utils import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
-from tests.jpeg_utils import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below
+from tests.jpeg_utils import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below, damaged_decodable
 
 
 @pytest.fixture(autouse=True)
@@ -136,6 +136,30 @@ def test_damage_anywhere_is_refused_as_pillow_refuses_it():
         pending.into(np.empty((16, 64, 3), np.uint8))
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_damaged_but_decodable_files_decode_to_pillows_bytes(kind, caplog):
+    """One bit flipped in the entropy-coded data of a file Pillow still decodes, in every
+    layout: the crops are Pillow's bytes. Corrupt coefficients that would leave the range
+    where libjpeg-turbo's 16-bit SIMD IDCT, its C IDCT and the kernels agree send the crop
+    to pixels (issue 43: 68 pixels off by up to 252 before)."""
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    caplog.set_level("DEBUG", logger="deit_pipe.data.decode.jpeg")
+    files = damaged_decodable(rng, kind, 80)
+    assert len(files) > 15, kind
+    through_blocks = 0
+    for data in files:
+        whole = np.array(decode_image(data, "x"))
+        boxes = list(_boxes(rng, 64, 48, 2))
+        got, left = _decoded(data, boxes)
+        through_blocks += not left
+        for k, (x0, y0, x1, y1) in enumerate(boxes):
+            if k not in left:
+                assert np.array_equal(got[k], whole[y0:y1, x0:x1]), (kind, (x0, y0, x1, y1))
+    assert through_blocks > 0, kind
+    if "progressive" not in kind:  # a progressive file's damage is mostly refused or coarse
+        assert "beyond the exact IDCT's range" in caplog.text, kind
+
+
 def test_training_views_are_the_same_with_and_without_blocks(tmp_path, monkeypatch):
     """Device-rendered views with the blocks on and off, and host-rendered ones: the same
     pixels and fingerprints."""
@@ -153,6 +177,28 @@ def test_training_views_are_the_same_with_and_without_blocks(tmp_path, monkeypat
     for other in (off, host):
         assert torch.equal(on["image"], other["image"])
         assert torch.equal(on["fingerprint"], other["fingerprint"])
+
+
+def test_training_views_of_damaged_files_are_pillows_on_both_renders(tmp_path, caplog):
+    """A folder of damaged-but-decodable files whose coefficients leave the kernels' exact
+    range (and of files that do not): device-rendered training views are the host's, pixels
+    and fingerprints, so a `--render device` store of them verifies on the host."""
+    rng = np.random.default_rng(43)
+    caplog.set_level("DEBUG", logger="deit_pipe.data.decode.jpeg")
+    beyond = 0
+    for i, kind in enumerate(["4:2:0", "4:2:2", "4:4:4", "gray", "4:2:0 restart markers"]):
+        for j, data in enumerate(damaged_decodable(rng, kind, 60)):
+            caplog.clear()
+            _decoded(data, [(0, 0, 64, 48)])
+            if "beyond the exact IDCT's range" in caplog.text or j < 2:
+                beyond += "beyond" in caplog.text
+                path = tmp_path / "train" / f"c{i % 2}" / f"{i}-{j}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+    assert beyond >= 3
+    device, host = _views(tmp_path, "device", 24, 2), _views(tmp_path, "host", 24, 2)
+    assert torch.equal(device["image"], host["image"])
+    assert torch.equal(device["fingerprint"], host["fingerprint"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
