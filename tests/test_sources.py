@@ -1,8 +1,11 @@
+import io
 import os
+import struct
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from deit_pipe.cli import main
 from deit_pipe.data import open_checked, open_source, scan
@@ -87,21 +90,46 @@ def test_path_escaping_the_root(imagefolder, tmp_path):
     assert "escapes the dataset root" in msg and "link.jpg" in msg
 
 
-@pytest.mark.parametrize("content", [b"", truncated_jpeg_bytes(), b"hello, I am text"])
-def test_unreadable_files_are_named(imagefolder, content):
-    bad = imagefolder / "train" / "dog" / "bad.jpg"
+def _apng_out_of_sequence() -> bytes:
+    """A two-frame APNG without its second fcTL: Pillow raises SyntaxError on load (Pillow's
+    own Tests/images/chunk_no_fctl.png, found by benchmarks/corpus_check.py)."""
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    data, at, kept, fctl = buf.getvalue(), 8, [buf.getvalue()[:8]], 0
+    while at < len(data):
+        end = at + 12 + struct.unpack(">I", data[at : at + 4])[0]
+        fctl += data[at + 4 : at + 8] == b"fcTL"
+        if not (data[at + 4 : at + 8] == b"fcTL" and fctl == 2):
+            kept.append(data[at:end])
+        at = end
+    return b"".join(kept)
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("bad.jpg", b""),
+        ("bad.jpg", truncated_jpeg_bytes()),
+        ("bad.jpg", b"hello, I am text"),
+        ("bad.png", _apng_out_of_sequence()),
+    ],
+)
+def test_unreadable_files_are_named(imagefolder, name, content):
+    bad = imagefolder / "train" / "dog" / name
     bad.write_bytes(content)
     src = open_source(f"imagefolder:{imagefolder}")
-    index = src.split("train").paths.index("train/dog/bad.jpg")
-    with pytest.raises(DataError, match="bad.jpg"):
+    index = src.split("train").paths.index(f"train/dog/{name}")
+    with pytest.raises(DataError, match=name):
         src.split("train").load(index)
-    assert scan(src).bad[0][0] == "train/dog/bad.jpg"
+    assert scan(src).bad[0][0] == f"train/dog/{name}"
     result = CliRunner().invoke(main, ["scan", "--data", f"imagefolder:{imagefolder}"])
-    assert result.exit_code == 1 and "train/dog/bad.jpg" in result.output
+    assert result.exit_code == 1 and f"train/dog/{name}" in result.output
+    assert "Traceback" not in result.output
     skipped = CliRunner().invoke(
         main, ["scan", "--data", f"imagefolder:{imagefolder}", "--skip-bad"]
     )
     assert skipped.exit_code == 0
     kept = open_checked(f"imagefolder:{imagefolder}", skip_bad=True)
-    assert "train/dog/bad.jpg" not in kept.split("train").paths and len(kept.split("train")) == 18
-    assert kept.skipped[0][0] == "train/dog/bad.jpg"
+    assert f"train/dog/{name}" not in kept.split("train").paths
+    assert len(kept.split("train")) == 18 and kept.skipped[0][0] == f"train/dog/{name}"

@@ -20,8 +20,17 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         raise unreadable(exc, name) from None
 
 
-# What Pillow raises for one bad file (SyntaxError: an APNG's frame-sequence errors).
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# What Pillow raises for one bad file: the "known exceptions" its own fuzzing test allows
+# (Tests/oss-fuzz/test_fuzzers.py; SyntaxError is an APNG's frame-sequence errors).
+UNREADABLE = (
+    OSError,
+    SyntaxError,
+    MemoryError,
+    ValueError,
+    NotImplementedError,
+    OverflowError,
+    Image.DecompressionBombError,
+)
 
 
 def unreadable(exc: Exception, name: str) -> DataError:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from deit_pipe.data.decode.jpeg import EncodedJpeg, open_image
-from deit_pipe.data.decode.pillow import decode_image
+from deit_pipe.data.decode.pillow import UNREADABLE, decode_image
 from deit_pipe.data.sources.cache import DataCache
 from deit_pipe.data.sources.files import Root, data_errors
 from deit_pipe.data.sources.split import RUN, Split, sample_bytes
@@ -175,7 +175,7 @@ def load_image(root: Path, relpath: str, real_root: str | None = None) -> Image.
             img.load()
             # An RGB file is used as decoded: `convert` would copy it (0.1 ms per view).
             return img if img.mode == "RGB" else img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UNREADABLE as exc:
         raise DataError(f"unreadable image {path}: {exc}") from None
 
 
