@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deit-pipe-installed
 
-.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu bench-feed gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data bench-order bench-replay clean
+.PHONY: setup test demo lint bench bench-cli bench-render bench-scale bench-gpu bench-feed gpu-smoke gpu-check table3 table4 bench-finetune bench-ensemble bench-data bench-order bench-replay bench-corpus clean
 
 setup: $(STAMP)
 
@@ -81,3 +81,7 @@ clean:
 # Stored epochs, top-k and online distillation side by side: what replay costs in accuracy.
 bench-replay: $(STAMP)
 	$(BIN)/python benchmarks/replay_accuracy.py
+
+# Pillow's own test images (odd, damaged, every format) through scan, precompute --render device, verify --render host.
+bench-corpus: $(STAMP)
+	$(BIN)/python benchmarks/corpus_check.py
