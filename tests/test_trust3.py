@@ -242,3 +242,32 @@ def test_inspect_shows_what_it_can_read_of_a_store_with_a_damaged_chunk(store):
     assert info["epochs"] == 1 and info["val_teacher_top1"] is not None  # val is intact
     assert info["topk_mass_mean"] is None and "train/topk_values" in info["unreadable"][0]
     assert data_files(store) == before  # inspect reads only
+
+
+@pytest.mark.parametrize(
+    "gone", ["train/done/zarr.json", "train/topk_values/zarr.json", "train", "val/done"]
+)
+def test_inspect_shows_what_it_can_read_of_a_store_missing_an_array_or_a_split(store, gone):
+    """An array's `zarr.json`, a whole array or a split's folder missing: inspect prints
+    the summary it can (the metadata's part, the other split), names what is missing in
+    its last line and exits 1, as for a damaged chunk; other commands keep refusing in
+    one line."""
+    import json
+
+    path = store / gone
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    before = data_files(store)
+    shown = invoke("inspect", store)
+    lines = shown.output.strip().splitlines()
+    assert shown.exit_code == 1 and "Traceback" not in shown.output, shown.output
+    assert any(line.split()[:1] == ["epochs"] for line in lines), shown.output
+    split = gone.split("/")[0]
+    assert lines[-1].startswith("error:") and f"{split}/" in lines[-1], lines[-1]
+    info = json.loads(invoke("inspect", store, "--json").output.split("\nerror:")[0])
+    assert info["epochs"] == 1 and not info["complete"]
+    assert info["missing_shards"][split], info["missing_shards"]
+    if split == "train":
+        assert info["val_teacher_top1"] is not None  # val is intact
+    refused = invoke("verify", store)
+    assert refused.exit_code != 0 and one_line(refused) and "missing" in refused.output
+    assert data_files(store) == before  # inspect reads only

@@ -35,7 +35,7 @@ def inspect(
     """Show what a target store holds, how complete and how large it is."""
     from deit_pipe.storage import TargetStore, summarize
 
-    info = summarize(TargetStore(Place(store, store_options)))
+    info = summarize(TargetStore(Place(store, store_options), partial=True))
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

@@ -66,14 +66,21 @@ def read_done(group, where: str, epochs: slice) -> tuple[np.ndarray, list[tuple[
         return done, damaged
 
 
-def read_progress(group, spec, url: str, *prefixes: str, tolerant: bool = False) -> Progress:
+def read_progress(
+    group, spec, url: str, *prefixes: str, tolerant: bool = False, absent: tuple[str, ...] = ()
+) -> Progress:
     """The `done` flags of the epochs the metadata holds (a growing store's arrays may
     already hold more): of one teacher's arrays (`prefixes`: where they live), or of
     several (a shard is done when it is done for each). A damaged flag is a `DoneFlagError`
-    naming it, unless `tolerant` (`--repair`): then it reads as not done and is listed."""
+    naming it, unless `tolerant` (`--repair`): then it reads as not done and is listed.
+    Split groups in `absent` (missing an array: inspect's) read as not done at all."""
     done, damaged = {}, {}
     with storage_errors(url):
         for s in spec.splits:
+            if any(p + s in absent for p in prefixes):
+                done[s] = np.zeros((spec.split_epochs(s), spec.num_shards(s)), bool)
+                damaged[s] = []
+                continue
             rows = [read_done(group, p + s, slice(0, spec.split_epochs(s))) for p in prefixes]
             done[s] = np.logical_and.reduce([r[0] for r in rows])
             damaged[s] = [cell for r in rows for cell in r[1]]

@@ -36,8 +36,10 @@ def summarize(store: TargetStore) -> dict:
     array_bytes = sum(n for path, n in sizes.items() if path.split("/", 1)[0] in spec.splits)
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
     # `done` is one object per (epoch, shard): read each teacher's once (on S3, E·S requests).
+    absent = tuple(store.missing)
+    unreadable += store.missing.values()
     read = {
-        n: read_progress(store.group, spec, store.url, spec.prefix(n), tolerant=True)
+        n: read_progress(store.group, spec, store.url, spec.prefix(n), tolerant=True, absent=absent)
         for n in spec.teacher_names
     }
     by_teacher = {name: p.done for name, p in read.items()}
@@ -121,12 +123,15 @@ def progress(
     done_views = total_views = recent_views = 0
     first = now
     for split, flags in done.items():
-        sizes, at = store.spec.shard_sizes(split), store.done_times(split)
+        sizes = store.spec.shard_sizes(split)
+        if not flags.any():  # nothing done to time (or the split's arrays are missing)
+            total_views += int(sizes.sum()) * flags.shape[0]
+            continue
+        at = store.done_times(split)
         total_views += int(sizes.sum()) * flags.shape[0]
         done_views += int((flags * sizes).sum())
         recent_views += int((((at > now - window) & flags) * sizes).sum())
-        if flags.any():
-            first = min(first, float(at[flags].min()))
+        first = min(first, float(at[flags].min()))
     span = min(window, max(now - first, 1e-9))
     rate = recent_views / span if recent_views else 0.0
     left = total_views - done_views

@@ -155,10 +155,18 @@ def file_sizes(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
     }
 
 
-def check_layout(group: zarr.Group, spec, url: str, growing_to: int | None = None) -> None:
+def check_layout(
+    group: zarr.Group,
+    spec,
+    url: str,
+    growing_to: int | None = None,
+    missing: dict[str, str] | None = None,
+) -> None:
     """Every array the metadata implies exists with its shape and dtype: an edited array
     `zarr.json` (an epoch count, say) would otherwise read past what was written. A store
-    that is growing (its metadata says to how many epochs) may have arrays already grown."""
+    that is growing (its metadata says to how many epochs) may have arrays already grown.
+    `missing` (inspect's): a missing array is put there, its split group → the line, not
+    raised."""
     for path, (shape, dtype) in (
         (f"{spec.prefix(t)}{split}/{name}", layout)
         for t in spec.teacher_names
@@ -169,9 +177,11 @@ def check_layout(group: zarr.Group, spec, url: str, growing_to: int | None = Non
             with storage_errors(url):
                 array = group[path]
         except (KeyError, FileNotFoundError):
-            raise StoreCorruptError(
-                f"{url}/{path} is missing; the store is damaged: remake it"
-            ) from None
+            line = f"{url}/{path} is missing; the store is damaged: remake it"
+            if missing is None:
+                raise StoreCorruptError(line) from None
+            missing.setdefault(path.rsplit("/", 1)[0], line)
+            continue
         grown = (
             growing_to is not None
             and array.shape[1:] == shape[1:]
@@ -185,14 +195,15 @@ def check_layout(group: zarr.Group, spec, url: str, growing_to: int | None = Non
             )
 
 
-def open_store(place: Place | str, mode: str):
+def open_store(place: Place | str, mode: str, missing: dict[str, str] | None = None):
     """(group, metadata, StoreSpec) of a deit-pipe store, its metadata checksum and array
-    layout checked: what every reader and writer opens a store with."""
+    layout checked: what every reader and writer opens a store with. `missing`: see
+    `check_layout`."""
     place = Place.of(place)
     from deit_pipe.storage.format import StoreSpec
 
     group = open_group(place, mode)
     meta = read_meta(group, place.url)
     spec = StoreSpec.from_meta(meta)
-    check_layout(group, spec, place.url, meta.get(GROWING, {}).get("epochs"))
+    check_layout(group, spec, place.url, meta.get(GROWING, {}).get("epochs"), missing)
     return group, meta, spec

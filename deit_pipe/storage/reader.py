@@ -37,10 +37,15 @@ log = logging.getLogger(__name__)
 class TargetStore(StoreChecks, FollowStore):
     """A store opened for reading. Validate with `check_run` before training on it."""
 
-    def __init__(self, place: Place | str, *, teacher: str | None = None):
+    def __init__(self, place: Place | str, *, teacher: str | None = None, partial: bool = False):
+        """`partial` (inspect's): a split group missing an array opens, named in
+        `self.missing` (its group → the line) and left unread, instead of refusing."""
         self.place = Place.of(place)
         self.url = url = self.place.url
-        self.group, self.meta, self.spec = open_store(self.place, "r")
+        self.missing: dict[str, str] = {}
+        self.group, self.meta, self.spec = open_store(
+            self.place, "r", self.missing if partial else None
+        )
         # The teacher(s) read: one by name, or an ensemble "A,B" / "A=0.7,B=0.3".
         self.teachers = choose_teachers(teacher, self.spec.teacher_names, url)
         self.prefix = self.spec.prefix(next(iter(self.teachers)))
@@ -48,6 +53,7 @@ class TargetStore(StoreChecks, FollowStore):
             (self.spec.prefix(t), s): split_salt(self.group, self.spec, url, t, s)
             for t in self.teachers
             for s in self.spec.splits
+            if self.spec.prefix(t) + s not in self.missing
         }
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         self._pending: dict[tuple[str, int], Future] = {}
