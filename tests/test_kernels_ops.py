@@ -18,7 +18,7 @@ from PIL import Image
 from timm.data import auto_augment as timm_aa
 
 from deit_pipe.data.device.kernels import affine, enhance, pointops
-from deit_pipe.data.views.host import _posterize
+from deit_pipe.data.views.ops import posterize as _posterize
 
 pytestmark = pytest.mark.skipif(
     PIL.__version__ != "13.0.0", reason=f"golden against Pillow 13.0.0, not {PIL.__version__}"

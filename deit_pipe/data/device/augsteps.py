@@ -1,5 +1,6 @@
-"""A batch's auto-augment ops and colour jitter as kernel calls: planned on the host where
-the batch is collated (`plan_steps`), run on the consuming device (`run_steps`).
+"""A batch's auto-augment ops and colour jitter as kernel calls: made on the host where
+the batch is collated (`steps_of`), run on the consuming device (`run_steps`). Which kernel
+an op runs is its entry's in the op table (`data/views/ops.py`).
 
 Round k applies every view's k-th op; the views of a round that drew the same op (and,
 for the affine ops, the same filter: rotate, shear and translate differ only in their
@@ -20,9 +21,10 @@ import numpy as np
 import torch
 
 from deit_pipe.data.device.kernels import affine, enhance, pointops
+from deit_pipe.data.views.ops import OPS, DeviceOp
 from deit_pipe.data.views.params import AugOp, ViewParams
 
-__all__ = ["KERNELS", "JITTER", "Step", "covered", "plan_steps", "run_steps"]
+__all__ = ["KERNELS", "JITTER", "Step", "covered", "steps_of", "run_steps"]
 
 
 class Step(NamedTuple):
@@ -66,32 +68,29 @@ def _affine(matrix) -> Kernel:
     return Kernel(_run_affine, lambda op, w, h: matrix(op.args[0], w, h))
 
 
-# The affine ops (by timm name) as the inverse matrix Pillow builds for a w x h image.
-_MATRICES = {
-    "Rotate": lambda a, w, h: affine.rotate_matrix(a, w, h),
-    "ShearX": lambda a, w, h: affine.shear_matrix(a, "x"),
-    "ShearY": lambda a, w, h: affine.shear_matrix(a, "y"),
-    "TranslateX": lambda a, w, h: affine.translate_matrix(a, 0.0),
-    "TranslateY": lambda a, w, h: affine.translate_matrix(0.0, a),
-    "TranslateXRel": lambda a, w, h: affine.translate_matrix(affine.translate_rel(a, w), 0.0),
-    "TranslateYRel": lambda a, w, h: affine.translate_matrix(0.0, affine.translate_rel(a, h)),
-}
-_ENHANCE = {"Color": enhance.color, "Contrast": enhance.contrast}
-_ENHANCE |= {"Brightness": enhance.brightness, "Sharpness": enhance.sharpness}
-# Each auto-augment op (by timm name) that has a kernel.
-KERNELS: dict[str, Kernel] = {
-    "AutoContrast": _plain(pointops.autocontrast),
-    "Equalize": _plain(pointops.equalize),
-    "Invert": _plain(pointops.invert),
-    "SolarizeAdd": _int(pointops.solarize_add),
-    "Desaturate": _float(enhance.color, enhance.desaturate_factor),
-}
-KERNELS |= {name: _affine(matrix) for name, matrix in _MATRICES.items()}
-for _suffix in ("", "Increasing", "Original"):
-    KERNELS[f"Posterize{_suffix}"] = _int(pointops.posterize)
-for _suffix in ("", "Increasing"):
-    KERNELS[f"Solarize{_suffix}"] = _int(pointops.solarize)
-    KERNELS |= {f"{name}{_suffix}": _float(fn) for name, fn in _ENHANCE.items()}
+def _resolve(name: str) -> Callable:
+    """"module.function" in `kernels`, as the op table names it."""
+    module, fn = name.split(".")
+    return getattr(_MODULES[module], fn)
+
+
+_MODULES = {"affine": affine, "enhance": enhance, "pointops": pointops}
+
+
+def _kernel(spec: DeviceOp) -> Kernel:
+    """The kernel call of an op table entry's `DeviceOp`."""
+    fn = _resolve(spec.fn)
+    if spec.arg == "matrix":
+        return _affine(fn)
+    if spec.arg == "int":
+        return _int(fn)
+    if spec.arg == "float":
+        return _float(fn, _resolve(spec.convert)) if spec.convert else _float(fn)
+    return _plain(fn)
+
+
+# Each auto-augment op (by timm name) that has a kernel, from the op table.
+KERNELS: dict[str, Kernel] = {n: _kernel(op.device) for n, op in OPS.items() if op.device}
 # torchvision's ColorJitter on a PIL image is ImageEnhance too (brightness, contrast,
 # saturation = Color); hue (id 3) goes through Pillow's HSV conversion, left to the host.
 JITTER = {0: enhance.brightness, 1: enhance.contrast, 2: enhance.color}
@@ -113,12 +112,12 @@ def _sequence(p: ViewParams) -> list[tuple[tuple[str, int], AugOp | float]]:
     """A view's steps in order as (group key, item): its ops, then its jitter factors."""
     seq = []
     for op in p.ops:  # every affine op with one filter shares a call; the others ignore it
-        seq.append((("affine", op.resample) if op.name in _MATRICES else (op.name, -1), op))
+        seq.append((("affine", op.resample) if OPS[op.name].affine else (op.name, -1), op))
     seq += [((f"jitter:{fn}", -1), factor) for fn, factor in p.jitter]
     return seq
 
 
-def plan_steps(params: list[ViewParams]) -> list[Step]:
+def steps_of(params: list[ViewParams]) -> list[Step]:
     """The kernel calls of a batch of covered views (rows in `params`' order), round by
     round; host tensors, to move to the device with the batch."""
     seqs = [_sequence(p) for p in params]
@@ -155,7 +154,7 @@ def _fill(fill: tuple) -> tuple:
 
 
 def run_steps(x: torch.Tensor, steps: list[Step]) -> torch.Tensor:
-    """Apply a batch's planned steps to its rendered views `x` (uint8 [n, H, W, C]) on x's
+    """Apply a batch's steps to its rendered views `x` (uint8 [n, H, W, C]) on x's
     device: host tensors move without waiting, nothing is read back."""
     dev = x.device
 

@@ -27,7 +27,7 @@ from torch.utils.data import get_worker_info
 from deit_pipe.choices import RENDERS
 from deit_pipe.data.decode.jpeg import EncodedJpeg, PendingCrop
 from deit_pipe.data.device import jpegblocks
-from deit_pipe.data.device.augsteps import covered, plan_steps, run_steps
+from deit_pipe.data.device.augsteps import covered, run_steps, steps_of
 from deit_pipe.data.device.kernels import resample
 from deit_pipe.data.views.host import (
     ViewConfig,
@@ -202,7 +202,7 @@ def _prepare_wave(views: list[DeviceView]) -> dict:
     for flag in ("hflip", "vflip"):
         flips = [i for i, p in enumerate(params) if getattr(p, flag)]
         out[flag] = torch.tensor(flips, dtype=torch.int64)
-    out["steps"] = plan_steps(params)
+    out["steps"] = steps_of(params)
     return out
 
 

@@ -28,6 +28,7 @@ from torchvision.transforms import functional as F
 
 from deit_pipe.data.decode.jpeg import EncodedJpeg
 from deit_pipe.data.sources.source import Source
+from deit_pipe.data.views.ops import OPS, posterize
 from deit_pipe.data.views.params import AugMix, AugOp, ViewDrawer, ViewParams
 from deit_pipe.errors import check
 from deit_pipe.limits import MAX_INPUT_SIZE, MAX_RE_COUNT, check_at_most
@@ -142,34 +143,19 @@ def eval_transform(cfg: ViewConfig) -> Transform:
     )
 
 
-def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
-    # Pillow >= 13 refuses 0 bits; keeping no bits historically meant an all-black image,
-    # which `inc1` RandAugment reaches at magnitude 10.
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)
-    return timm_aa.posterize(img, bits_to_keep, **kwargs)
-
-
 def _patch_posterize(policy: object) -> None:
     ops = getattr(policy, "ops", None)
     if ops is None:  # AutoAugment keeps sub-policies of ops
         ops = [op for sub in getattr(policy, "policy", []) for op in sub]
     for op in ops:
         if op.aug_fn is timm_aa.posterize:
-            op.aug_fn = _posterize
-
-
-# timm's aug_fns by op name, with Pillow-proof posterize; a drawn GaussianBlurRand is a blur.
-_HOST_OPS = {**timm_aa.NAME_TO_OP, "GaussianBlur": timm_aa.gaussian_blur}
-for _name, _fn in timm_aa.NAME_TO_OP.items():
-    if _fn is timm_aa.posterize:
-        _HOST_OPS[_name] = _posterize
+            op.aug_fn = posterize
 
 
 def _apply_ops(img: Image.Image, ops: tuple[AugOp, ...]) -> Image.Image:
     for op in ops:
         fill = op.fill if len(op.fill) > 1 else op.fill[0]
-        img = _HOST_OPS[op.name](img, *op.args, fillcolor=fill, resample=op.resample)
+        img = OPS[op.name].host(img, *op.args, fillcolor=fill, resample=op.resample)
     return img
 
 

@@ -25,13 +25,11 @@ from timm.data import auto_augment as timm_aa
 from timm.data import transforms as timm_transforms
 from torchvision.transforms import transforms as tv_transforms
 
+from deit_pipe.data.views.ops import OPS
 from deit_pipe.errors import PlanError
 
 _TAG_NUMPY = 0x5EED_A7  # the NumPy stream of a view seed
 _LEVEL = timm_aa._LEVEL_DENOM
-AFFINE_OPS = frozenset(
-    ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel")
-)
 
 
 @dataclass(frozen=True)
@@ -69,46 +67,6 @@ class ViewParams:
     augmix: AugMix | None = None
 
 
-def _negate(py: random.Random, v: float) -> float:
-    return -v if py.random() > 0.5 else v
-
-
-def _level_args(name: str, level: float, hp: dict, py: random.Random) -> tuple:
-    """timm's LEVEL_TO_ARG[name](level, hparams), with its coin flips drawn from `py`."""
-    if name in ("AutoContrast", "Equalize", "Invert"):
-        return ()
-    if name == "Rotate":
-        return (_negate(py, (level / _LEVEL) * 30.0),)
-    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
-        return ((level / _LEVEL) * 1.8 + 0.1,)
-    if name.endswith("Increasing") and name[: -len("Increasing")] in timm_aa.LEVEL_TO_ARG:
-        base = name[: -len("Increasing")]
-        if base == "Posterize":
-            return (4 - int((level / _LEVEL) * 4),)
-        if base == "Solarize":
-            return (256 - min(256, int((level / _LEVEL) * 256)),)
-        return (max(0.1, 1.0 + _negate(py, (level / _LEVEL) * 0.9)),)
-    if name in ("ShearX", "ShearY"):
-        return (_negate(py, (level / _LEVEL) * 0.3),)
-    if name in ("TranslateX", "TranslateY"):
-        return (_negate(py, (level / _LEVEL) * float(hp["translate_const"])),)
-    if name in ("TranslateXRel", "TranslateYRel"):
-        return (_negate(py, (level / _LEVEL) * hp.get("translate_pct", 0.45)),)
-    simple = {
-        "Posterize": lambda: int((level / _LEVEL) * 4),
-        "PosterizeOriginal": lambda: int((level / _LEVEL) * 4) + 4,
-        "Solarize": lambda: min(256, int((level / _LEVEL) * 256)),
-        "SolarizeAdd": lambda: min(128, int((level / _LEVEL) * 110)),
-    }
-    if name in simple:
-        return (simple[name](),)
-    ranges = {"Desaturate": (0.5, 1.0), "GaussianBlur": (0.1, 2.0), "GaussianBlurRand": (0.0, 1.0)}
-    if name in ranges:
-        lo, hi = ranges[name]
-        return (max(lo, min(hi, lo + (hi - lo) * (level / _LEVEL))),)
-    raise PlanError(f"auto-augment op {name!r} is not supported by deit-pipe's renderer")
-
-
 def _draw_op(op: timm_aa.AugmentOp, py: random.Random) -> AugOp | None:
     """`AugmentOp.__call__`'s draws in its order: apply?, magnitude, level args, filter."""
     if op.prob < 1.0 and py.random() > op.prob:
@@ -119,14 +77,17 @@ def _draw_op(op: timm_aa.AugmentOp, py: random.Random) -> AugOp | None:
     elif op.magnitude_std > 0:
         magnitude = py.gauss(magnitude, op.magnitude_std)
     magnitude = max(0.0, min(magnitude, op.magnitude_max or _LEVEL))
-    args = _level_args(op.name, magnitude, op.hparams, py)
+    entry = OPS.get(op.name)
+    if entry is None:
+        raise PlanError(f"auto-augment op {op.name!r} is not supported by deit-pipe's renderer")
+    args = entry.args(magnitude, op.hparams, py)
     name, resample = op.name, 0
-    if name in AFFINE_OPS:  # only the affine aug_fns resolve timm's `_interpolation`
+    if entry.affine:  # only the affine aug_fns resolve timm's `_interpolation`
         resample = op.kwargs["resample"]
         if isinstance(resample, list | tuple):
             resample = py.choice(resample)
-    if name == "GaussianBlurRand":  # its radius is drawn inside timm's aug_fn
-        name, args = "GaussianBlur", (py.uniform(0.1, 2.0 * args[0]),)
+    if entry.redraw is not None:
+        name, args = entry.redraw(args, py)
     fill = op.kwargs["fillcolor"]
     fill = tuple(int(c) for c in fill) if isinstance(fill, list | tuple) else (int(fill),)
     return AugOp(name, tuple(args), fill, int(resample))

@@ -91,6 +91,36 @@ def translate_rel(pct: float, size: int) -> float:
     return pct * size
 
 
+# Each affine auto-augment op's inverse matrix from its argument and the view's w, h (the
+# names `data/views/ops.py` gives its entries' kernels).
+def rotate_op(a: float, w: int, h: int) -> Matrix:
+    return rotate_matrix(a, w, h)
+
+
+def shear_x_op(a: float, w: int, h: int) -> Matrix:
+    return shear_matrix(a, "x")
+
+
+def shear_y_op(a: float, w: int, h: int) -> Matrix:
+    return shear_matrix(a, "y")
+
+
+def translate_x_op(a: float, w: int, h: int) -> Matrix:
+    return translate_matrix(a, 0.0)
+
+
+def translate_y_op(a: float, w: int, h: int) -> Matrix:
+    return translate_matrix(0.0, a)
+
+
+def translate_x_rel_op(a: float, w: int, h: int) -> Matrix:
+    return translate_matrix(translate_rel(a, w), 0.0)
+
+
+def translate_y_rel_op(a: float, w: int, h: int) -> Matrix:
+    return translate_matrix(0.0, translate_rel(a, h))
+
+
 def fill_color(fillcolor: float | Sequence[float] | str | None, mode: str = "RGB") -> tuple:
     """The pixel `Image.new(mode, size, fillcolor)` paints (an int for RGB is packed
     0xBBGGRR, a str is a colour name): Pillow itself computes it."""
