@@ -9,7 +9,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # Who runs a view's Pillow stage: Pillow on the loader's host, or exact tensor kernels on the
 # device that consumes the views (same bytes); auto = the host, except that training on CUDA
 # times both and keeps the faster (`student.rendertrial`).
-RENDERS = ("auto", "host", "device")
+RENDERERS = ("host", "device")
+RENDERS = ("auto", *RENDERERS)
 DISTILL = ("none", "soft", "hard")
 KL_REDUCTIONS = ("batchmean", "numel")
 TARGETS = ("soft", "hard")  # top-k logits + logsumexp, or the teacher's top-1 class alone

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from deit_pipe.choices import RENDERERS
+
 log = logging.getLogger(__name__)
-PATHS = ("host", "device")
 PAYS = 20  # a trial runs only where the run has this many times its steps left
 
 
@@ -106,12 +107,12 @@ class RenderTrial:
         return {"steps": self.timed, **rates, "chosen": self.chosen, **oom}
 
     def _faster(self) -> str:
-        times = torch.tensor([self.seconds[p] for p in PATHS], dtype=torch.float64)
+        times = torch.tensor([self.seconds[p] for p in RENDERERS], dtype=torch.float64)
         if self.world_size > 1:  # every rank picks the same, from the slowest rank's times
             times = times.to(self.device)
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
             times = times.cpu()
-        self.seconds = dict(zip(PATHS, times.tolist(), strict=True))
+        self.seconds = dict(zip(RENDERERS, times.tolist(), strict=True))
         return "device" if self.seconds["device"] < self.seconds["host"] else "host"
 
     def _restart(self) -> None:

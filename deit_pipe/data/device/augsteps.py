@@ -69,7 +69,7 @@ def _affine(matrix) -> Kernel:
 
 
 def _resolve(name: str) -> Callable:
-    """"module.function" in `kernels`, as the op table names it."""
+    """The kernel the op table names as "module.function" in `kernels`."""
     module, fn = name.split(".")
     return getattr(_MODULES[module], fn)
 

@@ -225,7 +225,7 @@ def _crops(prepared: dict, device: torch.device) -> torch.Tensor:
     return crops
 
 
-def _render(prepared: dict, device: torch.device) -> torch.Tensor:
+def _kernels(prepared: dict, device: torch.device) -> torch.Tensor:
     """The Pillow stage of a prepared batch's kernel views on `device`: resize, flips, then
     the auto-augment ops and the jitter, round by round. Host tensors are moved without
     waiting and nothing is read back, so the waves queue behind the device's work."""
@@ -304,11 +304,11 @@ def realize(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
         prepared = prepare(prepared)
     n, kernel_views, parts = prepared["count"], prepared["kernel_views"], prepared["waves"]
     if len(parts) == 1 and kernel_views == n:  # the common case: the batch in one wave
-        image = _render(parts[0], device)
+        image = _kernels(parts[0], device)
     else:
         image = torch.empty((n, *prepared["size"], 3), dtype=torch.uint8, device=device)
         for wave in parts:
-            image[wave["index"].to(device, non_blocking=True)] = _render(wave, device)
+            image[wave["index"].to(device, non_blocking=True)] = _kernels(wave, device)
         if kernel_views < n:
             done = prepared["done"].to(device, non_blocking=True)
             image[done] = prepared["ready"].to(device, non_blocking=True)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from deit_pipe.choices import RENDERERS
 from deit_pipe.data.device.finish import mix_params
 from deit_pipe.data.device.render import DeviceView, batch_tensor, defer, defer_eval, prepare
 from deit_pipe.data.plan.epoch import EpochPlan, step_slots, steps_per_epoch
@@ -30,16 +31,14 @@ from deit_pipe.data.views.host import (
 )
 from deit_pipe.data.views.params import ViewDrawer
 
-RENDER_MODES = ("host", "device")  # who runs a training view's Pillow stage (same bytes)
-
 
 class PairDataset(Dataset):
     """Mixed training views of one epoch, a pair of slots per item. With `render="device"`
     an item carries its views' source crops and parameters, for `device_render.realize`."""
 
     def __init__(self, split: Split, epoch_plan: EpochPlan, cfg: ViewConfig, render: str = "host"):
-        if render not in RENDER_MODES:
-            raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
+        if render not in RENDERERS:
+            raise ValueError(f"render must be one of {RENDERERS}, got {render!r}")
         self.split, self.plan, self.cfg = split, epoch_plan, cfg
         self.drawer = ViewDrawer(train_transform(cfg))
         self._render = defer if render == "device" else _render_host
@@ -77,8 +76,8 @@ class EvalDataset(Dataset):
     `render="device"` each item carries its image and resize taps for `realize`."""
 
     def __init__(self, split: Split, cfg: ViewConfig, render: str = "host"):
-        if render not in RENDER_MODES:
-            raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
+        if render not in RENDERERS:
+            raise ValueError(f"render must be one of {RENDERERS}, got {render!r}")
         self.split, self.cfg, self.render = split, cfg, render
         self.transform = eval_transform(cfg)
 

@@ -304,7 +304,7 @@ def _slice_axis(axis: AxisTaps, first: int, size: int) -> AxisTaps:
     return AxisTaps(axis.start[sl], axis.coeffs[sl], axis.resized)
 
 
-# ----------------------------------------------------------------------------- batched plan
+# ----------------------------------------------------------------------------- batched taps
 @dataclass(frozen=True)
 class PassGroup:
     """The views of a batch that share a pass order, with their taps padded to the group's
@@ -335,15 +335,15 @@ class PassGroup:
 
 
 @dataclass(frozen=True)
-class ResamplePlan:
+class BatchTaps:
     """A batch of `ViewTaps` (one output size) as tensors, grouped by pass order (<= 2)."""
 
     batch: int
     out_size: tuple[int, int]  # (w, h)
     groups: tuple[PassGroup, ...]
 
-    def to(self, device: torch.device | str) -> ResamplePlan:
-        return ResamplePlan(self.batch, self.out_size, tuple(g.to(device) for g in self.groups))
+    def to(self, device: torch.device | str) -> BatchTaps:
+        return BatchTaps(self.batch, self.out_size, tuple(g.to(device) for g in self.groups))
 
 
 def _pad_coeffs(axes: Sequence[AxisTaps]) -> np.ndarray:
@@ -376,8 +376,8 @@ def _group(views: Sequence[ViewTaps], index: list[int] | None, vertical_first: b
     )
 
 
-def stack_taps(views: Sequence[ViewTaps]) -> ResamplePlan:
-    """The batched plan of `views` (all of one output size), on the CPU; `.to(device)` it."""
+def stack_taps(views: Sequence[ViewTaps]) -> BatchTaps:
+    """The batched taps of `views` (all of one output size), on the CPU; `.to(device)` it."""
     if not views:
         raise ValueError("no views")
     out_size = views[0].out_size
@@ -392,7 +392,7 @@ def stack_taps(views: Sequence[ViewTaps]) -> ResamplePlan:
             groups.append(
                 _group([views[i] for i in index], None if whole else index, vertical_first)
             )
-    return ResamplePlan(len(views), out_size, tuple(groups))
+    return BatchTaps(len(views), out_size, tuple(groups))
 
 
 # ----------------------------------------------------------------------------- device
@@ -468,20 +468,20 @@ def _run_group(images: torch.Tensor, g: PassGroup) -> torch.Tensor:
     return _vertical(t, g.y_start - first, g.y_coeffs, g.y_copy)
 
 
-def resize_batch(images: torch.Tensor, plan: ResamplePlan) -> torch.Tensor:
+def resize_batch(images: torch.Tensor, taps: BatchTaps) -> torch.Tensor:
     """Render a batch of crop + resize views: `images` uint8 [B, Hmax, Wmax, C] holds each
     view's source image in its top-left corner (padding is never read under a nonzero
-    weight); `plan` (on the same device) comes from `stack_taps`. Returns uint8
+    weight); `taps` (on the same device) come from `stack_taps`. Returns uint8
     [B, out_h, out_w, C], byte-identical to Pillow 13.0.0 on every view."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError("images must be uint8 [B, H, W, C]")
-    if images.shape[0] != plan.batch:
-        raise ValueError(f"{images.shape[0]} images for a plan of {plan.batch} views")
+    if images.shape[0] != taps.batch:
+        raise ValueError(f"{images.shape[0]} images for taps of {taps.batch} views")
     planar = images.permute(0, 1, 3, 2)  # [B, H, C, W]: both passes become bmm's
-    out_w, out_h = plan.out_size
-    if len(plan.groups) == 1 and plan.groups[0].index is None:
-        return _run_group(planar, plan.groups[0]).permute(0, 1, 3, 2).contiguous()
-    out = images.new_empty((plan.batch, out_h, images.shape[3], out_w))
-    for g in plan.groups:  # at most two pass orders
+    out_w, out_h = taps.out_size
+    if len(taps.groups) == 1 and taps.groups[0].index is None:
+        return _run_group(planar, taps.groups[0]).permute(0, 1, 3, 2).contiguous()
+    out = images.new_empty((taps.batch, out_h, images.shape[3], out_w))
+    for g in taps.groups:  # at most two pass orders
         out.index_copy_(0, g.index, _run_group(planar.index_select(0, g.index), g))
     return out.permute(0, 1, 3, 2).contiguous()
