@@ -28,6 +28,7 @@ from deit_pipe.cli import (
 def _train_options(fn):
     """`train`'s own options; every unset one is resolved by `TrainConfig`."""
     from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS
+    from deit_pipe.defaults import shown
     from deit_pipe.limits import MAX_WORKERS
 
     preset = "[default: the recipe preset's]"
@@ -62,7 +63,7 @@ def _train_options(fn):
         click.option("--embed-dim", type=int, default=None),
         click.option("--num-heads", type=int, default=None),
         click.option("--drop-path", type=float, default=None, help=f"Drop-path rate {preset}"),
-        click.option("--distill", type=click.Choice(DISTILL), default="hard", show_default=True),
+        click.option("--distill", type=click.Choice(DISTILL), **shown("distill")),
         click.option(
             "--alpha", type=float, default=None, help="Teacher weight [0.5 hard, 0.1 soft]."
         ),
@@ -70,15 +71,12 @@ def _train_options(fn):
         click.option(
             "--kl-reduction",
             type=click.Choice(KL_REDUCTIONS),
-            default="batchmean",
-            show_default=True,
+            **shown("kl_reduction"),
         ),
-        click.option("--teacher-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--teacher-smoothing", type=float, **shown("teacher_smoothing")),
         click.option("--smoothing", type=float, default=None, help=f"Label smoothing {preset}"),
         click.option("--epochs", type=int, default=None, help=f"Epochs {preset}"),
-        click.option(
-            "--batch-size", type=int, default=1024, show_default=True, help="Global batch."
-        ),
+        click.option("--batch-size", type=int, **shown("batch_size"), help="Global batch."),
         click.option("--lr", type=float, default=None, help=f"lr per 512 images {preset}"),
         click.option("--min-lr", type=float, default=None, help=f"Final lr {preset}"),
         click.option("--warmup-lr", type=float, default=None, help=f"Initial lr {preset}"),
@@ -86,11 +84,11 @@ def _train_options(fn):
         click.option("--weight-decay", type=float, default=None, help=f"AdamW decay {preset}"),
         click.option("--clip-grad", type=float, default=None),
         click.option("--ema", is_flag=True, help="Keep an EMA of the weights (ModelEmaV3)."),
-        click.option("--ema-decay", type=float, default=0.99996, show_default=True),
+        click.option("--ema-decay", type=float, **shown("ema_decay")),
         click.option(
-            "--train-seed", type=int, default=0, show_default=True, help="Init and drop-path seed."
+            "--train-seed", type=int, **shown("train_seed"), help="Init and drop-path seed."
         ),
-        click.option("--loader-workers", type=int, default=0, show_default=True),
+        click.option("--loader-workers", type=int, **shown("loader_workers")),
         render_option,
         click.option(
             "--render-trial",
@@ -101,14 +99,13 @@ def _train_options(fn):
             "0: no trial (the host).",
         ),
         click.option(
-            "--ckpt-every", type=int, default=0, show_default=True, help="Checkpoint every N steps."
+            "--ckpt-every", type=int, **shown("ckpt_every"), help="Checkpoint every N steps."
         ),
-        click.option("--eval-every", type=int, default=1, show_default=True, help="Epochs."),
+        click.option("--eval-every", type=int, **shown("eval_every"), help="Epochs."),
         click.option(
             "--log-every",
             type=int,
-            default=1,
-            show_default=True,
+            **shown("log_every"),
             help="Steps between loss read-backs (each waits for the device).",
         ),
         click.option(
@@ -129,8 +126,7 @@ def _train_options(fn):
         click.option(
             "--follow-timeout",
             type=float,
-            default=1800,
-            show_default=True,
+            **shown("follow_timeout"),
             help="Seconds without a newly completed shard before --follow gives up.",
         ),
         click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt exactly."),
@@ -141,7 +137,7 @@ def _train_options(fn):
             default=None,
             help="Repeat a run: its RUN/config.json; flags given beside it override it.",
         ),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--device", type=click.Choice(DEVICES), **shown("device")),
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps."),
         click.option(
             "--nproc-per-node",

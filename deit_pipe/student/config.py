@@ -1,6 +1,7 @@
 """What a training run is asked to do: `TrainConfig`, its choices and how unset fields resolve.
 
-Every default lives here, not in the CLI: the teacher weight α and temperature τ follow the
+Every default lives here (the plain ones in `deit_pipe.defaults`, which the CLI reads too):
+the teacher weight α and temperature τ follow the
 distillation mode (the paper's λ = 0.1, τ = 3 for soft; λ = 1/2 for hard), and the schedule
 (lr, warmup, weight decay, drop-path, smoothing, epochs) follows the recipe preset — the
 store's own unless `preset` names another (`data.plan.recipe.PRESETS`).
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from deit_pipe.choices import DEVICES, DISTILL, KL_REDUCTIONS, RENDERS
 from deit_pipe.data.plan.recipe import PRESETS, Schedule, get_preset, schedule_of
+from deit_pipe.defaults import TRAIN
 from deit_pipe.errors import ConfigError, DeitPipeError, check
 from deit_pipe.limits import (
     MAX_BATCH,
@@ -46,11 +48,11 @@ class TrainConfig:
     init_from: str | None = None  # run, checkpoint, model file or timm tag (see init_from)
     model: str | None = None  # timm name [default: the --init-from run's, else DeiT-Ti⚗]
     model_overrides: dict = field(default_factory=dict)  # img_size, patch_size, depth, …
-    distill: str = "hard"
+    distill: str = TRAIN["distill"]
     alpha: float | None = None  # teacher weight [default: by mode, PAPER_ALPHA_TAU]
     tau: float | None = None  # temperature [default: by mode]
-    kl_reduction: str = "batchmean"
-    teacher_smoothing: float = 0.0
+    kl_reduction: str = TRAIN["kl_reduction"]
+    teacher_smoothing: float = TRAIN["teacher_smoothing"]
     # The schedule; None = the preset's (Schedule).
     epochs: int | None = None
     lr: float | None = None  # per 512 images of global batch
@@ -60,24 +62,28 @@ class TrainConfig:
     weight_decay: float | None = None
     drop_path: float | None = None
     smoothing: float | None = None
-    batch_size: int = 1024  # global
+    batch_size: int = TRAIN["batch_size"]  # global
     clip_grad: float | None = None
     ema: bool = False
-    ema_decay: float = 0.99996
-    train_seed: int = 0  # the model's init and drop-path (the plan's seed is the recipe's)
-    loader_workers: int = 0
-    render: str = "auto"  # who renders the training views (RENDERS); the bytes are the same
+    ema_decay: float = TRAIN["ema_decay"]
+    # the model's init and drop-path (the plan's seed is the recipe's)
+    train_seed: int = TRAIN["train_seed"]
+    loader_workers: int = TRAIN["loader_workers"]
+    # who renders the training views (RENDERS); the bytes are the same
+    render: str = TRAIN["render"]
     render_trial: int | None = None  # auto: steps timed per renderer (None: sized on CUDA; 0: none)
-    ckpt_every: int = 0  # steps; 0 = at epoch end only
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
-    log_every: int = 1  # steps between loss read-backs (each one waits for the device)
+    ckpt_every: int = TRAIN["ckpt_every"]  # steps; 0 = at epoch end only
+    # epochs between evaluations (the last epoch is always evaluated)
+    eval_every: int = TRAIN["eval_every"]
+    # steps between loss read-backs (each one waits for the device)
+    log_every: int = TRAIN["log_every"]
     tensorboard: bool = False  # mirror metrics.jsonl's scalars into RUN/tb (event files)
     cycle_epochs: bool = False
     follow: bool = False  # train on a store still being filled: wait for each epoch's shards
-    follow_timeout: float = 1800.0  # seconds without a new shard before giving up
-    device: str = "auto"
+    follow_timeout: float = TRAIN["follow_timeout"]  # seconds without a new shard before giving up
+    device: str = TRAIN["device"]
     compile: bool = False  # torch.compile the student
-    eval_batch_size: int = 256
+    eval_batch_size: int = TRAIN["eval_batch_size"]
     max_steps: int | None = None  # stop early (tests, smoke runs)
     resume: bool = False
 
