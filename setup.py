@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "deit_pipe.data._jpeg_region",
+            "deit_pipe.data.decode._jpeg_region",
             ["csrc/jpeg_region.c", "csrc/jpeg_blocks.c"],
             include_dirs=["csrc/libjpeg-turbo"],
             libraries=["dl"],

@@ -1,5 +1,5 @@
 /* A JPEG crop's quantised DCT blocks alone, for the device to finish the decode
- * (deit_pipe.data.jpegblocks is its Python side, kernels/jpegdecode.py the device's part).
+ * (data/device/jpegblocks.py is its Python side, kernels/jpegdecode.py the device's part).
  *
  * jpeg_read_coefficients of the libjpeg Pillow loaded does the entropy decoding; a progress
  * monitor cuts a sequential file short once the crop's iMCU rows are in, so the rows below

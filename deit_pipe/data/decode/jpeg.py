@@ -134,7 +134,7 @@ def _bound():
     if os.environ.get("DEIT_PIPE_JPEG_REGION", "1") == "0":
         return None
     try:
-        from deit_pipe.data import _jpeg_region as ext
+        from deit_pipe.data.decode import _jpeg_region as ext
     except ImportError:
         log.info("JPEG crops decode whole: the region decoder was not built (no C compiler?)")
         return None
