@@ -1,6 +1,8 @@
+"""Fixtures the test files share: a tiny imagefolder dataset, a one-step run made from it,
+the small fake store several files damage, and a moto S3 server."""
+
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -9,17 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import free_port
-
-
-def write_jpeg(path: Path, seed: int, size: int = 24) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG")
+from tests.helpers import free_port, write_jpeg
 
 
 @pytest.fixture
@@ -34,10 +28,32 @@ def imagefolder(tmp_path: Path) -> Path:
     return root
 
 
-def truncated_jpeg_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()[:200]
+@pytest.fixture
+def trained(imagefolder, tmp_path) -> tuple[Path, Path, Path]:
+    """(dataset root, store, run): an imagefolder store with val, and a one-step run."""
+    from tests.cli_utils import invoke
+    from tests.run_utils import TINY, pre
+
+    store, run = tmp_path / "s.zarr", tmp_path / "run"
+    done = invoke(*pre(f"imagefolder:{imagefolder}"), "--out", store)
+    assert done.exit_code == 0, done.output
+    train = ["train", "--store", store, "--out", run, *TINY, "--epochs", "1"]
+    done = invoke(*train, "--batch-size", "6", "--max-steps", "1")
+    assert done.exit_code == 0, done.output
+    return imagefolder, store, run
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory) -> Path:
+    """One teacher, one epoch of 100 fake images in two train shards, and val (made once a
+    session: tests only read it, or copy it before they damage it)."""
+    from tests.cli_utils import invoke
+    from tests.small_store_utils import PRE
+
+    url = tmp_path_factory.mktemp("made") / "s.zarr"
+    done = invoke(*PRE, "--out", url)
+    assert done.exit_code == 0, done.output
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -54,13 +70,16 @@ def s3():
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 30
+        # Wait for the server itself to listen; the deadline only ends a server that never
+        # does (a loaded host just waits longer), and one that exits fails at once.
+        deadline = time.monotonic() + 300
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 break
             except OSError:
-                if time.time() > deadline:
+                assert server.poll() is None, "the moto server exited before it listened"
+                if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
         client = dict(endpoint_url=endpoint, region_name="us-east-1")

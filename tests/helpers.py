@@ -1,10 +1,15 @@
-"""Helpers the test files share (fixtures live in conftest.py)."""
+"""Helpers the test files share (fixtures live in conftest.py): free ports, checksums of a
+folder, and the small JPEG files the dataset tests write."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 
 def free_port() -> int:
@@ -20,3 +25,15 @@ def checksums(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def write_jpeg(path: Path, seed: int, size: int = 24) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+
+
+def truncated_jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()[:200]

@@ -1,20 +1,24 @@
 """Datasets where users keep them: Parquet (the Hub's layout) and WebDataset shards, local or
-behind a URL, read by random access and identified by content."""
+behind a URL, read by random access and identified by content: a set missing a numbered shard,
+or an image replaced after precompute, is refused naming the file."""
 
 from __future__ import annotations
 
 import io
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks.layouts import write_parquet, write_wds
 from deit_pipe.data import open_source, scan
 from deit_pipe.errors import DataError
 from deit_pipe.storage import TargetStore
 from tests.cli_utils import invoke, one_line
+from tests.run_utils import pre
 
 PRE = ["precompute", "--teacher-model", "regnety_002", "--random-init", "--epochs", "1"]
 PRE += ["--input-size", "32", "--dask-workers", "0", "--top-k", "3", "--repeats", "1"]
@@ -190,3 +194,42 @@ def test_labels_a_split_cannot_train_on_are_one_line(layouts, tmp_path, label, n
     table = table.set_column(1, "label", pa.array(labels, pa.int64()))
     pq.write_table(table, path)
     one_line(invoke("scan", "--data", f"parquet:{root}"), needle)
+
+
+def replace_same_size(path: Path) -> None:
+    """Another picture in the same number of bytes (a flat JPEG, padded after its end
+    marker, which decoders ignore): the dataset identity (paths, sizes) stays the same."""
+    size = path.stat().st_size
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(path, format="JPEG")
+    data = path.read_bytes()
+    assert len(data) < size
+    path.write_bytes(data + bytes(size - len(data)))
+
+
+def test_audit_and_eval_refuse_a_val_image_replaced_after_precompute(trained, tmp_path):
+    root, store, run = trained
+    assert invoke("eval", "--checkpoint", run).exit_code == 0
+    big = invoke("eval", "--checkpoint", run, "--input-size", "100000")  # no 30 GB ViT first
+    one_line(big, "--input-size must be in [8, 4096], got 100000")
+    replace_same_size(root / "val" / "dog" / "v1.jpg")
+    out = tmp_path / "audit"
+    audit = ["audit", "--store", store, "--run", run, "--train-views", "0", "--out", out]
+    one_line(invoke(*audit), "not the dataset", "dog/v1.jpg", "differs")
+    assert not out.exists()
+    one_line(invoke("eval", "--checkpoint", run), "not the dataset", "dog/v1.jpg")
+
+
+def test_a_hub_parquet_set_with_a_missing_numbered_shard_is_refused_naming_it(
+    imagefolder, tmp_path
+):
+    from benchmarks.layouts import write_parquet
+
+    out = tmp_path / "pq"
+    write_parquet(imagefolder, out, shards=2)
+    assert invoke("scan", "--data", f"parquet:{out}").exit_code == 0
+    (out / "data" / "train-00001-of-00002.parquet").unlink()
+    kept = sorted(p.name for p in (out / "data").iterdir())
+    one_line(invoke("scan", "--data", f"parquet:{out}"), "train-00001-of-00002.parquet is missing")
+    store = tmp_path / "s.zarr"
+    one_line(invoke(*pre(f"parquet:{out}"), "--out", store), "train-00001-of-00002.parquet")
+    assert not store.exists() and sorted(p.name for p in (out / "data").iterdir()) == kept

@@ -95,7 +95,17 @@ def test_a_follower_waits_for_the_teacher_and_matches_a_later_run(half_store, tm
         return metrics.exists() and '"eval"' in metrics.read_text()
 
     wait_until(evaluated_epoch0, proc, "the follower's first evaluation")
-    time.sleep(1.0)  # it is now waiting on epoch 1, which nobody is computing
+    # The follower has trained every epoch the store holds once its checkpoint is at their
+    # last step: it can only wait now, on an epoch nobody is computing.
+    last = 11 * len(TargetStore(str(half_store)).progress().complete_epochs())
+
+    def trained_what_is_stored() -> bool:
+        try:
+            return weights(follower)["step"] == last
+        except (OSError, RuntimeError, EOFError):  # no checkpoint yet (written atomically)
+            return False
+
+    wait_until(trained_what_is_stored, proc, "the follower trained every stored epoch")
     assert proc.poll() is None and TargetStore(str(half_store)).progress().missing()
     resumed = subprocess.run(precompute_cmd(half_store), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

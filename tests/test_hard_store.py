@@ -1,8 +1,7 @@
-"""`precompute --targets hard` (top-1 class + fingerprint only) and `precompute --dry-run`."""
+"""`precompute --targets hard`: a store of the teacher's top-1 class and the fingerprint only
+trains exactly as a soft store does, and is refused for soft distillation."""
 
 import json
-import math
-import re
 
 import pytest
 from click.testing import CliRunner
@@ -57,16 +56,3 @@ def test_a_hard_store_holds_the_top1_and_trains_exactly_like_a_soft_one(stores, 
     soft_cfg = TrainConfig(out=str(tmp_path / "x"), store=str(hard), distill="soft")
     with pytest.raises(DeitPipeError, match="holds the teacher's top-1 class only"):
         train(soft_cfg)
-
-
-def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path):
-    url = tmp_path / "never.zarr"
-    result = _precompute(url, "--dry-run", "--epochs", "18")
-    assert "dry run: 26,226 views (25,866 train + 360 val; 18 training epochs)" in result.output
-    assert "bytes/view" in result.output and "views/s (measured here" in result.output
-    given = _precompute(url, "--dry-run", "--targets", "hard", "--throughput", "100")
-    assert "≈ 9.3 bytes/view" in given.output and "(given, cpu)" in given.output
-    # 100 teacher views/s against this machine's measured render rate per loader worker.
-    rate = float(re.search(r"render:\s+([\d,.]+) views/s", given.output)[1].replace(",", ""))
-    assert f"--loader-workers {max(1, math.ceil(100 / rate))} per device" in given.output
-    assert not url.exists()

@@ -17,7 +17,7 @@ from deit_pipe.cli import main
 from deit_pipe.data.decode import jpeg as region
 from deit_pipe.data.decode.pillow import decode_image
 from deit_pipe.errors import DataError
-from tests.conftest import truncated_jpeg_bytes
+from tests.helpers import truncated_jpeg_bytes
 from tests.jpeg_utils import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below
 
 

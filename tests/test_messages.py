@@ -1,5 +1,6 @@
-"""Issue 32's misleading messages: each says what happened (a busy run directory, a too long
-teacher name, a second teacher's damaged chunk, a store moved under a follower)."""
+"""Messages that say what happened, not something near it: a busy run directory, a too long
+teacher name, a second teacher's damaged chunk, a store moved under a follower, an empty
+store path."""
 
 from __future__ import annotations
 

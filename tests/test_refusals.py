@@ -1,4 +1,6 @@
-"""Every bad input: one line naming the culprit, a non-zero exit, nothing created."""
+"""Every bad input: one line naming the culprit, a non-zero exit, nothing created: bad
+values, numbers that would size an allocation, flags that contradict or lack what they
+modify."""
 
 import os
 from pathlib import Path
@@ -11,6 +13,7 @@ from deit_pipe.data import open_source
 from deit_pipe.errors import StoreAccessError
 from deit_pipe.storage.io import storage_errors
 from tests.cli_utils import invoke, one_line
+from tests.small_store_utils import SMALL, A
 
 PRE = ["precompute", "--data", "fake:40", "--teacher-model", "regnety_002", "--random-init"]
 PRE += ["--epochs", "1", "--batch-size", "40", "--dask-workers", "0", "--preset", "small"]
@@ -295,3 +298,65 @@ def test_a_damaged_group_metadata_file_is_one_line_on_inspect_and_repair(tmp_pat
     repaired = invoke(*PRE, "--out", copy, "--repair")
     one_line(repaired, "train/zarr.json is damaged", "--overwrite")
     assert (copy / "train" / "zarr.json").read_text() == "{}"
+
+
+PRE_DIGITS = ["precompute", "--data", "digits", "--teacher-model", "regnety_002", "--random-init"]
+PRE_DIGITS += ["--out", "s.zarr", "--epochs", "1", "--dask-workers", "0"]
+HUGE = str(10**12)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ([*PRE_DIGITS, "--input-size", "100000", "--dry-run"], "--input-size must be in [8, 4096]"),
+        ([*PRE_DIGITS, "--batch-size", HUGE, "--dry-run"], "--batch-size"),
+        ([*PRE_DIGITS, "--input-size", "4096", "--batch-size", "65536", "--dry-run"], "GiB"),
+        ([*PRE_DIGITS[:-4], "--dask-workers", "0", "--epochs", HUGE, "--dry-run"], "--epochs"),
+        ([*PRE_DIGITS, "--shard-views", str(2**30), "--dry-run"], "--shard-views must be ≤"),
+        ([*PRE_DIGITS, "--loader-workers", "100000"], "--loader-workers must be ≤"),
+        (["train", "--store", "none.zarr", "--out", "run", "--img-size", "100000"], "--img-size"),
+        (["train", "--store", "none.zarr", "--out", "run", "--batch-size", HUGE], "--batch-size"),
+        (["views", "--data", "digits", "--input-size", "100000"], "--input-size"),
+        (["views", "--data", "digits", "--epoch", HUGE], "--epoch"),
+        (["verify", "none.zarr", "--sample", "-1"], "--sample"),
+        (["verify", "none.zarr", "--loader-workers", "-1"], "--loader-workers"),
+        (["verify", "none.zarr", "--loader-workers", "100000"], "--loader-workers"),
+        (["scan", "--data", "digits", "--threads", "0"], "--threads"),
+        (
+            ["audit", "--store", "none.zarr", "--run", "r", "--out", "a", "--train-views", "-1"],
+            "--train-views",
+        ),  # fmt: skip
+        (
+            ["scan", "--data", "digits", "--storage-options", '{"client_kwargs":5}'],
+            "--storage-options 'client_kwargs' must be a JSON object, got 5",
+        ),  # fmt: skip
+        (["verify", "none.zarr", "--storage-options", '{"config_kwargs":[1]}'], "config_kwargs"),
+    ],
+)
+def test_numbers_that_size_allocations_are_bounded_in_one_line(tmp_path, monkeypatch, args, needle):
+    """Each is refused before anything is allocated or created (the dry run of
+    --input-size 100000 took 23.6 GB before)."""
+    monkeypatch.chdir(tmp_path)
+    one_line(invoke(*args), needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--teacher-model", A], "--teacher-model runs a teacher online"),
+        (["--teacher-random-init"], "--teacher-random-init runs a teacher online"),
+        (["--teacher-checkpoint", "t.pth"], "--teacher-checkpoint runs a teacher online"),
+    ],
+)
+def test_an_online_teacher_beside_a_store_is_refused_not_ignored(made, tmp_path, extra, needle):
+    run = tmp_path / "run"
+    one_line(invoke("train", "--store", made, "--out", run, *SMALL, *extra), needle, "--store")
+    assert not run.exists()
+
+
+def test_teacher_flags_without_what_they_modify_are_refused(tmp_path):
+    run = ["train", "--data", "digits", "--out", tmp_path / "run", *SMALL]
+    one_line(invoke(*run, "--teacher-pretrained"), "--teacher-pretrained", "--teacher-model")
+    one_line(invoke(*run, "--teacher-name", A), "--teacher-name", "--store")
+    assert not (tmp_path / "run").exists()

@@ -272,20 +272,23 @@ def test_a_full_disk_loses_nothing_and_the_rerun_resumes(tmp_path, reference):
 # Another job holding a lock, as `storage.lock` takes it: flock on DIR/.deit-pipe.lock and
 # its holder written in the file (plain Python: starting in a blink, unlike torch).
 HOLD = """
-import fcntl, json, os, sys, time
+import fcntl, json, os, sys
 fd = os.open(os.path.join(sys.argv[1], ".deit-pipe.lock"), os.O_RDWR | os.O_CREAT)
 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 os.ftruncate(fd, 0)
 holder = {"purpose": sys.argv[2], "host": "here", "pid": os.getpid(), "since": "now"}
 os.pwrite(fd, json.dumps(holder).encode(), 0)
 print("held", flush=True)
-time.sleep(120)
+sys.stdin.read()  # held until the test kills it: no time after which it lets go
 """
 
 
 def _holder(path: Path, purpose: str) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(path), purpose], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, str(path), purpose],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "held"
     return proc

@@ -1,3 +1,7 @@
+"""Dataset sources (`digits`, `fake`, `imagefolder`, `wds`): what each lists and how it
+identifies itself; bad specs, roots, folders and files refused naming them; files a source
+does not read counted and named in `scan` and the log."""
+
 import io
 import os
 import struct
@@ -10,7 +14,8 @@ from PIL import Image
 from deit_pipe.cli import main
 from deit_pipe.data import open_checked, open_source, scan
 from deit_pipe.errors import DataError
-from tests.conftest import truncated_jpeg_bytes
+from tests.cli_utils import invoke
+from tests.helpers import truncated_jpeg_bytes
 
 
 def test_digits_is_real_stratified_and_rgb():
@@ -133,3 +138,40 @@ def test_unreadable_files_are_named(imagefolder, name, content):
     kept = open_checked(f"imagefolder:{imagefolder}", skip_bad=True)
     assert f"train/dog/{name}" not in kept.split("train").paths
     assert len(kept.split("train")) == 18 and kept.skipped[0][0] == f"train/dog/{name}"
+
+
+def test_files_a_source_does_not_read_are_counted_and_named_in_scan_and_the_log(
+    imagefolder, tmp_path, monkeypatch, caplog
+):
+    import io
+    import json
+    import tarfile
+
+    from benchmarks.layouts import write_wds
+    from deit_pipe.data import open_source
+
+    (imagefolder / "train" / "cat" / "x.gif").write_bytes(b"GIF89a")
+    (imagefolder / "train" / "cat" / ".DS_Store").write_bytes(b"")  # hidden: no data
+    result = invoke("scan", "--data", f"imagefolder:{imagefolder}")
+    assert result.exit_code == 0 and "1 ignored" in result.output
+    assert "train/cat/x.gif: unsupported extension .gif" in result.output
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # opened twice, said once
+            open_source(f"imagefolder:{imagefolder}")
+    assert sum("x.gif" in r.getMessage() for r in caplog.records) == 1
+
+    monkeypatch.setenv("DEIT_PIPE_CACHE", str(tmp_path / "cache"))
+    for name in ("x.gif", ".DS_Store"):  # the tar is made of the images only
+        (imagefolder / "train" / "cat" / name).unlink()
+    wds = tmp_path / "wds"
+    write_wds(imagefolder, wds)
+    with tarfile.open(wds / "train-000000.tar", "a") as tar:  # a second image for key 000000
+        member = tarfile.TarInfo("000000.png")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"\x89PNG"))
+    result = invoke("scan", "--data", f"wds:{wds}", "--json")
+    assert result.exit_code == 0, result.output
+    ignored = json.loads(result.output)["ignored"]
+    assert ignored == [
+        {"path": "train-000000.tar:000000.png", "reason": "repeats an earlier image's key"}
+    ]

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.pipeline.verify import verify
-from tests.conftest import write_jpeg
+from tests.helpers import write_jpeg
 from tests.store_utils import tamper_fingerprint
 
 
