@@ -109,24 +109,57 @@ def audit(
     if not run_paths:
         raise DeitPipeError("audit needs at least one --run")
     runs = [load_run(p) for p in run_paths]
-    # The teacher(s) the first run distilled from, unless asked: one teacher or an ensemble.
-    recorded = (runs[0].config.get("store_identity") or {}).get("teacher")
-    store = TargetStore(place, teacher=teacher or recorded)
-    url = store.url
-    store.check_files()
-    if "val" not in store.spec.splits or store.progress().missing("val"):
-        raise DeitPipeError(
-            f"{url} has no complete val/ split; make it with "
-            "`deit-pipe precompute --split val …` (same data, seed and teacher)"
-        )
-    for run in runs:
-        check_run_against_store(run, store)
+    store = _open_store(place, runs, teacher)
     dev = resolve_device(device)
     render = render_mode(render, dev)
     val = store.read_epoch(0, "val")
     # The val pixels scored below against the stored teacher answers: the store's own.
     source = store_source(runs[0], store, data_options, data_cache)
     labels = source.split("val").labels
+    predictions, metrics = _teacher_scores(place, store, val, labels)
+    train_agreement = {}
+    for name, run in zip(_names(runs), runs, strict=True):
+        model = run.model(ema).to(dev, memory_format=torch.channels_last)
+        run_predictions, run_metrics = _run_scores(
+            name, model, run, source, labels, store.spec.num_classes, dev, render
+        )
+        predictions.update(run_predictions)
+        metrics.update(run_metrics)
+        train_agreement[name] = train_view_agreement(
+            model, run, store, source, train_views, dev, render
+        )
+    names, matrix = disagreement_matrix(predictions)
+    result = AuditResult(names, matrix, metrics, train_agreement, {})
+    write_outputs(result, out, runs, store, ema)
+    store.close()
+    for run in runs:  # the agreement beside the run's curves, for a run with RUN/tb
+        if (run.path / TB_DIR).is_dir():
+            add_audit(run.path, run.checkpoint["step"], audit_summary(out, run, ema), ema)
+    return result
+
+
+def _open_store(place: Place | str, runs: list[Run], teacher: str | None) -> TargetStore:
+    """The store the runs are scored against: the teacher(s) the first run distilled from,
+    unless asked (one teacher or an ensemble); refused without a complete val split, or
+    where a run was trained on another dataset or store."""
+    recorded = (runs[0].config.get("store_identity") or {}).get("teacher")
+    store = TargetStore(place, teacher=teacher or recorded)
+    store.check_files()
+    if "val" not in store.spec.splits or store.progress().missing("val"):
+        raise DeitPipeError(
+            f"{store.url} has no complete val/ split; make it with "
+            "`deit-pipe precompute --split val …` (same data, seed and teacher)"
+        )
+    for run in runs:
+        check_run_against_store(run, store)
+    return store
+
+
+def _teacher_scores(
+    place: Place | str, store: TargetStore, val, labels
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """(top-1 predictions of ground truth, the teacher read and, in a store of several
+    teachers, each teacher alone; the teacher's val metrics), from the stored answers."""
     num_classes = store.spec.num_classes
     if store.spec.targets == "soft":
         teacher_probs = val.soft(np.arange(len(val)), 1.0).numpy()
@@ -139,26 +172,29 @@ def audit(
             alone = TargetStore(place, teacher=name)
             predictions[f"teacher {name}"] = alone.read_epoch(0, "val").top1
             alone.close()
-    train_agreement = {}
-    for name, run in zip(_names(runs), runs, strict=True):
-        model = run.model(ema).to(dev, memory_format=torch.channels_last)
-        logits = predict(model, source.split("val"), run.recipe.view, device=dev, render=render)
-        for head, values in logits.items():
-            label = classifier_label(name, head, len(logits))
-            probs = torch.softmax(values, dim=1).numpy()
-            predictions[label] = probs.argmax(axis=1)
-            metrics[label] = classifier_metrics(probs, labels, num_classes)
-        train_agreement[name] = train_view_agreement(
-            model, run, store, source, train_views, dev, render
-        )
-    names, matrix = disagreement_matrix(predictions)
-    result = AuditResult(names, matrix, metrics, train_agreement, {})
-    write_outputs(result, out, runs, store, ema)
-    store.close()
-    for run in runs:  # the agreement beside the run's curves, for a run with RUN/tb
-        if (run.path / TB_DIR).is_dir():
-            add_audit(run.path, run.checkpoint["step"], audit_summary(out, run, ema), ema)
-    return result
+    return predictions, metrics
+
+
+def _run_scores(
+    name: str,
+    model,
+    run: Run,
+    source,
+    labels,
+    num_classes: int,
+    device: torch.device,
+    render: str,
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """(top-1 predictions, val metrics against `labels`) of every head of run `name`'s
+    model, by the audit's name for the head."""
+    logits = predict(model, source.split("val"), run.recipe.view, device=device, render=render)
+    predictions, metrics = {}, {}
+    for head, values in logits.items():
+        label = classifier_label(name, head, len(logits))
+        probs = torch.softmax(values, dim=1).numpy()
+        predictions[label] = probs.argmax(axis=1)
+        metrics[label] = classifier_metrics(probs, labels, num_classes)
+    return predictions, metrics
 
 
 def write_outputs(result: AuditResult, out: Path, runs: list[Run], store, ema: bool) -> None:

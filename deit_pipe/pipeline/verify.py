@@ -120,57 +120,93 @@ def verify(
     render = render_mode(render, target)
     start = time.perf_counter()
     store = TargetStore(place)
-    url = store.url
     store.check_files()
+    source = _open_data(store, data, data_options, data_cache)
+    report = _new_report(store, source)
     spec = store.spec
-    skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
-    source = open_source(
-        data or spec.dataset["spec"],
-        skip=skipped,
-        data_options=data_options,
-        data_cache=data_cache,
-    )
-    problem = blocks_problem(spec.dataset, source, url)  # re-rendering would be meaningless
-    if problem:
-        raise StoreMismatchError(problem)
-    report = VerifyReport(
-        url=url,
-        dataset_matches=same_dataset(
-            spec.dataset["fingerprint"], spec.dataset.get("content"), spec.dataset["spec"], source
-        ),
-        version_drift=version_drift(store.meta.get("versions", {})),
-    )
     recipe = Recipe.from_dict(spec.recipe)
     units = [(s, e) for s in spec.splits for e in range(spec.split_epochs(s))]
     per_unit = sample if sample is not None else max(-(-DEFAULT_TOTAL // len(units)), 2)
     done = store.progress().done
     jobs = _plan_checks(store, source, units, done, None if all_views else per_unit, seed)
     report.epochs = [check for check, _ in jobs]
-    total, rendered = sum(_views_in(store.spec, c.split, r) for c, r in jobs), 0
+    total = sum(_views_in(store.spec, c.split, r) for c, r in jobs)
+    rendered = _counter(total, progress)
     for check, rows in jobs:
-        try:
-            arrays = store.read_arrays(check.epoch, check.split)
-        except (DoneFlagError, TeacherSealError):
-            raise
-        except StoreCorruptError:  # a chunk fails to decode: find every shard it spoils
-            problems = epoch_damage(store, check.split, check.epoch, done[check.split][check.epoch])
-            check.damaged = [str(p) for p in problems]
+        flags = done[check.split][check.epoch]
+        arrays = _epoch_arrays(store, check, flags)
+        if arrays is None:
             continue  # its views cannot be compared: --repair recomputes them
-        # Values too, not only fingerprints: a lost chunk reads as zeros, which only the
-        # checksums recorded at write time tell from data.
-        problems = epoch_damage(
-            store, check.split, check.epoch, done[check.split][check.epoch], arrays
-        )
-        check.damaged = [str(p) for p in problems] + _other_teachers(store, check, arrays)
         for views in _render(source, recipe, check, rows, workers, render):
             views = device_pixels(views, target)
-            rendered += len(views["slot"])
             _compare(arrays["fingerprint"], source, recipe, check, views)
-            if progress:
-                progress(rendered, total)
+            rendered(len(views["slot"]))
     store.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _open_data(
+    store: TargetStore, data: str | None, data_options: dict | None, data_cache: DataCache | None
+) -> Source:
+    """The dataset to re-render from (`data`, or the store's), its skipped files left out as
+    the teacher left them out; refused where its block layout is not the store's, since
+    re-rendering would then be meaningless."""
+    skipped = {r["path"]: r["reason"] for r in store.skipped().to_pylist()}
+    source = open_source(
+        data or store.spec.dataset["spec"],
+        skip=skipped,
+        data_options=data_options,
+        data_cache=data_cache,
+    )
+    problem = blocks_problem(store.spec.dataset, source, store.url)
+    if problem:
+        raise StoreMismatchError(problem)
+    return source
+
+
+def _new_report(store: TargetStore, source: Source) -> VerifyReport:
+    """A report with no epoch checked yet: whether `source` is the dataset the store was
+    made from, and which libraries differ from the store's."""
+    dataset = store.spec.dataset
+    return VerifyReport(
+        url=store.url,
+        dataset_matches=same_dataset(
+            dataset["fingerprint"], dataset.get("content"), dataset["spec"], source
+        ),
+        version_drift=version_drift(store.meta.get("versions", {})),
+    )
+
+
+def _counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[int], None]:
+    """What counts the views rendered, calling `progress(done, total)` after each batch."""
+    rendered = 0
+
+    def count(views: int) -> None:
+        nonlocal rendered
+        rendered += views
+        if progress:
+            progress(rendered, total)
+
+    return count
+
+
+def _epoch_arrays(store: TargetStore, check: EpochCheck, done: np.ndarray) -> dict | None:
+    """The arrays of `check`'s epoch, with its damaged shards (and the other teachers') named
+    in `check.damaged`; None where a chunk fails to decode (every shard it spoils named).
+    Values are checked too, not only fingerprints: a lost chunk reads as zeros, which only
+    the checksums recorded at write time tell from data."""
+    try:
+        arrays = store.read_arrays(check.epoch, check.split)
+    except (DoneFlagError, TeacherSealError):
+        raise
+    except StoreCorruptError:  # a chunk fails to decode: find every shard it spoils
+        problems = epoch_damage(store, check.split, check.epoch, done)
+        check.damaged = [str(p) for p in problems]
+        return None
+    problems = epoch_damage(store, check.split, check.epoch, done, arrays)
+    check.damaged = [str(p) for p in problems] + _other_teachers(store, check, arrays)
+    return arrays
 
 
 def epoch_damage(

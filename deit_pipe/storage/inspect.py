@@ -19,7 +19,6 @@ def summarize(store: TargetStore) -> dict:
     """JSON-ready summary used by `deit-pipe inspect`. Damage below the metadata (a done flag
     or an array chunk that fails its checksum) does not hide the rest: what it prevents is
     left out and named in `unreadable` (the first one of each part)."""
-    spec = store.spec
     unreadable: list[str] = []
 
     def readable(read, default=None):
@@ -30,34 +29,82 @@ def summarize(store: TargetStore) -> dict:
             return default
 
     store.check_files()  # its val top-1 reads the manifest's labels
-    fs, base = store.place.fs, store.place.base
-    sizes = file_sizes(fs, base)  # one listing (on S3, requests per thousand objects)
+    bytes_on_disk, bytes_per_view = _footprint(store)
+    by_teacher = _done_by_teacher(store, unreadable)
+    done, missing, complete = _completeness(store, by_teacher)
+    tau, mass = readable(lambda: _topk_mass(store, complete, missing), (1.0, None))
+    return {
+        **_description(store, by_teacher),
+        "epochs_complete": complete,
+        "views_per_epoch": store.spec.views("train") if "train" in store.spec.splits else 0,
+        "val_views": store.spec.views("val") if "val" in store.spec.splits else 0,
+        "complete": not any(missing.values()),
+        "missing_shards": {s: [list(m) for m in ms] for s, ms in missing.items()},
+        "bytes_on_disk": bytes_on_disk,
+        "bytes_per_view": bytes_per_view,
+        "topk_mass_tau": tau,
+        "topk_mass_mean": mass,
+        "val_teacher_top1": readable(lambda: _val_accuracy(store, missing)),
+        "skipped_files": _skipped(store),
+        "progress": readable(lambda: progress(store, done)),
+        "filled_by": [
+            {"epochs": str(claim), "job": describe(holder)}
+            for claim, holder in running_jobs(store.place)
+        ],
+        "unreadable": unreadable,
+    }
+
+
+def _footprint(store: TargetStore) -> tuple[int, float | None]:
+    """(bytes on disk, bytes of the split arrays per stored view), from one listing (on S3,
+    requests per thousand objects)."""
+    spec = store.spec
+    sizes = file_sizes(store.place.fs, store.place.base)
     bytes_on_disk = sum(sizes.values())
     array_bytes = sum(n for path, n in sizes.items() if path.split("/", 1)[0] in spec.splits)
     views = sum(spec.split_epochs(s) * spec.views(s) for s in spec.splits)
-    # `done` is one object per (epoch, shard): read each teacher's once (on S3, E·S requests).
+    return bytes_on_disk, array_bytes / views if views else None
+
+
+def _done_by_teacher(store: TargetStore, unreadable: list[str]) -> dict[str, dict]:
+    """Each teacher's done flags (split → [epoch, shard]). `done` is one object per (epoch,
+    shard): each teacher's is read once (on S3, E·S requests). The store's missing parts and
+    its damaged flags, read as not done here, are added to `unreadable`, each named as every
+    other command names it."""
+    spec = store.spec
     absent = tuple(store.missing)
     unreadable += store.missing.values()
     read = {
         n: read_progress(store.group, spec, store.url, spec.prefix(n), tolerant=True, absent=absent)
         for n in spec.teacher_names
     }
-    by_teacher = {name: p.done for name, p in read.items()}
-    unreadable += [  # read as not done here; each named as every other command names it
+    unreadable += [
         str(DoneFlagError(store.url, [cell]))
         for p in read.values()
         for cells in p.damaged.values()
         for cell in cells
     ]
+    return {name: p.done for name, p in read.items()}
+
+
+def _completeness(store: TargetStore, by_teacher: dict) -> tuple[dict, dict, list[int]]:
+    """(done flags of the teachers read, done by every one; missing (epoch, shard) per split;
+    the training epochs complete)."""
     done = {
         split: np.logical_and.reduce([by_teacher[t][split] for t in store.teachers])
-        for split in spec.splits
+        for split in store.spec.splits
     }
     missing = {s: [(int(e), int(sh)) for e, sh in np.argwhere(~d)] for s, d in done.items()}
     complete = (
         [int(e) for e in np.flatnonzero(done["train"].all(axis=1))] if "train" in done else []
     )
-    tau, mass = readable(lambda: _topk_mass(store, complete, missing), (1.0, None))
+    return done, missing, complete
+
+
+def _description(store: TargetStore, by_teacher: dict) -> dict:
+    """What the store is (its metadata, teachers and recipe), and each teacher's complete
+    training epochs: the summary's first keys."""
+    spec = store.spec
     return {
         "url": store.url,
         "format_version": FORMAT_VERSION,
@@ -78,23 +125,6 @@ def summarize(store: TargetStore) -> dict:
         "targets": spec.targets,
         "splits": list(spec.splits),
         "epochs": spec.epochs,
-        "epochs_complete": complete,
-        "views_per_epoch": spec.views("train") if "train" in spec.splits else 0,
-        "val_views": spec.views("val") if "val" in spec.splits else 0,
-        "complete": not any(missing.values()),
-        "missing_shards": {s: [list(m) for m in ms] for s, ms in missing.items()},
-        "bytes_on_disk": bytes_on_disk,
-        "bytes_per_view": array_bytes / views if views else None,
-        "topk_mass_tau": tau,
-        "topk_mass_mean": mass,
-        "val_teacher_top1": readable(lambda: _val_accuracy(store, missing)),
-        "skipped_files": _skipped(store),
-        "progress": readable(lambda: progress(store, done)),
-        "filled_by": [
-            {"epochs": str(claim), "job": describe(holder)}
-            for claim, holder in running_jobs(store.place)
-        ],
-        "unreadable": unreadable,
     }
 
 

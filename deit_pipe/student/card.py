@@ -84,19 +84,29 @@ def _num(value) -> str:
 
 
 def render_card(run: Run, result: ExportResult) -> str:
-    cfg = run.config
-    store = cfg.get("store_identity") or {}
-    teacher = store.get("teacher") or (cfg.get("teacher") or {}).get("name") or "none"
-    sha = store.get("teacher_checkpoint_sha256") or "–"
-    recipe = cfg["recipe"]
-    view, mix = recipe["transform"], recipe["mix"]
     weights = "EMA weights" if result.ema else "weights"
     lines = [
+        *_header(run, result, weights),
+        *_training_table(run.config),
+        *_evaluation_table(result, weights),
+        *(_agreement_table(result.audit) if result.audit else []),
+        "",
+        "## Training curves",
+        "",
+        "![curves](curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _header(run: Run, result: ExportResult, weights: str) -> list[str]:
+    """The front matter timm's hub reads, what the folder holds, and how to load it."""
+    return [
         "---",
         "library_name: timm",
         "tags: [image-classification, timm, deit, distillation, deit-pipe]",
         "---",
-        f"# {cfg['model']} student ({result.head} head)",
+        f"# {run.config['model']} student ({result.head} head)",
         "",
         f"A DeiT student trained with deit-pipe: the {weights} of run `{run.path.name}` at step "
         f"{result.step}; its forward returns the **{HEAD_LABELS[result.head]}** logits.",
@@ -115,6 +125,17 @@ def render_card(run: Run, result: ExportResult) -> str:
         "transform = create_transform(**resolve_data_config(model=model))",
         "```",
         "",
+    ]
+
+
+def _training_table(cfg: dict) -> list[str]:
+    """What the run trained on and how: dataset, store, teacher, recipe, schedule, model."""
+    store = cfg.get("store_identity") or {}
+    teacher = store.get("teacher") or (cfg.get("teacher") or {}).get("name") or "none"
+    sha = store.get("teacher_checkpoint_sha256") or "–"
+    recipe = cfg["recipe"]
+    view, mix = recipe["transform"], recipe["mix"]
+    return [
         "## Training",
         "",
         "| | |",
@@ -133,6 +154,12 @@ def render_card(run: Run, result: ExportResult) -> str:
         f"| eval view | {view['input_size']}px, crop_pct {view['crop_pct']:g}, "
         f"{view['interpolation']}, mean {list(view['mean'])}, std {list(view['std'])} |",
         "",
+    ]
+
+
+def _evaluation_table(result: ExportResult, weights: str) -> list[str]:
+    """Each head's val metrics."""
+    lines = [
         f"## Evaluation on val ({weights}, clean views)",
         "",
         "| head | top-1 | top-5 | precision | recall | F1 | AUC |",
@@ -140,23 +167,25 @@ def render_card(run: Run, result: ExportResult) -> str:
     ]
     for head, m in result.metrics.items():
         lines.append(f"| {head} | " + " | ".join(_num(m[k]) for k in METRICS) + " |")
-    if result.audit:
-        a = result.audit
-        lines += [
-            "",
-            f"## Agreement with the teacher (audit of store `{a['store']['url']}`)",
-            "",
-            "| head | val disagreement with the teacher | agreement on training views |",
-            "|---|---|---|",
-        ]
-        for head, h in a["heads"].items():
-            lines.append(
-                f"| {head} | {_num(h['val_disagreement_with_teacher'])} | "
-                f"{_num(h['train_view_agreement'])} |"
-            )
-        lines.append(f"\nThe teacher's own val top-1: {_num(a['teacher']['top1'])}.")
-    lines += ["", "## Training curves", "", "![curves](curves.png)", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _agreement_table(a: dict) -> list[str]:
+    """Each head's agreement with the teacher, from an `audit_summary`."""
+    lines = [
+        "",
+        f"## Agreement with the teacher (audit of store `{a['store']['url']}`)",
+        "",
+        "| head | val disagreement with the teacher | agreement on training views |",
+        "|---|---|---|",
+    ]
+    for head, h in a["heads"].items():
+        lines.append(
+            f"| {head} | {_num(h['val_disagreement_with_teacher'])} | "
+            f"{_num(h['train_view_agreement'])} |"
+        )
+    lines.append(f"\nThe teacher's own val top-1: {_num(a['teacher']['top1'])}.")
+    return lines
 
 
 def _rearranged(head: str) -> list[str]:

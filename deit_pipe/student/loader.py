@@ -169,19 +169,13 @@ class ReplayLoader:
         max_steps: int | None = None,
         check_before_yield: bool = True,
     ):
-        if distill not in PAPER_ALPHA_TAU:
-            raise DeitPipeError(f"distill must be one of none, soft, hard, got {distill!r}")
+        _check_distill(store, distill, teacher)
         self.store, self.distill = store, distill
-        if distill == "soft" and store is not None and store.kind == "hard" and teacher is None:
-            raise DeitPipeError(
-                f"{store.url} holds the teacher's top-1 class only (precompute --targets "
-                "hard): soft distillation needs --targets soft; use --distill hard or none"
-            )
         self.tau = alpha_tau(distill, None, tau)[1]
         self.rank, self.world_size = _layout(rank, world_size)
         self.device = torch.device(device) if device is not None else resolve_device("auto")
-        self.source = self._open_source(data, data_options, data_cache, data_cache_size)
-        self.recipe = self._recipe(recipe, order)
+        self.source = _open_source(store, data, data_options, data_cache, data_cache_size)
+        self.recipe = _replayed_recipe(store, self.source, recipe, order)
         schedule = schedule_of(self.recipe.name)
         self.epochs = epochs or schedule.epochs
         self.smoothing = schedule.smoothing if smoothing is None else smoothing
@@ -189,69 +183,19 @@ class ReplayLoader:
         self.cycle_epochs, self.follow = cycle_epochs, follow
         self.follow_timeout, self.on_wait = follow_timeout, on_wait
         split = self.source.split("train")
-        self.per_epoch = steps_per_epoch(len(split), batch_size)
-        if self.per_epoch == 0:
-            raise DeitPipeError(
-                f"global batch {batch_size} exceeds the {len(split)} views of an epoch"
-            )
+        self.per_epoch = _steps_per_epoch(len(split), batch_size)
         self.total_steps = self.per_epoch * self.epochs
         self.end = min(self.total_steps, max_steps or self.total_steps)
         if store is not None:
             store.targets.check_run(epochs=self.epochs, cycle_epochs=cycle_epochs, follow=follow)
-        self.teacher = self._teacher(teacher)
+        self.teacher = _teacher_targets(
+            teacher, store, distill, self.tau, self.source, cycle_epochs, self.device
+        )
         self.labels = torch.as_tensor(np.asarray(split.labels)).to(self.device)
         self.render = render_mode(render, self.device)
         self.step, self.check_before_yield = start_step, check_before_yield
         self.host_rendered = 0  # views the device path left to Pillow (ops no kernel covers)
         self._epoch, self._inner, self._dataset = -1, None, None
-
-    def _open_source(self, data, data_options, data_cache, data_cache_size) -> Source:
-        if isinstance(data, Source):
-            return data
-        if self.store is not None:
-            return self.store.open_data(
-                data,
-                data_options=data_options,
-                data_cache=data_cache,
-                data_cache_size=data_cache_size,
-            )
-        if data is None:
-            raise DeitPipeError("a replay loader needs a store, or data (a dataset spec)")
-        cache = DataCache.of(data_cache, data_cache_size)
-        return open_checked(data, data_options=data_options, data_cache=cache)
-
-    def _recipe(self, recipe: Recipe | None, order: str | None) -> Recipe:
-        if self.store is not None:
-            held = self.store.recipe
-            if order is not None and order != held.order:
-                raise DeitPipeError(
-                    f"order {order!r}: {self.store.url} holds views of the {held.order} order, "
-                    "and a store replays only in its own order (drop it, or precompute a store "
-                    "in that order)"
-                )
-            return held
-        recipe = recipe if recipe is not None else Recipe(view=ViewConfig.for_source(self.source))
-        return recipe if order is None else replace(recipe, order=order)
-
-    def _teacher(self, teacher) -> TeacherTargets:
-        if isinstance(teacher, nn.Module):
-            model = teacher.to(self.device, memory_format=torch.channels_last)
-            return OnlineTeacher(model, self.tau, self.device)
-        if teacher is not None:
-            return teacher
-        if self.distill == "none":
-            return NoTeacher()
-        if self.store is None:
-            raise DeitPipeError(f"--distill {self.distill} needs --store or --teacher-model")
-        return StoredTeacher(
-            self.store.targets,
-            self.tau,
-            self.source.split("train"),
-            self.source.data,
-            cycle_epochs=self.cycle_epochs,
-            soft=self.distill == "soft",
-            device=self.device,
-        )
 
     # -- position ---------------------------------------------------------------------------
 
@@ -362,7 +306,9 @@ class ReplayLoader:
         return waited
 
     def _batch(self, raw: dict, epoch: int, waited: bool) -> Batch:
-        raw = self._device_stage(raw)
+        raw = _device_stage(raw, self.device)
+        if self.render == "device":  # views the kernels left to Pillow
+            self.host_rendered += raw["host_rendered"]
         plan = self.epoch_plan(epoch)
         slots = raw["slot"].numpy()
         dev = self.device
@@ -388,7 +334,7 @@ class ReplayLoader:
             step=self.step,
             epoch=epoch,
             rank=self.rank,
-            _topk=self._topk(slots),
+            _topk=_topk_of(self.teacher, slots, dev),
             waited=waited,
             _check=check,
         )
@@ -396,27 +342,114 @@ class ReplayLoader:
             batch.check()
         return batch
 
-    def _device_stage(self, raw: dict) -> dict:
-        """A batch whose views the kernels render, rendered on the device (queued)."""
-        if "parts" in raw:  # block order: each loader worker's share of the step
-            raw = merge_parts(raw["parts"], self.device, partial(device_pixels, wait=False))
-        else:
-            raw = device_pixels(raw, self.device, wait=False)
-        if self.render == "device":  # views the kernels left to Pillow
-            self.host_rendered += raw["host_rendered"]
-        return raw
 
-    def _topk(self, slots: np.ndarray) -> Callable[[], TopK | None]:
-        """What gathers the batch's raw top-k from this epoch's slice (None: not stored)."""
-        current, device = getattr(self.teacher, "current", None), self.device
-        if getattr(current, "values", None) is None or getattr(current, "lse", None) is None:
-            return lambda: None
-        return lambda: TopK(
-            torch.from_numpy(current.values[slots].astype(np.float32)).to(device),
-            torch.from_numpy(current.indices[slots].astype(np.int64)).to(device),
-            torch.from_numpy(current.lse[slots].astype(np.float32)).to(device),
-            tuple(current.temperatures),
+def _check_distill(store: Store | None, distill: str, teacher) -> None:
+    """Refuse an unknown distillation mode, and soft distillation from a store of the
+    teacher's top-1 class only (unless a teacher runs online)."""
+    if distill not in PAPER_ALPHA_TAU:
+        raise DeitPipeError(f"distill must be one of none, soft, hard, got {distill!r}")
+    if distill == "soft" and store is not None and store.kind == "hard" and teacher is None:
+        raise DeitPipeError(
+            f"{store.url} holds the teacher's top-1 class only (precompute --targets "
+            "hard): soft distillation needs --targets soft; use --distill hard or none"
         )
+
+
+def _open_source(store: Store | None, data, data_options, data_cache, data_cache_size) -> Source:
+    """The dataset the views replay from: `data` as given (a `Source`), else the store's
+    (or `data` checked against it), else the dataset spec `data`."""
+    if isinstance(data, Source):
+        return data
+    if store is not None:
+        return store.open_data(
+            data,
+            data_options=data_options,
+            data_cache=data_cache,
+            data_cache_size=data_cache_size,
+        )
+    if data is None:
+        raise DeitPipeError("a replay loader needs a store, or data (a dataset spec)")
+    cache = DataCache.of(data_cache, data_cache_size)
+    return open_checked(data, data_options=data_options, data_cache=cache)
+
+
+def _replayed_recipe(
+    store: Store | None, source: Source, recipe: Recipe | None, order: str | None
+) -> Recipe:
+    """The store's recipe (which replays in its own order only), else `recipe` (default:
+    DeiT's for the dataset) in `order` where given."""
+    if store is not None:
+        held = store.recipe
+        if order is not None and order != held.order:
+            raise DeitPipeError(
+                f"order {order!r}: {store.url} holds views of the {held.order} order, "
+                "and a store replays only in its own order (drop it, or precompute a store "
+                "in that order)"
+            )
+        return held
+    recipe = recipe if recipe is not None else Recipe(view=ViewConfig.for_source(source))
+    return recipe if order is None else replace(recipe, order=order)
+
+
+def _steps_per_epoch(views: int, batch_size: int) -> int:
+    """Steps of an epoch of `views` training views; refused where not even one fits."""
+    per_epoch = steps_per_epoch(views, batch_size)
+    if per_epoch == 0:
+        raise DeitPipeError(f"global batch {batch_size} exceeds the {views} views of an epoch")
+    return per_epoch
+
+
+def _teacher_targets(
+    teacher: nn.Module | TeacherTargets | None,
+    store: Store | None,
+    distill: str,
+    tau: float,
+    source: Source,
+    cycle_epochs: bool,
+    device: torch.device,
+) -> TeacherTargets:
+    """Where a batch's teacher targets come from: a model run online on the views, targets
+    given as such, none, or the store."""
+    if isinstance(teacher, nn.Module):
+        model = teacher.to(device, memory_format=torch.channels_last)
+        return OnlineTeacher(model, tau, device)
+    if teacher is not None:
+        return teacher
+    if distill == "none":
+        return NoTeacher()
+    if store is None:
+        raise DeitPipeError(f"--distill {distill} needs --store or --teacher-model")
+    return StoredTeacher(
+        store.targets,
+        tau,
+        source.split("train"),
+        source.data,
+        cycle_epochs=cycle_epochs,
+        soft=distill == "soft",
+        device=device,
+    )
+
+
+def _device_stage(raw: dict, device: torch.device) -> dict:
+    """A batch whose views the kernels render, rendered on the device (queued)."""
+    if "parts" in raw:  # block order: each loader worker's share of the step
+        return merge_parts(raw["parts"], device, partial(device_pixels, wait=False))
+    return device_pixels(raw, device, wait=False)
+
+
+def _topk_of(
+    teacher: TeacherTargets, slots: np.ndarray, device: torch.device
+) -> Callable[[], TopK | None]:
+    """What gathers the batch's raw top-k from this epoch's slice (None: not stored)."""
+    current = getattr(teacher, "current", None)
+    if getattr(current, "values", None) is None or getattr(current, "lse", None) is None:
+        return lambda: None
+    return lambda: TopK(
+        torch.from_numpy(current.values[slots].astype(np.float32)).to(device),
+        torch.from_numpy(current.indices[slots].astype(np.int64)).to(device),
+        torch.from_numpy(current.lse[slots].astype(np.float32)).to(device),
+        tuple(current.temperatures),
+    )
 
 
 def _layout(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -30,16 +30,15 @@ class Store:
 
     def __init__(self, targets: TargetStore):
         self.targets = targets
-
-    @property
-    def url(self) -> str:
+        # Facts fixed when the store is opened (a store another job replaces is refused, not
+        # re-read): plain attributes. What grows while it is filled (epochs, teachers) stays
+        # a property that reads the current metadata.
+        self.url: str = targets.url
         """Where the store lives (a path or an fsspec URL)."""
-        return self.targets.url
-
-    @property
-    def dataset(self) -> str:
+        self.dataset: str = targets.spec.dataset["spec"]
         """The dataset spec the store was made from (`digits`, `parquet:s3://…`, …)."""
-        return self.targets.spec.dataset["spec"]
+        self.teacher: str = ",".join(targets.teachers)
+        """The teacher (or ensemble, `A,B`) this handle reads."""
 
     @property
     def recipe(self) -> Recipe:
@@ -55,11 +54,6 @@ class Store:
     def teachers(self) -> list[str]:
         """The names of every teacher the store holds (the first is the default)."""
         return list(self.targets.spec.teacher_names)
-
-    @property
-    def teacher(self) -> str:
-        """The teacher (or ensemble, `A,B`) this handle reads."""
-        return ",".join(self.targets.teachers)
 
     @property
     def classes(self) -> list[str]:

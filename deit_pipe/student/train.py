@@ -96,15 +96,7 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
     loader.on_wait = lambda epoch, done, total: report(
         {"waiting": {"epoch": epoch, "done": done, "total": total}, "total_steps": tr.total_steps}
     )
-    trial = render_trial(
-        tr.cfg.render,
-        tr.ctx.device,
-        loader_workers=tr.cfg.loader_workers,
-        steps_left=end_step(tr) - tr.step,
-        batch_size=tr.cfg.batch_size,
-        world_size=tr.ctx.world_size,
-        trial=tr.cfg.render_trial,
-    )
+    trial = _render_trial(tr)
     pending: list[tuple[dict, dict[str, torch.Tensor]]] = []  # steps not yet read back
     result: dict = {}
     tick = time.perf_counter()
@@ -122,36 +114,72 @@ def run_loop(tr: Trainer, metrics: MetricsWriter, report: Callable[[dict], None]
             torch.cuda.empty_cache()
             continue
         values = train_step(tr, batch)
-        tr.step += 1
-        tr.scheduler.step_update(tr.step)
-        if tr.ema is not None:
-            tr.ema.update(tr.model, step=tr.step)
-        now = time.perf_counter()
-        lr = tr.optimizer.param_groups[0]["lr"]
-        # img_s covers the whole step incl. waiting for views; step_s the step alone (on a GPU,
-        # its launch: the device runs asynchronously).
-        info = {
-            "step": tr.step,
-            "epoch": batch.epoch,
-            "lr": lr,
-            "img_s": tr.cfg.batch_size / max(now - tick, 1e-9),
-            "step_s": now - start,
-        }
+        info, tick = _advance(tr, batch, tick, start)
         pending.append((info, values))
-        tick = now
-        epoch_done = tr.step % tr.per_epoch == 0
-        if len(pending) >= tr.cfg.log_every or epoch_done or _checkpoint_due(tr):
-            flush_steps(tr, pending, metrics, report)
-        saved = _checkpoint_due(tr)
-        if saved:
-            save(tr)
-        if epoch_done:
-            result = end_epoch(tr, batch.epoch, metrics, report) or result
-        if trial is not None and trial.chosen is None:
-            trial_step(tr, trial, batch.waited or saved or epoch_done, metrics, report)
+        result = _after_step(tr, batch, trial, pending, metrics, report) or result
     flush_steps(tr, pending, metrics, report)
     if tr.step % tr.per_epoch:  # stopped by max_steps mid-epoch: keep where we are
         save(tr)
+    return result
+
+
+def _render_trial(tr: Trainer) -> RenderTrial | None:
+    """The trial that times the host and the device renderers over the run's first steps,
+    where `--render` leaves the choice to it (None: nothing to choose)."""
+    return render_trial(
+        tr.cfg.render,
+        tr.ctx.device,
+        loader_workers=tr.cfg.loader_workers,
+        steps_left=end_step(tr) - tr.step,
+        batch_size=tr.cfg.batch_size,
+        world_size=tr.ctx.world_size,
+        trial=tr.cfg.render_trial,
+    )
+
+
+def _advance(tr: Trainer, batch: Batch, tick: float, start: float) -> tuple[dict, float]:
+    """Count the step just taken (the lr schedule and the EMA follow it); returns its record
+    and the time it ended. `img_s` covers the whole step since the last one ended (`tick`),
+    incl. waiting for views; `step_s` the step alone from `start` (on a GPU, its launch: the
+    device runs asynchronously)."""
+    tr.step += 1
+    tr.scheduler.step_update(tr.step)
+    if tr.ema is not None:
+        tr.ema.update(tr.model, step=tr.step)
+    now = time.perf_counter()
+    lr = tr.optimizer.param_groups[0]["lr"]
+    info = {
+        "step": tr.step,
+        "epoch": batch.epoch,
+        "lr": lr,
+        "img_s": tr.cfg.batch_size / max(now - tick, 1e-9),
+        "step_s": now - start,
+    }
+    return info, now
+
+
+def _after_step(
+    tr: Trainer,
+    batch: Batch,
+    trial: RenderTrial | None,
+    pending: list,
+    metrics: MetricsWriter,
+    report: Callable[[dict], None],
+) -> dict | None:
+    """What a step's end calls for: read the pending losses back (every `log_every` steps,
+    and before a checkpoint or an epoch's end), checkpoint, evaluate at an epoch's end, and
+    tell a render trial still choosing. Returns the evaluation of an epoch it ended."""
+    result = None
+    epoch_done = tr.step % tr.per_epoch == 0
+    if len(pending) >= tr.cfg.log_every or epoch_done or _checkpoint_due(tr):
+        flush_steps(tr, pending, metrics, report)
+    saved = _checkpoint_due(tr)
+    if saved:
+        save(tr)
+    if epoch_done:
+        result = end_epoch(tr, batch.epoch, metrics, report)
+    if trial is not None and trial.chosen is None:
+        trial_step(tr, trial, batch.waited or saved or epoch_done, metrics, report)
     return result
 
 
