@@ -87,7 +87,7 @@ def main() -> None:
         precompute = cli(
             "precompute", "--data", data, "--out", store, "--epochs", str(args.epochs),
             "--split", "train", "--input-size", "32", "--teacher-model", "regnety_002",
-            "--random-init", "--dask-workers", "0", "--device", "cpu", "--skip-bad",
+            "--teacher-random-init", "--dask-workers", "0", "--device", "cpu", "--skip-bad",
             "--render", "device", "--batch-size", "32",
         )  # fmt: skip
         verify = cli("verify", store, "--all", "--render", "host", "--json")

@@ -7,7 +7,7 @@ set -uo pipefail
 W=${1:-runs/gpu-smoke}
 DP=${DEIT_PIPE:-deit-pipe}
 rm -rf "$W" && mkdir -p "$W"
-T=(--teacher-model regnety_002 --random-init)
+T=(--teacher-model regnety_002 --teacher-random-init)
 S=(--img-size 32 --patch-size 8 --depth 4 --embed-dim 96 --num-heads 3 --batch-size 64
    --epochs 2 --loader-workers 4 --device ${DEV:-cuda})
 fail=0

@@ -55,7 +55,7 @@ def build_teacher(cfg: TeacherConfig, num_classes: int) -> tuple[torch.nn.Module
     elif not cfg.random_init and not cfg.pretrained:
         raise TeacherError(
             "the teacher needs weights: --teacher-checkpoint PATH, a timm "
-            "pretrained tag with --pretrained, or --random-init (tests only)"
+            "pretrained tag with --teacher-pretrained, or --teacher-random-init (tests only)"
         )
     if model.num_classes != num_classes:
         raise TeacherError(

@@ -8,6 +8,6 @@ TINY += ["--num-heads", "2"]
 
 
 def pre(data: str) -> list:
-    return ["precompute", "--data", data, "--teacher-model", "regnety_002", "--random-init",
+    return ["precompute", "--data", data, "--teacher-model", "regnety_002", "--teacher-random-init",
             "--epochs", "1", "--batch-size", "32", "--dask-workers", "0", "--preset", "small",
             "--input-size", "32", "--top-k", "3"]  # fmt: skip

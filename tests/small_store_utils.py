@@ -4,7 +4,7 @@ that makes it, a second teacher's name (B) and a tiny one-step student."""
 
 from __future__ import annotations
 
-PRE = ["precompute", "--data", "fake:100", "--random-init", "--batch-size", "50"]
+PRE = ["precompute", "--data", "fake:100", "--teacher-random-init", "--batch-size", "50"]
 PRE += ["--dask-workers", "0", "--preset", "small", "--epochs", "1", "--top-k", "3"]
 PRE += ["--teacher-model", "regnety_002", "--shard-views", "64"]  # train: a shard of 64, one of 36
 SMALL = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]

@@ -36,7 +36,7 @@ def store(tmp_path_factory) -> str:
         main,
         [
             "precompute", "--data", "digits", "--out", url, "--epochs", "1",
-            "--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0",
+            "--teacher-model", "regnety_002", "--teacher-random-init", "--dask-workers", "0",
             "--top-k", "3",
         ],
     )  # fmt: skip

@@ -21,7 +21,7 @@ from deit_pipe.data.plan.recipe import PRESETS
 from deit_pipe.storage import TargetStore
 from tests.cli_utils import invoke, one_line
 
-PRE = ["precompute", "--teacher-model", "regnety_002", "--random-init", "--epochs", "1"]
+PRE = ["precompute", "--teacher-model", "regnety_002", "--teacher-random-init", "--epochs", "1"]
 PRE += ["--input-size", "16", "--dask-workers", "0", "--top-k", "3", "--repeats", "1"]
 OLD_STORE = Path(__file__).parent / "data" / "store_before_block_order.zarr"
 

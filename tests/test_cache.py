@@ -272,7 +272,7 @@ def test_verify_through_a_damaged_cache_copy_fetches_it_again(s3, s3_parquet, tm
         main,
         [
             "precompute", "--data", s3_parquet, "--out", str(store), "--epochs", "1",
-            "--teacher-model", "regnety_002", "--random-init", "--input-size", "32",
+            "--teacher-model", "regnety_002", "--teacher-random-init", "--input-size", "32",
             "--dask-workers", "0", "--top-k", "3", "--repeats", "1", "--order", "global",
             "--data-cache", str(folder), "--data-storage-options", opts,
         ],

@@ -69,7 +69,14 @@ def test_a_run_repeats_from_its_own_config(tmp_path):
     import torch
 
     store = tmp_path / "s.zarr"
-    pre = ["precompute", "--data", "fake:40", "--teacher-model", "regnety_002", "--random-init"]
+    pre = [
+        "precompute",
+        "--data",
+        "fake:40",
+        "--teacher-model",
+        "regnety_002",
+        "--teacher-random-init",
+    ]
     pre += ["--epochs", "1", "--batch-size", "40", "--dask-workers", "0", "--out", store]
     assert invoke(*pre).exit_code == 0
     tiny = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
@@ -103,7 +110,8 @@ def test_old_flag_spellings_work_for_one_release_with_a_note(tmp_path):
     dry = invoke(*old, "--out", tmp_path / "s.zarr", "--dry-run")
     assert dry.exit_code == 0, dry.output
     for was, now in [("--teacher", "--teacher-model"), ("--workers", "--dask-workers"),
-                     ("--seed", "--plan-seed"), ("--recipe", "--preset")]:  # fmt: skip
+                     ("--seed", "--plan-seed"), ("--recipe", "--preset"),
+                     ("--random-init", "--teacher-random-init")]:  # fmt: skip
         assert f"note: precompute {was} is now {now}" in dry.output
     assert "regnety_002" in dry.output and not (tmp_path / "s.zarr").exists()
     assert "note:" not in invoke("scan", "--data", "digits", "--threads", "2").output

@@ -20,7 +20,7 @@ from deit_pipe.storage import TargetStore
 from tests.cli_utils import invoke, one_line
 from tests.run_utils import pre
 
-PRE = ["precompute", "--teacher-model", "regnety_002", "--random-init", "--epochs", "1"]
+PRE = ["precompute", "--teacher-model", "regnety_002", "--teacher-random-init", "--epochs", "1"]
 PRE += ["--input-size", "32", "--dask-workers", "0", "--top-k", "3", "--repeats", "1"]
 PRE += ["--order", "global"]  # one order for all three layouts (blocks: see test_block_order)
 TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]

@@ -276,7 +276,7 @@ def test_render_mode_auto_starts_on_the_host():
 
 def test_precompute_says_how_many_views_the_kernels_rendered(tmp_path):
     args = ["precompute", "--data", "digits", "--out", str(tmp_path / "s.zarr"), "--epochs", "1"]
-    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0"]
+    args += ["--teacher-model", "regnety_002", "--teacher-random-init", "--dask-workers", "0"]
     device = CliRunner().invoke(main, [*args, "--render", "device"])
     assert device.exit_code == 0, device.output
     assert "rendered by the kernels: 1,797" in " ".join(device.output.split())  # train + val

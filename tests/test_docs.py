@@ -457,3 +457,10 @@ def test_the_layout_check_catches_a_planted_module():
     assert layout_problems(planted) == [
         "the layout block draws data/plan/ghost.py, which does not exist"
     ]
+
+
+def test_design_is_a_contract_a_newcomer_reads():
+    """At most 450 lines, with a glossary: history and measurements live in BENCHMARKS.md."""
+    text = DESIGN.read_text()
+    assert len(text.splitlines()) <= 450
+    assert "\n## Glossary\n" in text

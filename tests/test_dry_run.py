@@ -13,7 +13,14 @@ from tests.small_store_utils import PRE
 
 def _precompute(url, *extra):
     args = ["precompute", "--data", "digits", "--out", str(url), "--epochs", "1"]
-    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0", *extra]
+    args += [
+        "--teacher-model",
+        "regnety_002",
+        "--teacher-random-init",
+        "--dask-workers",
+        "0",
+        *extra,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return result

@@ -25,7 +25,15 @@ def precompute_cmd(url) -> list[str]:
         "deit_pipe",
         "precompute",
         *("--data", "digits", "--out", str(url), "--epochs", "3", "--teacher-model", "regnety_002"),
-        *("--random-init", "--dask-workers", "0", "--shard-views", "64", "--batch-size", "32"),
+        *(
+            "--teacher-random-init",
+            "--dask-workers",
+            "0",
+            "--shard-views",
+            "64",
+            "--batch-size",
+            "32",
+        ),
     ]
 
 

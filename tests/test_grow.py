@@ -16,7 +16,14 @@ from tests.cli_utils import invoke, one_line
 from tests.store_utils import data_files
 
 CLI = str(Path(sys.executable).parent / "deit-pipe")
-PRE = ["precompute", "--data", "fake:400", "--teacher-model", "regnety_002", "--random-init"]
+PRE = [
+    "precompute",
+    "--data",
+    "fake:400",
+    "--teacher-model",
+    "regnety_002",
+    "--teacher-random-init",
+]
 PRE += ["--batch-size", "100", "--dask-workers", "0", "--preset", "small"]
 # What differs between two makings of one store: when shards completed, when it was created.
 WHEN = ("done_at/", ".deit-pipe.lock")

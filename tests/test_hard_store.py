@@ -16,7 +16,14 @@ TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
 
 def _precompute(url, *extra):
     args = ["precompute", "--data", "digits", "--out", str(url), "--epochs", "1"]
-    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0", *extra]
+    args += [
+        "--teacher-model",
+        "regnety_002",
+        "--teacher-random-init",
+        "--dask-workers",
+        "0",
+        *extra,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return result

@@ -97,7 +97,7 @@ def test_train_config_resolves_alpha_and_tau_from_the_mode():
 
 def _precompute(url, size):
     args = ["precompute", "--data", "digits", "--out", str(url), "--epochs", "1"]
-    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0"]
+    args += ["--teacher-model", "regnety_002", "--teacher-random-init", "--dask-workers", "0"]
     args += ["--input-size", str(size), "--split", "train"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

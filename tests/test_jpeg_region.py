@@ -152,7 +152,7 @@ def test_a_store_made_decoding_whole_images_verifies_decoding_regions(
     region._bound.cache_clear()
     args = ["precompute", "--data", f"imagefolder:{imagefolder}", "--out", str(url)]
     args += ["--epochs", "1", "--input-size", "16", "--repeats", "1", "--top-k", "3"]
-    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0"]
+    args += ["--teacher-model", "regnety_002", "--teacher-random-init", "--dask-workers", "0"]
     made = CliRunner().invoke(main, args)
     assert made.exit_code == 0, made.output
     monkeypatch.delenv("DEIT_PIPE_JPEG_REGION")

@@ -16,7 +16,7 @@ from deit_pipe.storage.lock import WriterLock
 from tests.cli_utils import invoke, one_line
 from tests.store_utils import data_files
 
-PRE = ["precompute", "--data", "fake:100", "--random-init", "--batch-size", "50"]
+PRE = ["precompute", "--data", "fake:100", "--teacher-random-init", "--batch-size", "50"]
 PRE += ["--dask-workers", "0", "--preset", "small", "--epochs", "1", "--top-k", "3"]
 SMALL = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 SMALL += ["--num-heads", "2", "--batch-size", "16", "--epochs", "1", "--max-steps", "1"]

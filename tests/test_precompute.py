@@ -74,7 +74,7 @@ def test_sigkill_then_resume_gives_the_same_store(tmp_path, reference):
         "1",
         "--teacher-model",
         "regnety_002",
-        "--random-init",
+        "--teacher-random-init",
         "--shard-views",
         "64",
         "--batch-size",
@@ -151,7 +151,7 @@ def _imagefolder_cmd(root, url, *extra):
         "1",
         "--teacher-model",
         "regnety_002",
-        "--random-init",
+        "--teacher-random-init",
         "--input-size",
         "32",
         "--dask-workers",
@@ -192,7 +192,9 @@ def test_teacher_checkpoint_errors(imagefolder, tmp_path):
     ]
     for extra, message in cases:
         args = [
-            a for a in _imagefolder_cmd(imagefolder, tmp_path / "t.zarr") if a != "--random-init"
+            a
+            for a in _imagefolder_cmd(imagefolder, tmp_path / "t.zarr")
+            if a != "--teacher-random-init"
         ]
         result = CliRunner().invoke(main, args + extra)
         assert result.exit_code == 1 and message in result.output, result.output
@@ -270,7 +272,7 @@ def test_precompute_on_an_external_dask_cluster(external_cluster, tmp_path, refe
         "1",
         "--teacher-model",
         "regnety_002",
-        "--random-init",
+        "--teacher-random-init",
         "--shard-views",
         "256",
         "--batch-size",
@@ -301,7 +303,7 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
             + [
                 "--teacher-model",
                 "regnety_002",
-                "--random-init",
+                "--teacher-random-init",
                 "--scheduler",
                 "tcp://127.0.0.1:9",
             ],
@@ -319,7 +321,11 @@ def test_files_of_the_wrong_kind_are_named_as_such(imagefolder, tmp_path):
     weights = timm.create_model("resnet10t", num_classes=3).state_dict()
     torch.save(weights, tmp_path / "plain.pth")
     save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "m.safetensors")
-    args = [a for a in _imagefolder_cmd(imagefolder, tmp_path / "t.zarr") if a != "--random-init"]
+    args = [
+        a
+        for a in _imagefolder_cmd(imagefolder, tmp_path / "t.zarr")
+        if a != "--teacher-random-init"
+    ]
     teacher = CliRunner().invoke(main, [*args, "--teacher-checkpoint", str(text)])
     assert teacher.exit_code == 1
     assert f"teacher checkpoint {text} is not a PyTorch checkpoint" in teacher.output

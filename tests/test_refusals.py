@@ -15,7 +15,7 @@ from deit_pipe.storage.io import storage_errors
 from tests.cli_utils import invoke, one_line
 from tests.small_store_utils import SMALL, A
 
-PRE = ["precompute", "--data", "fake:40", "--teacher-model", "regnety_002", "--random-init"]
+PRE = ["precompute", "--data", "fake:40", "--teacher-model", "regnety_002", "--teacher-random-init"]
 PRE += ["--epochs", "1", "--batch-size", "40", "--dask-workers", "0", "--preset", "small"]
 TINY = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 TINY += ["--num-heads", "2"]
@@ -132,7 +132,7 @@ def test_cuda_asked_for_without_cuda_is_refused(tmp_path, store):
 def test_teacher_weights_of_another_size_name_the_key_and_shapes(tmp_path):
     path = tmp_path / "small.pth"
     torch.save(timm.create_model("regnety_002", num_classes=10).state_dict(), path)
-    args = [a for a in PRE if a != "--random-init"] + ["--out", tmp_path / "t.zarr"]
+    args = [a for a in PRE if a != "--teacher-random-init"] + ["--out", tmp_path / "t.zarr"]
     args[args.index("regnety_002")] = "regnety_004"
     one_line(
         invoke(*args, "--teacher-checkpoint", path), f"{path} does not fit regnety_004", "shape"
@@ -147,7 +147,7 @@ def test_a_pickle_that_holds_code_is_refused_saying_why(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": Payload()}, path)
-    args = [a for a in PRE if a != "--random-init"] + ["--out", tmp_path / "t.zarr"]
+    args = [a for a in PRE if a != "--teacher-random-init"] + ["--out", tmp_path / "t.zarr"]
     one_line(invoke(*args, "--teacher-checkpoint", path), "weights_only=True) refused", "system")
 
 
@@ -300,7 +300,14 @@ def test_a_damaged_group_metadata_file_is_one_line_on_inspect_and_repair(tmp_pat
     assert (copy / "train" / "zarr.json").read_text() == "{}"
 
 
-PRE_DIGITS = ["precompute", "--data", "digits", "--teacher-model", "regnety_002", "--random-init"]
+PRE_DIGITS = [
+    "precompute",
+    "--data",
+    "digits",
+    "--teacher-model",
+    "regnety_002",
+    "--teacher-random-init",
+]
 PRE_DIGITS += ["--out", "s.zarr", "--epochs", "1", "--dask-workers", "0"]
 HUGE = str(10**12)
 

@@ -32,7 +32,7 @@ def _precompute_args(url: str, opts: dict, *extra: str) -> list[str]:
         "1",
         "--teacher-model",
         "regnety_002",
-        "--random-init",
+        "--teacher-random-init",
         "--shard-views",
         "256",
         "--storage-options",
@@ -160,7 +160,7 @@ def test_parquet_and_imagefolder_on_s3_make_the_local_views(s3, imagefolder, tmp
     fs.put(str(local), "stores/data/pq", recursive=True)
     fs.put(str(imagefolder), "stores/data/imgs", recursive=True)
     opts = json.dumps(s3)
-    pre = ["precompute", "--teacher-model", "regnety_002", "--random-init", "--epochs", "1"]
+    pre = ["precompute", "--teacher-model", "regnety_002", "--teacher-random-init", "--epochs", "1"]
     pre += ["--input-size", "32", "--top-k", "3", "--repeats", "1", "--dask-workers", "0"]
     pre += ["--order", "global"]  # one order for both layouts
     made = {}

@@ -22,7 +22,7 @@ from tests.cli_utils import invoke, one_line
 
 CLI = str(Path(sys.executable).parent / "deit-pipe")
 DATA = "fake:400"  # 400 train + 80 val views: a train shard (≈7 KB) outweighs any metadata file
-PRE = ["precompute", "--data", DATA, "--teacher-model", "regnety_002", "--random-init"]
+PRE = ["precompute", "--data", DATA, "--teacher-model", "regnety_002", "--teacher-random-init"]
 PRE += ["--epochs", "2", "--batch-size", "100", "--dask-workers", "0", "--preset", "small"]
 ARRAYS = ("values", "indices", "lse", "fingerprint")
 

@@ -13,7 +13,7 @@ from deit_pipe.storage import TargetStore, dense_soft
 from tests.cli_utils import invoke, one_line
 from tests.store_utils import data_files
 
-PRE = ["precompute", "--data", "fake:400", "--random-init", "--batch-size", "100"]
+PRE = ["precompute", "--data", "fake:400", "--teacher-random-init", "--batch-size", "100"]
 PRE += ["--dask-workers", "0", "--preset", "small", "--epochs", "2", "--top-k", "3"]
 SMALL = ["--img-size", "32", "--patch-size", "8", "--depth", "1", "--embed-dim", "32"]
 SMALL += ["--num-heads", "2", "--batch-size", "64", "--epochs", "1"]

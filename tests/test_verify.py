@@ -14,7 +14,14 @@ from tests.store_utils import tamper_fingerprint
 
 def _precompute(data: str, url, *extra: str) -> None:
     args = ["precompute", "--data", data, "--out", str(url), "--epochs", "2"]
-    args += ["--teacher-model", "regnety_002", "--random-init", "--dask-workers", "0", *extra]
+    args += [
+        "--teacher-model",
+        "regnety_002",
+        "--teacher-random-init",
+        "--dask-workers",
+        "0",
+        *extra,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
 
@@ -95,7 +102,7 @@ def test_every_damaged_chunk_is_listed_with_the_repair_that_mends_it(digits_stor
     report = verify(str(url))
     assert [(e.epoch, len(e.damaged)) for e in report.epochs] == [(0, 1), (1, 1), (0, 0)]
     assert "train/fingerprint epoch 1" in report.epochs[1].damaged[0]
-    args = ["--epochs", "2", "--teacher-model", "regnety_002", "--random-init"]
+    args = ["--epochs", "2", "--teacher-model", "regnety_002", "--teacher-random-init"]
     repaired = CliRunner().invoke(
         main, ["precompute", "--data", "digits", "--out", str(url), *args, "--dask-workers", "0",
                "--repair"],

@@ -25,6 +25,8 @@ RENAMED = {
         "--teacher": "--teacher-model",
         "--seed": "--plan-seed",
         "--recipe": "--preset",
+        "--pretrained": "--teacher-pretrained",  # train's spelling, one name for one thing
+        "--random-init": "--teacher-random-init",
     },
     "train": {"--teacher": "--teacher-model", "--seed": "--plan-seed", "--recipe": "--preset"},
     "views": {"--seed": "--plan-seed", "--recipe": "--preset"},

@@ -304,8 +304,12 @@ class ShardProgress:
     default=None,
     help=".pth (with or without a 'model' key) or .safetensors",
 )
-@click.option("--pretrained", is_flag=True, help="timm hub weights for --teacher-model (network).")
-@click.option("--random-init", is_flag=True, help="Seeded random teacher (tests/benchmarks).")
+@click.option(
+    "--teacher-pretrained", is_flag=True, help="timm hub weights for --teacher-model (network)."
+)
+@click.option(
+    "--teacher-random-init", is_flag=True, help="Seeded random teacher (tests/benchmarks)."
+)
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True)
 @click.option(
     "--loader-workers",
@@ -392,13 +396,13 @@ def _job_and_request(opts: dict):
     first, epochs = opts["epochs_range"] or (0, opts["epochs"])
     reach = {"data_options": opts["data_options"], "data_cache": opts["data_cache"]}
     source = open_checked(opts["data"], skip_bad=opts["skip_bad"], **reach)
-    teacher = [opts[k] for k in ("teacher_model", "teacher_checkpoint", "pretrained")]
+    teacher = [opts[k] for k in ("teacher_model", "teacher_checkpoint", "teacher_pretrained")]
     job = Job(
         url=Place(opts["url"], opts["store_options"]),
         data=opts["data"],
         recipe=build_recipe(source, opts),
         skip_bad=opts["skip_bad"],
-        teacher=teacher_config(*teacher, opts["random_init"]),
+        teacher=teacher_config(*teacher, opts["teacher_random_init"]),
         batch_size=opts["batch_size"],
         loader_workers=opts["loader_workers"],
         threads=opts["threads_per_worker"],

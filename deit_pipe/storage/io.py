@@ -135,7 +135,7 @@ def remake_command(meta: dict, url: str) -> str:
     if teacher.get("checkpoint"):
         parts.append(f"--teacher-checkpoint {teacher['checkpoint']}")
     elif teacher.get("random_init"):
-        parts.append("--random-init")
+        parts.append("--teacher-random-init")
     for key, flag in (("seed", "--plan-seed"), ("repeats", "--repeats")):
         if key in plan:
             parts.append(f"{flag} {plan[key]}")
