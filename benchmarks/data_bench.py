@@ -80,14 +80,14 @@ def views_per_second(
     start = time.perf_counter()
     if recipe.window:
         run = BlockRun(replay, BATCH, VIEWS // BATCH)
-        views = sum(len(p["slot"]) for b in block_loader(run, 0) for p in b["parts"])
+        views = sum(len(p) for parts in block_loader(run, 0) for p in parts)
     else:  # as a DataLoader worker: pairs collated into batches
         pairs, per = replay._dataset(0), BATCH // 2
         batches = (
             collate_views([pairs[p] for p in range(b * per, (b + 1) * per)])
             for b in range(VIEWS // BATCH)
         )
-        views = sum(len(batch["slot"]) for batch in batches)
+        views = sum(len(batch) for batch in batches)
     seconds = time.perf_counter() - start
     if cache is not None:
         read = cache.bytes_read

@@ -38,8 +38,9 @@ from deit_pipe.data import open_source  # noqa: E402
 from deit_pipe.data.decode import jpeg  # noqa: E402
 from deit_pipe.data.device import jpegblocks  # noqa: E402
 from deit_pipe.data.device.kernels import affine  # noqa: E402
-from deit_pipe.data.device.render import _render, defer, prepare, realize  # noqa: E402
+from deit_pipe.data.device.render import _kernels, defer, prepare, realize  # noqa: E402
 from deit_pipe.data.plan.recipe import PRESETS  # noqa: E402
+from deit_pipe.data.views.batch import ViewBatch  # noqa: E402
 from deit_pipe.data.views.host import render, train_transform  # noqa: E402
 from deit_pipe.data.views.params import ViewDrawer  # noqa: E402
 
@@ -64,16 +65,17 @@ def _per_view(fn, n: int, rounds: int) -> float:
     return float(np.median(times))
 
 
-def _batch(prepared: dict, boxes: list) -> dict:
+def _batch(prepared: dict, boxes: list) -> ViewBatch:
     n = prepared["count"]
-    return {
-        "device_views": prepared,
-        "erase": torch.from_numpy(np.stack(boxes)),
-        "mix": torch.zeros(n, dtype=torch.int64),
-        "lam": torch.ones(n, 2, dtype=torch.float32),
-        "box": torch.zeros(n, 4, dtype=torch.int32),
-        "seed": torch.arange(n, dtype=torch.int64),
-    }
+    return ViewBatch(
+        slot=torch.arange(n, dtype=torch.int64),
+        seed=torch.arange(n, dtype=torch.int64),
+        erase=torch.from_numpy(np.stack(boxes)),
+        mix=torch.zeros(n, dtype=torch.int64),
+        lam=torch.ones(n, 2, dtype=torch.float32),
+        box=torch.zeros(n, 4, dtype=torch.int32),
+        device_views=prepared,
+    )
 
 
 def _deferred(split, drawer, cfg) -> tuple[list, list]:
@@ -97,7 +99,7 @@ def _consumer_ms(views, boxes, device: torch.device | None, batch: int, rounds: 
 
     def kernels():  # the Pillow stage alone: no read-back, no fingerprints
         for wave in prepared["waves"]:
-            _render(wave, device)
+            _kernels(wave, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -129,7 +131,7 @@ class _Ops(TorchDispatchMode):
 
 
 def _ops_per_batch(views, batch: int) -> tuple[int, int]:
-    """ATen ops `_render` dispatches for one batch of `batch` views, and the kernels among
+    """ATen ops `_kernels` dispatches for one batch of `batch` views, and the kernels among
     them, with CUDA's chunking (counted on the CPU: the same calls, the same Python)."""
     views = (views * (batch // len(views) + 1))[:batch]
     prepared = prepare(views)
@@ -138,7 +140,7 @@ def _ops_per_batch(views, batch: int) -> tuple[int, int]:
     try:
         with _Ops() as ops:
             for wave in prepared["waves"]:
-                _render(wave, torch.device("cpu"))
+                _kernels(wave, torch.device("cpu"))
     finally:
         affine._CHUNK_PIXELS.update(saved)
     return ops.count, ops.launches

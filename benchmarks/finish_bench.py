@@ -22,7 +22,7 @@ def main(pairs: int = 128, repeats: int = 10) -> None:
     for name in devices:
         dev = torch.device(name)
         if name == "cuda":
-            batch = {k: v.pin_memory() for k, v in batch.items()}
+            batch = batch.pin_memory()
         out[name] = finish(batch, cfg, dev).cpu()  # warm-up
         sync = torch.cuda.synchronize if name == "cuda" else (lambda: None)
         sync()

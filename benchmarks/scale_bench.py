@@ -98,7 +98,7 @@ def loader_rate(data: str, recipe: Recipe, batch: int, workers: int, batches: in
     next(it)  # workers started
     start, views = time.perf_counter(), 0
     for _ in range(batches):
-        views += len(next(it)["image"])
+        views += len(next(it).image)
     return views / (time.perf_counter() - start)
 
 

@@ -37,3 +37,22 @@ def truncated_jpeg_bytes() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buf, format="JPEG")
     return buf.getvalue()[:200]
+
+
+def deferred_batch(views, re_count: int = 1):
+    """A `ViewBatch` of deferred device views (a list of `DeviceView`, or `prepare`d) with
+    no erasing and no mixing: what `realize` renders."""
+    import torch
+
+    from deit_pipe.data.views.batch import ViewBatch
+
+    n = views["count"] if isinstance(views, dict) else len(views)
+    return ViewBatch(
+        slot=torch.arange(n),
+        seed=torch.arange(n),
+        erase=torch.zeros((n, re_count, 4), dtype=torch.int32),
+        mix=torch.zeros(n, dtype=torch.int64),
+        lam=torch.ones((n, 2), dtype=torch.float32),
+        box=torch.zeros((n, 4), dtype=torch.int32),
+        device_views=views,
+    )

@@ -74,10 +74,10 @@ def _steps(split, recipe, world: int, workers: int, start: int = 0) -> list[tupl
         replay = ReplayDataset(split, recipe)
         run = BlockRun(replay, 12, 3, world_size=world, rank=rank, start_step=start)
         merged = [
-            merge_parts(b["parts"], torch.device("cpu"), device_pixels)
-            for b in block_loader(run, workers)
+            merge_parts(parts, torch.device("cpu"), device_pixels)
+            for parts in block_loader(run, workers)
         ]
-        per_rank.append([(b["slot"].numpy(), b["fingerprint"].numpy()) for b in merged])
+        per_rank.append([(b.slot.numpy(), b.fingerprint.numpy()) for b in merged])
     return [
         tuple(np.concatenate([r[i][k] for r in per_rank]) for k in (0, 1))
         for i in range(len(per_rank[0]))
@@ -106,8 +106,8 @@ def test_a_block_is_read_once_per_window(shards):
     split = source.split("train")
     replay = ReplayDataset(split, _recipe(source, 2))
     run = BlockRun(replay, 18, 1)  # one epoch, one step of every slot
-    for batch in block_loader(run, 0):
-        merge_parts(batch["parts"], torch.device("cpu"), device_pixels)
+    for parts in block_loader(run, 0):
+        merge_parts(parts, torch.device("cpu"), device_pixels)
     assert split.cache.bytes_read == split.group_bytes.sum()  # every row group once
     assert split.block_bytes() > 0
 

@@ -26,6 +26,7 @@ from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.data.views.host import apply_host
 from deit_pipe.data.views.params import ViewDrawer
 from tests.dispatch_utils import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
+from tests.helpers import deferred_batch
 
 RECIPES = {
     "deit": dict(input_size=32),
@@ -52,21 +53,11 @@ def test_device_views_are_pillows_bytes(name, device):
         view, boxes = defer(img, seed, drawer, cfg)
         expected.append(apply_host(img, drawer.draw(seed, w, h)[0]))
         items.append(view)
-    dummy = {k: torch.zeros(len(items), *s, dtype=t) for k, s, t in _ITEM_KEYS}
-    batch = realize({**dummy, "device_views": items}, torch.device(device))
-    assert torch.equal(batch["image"].cpu(), torch.stack(expected)), name
+    batch = realize(deferred_batch(items), torch.device(device))
+    assert torch.equal(batch.image.cpu(), torch.stack(expected)), name
     # AugMix's mixing is not a kernel: those views ride along rendered by Pillow.
-    assert (batch["host_rendered"] == len(items)) == (name == "augmix-on-host")
+    assert (batch.host_rendered == len(items)) == (name == "augmix-on-host")
     assert all(covered(v.params) for v in items if v.params is not None)
-
-
-_ITEM_KEYS = [
-    ("erase", (1, 4), torch.int32),
-    ("mix", (), torch.int64),
-    ("lam", (2,), torch.float32),
-    ("box", (4,), torch.int32),
-    ("seed", (), torch.int64),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -79,10 +70,9 @@ def test_a_batch_rendered_on_the_device_is_the_host_batch(device):
     dev = PairDataset(split, epoch_plan, cfg, render="device")
     a = collate_views([host[p] for p in range(24)])
     b = realize(collate_views([dev[p] for p in range(24)]), torch.device(device))
-    assert torch.equal(a["image"], b["image"].cpu())
-    for key in a:
-        if key != "image":
-            assert torch.equal(a[key], b[key]), key
+    assert torch.equal(a.image, b.image.cpu())
+    for key in ("slot", "seed", "erase", "mix", "lam", "box", "fingerprint"):
+        assert torch.equal(getattr(a, key), getattr(b, key)), key
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -108,15 +98,8 @@ def test_the_device_stage_is_split_by_pixels_and_stays_the_host_batch(device, mo
     for wave in prepared["waves"]:
         n, hmax, wmax = len(wave["index"]), *wave["crops"].shape[1:3]
         assert n * view_cost((hmax, wmax), (16, 16)) <= 4 * 48 * 48, (n, hmax, wmax)
-    n = len(views)
-    batch = {
-        "device_views": views, "erase": np.zeros((n, 1, 4), np.int32), "slot": np.arange(n),
-        "seed": np.arange(n), "mix": np.zeros(n, np.int64), "lam": np.ones((n, 2)),
-        "box": np.zeros((n, 4), np.int64),
-    }  # fmt: skip
-    batch = {k: torch.as_tensor(v) if k != "device_views" else v for k, v in batch.items()}
-    done = realize(batch, torch.device(device))
-    assert torch.equal(done["image"].cpu(), torch.stack(expected))
+    done = realize(deferred_batch(list(views)), torch.device(device))
+    assert torch.equal(done.image.cpu(), torch.stack(expected))
 
 
 _READ_BACKS |= {"masked_select", "_unique2", "unique_dim", "unique_consecutive"}
@@ -136,7 +119,7 @@ def test_the_device_stage_and_finishing_wait_for_nothing(name, device, monkeypat
     epoch_plan = plan(1, 1, len(split), 1, MixConfig(), 24)
     dev = PairDataset(split, epoch_plan, cfg, render="device")
     batch = collate_views([dev[p] for p in range(48)])
-    assert bool((batch["mix"] != 0).any()) and bool((batch["erase"][..., 2] > 0).any())
+    assert bool((batch.mix != 0).any()) and bool((batch.erase[..., 2] > 0).any())
     host = collate_views([PairDataset(split, epoch_plan, cfg)[p] for p in range(48)])
     expected = finish(host, cfg, torch.device("cpu"))
     copies = _watch_blocking_copies(monkeypatch)
@@ -146,8 +129,8 @@ def test_the_device_stage_and_finishing_wait_for_nothing(name, device, monkeypat
     monkeypatch.undo()
     assert not seen.ops & _READ_BACKS, sorted(seen.ops & _READ_BACKS)
     assert copies == []
-    assert isinstance(done["fingerprint"], Later)
-    assert torch.equal(fingerprints(done), host["fingerprint"])  # hashed after finishing
+    assert isinstance(done.fingerprint, Later)
+    assert torch.equal(fingerprints(done), host.fingerprint)  # hashed after finishing
     assert torch.equal(views.cpu(), expected)
 
 
@@ -167,7 +150,7 @@ def test_views_made_before_explicit_draws_and_device_rendering_replay(render):
         batch = collate_views([views[i] for i in range(count)])
         if render == "device":
             batch = realize(batch, torch.device("cpu"))
-        got = [f"{v & (2**64 - 1):016x}" for v in batch["fingerprint"].tolist()]
+        got = [f"{v & (2**64 - 1):016x}" for v in batch.fingerprint.tolist()]
         assert got == pinned["fingerprints"][: len(got)], key
 
 
@@ -189,8 +172,8 @@ def test_device_rendering_makes_the_same_store_and_replays_it_in_training(tmp_pa
     rendered = []  # batch sizes the device path rendered: proof that it ran
 
     def counting(batch, device, **kw):  # the training loader's batches
-        if "device_views" in batch:
-            rendered.append(batch["device_views"]["count"])
+        if batch.device_views is not None:
+            rendered.append(batch.device_views["count"])
         return device_pixels(batch, device, **kw)
 
     monkeypatch.setattr(loader_module, "device_pixels", counting)
@@ -257,10 +240,9 @@ def test_eval_views_on_the_device_are_timms_eval_views(interpolation, device):
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         views.append(defer_eval(img, cfg))
         expected.append(eval_transform(cfg)(img).permute(1, 2, 0))
-    dummy = {k: torch.zeros(len(views), *s, dtype=t) for k, s, t in _ITEM_KEYS}
-    batch = realize({**dummy, "device_views": views}, torch.device(device))
-    assert torch.equal(batch["image"].cpu(), torch.stack(expected))
-    assert batch["host_rendered"] == 0
+    batch = realize(deferred_batch(views), torch.device(device))
+    assert torch.equal(batch.image.cpu(), torch.stack(expected))
+    assert batch.host_rendered == 0
 
 
 def test_render_mode_auto_starts_on_the_host():

@@ -22,6 +22,7 @@ from deit_pipe.data.views.host import apply_host, train_transform
 from deit_pipe.data.views.params import ViewDrawer
 from deit_pipe.errors import DataError
 from tests.dispatch_utils import _READ_BACKS, DEVICES, _Dispatched, _watch_blocking_copies
+from tests.helpers import deferred_batch
 from tests.jpeg_utils import KINDS, _boxes, _h1v2, _jpeg, _views, damaged_below, damaged_decodable
 
 
@@ -112,15 +113,8 @@ def test_a_mixed_batch_decodes_what_blocks_cannot_on_the_host():
     wave = prepared["waves"][0]  # five small views: one wave
     assert wave["blocks"]["index"].tolist() == [0, 1, 2, 3]  # tried as blocks
     assert wave["pixel_rows"].tolist() == [2, 3, 4]  # decoded to pixels after all
-    dummy = {
-        "erase": torch.zeros(5, 1, 4, dtype=torch.int32),
-        "mix": torch.zeros(5, dtype=torch.int64),
-        "lam": torch.ones(5, 2),
-        "box": torch.zeros(5, 4, dtype=torch.int32),
-        "seed": torch.arange(5),
-    }
-    batch = realize({**dummy, "device_views": prepared}, torch.device("cpu"))
-    assert torch.equal(batch["image"], torch.stack(expected))
+    batch = realize(deferred_batch(prepared), torch.device("cpu"))
+    assert torch.equal(batch.image, torch.stack(expected))
 
 
 def test_damage_anywhere_is_refused_as_pillow_refuses_it():
@@ -175,8 +169,8 @@ def test_training_views_are_the_same_with_and_without_blocks(tmp_path, monkeypat
     jpegblocks.enabled.cache_clear()
     off = _views(tmp_path, "device", 24, 4)
     for other in (off, host):
-        assert torch.equal(on["image"], other["image"])
-        assert torch.equal(on["fingerprint"], other["fingerprint"])
+        assert torch.equal(on.image, other.image)
+        assert torch.equal(on.fingerprint, other.fingerprint)
 
 
 def test_training_views_of_damaged_files_are_pillows_on_both_renders(tmp_path, caplog):
@@ -197,8 +191,8 @@ def test_training_views_of_damaged_files_are_pillows_on_both_renders(tmp_path, c
                 path.write_bytes(data)
     assert beyond >= 3
     device, host = _views(tmp_path, "device", 24, 2), _views(tmp_path, "host", 24, 2)
-    assert torch.equal(device["image"], host["image"])
-    assert torch.equal(device["fingerprint"], host["fingerprint"])
+    assert torch.equal(device.image, host.image)
+    assert torch.equal(device.fingerprint, host.fingerprint)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -208,16 +202,16 @@ def test_decoding_blocks_waits_for_nothing(device, imagefolder, monkeypatch):
     split = open_source(f"imagefolder:{imagefolder}").split("train")
     dev = PairDataset(split, plan(1, 1, len(split), 1, MixConfig(), 18), cfg, render="device")
     batch = collate_views([dev[p] for p in range(len(dev))])
-    assert "blocks" in batch["device_views"]["waves"][0]
+    assert "blocks" in batch.device_views["waves"][0]
     host = collate_views([PairDataset(split, dev.plan, cfg)[p] for p in range(len(dev))])
-    realize({**batch, "device_views": dict(batch["device_views"])}, torch.device(device))
+    realize(batch, torch.device(device))  # a warm-up: `realize` leaves its batch as it was
     copies = _watch_blocking_copies(monkeypatch)
     with _Dispatched() as seen:
         done = realize(batch, torch.device(device), wait=False)
     monkeypatch.undo()
     assert not seen.ops & _READ_BACKS, sorted(seen.ops & _READ_BACKS)
     assert copies == []
-    assert torch.equal(done["image"].cpu(), host["image"])
+    assert torch.equal(done.image.cpu(), host.image)
 
 
 def _islow_reference(block: np.ndarray) -> np.ndarray:

@@ -140,8 +140,8 @@ def test_training_views_are_the_same_with_and_without_it(tmp_path, monkeypatch, 
     monkeypatch.setenv("DEIT_PIPE_JPEG_REGION", "0")
     region._bound.cache_clear()
     off = _views(tmp_path, render)
-    assert torch.equal(on["image"], off["image"])
-    assert torch.equal(on["fingerprint"], off["fingerprint"])
+    assert torch.equal(on.image, off.image)
+    assert torch.equal(on.fingerprint, off.fingerprint)
 
 
 def test_a_store_made_decoding_whole_images_verifies_decoding_regions(

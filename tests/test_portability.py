@@ -35,7 +35,7 @@ if render == "device":
     batch = realize(batch, torch.device("cpu"))
 views = finish(batch, cfg, torch.device("cpu")).numpy()
 digest = [hashlib.blake2b(v.tobytes(), digest_size=8).hexdigest() for v in views]
-print(json.dumps([batch["fingerprint"].tolist(), digest, int((batch["erase"][..., 2] > 0).sum())]))
+print(json.dumps([batch.fingerprint.tolist(), digest, int((batch.erase[..., 2] > 0).sum())]))
 """
 
 
@@ -94,7 +94,7 @@ def test_finishing_on_cuda_gives_the_cpu_bytes():
     split = src.split("train")
     ds = PairDataset(split, plan(0, 0, len(split), 3, MixConfig(), 224), cfg)
     batch = collate_views([ds[p] for p in range(16)])
-    assert (batch["erase"][..., 2] > 0).any() and set(batch["mix"].tolist()) == {1, 2}
+    assert (batch.erase[..., 2] > 0).any() and set(batch.mix.tolist()) == {1, 2}
     cpu = finish(batch, cfg, torch.device("cpu"))
     gpu = finish(batch, cfg, torch.device("cuda")).cpu()
     assert torch.equal(cpu.view(torch.int32), gpu.view(torch.int32))

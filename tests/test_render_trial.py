@@ -50,8 +50,8 @@ def test_a_run_that_tries_both_renderers_learns_what_a_host_run_learns(
     rendered = []  # the steps whose views the kernels rendered
 
     def counting(batch, device, **kw):  # the training loader's batches (not eval's)
-        if "device_views" in batch:
-            rendered.append(batch["device_views"]["count"])
+        if batch.device_views is not None:
+            rendered.append(batch.device_views["count"])
         return device_pixels(batch, device, **kw)
 
     measured = RenderTrial._faster
@@ -81,9 +81,9 @@ def test_a_device_out_of_memory_in_the_trial_leaves_the_host_rendering(
     calls = []
 
     def out_of_memory(batch, device, **kw):
-        if "device_views" not in batch:
+        if batch.device_views is None:
             return device_pixels(batch, device, **kw)
-        calls.append(batch["device_views"]["count"])
+        calls.append(batch.device_views["count"])
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(loader_module, "device_pixels", out_of_memory)
@@ -107,9 +107,9 @@ def test_a_device_out_of_memory_after_the_trial_turns_the_run_to_the_host(
     calls = []
 
     def out_of_memory_at_step_12(batch, device, **kw):
-        if "device_views" not in batch:
+        if batch.device_views is None:
             return device_pixels(batch, device, **kw)
-        calls.append(batch["device_views"]["count"])
+        calls.append(batch.device_views["count"])
         if len(calls) == 7:  # steps 6-10 in the trial, 11 and then 12 on the device
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return device_pixels(batch, device, **kw)

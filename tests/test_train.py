@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 from unittest.mock import patch
 
-import numpy as np
 import pytest
 import torch
 import zarr
@@ -294,23 +293,22 @@ def test_one_loader_worker_serves_every_epoch_and_changes_nothing(
 ):
     """The run-long DataLoader keeps its worker process across epochs (same PID)."""
     from deit_pipe.data.loaders.dataset import ReplayDataset
-    from deit_pipe.student.loader import ReplayLoader
 
-    original_item, original_batch = ReplayDataset.__getitem__, ReplayLoader._batch
-    pids: dict[int, set] = {}
+    original_item = ReplayDataset.__getitem__
+    seen = tmp_path / "rendered-by"  # one empty file per (epoch, process) that rendered
+    seen.mkdir()
 
-    def item_with_pid(self, item):
-        views = original_item(self, item)
-        return {**views, "pid": np.full(len(views["slot"]), os.getpid(), dtype=np.int64)}
+    def item_recording_pid(self, item):
+        (seen / f"{item[0]}-{os.getpid()}").touch()
+        return original_item(self, item)
 
-    def batch_recording_pid(self, raw, epoch, waited):
-        pids.setdefault(int(raw["epoch"][0]), set()).update(raw["pid"].tolist())
-        return original_batch(self, raw, epoch, waited)
-
-    monkeypatch.setattr(ReplayDataset, "__getitem__", item_with_pid)
-    monkeypatch.setattr(ReplayLoader, "_batch", batch_recording_pid)
+    monkeypatch.setattr(ReplayDataset, "__getitem__", item_recording_pid)
     cfg = dict(store=exact_store, distill="hard", epochs=2, max_steps=None)
     train(base_cfg(tmp_path / "workers", loader_workers=1, **cfg))
+    pids: dict[int, set] = {}
+    for mark in seen.iterdir():
+        epoch, pid = (int(v) for v in mark.name.split("-"))
+        pids.setdefault(epoch, set()).add(pid)
     assert set(pids) == {0, 1} and len(set.union(*pids.values())) == 1
     assert os.getpid() not in set.union(*pids.values())
     train(base_cfg(tmp_path / "inline", **cfg))

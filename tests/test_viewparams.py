@@ -102,5 +102,5 @@ def test_one_pixel_wide_images_render_as_timm_renders_them_on_both_paths(tmp_pat
                 "seed": np.array([seed], np.int64), "mix": np.zeros(1, np.int64),
                 "lam": np.ones((1, 2)), "box": np.zeros((1, 4), np.int64),
             }  # fmt: skip
-            device = realize(collate_views([item]), torch.device("cpu"))["image"][0]
+            device = realize(collate_views([item]), torch.device("cpu")).image[0]
             assert torch.equal(device, expected), (size, seed, "device")

@@ -25,6 +25,7 @@ from deit_pipe.data import (
 )
 from deit_pipe.data.loaders.dataset import EvalDataset
 from deit_pipe.data.plan.epoch import MIX_CUTMIX, MIX_MIXUP
+from deit_pipe.data.views.batch import ViewBatch
 from deit_pipe.data.views.host import erasing_boxes
 from deit_pipe.data.views.params import ViewDrawer
 
@@ -44,7 +45,7 @@ def _fingerprints(ds, order, workers=0):
     )
     out = {}
     for batch in loader:
-        out.update(zip(batch["slot"].tolist(), batch["fingerprint"].tolist(), strict=True))
+        out.update(zip(batch.slot.tolist(), batch.fingerprint.tolist(), strict=True))
     return out
 
 
@@ -66,7 +67,7 @@ def test_same_fingerprints_in_a_fresh_process(dataset):
         "ds = PairDataset(s, plan(0, 1, len(s), 3, MixConfig(), 32),"
         " ViewConfig(input_size=32, hflip=0.0));"
         "b = collate_views([ds[p] for p in range(4)]);"
-        "print(json.dumps(dict(zip(b['slot'].tolist(), b['fingerprint'].tolist()))))"
+        "print(json.dumps(dict(zip(b.slot.tolist(), b.fingerprint.tolist()))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert {int(k): v for k, v in json.loads(out.stdout).items()} == expected
@@ -129,7 +130,7 @@ def test_erasing_boxes_are_timms_draws():
         assert 100 < erased < 200
 
 
-def _batch(images: torch.Tensor, **params) -> dict:
+def _batch(images: torch.Tensor, **params) -> ViewBatch:
     """A rendered batch around NCHW `images` (carried NHWC, as rendering makes them)."""
     n = len(images)
     batch = {
@@ -141,7 +142,7 @@ def _batch(images: torch.Tensor, **params) -> dict:
         "box": torch.zeros(n, 4, dtype=torch.int32),
         "slot": torch.arange(n),
     }
-    return {**batch, **params}
+    return ViewBatch(**{**batch, **params})
 
 
 def test_finish_normalizes_as_timms_prefetcher():
@@ -199,7 +200,7 @@ def test_eval_views_are_clean_and_deterministic():
     split = open_source("digits").split("val")
     ds = EvalDataset(split, CFG)
     a, b = collate_views([ds[0]]), collate_views([ds[0]])
-    assert torch.equal(a["image"], b["image"]) and a["image"].shape == (1, 32, 32, 3)
+    assert torch.equal(a.image, b.image) and a.image.shape == (1, 32, 32, 3)
 
 
 def test_other_threads_drawing_random_numbers_do_not_change_views(dataset):

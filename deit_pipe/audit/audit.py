@@ -274,8 +274,8 @@ def train_view_agreement(
         )
         for batch in loader:
             batch = device_pixels(batch, device)
-            slots = batch["slot"].numpy()
-            if len(mismatches(targets.fingerprint, slots, batch["fingerprint"].numpy())):
+            slots = batch.slot.numpy()
+            if len(mismatches(targets.fingerprint, slots, batch.fingerprint.numpy())):
                 raise ReplayError(
                     f"training views of epoch {epoch} do not replay the ones in "
                     f"{store.url}: library versions differ from the store's?"

@@ -12,6 +12,7 @@ from deit_pipe.data.loaders.dataset import (
 from deit_pipe.data.plan.epoch import EpochPlan, MixConfig, plan, step_slots, steps_per_epoch
 from deit_pipe.data.sources.scan import ScanReport, open_checked, scan
 from deit_pipe.data.sources.source import Source, Split, open_source
+from deit_pipe.data.views.batch import ViewBatch
 from deit_pipe.data.views.host import (
     ViewConfig,
     eval_transform,
@@ -31,6 +32,7 @@ __all__ = [
     "RunSampler",
     "mismatches",
     "stored_views",
+    "ViewBatch",
     "ViewConfig",
     "collate_views",
     "eval_transform",

@@ -119,7 +119,7 @@ def render_throughput(job: Job, source: Source, pairs: int = 8) -> float:
         collate_views([views[0]])
         start = time.perf_counter()
         batch = collate_views([views[p] for p in range(pairs)])
-        return len(batch["slot"]) / (time.perf_counter() - start)
+        return len(batch) / (time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
 

@@ -138,10 +138,10 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
     k, temps = writer.spec.k, writer.spec.temperatures
     for batch in batches:
         t0 = time.perf_counter()
-        if device.type == "cuda" and "image" in batch:  # uint8: a quarter of float32's
-            batch["image"] = batch["image"].pin_memory()  # host→device traffic
+        if device.type == "cuda" and batch.image is not None:  # uint8: a quarter of float32's
+            batch.image = batch.image.pin_memory()  # host→device traffic
         batch = device_pixels(batch, device)  # the kernels on the teacher's device, or not
-        kernel_views += len(batch["slot"]) - batch.pop("host_rendered")
+        kernel_views += len(batch) - batch.host_rendered
         logits = teacher_logits(model, finish(batch, job.recipe.view, device), device)
         top = logits.topk(k, dim=1, sorted=True)
         values.append(top.values.cpu().numpy())
@@ -151,8 +151,8 @@ def run_task(job: Job, split: str, epoch: int, shard: int) -> TaskResult:
                 torch.stack([torch.logsumexp(logits / t, 1) for t in temps], 1).cpu().numpy()
             )
         forward += time.perf_counter() - t0
-        fps.append(batch["fingerprint"].numpy().view(np.uint64))
-        slots.append(batch["slot"].numpy())
+        fps.append(batch.fingerprint.numpy().view(np.uint64))
+        slots.append(batch.slot.numpy())
     if not np.array_equal(np.concatenate(slots), np.arange(rows.start, rows.stop)):
         raise RuntimeError(f"{split} epoch {epoch} shard {shard}: rendered slots out of order")
     soft = writer.spec.targets == "soft"

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Subset
 
-from deit_pipe.data import Source, collate_views, mismatches, open_source, stored_views
+from deit_pipe.data import Source, ViewBatch, collate_views, mismatches, open_source, stored_views
 from deit_pipe.data.device.render import device_pixels, render_mode
 from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.data.sources.cache import DataCache
@@ -140,7 +139,7 @@ def verify(
         for views in _render(source, recipe, check, rows, workers, render):
             views = device_pixels(views, target)
             _compare(arrays["fingerprint"], source, recipe, check, views)
-            rendered(len(views["slot"]))
+            rendered(len(views))
     store.close()
     report.seconds = time.perf_counter() - start
     return report
@@ -327,9 +326,9 @@ def _render(
     yield from loader
 
 
-def _compare(stored, source, recipe, check: EpochCheck, views: dict[str, torch.Tensor]) -> None:
-    slots = views["slot"].numpy()
-    bad = mismatches(stored, slots, views["fingerprint"].numpy())
+def _compare(stored, source, recipe, check: EpochCheck, views: ViewBatch) -> None:
+    slots = views.slot.numpy()
+    bad = mismatches(stored, slots, views.fingerprint.numpy())
     check.checked += len(slots)
     check.mismatches += len(bad)
     if len(bad) and check.first_mismatch is None:

@@ -30,6 +30,7 @@ from deit_pipe.data.loaders.dataset import ReplayDataset, RunSampler
 from deit_pipe.data.plan.epoch import steps_per_epoch
 from deit_pipe.data.plan.recipe import Recipe, schedule_of
 from deit_pipe.data.sources.cache import DataCache
+from deit_pipe.data.views.batch import ViewBatch
 from deit_pipe.device import resolve_device
 from deit_pipe.errors import DeitPipeError
 from deit_pipe.student.losses import PAPER_ALPHA_TAU, alpha_tau, mixed_label_targets
@@ -305,12 +306,12 @@ class ReplayLoader:
         self._epoch = epoch
         return waited
 
-    def _batch(self, raw: dict, epoch: int, waited: bool) -> Batch:
+    def _batch(self, raw: ViewBatch | list[ViewBatch], epoch: int, waited: bool) -> Batch:
         raw = _device_stage(raw, self.device)
         if self.render == "device":  # views the kernels left to Pillow
-            self.host_rendered += raw["host_rendered"]
+            self.host_rendered += raw.host_rendered
         plan = self.epoch_plan(epoch)
-        slots = raw["slot"].numpy()
+        slots = raw.slot.numpy()
         dev = self.device
         lam = torch.as_tensor(plan.lam[slots // 2], dtype=torch.float32).to(dev)
         own = torch.from_numpy(plan.sample[slots]).to(dev)
@@ -430,10 +431,10 @@ def _teacher_targets(
     )
 
 
-def _device_stage(raw: dict, device: torch.device) -> dict:
+def _device_stage(raw: ViewBatch | list[ViewBatch], device: torch.device) -> ViewBatch:
     """A batch whose views the kernels render, rendered on the device (queued)."""
-    if "parts" in raw:  # block order: each loader worker's share of the step
-        return merge_parts(raw["parts"], device, partial(device_pixels, wait=False))
+    if isinstance(raw, list):  # block order: each loader worker's share of the step
+        return merge_parts(raw, device, partial(device_pixels, wait=False))
     return device_pixels(raw, device, wait=False)
 
 

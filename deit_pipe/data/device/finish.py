@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from deit_pipe.data.plan.epoch import MIX_CUTMIX, MIX_MIXUP
+from deit_pipe.data.views.batch import ViewBatch
 from deit_pipe.data.views.host import ViewConfig
 
 _M32 = 0xFFFF_FFFF
@@ -84,15 +85,15 @@ def noise_keys(seeds: torch.Tensor, box: int) -> torch.Tensor:
     return _mix32(_mix32(_mix32(lo ^ _TAG_NOISE) ^ hi) ^ box)
 
 
-def finish(batch: dict[str, torch.Tensor], cfg: ViewConfig, device: torch.device) -> torch.Tensor:
+def finish(batch: ViewBatch, cfg: ViewConfig, device: torch.device) -> torch.Tensor:
     """float32 NCHW views (channels-last in memory) on `device` from a collated batch of
     rendered views (uint8 NHWC)."""
-    pixels = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
+    pixels = batch.image.to(device, non_blocking=True).permute(0, 3, 1, 2)
     mean = _host_tensor([m * 255 for m in cfg.mean], np.float32, device)
     std = _host_tensor([s * 255 for s in cfg.std], np.float32, device)
     x = (pixels.to(torch.float32) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    erase = batch["erase"].numpy()  # the boxes are host data: what to launch needs no sync
-    seeds = batch["seed"].to(device, non_blocking=True)
+    erase = batch.erase.numpy()  # the boxes are host data: what to launch needs no sync
+    seeds = batch.seed.to(device, non_blocking=True)
     for box in range(erase.shape[1]):
         _erase(x, erase[:, box], seeds, box, cfg.re_mode)
     return _mix(x, batch, device)
@@ -137,21 +138,21 @@ def _erase(x: torch.Tensor, boxes: np.ndarray, seeds: torch.Tensor, box: int, mo
     x[rows[pos], chan, row, col] = fill
 
 
-def _mix(x: torch.Tensor, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+def _mix(x: torch.Tensor, batch: ViewBatch, device: torch.device) -> torch.Tensor:
     """Each view of a mixed pair (adjacent rows 2p, 2p+1) keeps weight λ of itself and takes
     1−λ from its partner, as timm's `Mixup` computes it: λ and 1−λ rounded to float32 once on
     the host, then two multiplies and an add, each its own kernel (no fused multiply-add can
     form); cutmix only copies."""
-    if not batch["mix"].numpy().any():  # host data: no sync
+    if not batch.mix.numpy().any():  # host data: no sync
         return x
-    op = batch["mix"].to(device, non_blocking=True)
+    op = batch.mix.to(device, non_blocking=True)
     n = x.shape[0]
     # A pair is one collated item: slot 2p's partner is the next row, 2p+1's the previous.
-    step = 1 - 2 * (batch["slot"].to(device, non_blocking=True) & 1)
+    step = 1 - 2 * (batch.slot.to(device, non_blocking=True) & 1)
     partner = x[(torch.arange(n, device=device) + step).clamp(0, n - 1)]
-    lam = batch["lam"].to(device, non_blocking=True)
+    lam = batch.lam.to(device, non_blocking=True)
     mixed = x * lam[:, 0].view(n, 1, 1, 1) + partner * lam[:, 1].view(n, 1, 1, 1)
-    box = batch["box"].to(device, non_blocking=True)
+    box = batch.box.to(device, non_blocking=True)
     y0, y1, x0, x1 = (box[:, i].view(n, 1, 1, 1) for i in range(4))
     yy = torch.arange(x.shape[2], device=device).view(1, 1, -1, 1)
     xx = torch.arange(x.shape[3], device=device).view(1, 1, 1, -1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from deit_pipe.data.decode.jpeg import EncodedJpeg, PendingCrop
 from deit_pipe.data.device import jpegblocks
 from deit_pipe.data.device.augsteps import covered, run_steps, steps_of
 from deit_pipe.data.device.kernels import resample
+from deit_pipe.data.views.batch import ViewBatch
 from deit_pipe.data.views.host import (
     ViewConfig,
     apply_host,
@@ -238,13 +239,13 @@ def _kernels(prepared: dict, device: torch.device) -> torch.Tensor:
     return run_steps(x, prepared["steps"])
 
 
-def device_pixels(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
+def device_pixels(batch: ViewBatch, device: torch.device, *, wait: bool = True) -> ViewBatch:
     """Any collated batch with its views' pixels: one whose Pillow stage the kernels run,
     rendered on `device` (`realize`); one the host rendered, as it is. Either way with
     `host_rendered`, how many of its views Pillow rendered."""
-    if "device_views" in batch:
+    if not batch.rendered:
         return realize(batch, device, wait=wait)
-    return {**batch, "host_rendered": len(batch["slot"])}
+    return replace(batch, host_rendered=len(batch))
 
 
 class Later:
@@ -261,13 +262,13 @@ class Later:
         return self._value
 
 
-def fingerprints(batch: dict) -> torch.Tensor:
+def fingerprints(batch: ViewBatch) -> torch.Tensor:
     """A batch's fingerprints (int64 [n]), whether taken already or still pending."""
-    fps = batch["fingerprint"]
+    fps = batch.fingerprint
     return fps.get() if isinstance(fps, Later) else fps
 
 
-def _pending_fingerprints(image: torch.Tensor, batch: dict, now: bool) -> Later:
+def _pending_fingerprints(image: torch.Tensor, batch: ViewBatch, now: bool) -> Later:
     """The fingerprints of `image`'s bytes, hashed on the host as the host path hashes them.
     On CUDA the copy back is queued behind the kernels into pinned memory without waiting
     for them, so the caller can wave its own work before it asks; elsewhere a copy
@@ -279,7 +280,8 @@ def _pending_fingerprints(image: torch.Tensor, batch: dict, now: bool) -> Later:
         ready.record()
     else:
         host, ready = (image if now else image.clone()), None
-    erase, mix, lam, box, seed = (batch[k].numpy() for k in ("erase", "mix", "lam", "box", "seed"))
+    parts = (batch.erase, batch.mix, batch.lam, batch.box, batch.seed)
+    erase, mix, lam, box, seed = (t.numpy() for t in parts)
 
     def compute() -> torch.Tensor:
         if ready is not None:
@@ -293,13 +295,13 @@ def _pending_fingerprints(image: torch.Tensor, batch: dict, now: bool) -> Later:
     return Later(compute)
 
 
-def realize(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
+def realize(batch: ViewBatch, device: torch.device, *, wait: bool = True) -> ViewBatch:
     """A collated batch of deferred views (`device_views`: `prepare`d, or a list of
     `DeviceView`) rendered on `device`, wave by wave: the batch as the host path collates
     it (`image` uint8 NHWC, on the device; `fingerprint` from those bytes, with
     `wait=False` still pending: see `fingerprints`), plus `host_rendered`, how many views
     the kernels did not cover."""
-    prepared = batch.pop("device_views")
+    prepared = batch.device_views
     if isinstance(prepared, list):
         prepared = prepare(prepared)
     n, kernel_views, parts = prepared["count"], prepared["kernel_views"], prepared["waves"]
@@ -314,4 +316,5 @@ def realize(batch: dict, device: torch.device, *, wait: bool = True) -> dict:
             image[done] = prepared["ready"].to(device, non_blocking=True)
     pending = _pending_fingerprints(image, batch, now=wait)
     fps = pending.get() if wait else pending
-    return {**batch, "image": image, "fingerprint": fps, "host_rendered": n - kernel_views}
+    done = dict(image=image, fingerprint=fps, host_rendered=n - kernel_views)
+    return replace(batch, device_views=None, **done)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from deit_pipe.data.device.render import Later, fingerprints
 from deit_pipe.data.loaders.dataset import ReplayDataset, RunSampler, collate_views
 from deit_pipe.data.plan.epoch import block_of, step_slots
+from deit_pipe.data.views.batch import ViewBatch
 
 
 class BlockRun(IterableDataset):
@@ -34,7 +35,7 @@ class BlockRun(IterableDataset):
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[ViewBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         split = self.replay.split
@@ -49,7 +50,7 @@ class BlockRun(IterableDataset):
             slots = step_slots(step % run.per_epoch, run.global_batch, run.world_size, run.rank)
             mine = [s for s in slots if owner[s] % workers == worker]
             items = [self.replay.slot_view(epoch, s) for s in mine]
-            yield collate_views(items) if items else {"slot": torch.zeros(0, dtype=torch.int64)}
+            yield collate_views(items) if items else ViewBatch.empty()
             # Blocks whose last slot this epoch was in this step: their window has passed.
             sample = self.replay.epoch_plan(epoch).sample
             for s in mine:
@@ -65,8 +66,9 @@ class BlockRun(IterableDataset):
         return owner, last
 
 
-def block_loader(run: BlockRun, workers: int, pin_memory: bool = False) -> Iterator[dict]:
-    """Steps of `run`, each `{"parts": [...]}`: one part per loader worker (see the module)."""
+def block_loader(run: BlockRun, workers: int, pin_memory: bool = False) -> Iterator[list]:
+    """Steps of `run`, each a list of `ViewBatch` parts: one per loader worker (see the
+    module)."""
     loader = DataLoader(
         run,
         batch_size=None,
@@ -75,32 +77,32 @@ def block_loader(run: BlockRun, workers: int, pin_memory: bool = False) -> Itera
         prefetch_factor=4 if workers else None,
         pin_memory=pin_memory,
     )
-    parts: list[dict] = []
+    parts: list[ViewBatch] = []
     for part in loader:
         parts.append(part)
         if len(parts) == max(workers, 1):
-            yield {"parts": parts}
+            yield parts
             parts = []
 
 
 def merge_parts(
-    parts: list[dict], device: torch.device, pixels: Callable[[dict, torch.device], dict]
-) -> dict:
+    parts: list[ViewBatch],
+    device: torch.device,
+    pixels: Callable[[ViewBatch, torch.device], ViewBatch],
+) -> ViewBatch:
     """One step's parts as one batch in slot order: each part's pixels made (`pixels`:
     `device.render.device_pixels`), the views moved to `device` and concatenated there,
     everything sorted by slot (pending fingerprints stay pending: see `fingerprints`)."""
-    parts = [pixels(p, device) for p in parts if len(p["slot"])]
-    slot = torch.cat([p["slot"] for p in parts])
-    order = torch.argsort(slot)
-    batch: dict = {"host_rendered": sum(p.get("host_rendered", 0) for p in parts)}
-    for key in parts[0]:
-        if key == "host_rendered":
-            continue
-        if key == "image":
-            views = torch.cat([p[key].to(device, non_blocking=True) for p in parts])
-            batch[key] = views[order.to(device, non_blocking=True)]
-        elif key == "fingerprint" and any(isinstance(p[key], Later) for p in parts):
-            batch[key] = Later(lambda: torch.cat([fingerprints(p) for p in parts])[order])
-        else:
-            batch[key] = torch.cat([p[key] for p in parts])[order]
-    return batch
+    parts = [pixels(p, device) for p in parts if len(p)]
+    order = torch.argsort(torch.cat([p.slot for p in parts]))
+    merged = {}
+    for name in ("slot", "seed", "erase", "mix", "lam", "box", "epoch"):
+        if getattr(parts[0], name) is not None:
+            merged[name] = torch.cat([getattr(p, name) for p in parts])[order]
+    views = torch.cat([p.image.to(device, non_blocking=True) for p in parts])
+    merged["image"] = views[order.to(device, non_blocking=True)]
+    if any(isinstance(p.fingerprint, Later) for p in parts):
+        merged["fingerprint"] = Later(lambda: torch.cat([fingerprints(p) for p in parts])[order])
+    else:
+        merged["fingerprint"] = torch.cat([p.fingerprint for p in parts])[order]
+    return ViewBatch(**merged, host_rendered=sum(p.host_rendered for p in parts))

@@ -21,6 +21,7 @@ from deit_pipe.data.device.render import DeviceView, batch_tensor, defer, defer_
 from deit_pipe.data.plan.epoch import EpochPlan, step_slots, steps_per_epoch
 from deit_pipe.data.plan.recipe import Recipe
 from deit_pipe.data.sources.source import Source, Split
+from deit_pipe.data.views.batch import ViewBatch
 from deit_pipe.data.views.host import (
     ViewConfig,
     eval_transform,
@@ -122,7 +123,7 @@ def _item(rendered, slots: list[int], seeds: list[int], mix) -> dict:
     return {**item, "image": [pixels for pixels, _ in rendered], "fingerprint": fps}
 
 
-def collate_views(items: list[dict]) -> dict[str, torch.Tensor]:
+def collate_views(items: list[dict]) -> ViewBatch:
     """A batch of items (1 or 2 views each), concatenated along the view axis. Views left
     to the device are `prepare`d here (in the loader worker) for `realize`."""
     batch = {}
@@ -135,7 +136,7 @@ def collate_views(items: list[dict]) -> dict[str, torch.Tensor]:
             batch[key] = prepare([view for item in items for view in item[key]])
         else:
             batch[key] = torch.from_numpy(np.concatenate([item[key] for item in items]))
-    return batch
+    return ViewBatch(**batch)
 
 
 class ReplayDataset(Dataset):

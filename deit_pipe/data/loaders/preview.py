@@ -49,7 +49,7 @@ def save_view_grid(
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, slot in zip(axes.flat, images, batch["slot"].tolist(), strict=False):
+    for ax, img, slot in zip(axes.flat, images, batch.slot.tolist(), strict=False):
         pair, label = slot // 2, source.classes[split.labels[epoch_plan.sample[slot]]]
         partner = int(epoch_plan.partner(np.array([slot]))[0])
         other = source.classes[split.labels[epoch_plan.sample[partner]]]
