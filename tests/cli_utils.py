@@ -18,3 +18,13 @@ def one_line(result, *needles) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def precompute(url, *extra, data: str = "digits", epochs: int = 1):
+    """`precompute` of a random-init regnety_002 teacher without dask, which must succeed
+    (`extra` flags come last, so they may override the epochs)."""
+    args = ["precompute", "--data", data, "--out", url, "--epochs", epochs]
+    args += ["--teacher-model", "regnety_002", "--teacher-random-init", "--dask-workers", "0"]
+    result = invoke(*args, *extra)
+    assert result.exit_code == 0, result.output
+    return result

@@ -4,34 +4,16 @@ memory) printed, nothing written, and an output path that is a user's file or fo
 import math
 import re
 
-from click.testing import CliRunner
-
-from deit_pipe.cli import main
-from tests.cli_utils import invoke, one_line
+from tests.cli_utils import invoke, one_line, precompute
 from tests.small_store_utils import PRE
-
-
-def _precompute(url, *extra):
-    args = ["precompute", "--data", "digits", "--out", str(url), "--epochs", "1"]
-    args += [
-        "--teacher-model",
-        "regnety_002",
-        "--teacher-random-init",
-        "--dask-workers",
-        "0",
-        *extra,
-    ]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path):
     url = tmp_path / "never.zarr"
-    result = _precompute(url, "--dry-run", "--epochs", "18")
+    result = precompute(url, "--dry-run", "--epochs", "18")
     assert "dry run: 26,226 views (25,866 train + 360 val; 18 training epochs)" in result.output
     assert "bytes/view" in result.output and "views/s (measured here" in result.output
-    given = _precompute(url, "--dry-run", "--targets", "hard", "--throughput", "100")
+    given = precompute(url, "--dry-run", "--targets", "hard", "--throughput", "100")
     assert "≈ 9.3 bytes/view" in given.output and "(given, cpu)" in given.output
     # 100 teacher views/s against this machine's measured render rate per loader worker.
     rate = float(re.search(r"render:\s+([\d,.]+) views/s", given.output)[1].replace(",", ""))

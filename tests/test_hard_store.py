@@ -10,30 +10,16 @@ from deit_pipe.cli import main
 from deit_pipe.errors import DeitPipeError
 from deit_pipe.storage import TargetStore
 from deit_pipe.student.train import TrainConfig, train
+from tests.cli_utils import precompute
 
 TINY = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
-
-
-def _precompute(url, *extra):
-    args = ["precompute", "--data", "digits", "--out", str(url), "--epochs", "1"]
-    args += [
-        "--teacher-model",
-        "regnety_002",
-        "--teacher-random-init",
-        "--dask-workers",
-        "0",
-        *extra,
-    ]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("hard")
-    _precompute(root / "soft.zarr")
-    _precompute(root / "hard.zarr", "--targets", "hard")
+    precompute(root / "soft.zarr")
+    precompute(root / "hard.zarr", "--targets", "hard")
     return root / "soft.zarr", root / "hard.zarr"
 
 

@@ -8,28 +8,15 @@ from click.testing import CliRunner
 
 from deit_pipe.cli import main
 from deit_pipe.pipeline.verify import verify
+from tests.cli_utils import precompute
 from tests.helpers import write_jpeg
 from tests.store_utils import tamper_fingerprint
-
-
-def _precompute(data: str, url, *extra: str) -> None:
-    args = ["precompute", "--data", data, "--out", str(url), "--epochs", "2"]
-    args += [
-        "--teacher-model",
-        "regnety_002",
-        "--teacher-random-init",
-        "--dask-workers",
-        "0",
-        *extra,
-    ]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
 
 
 @pytest.fixture(scope="module")
 def digits_store(tmp_path_factory):
     url = tmp_path_factory.mktemp("verify") / "digits.zarr"
-    _precompute("digits", url)
+    precompute(url, epochs=2)
     return url
 
 
@@ -67,7 +54,7 @@ def test_a_tampered_fingerprint_is_found(digits_store, tmp_path):
 def test_a_changed_image_file_is_named_and_a_moved_dataset_verifies(imagefolder, tmp_path):
     url = tmp_path / "folder.zarr"
     args = ("--input-size", "32", "--top-k", "3", "--repeats", "1")  # every image, every epoch
-    _precompute(f"imagefolder:{imagefolder}", url, *args)
+    precompute(url, *args, data=f"imagefolder:{imagefolder}", epochs=2)
     moved = tmp_path / "elsewhere"
     shutil.copytree(imagefolder, moved)  # the same files on another machine's path
     ok = CliRunner().invoke(main, ["verify", str(url), "--data", f"imagefolder:{moved}", "--all"])

@@ -13,6 +13,7 @@ consuming device. Which views a step holds never depends on N, the ranks or a re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -85,6 +86,10 @@ def block_loader(run: BlockRun, workers: int, pin_memory: bool = False) -> Itera
             parts = []
 
 
+# What `pixels` makes of a part, merged on the device below (the rest is host data per view).
+_PIXELS = ("image", "fingerprint", "device_views", "host_rendered")
+
+
 def merge_parts(
     parts: list[ViewBatch],
     device: torch.device,
@@ -96,7 +101,7 @@ def merge_parts(
     parts = [pixels(p, device) for p in parts if len(p)]
     order = torch.argsort(torch.cat([p.slot for p in parts]))
     merged = {}
-    for name in ("slot", "seed", "erase", "mix", "lam", "box", "epoch"):
+    for name in (f.name for f in fields(ViewBatch) if f.name not in _PIXELS):
         if getattr(parts[0], name) is not None:
             merged[name] = torch.cat([getattr(p, name) for p in parts])[order]
     views = torch.cat([p.image.to(device, non_blocking=True) for p in parts])

@@ -36,15 +36,20 @@ class DeviceOp:
 
 @dataclass(frozen=True)
 class Op:
-    """One auto-augment op: its argument draw, its Pillow apply, its kernel. `affine` ops
-    take timm's resample filter (drawn when it is a list); `redraw` turns a drawn op into
-    the one applied (GaussianBlurRand draws its radius inside timm's aug_fn)."""
+    """One auto-augment op: its argument draw, its Pillow apply, its kernel. `redraw` turns
+    a drawn op into the one applied (GaussianBlurRand draws its radius inside timm's
+    aug_fn)."""
 
     args: Args
     host: Callable[..., Image.Image]
     device: DeviceOp | None
-    affine: bool = False
     redraw: Callable[[tuple, random.Random], tuple[str, tuple]] | None = None
+
+    @property
+    def affine(self) -> bool:
+        """Whether it is an affine op, which takes timm's resample filter (drawn when it is
+        a list) and whose kernel builds a matrix."""
+        return self.device is not None and self.device.arg == "matrix"
 
 
 def _negate(py: random.Random, v: float) -> float:
@@ -96,14 +101,19 @@ def _blur_radius(args: tuple, py: random.Random) -> tuple[str, tuple]:
     return "GaussianBlur", (py.uniform(0.1, 2.0 * args[0]),)
 
 
+def _affine(args: Args, host: Callable[..., Image.Image], matrix: str) -> Op:
+    """An affine op: its kernel builds the inverse matrix `affine.<matrix>` for the view."""
+    return Op(args, host, DeviceOp("affine." + matrix, "matrix"))
+
+
 _T = timm_aa
-_POINT, _ENH, _AFF = "pointops.", "enhance.", "affine."
+_POINT, _ENH = "pointops.", "enhance."
 _POSTERIZE, _SOLARIZE = DeviceOp(_POINT + "posterize", "int"), DeviceOp(_POINT + "solarize", "int")
 OPS: dict[str, Op] = {
     "AutoContrast": Op(_none, _T.auto_contrast, DeviceOp(_POINT + "autocontrast")),
     "Equalize": Op(_none, _T.equalize, DeviceOp(_POINT + "equalize")),
     "Invert": Op(_none, _T.invert, DeviceOp(_POINT + "invert")),
-    "Rotate": Op(_scaled(30.0), _T.rotate, DeviceOp(_AFF + "rotate_op", "matrix"), affine=True),
+    "Rotate": _affine(_scaled(30.0), _T.rotate, "rotate_op"),
     "Posterize": Op(_int_arg(lambda f: int(f * 4)), posterize, _POSTERIZE),
     "PosterizeIncreasing": Op(_int_arg(lambda f: 4 - int(f * 4)), posterize, _POSTERIZE),
     "PosterizeOriginal": Op(_int_arg(lambda f: int(f * 4) + 4), posterize, _POSTERIZE),
@@ -125,32 +135,12 @@ OPS: dict[str, Op] = {
     ),
     "GaussianBlur": Op(_minmax(0.1, 2.0), _T.gaussian_blur, None),
     "GaussianBlurRand": Op(_minmax(0.0, 1.0), _T.gaussian_blur_rand, None, redraw=_blur_radius),
-    "ShearX": Op(_scaled(0.3), _T.shear_x, DeviceOp(_AFF + "shear_x_op", "matrix"), affine=True),
-    "ShearY": Op(_scaled(0.3), _T.shear_y, DeviceOp(_AFF + "shear_y_op", "matrix"), affine=True),
-    "TranslateX": Op(
-        _translate_const,
-        _T.translate_x_abs,
-        DeviceOp(_AFF + "translate_x_op", "matrix"),
-        affine=True,
-    ),
-    "TranslateY": Op(
-        _translate_const,
-        _T.translate_y_abs,
-        DeviceOp(_AFF + "translate_y_op", "matrix"),
-        affine=True,
-    ),
-    "TranslateXRel": Op(
-        _translate_pct,
-        _T.translate_x_rel,
-        DeviceOp(_AFF + "translate_x_rel_op", "matrix"),
-        affine=True,
-    ),
-    "TranslateYRel": Op(
-        _translate_pct,
-        _T.translate_y_rel,
-        DeviceOp(_AFF + "translate_y_rel_op", "matrix"),
-        affine=True,
-    ),
+    "ShearX": _affine(_scaled(0.3), _T.shear_x, "shear_x_op"),
+    "ShearY": _affine(_scaled(0.3), _T.shear_y, "shear_y_op"),
+    "TranslateX": _affine(_translate_const, _T.translate_x_abs, "translate_x_op"),
+    "TranslateY": _affine(_translate_const, _T.translate_y_abs, "translate_y_op"),
+    "TranslateXRel": _affine(_translate_pct, _T.translate_x_rel, "translate_x_rel_op"),
+    "TranslateYRel": _affine(_translate_pct, _T.translate_y_rel, "translate_y_rel_op"),
 }
 for _name, _host in (
     ("Color", _T.color),
