@@ -83,11 +83,16 @@ static const double BASIS[DCTSIZE][DCTSIZE] = {
  * With F = coefficient x quantiser, k_0 = 1 and k_u = sqrt(2), pass 1 gives
  * p_u(y) = 4 sum_v F(u,v) k_v cos(..), a sample is sum_u p_u(y) k_u cos(..) / 32, and
  * every 16-bit value is a sum of F's down a column or of p's along a row. So the test:
- * W = sum |F| k_u k_v <= 4064 (k_u k_v rounded up to halves here) bounds them all (4W < 32768, |sample| <= W/8 + rounding), and
- * a block beyond that (stripes have W ~ 2300, a checkerboard ~ 5300, uniform noise at
- * quality 100 ~ 7000) has its two passes computed here, with margins for islow's
- * rounding. Only corrupt data fails it; such a crop is decoded to pixels by the libjpeg
- * Pillow uses, whose bytes are Pillow's by construction. */
+ * W = sum |F| k_u k_v <= 4064 (k_u k_v rounded up to halves: `half_weight`) bounds them
+ * all (4W < 32768, |sample| <= W/8 + rounding), and a block beyond that (stripes have
+ * W ~ 2300, a checkerboard ~ 5300, uniform noise at quality 100 ~ 7000) has its two
+ * passes computed here, with margins for islow's rounding. Only corrupt data fails it;
+ * such a crop is decoded to pixels by the libjpeg Pillow uses, Pillow's bytes by
+ * construction. */
+static inline int half_weight(int k) { /* 2 k_u k_v rounded up: 2 (DC), 3 (edges), 4 */
+    return k == 0 ? 2 : (k < DCTSIZE || k % DCTSIZE == 0) ? 3 : 4;
+}
+
 static int exact_block(const JCOEF *coef, const UINT16 *quant, const int *weight) {
     if (weight) { /* 8-bit tables: 64 x 32768 x 1020 < 2^31, and the sum vectorises */
         int w = 0;
@@ -96,8 +101,7 @@ static int exact_block(const JCOEF *coef, const UINT16 *quant, const int *weight
     } else {
         long long w = 0;
         for (int k = 0; k < DCTSIZE2; k++)
-            w += (k == 0 ? 2 : k < DCTSIZE || k % DCTSIZE == 0 ? 3 : 4) *
-                 llabs((long long)coef[k] * quant[k]);
+            w += half_weight(k) * llabs((long long)coef[k] * quant[k]);
         if (w <= 2 * 4064) return 1;
     }
     double f[DCTSIZE2];
@@ -211,11 +215,11 @@ static int coefs(const unsigned char *data, size_t size, int gray, int c0, int r
         int h = comp->h_samp_factor, v = comp->v_samp_factor;
         unsigned char *base = ci == 0 ? out_y : out_c + (size_t)(ci - 1) * plane_c;
         size_t stride = ci == 0 ? stride_y : stride_c;
-        /* 2 k_u k_v rounded up (2 for the DC, 3 along the edges, 4 elsewhere) x quantiser */
+        /* half_weight x quantiser, the test's weights for this component's table */
         int weight[DCTSIZE2], narrow = 1;
         for (int k = 0; k < DCTSIZE2; k++) {
             int q = comp->quant_table->quantval[k];
-            weight[k] = (k == 0 ? 2 : k < DCTSIZE || k % DCTSIZE == 0 ? 3 : 4) * q;
+            weight[k] = half_weight(k) * q;
             narrow &= q <= 255;
         }
         for (int r = r0 * v; r < r1 * v; r++) {
